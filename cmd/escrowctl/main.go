@@ -1,0 +1,266 @@
+// Command escrowctl is the command line of support and security engineers:
+// it provisions and inspects groups, reveals unlock codes against a running
+// escrowd, and runs the HSM setup ceremony.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/escrow/device"
+	"github.com/escrowd/escrowd/hsm"
+	"github.com/escrowd/escrowd/internal/secret"
+)
+
+const usage = `escrowctl talks to escrowd and to the HSM.
+
+Daemon commands (-addr, default $ESCROWD_ADDR or 127.0.0.1:7420):
+  group provision -group ID [-suite S]       generate a group's keys in the HSM
+  group show -group ID                       key versions of a group
+  group key -group ID                        the escrow public key, PEM
+  codes issue -group ID -user U -escrow-slot FILE [-count N] [-out DIR]
+                                             start a new unlock-code epoch
+  codes reveal -group ID -user U -ticket T   reveal the user's next code
+  codes list -group ID -user U               code state, never the codes
+  hsm objects                                objects on the daemon's token
+
+HSM ceremony (runs against the token directly):
+  hsm init -module PATH -token LABEL -so-pin-file FILE [-kek-label L]
+                                             create the trusted master KEK
+
+Development (what a device does; for trying escrowd out):
+  dev seal-escrow -group ID -out FILE [-gdk-out FILE]
+                                             wrap a fresh group data key to the
+                                             group's escrow key
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "escrowctl:", describe(err))
+		os.Exit(1)
+	}
+}
+
+// describe turns a gRPC status into a line a person can act on.
+func describe(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return fmt.Sprintf("%s: %s", st.Code(), st.Message())
+	}
+	return err.Error()
+}
+
+var errUsage = errors.New("usage")
+
+func run(args []string, out io.Writer) error {
+	if len(args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		return errUsage
+	}
+	cmd := args[0] + " " + args[1]
+	fs := flag.NewFlagSet("escrowctl "+cmd, flag.ContinueOnError)
+	addr := fs.String("addr", envOr("ESCROWD_ADDR", "127.0.0.1:7420"), "escrowd address")
+	timeout := fs.Duration("timeout", 30*time.Second, "request timeout")
+	group := fs.String("group", "", "group id")
+	user := fs.String("user", "", "user id")
+	ticket := fs.String("ticket", "", "support ticket reference")
+	suite := fs.String("suite", "", "escrow key suite (default: the daemon's)")
+	slotFile := fs.String("escrow-slot", "", "file holding the group's escrow slot")
+	count := fs.Uint("count", 0, "number of codes (default: the daemon's)")
+	outPath := fs.String("out", "", "output file or folder")
+	gdkOut := fs.String("gdk-out", "", "where to write the group data key (dev only)")
+	module := fs.String("module", "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module")
+	token := fs.String("token", "", "HSM token label")
+	soPINFile := fs.String("so-pin-file", "", "file holding the security officer PIN (else $ESCROWD_SO_PIN)")
+	kekLabel := fs.String("kek-label", "escrowd-kek", "master KEK label")
+	if err := fs.Parse(args[2:]); err != nil {
+		return err
+	}
+	need := func(names ...string) error {
+		for _, n := range names {
+			if fs.Lookup(n).Value.String() == "" {
+				return fmt.Errorf("%s: -%s is required", cmd, n)
+			}
+		}
+		return nil
+	}
+
+	if cmd == "hsm init" {
+		if err := need("module", "token"); err != nil {
+			return err
+		}
+		so, err := secret.Load("SO PIN", *soPINFile, "ESCROWD_SO_PIN")
+		if err != nil {
+			return err
+		}
+		if err := hsm.InitKEK(*module, *token, so, *kekLabel); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "master KEK %q created on token %q\n", *kekLabel, *token)
+		return nil
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	sync := escrowdv1.NewSyncServiceClient(conn)
+	support := escrowdv1.NewSupportServiceClient(conn)
+	security := escrowdv1.NewSecurityServiceClient(conn)
+	var hdr metadata.MD
+	withID := grpc.Header(&hdr)
+	requestID := func() string {
+		if v := hdr.Get("x-request-id"); len(v) > 0 {
+			return v[0]
+		}
+		return "-"
+	}
+
+	switch cmd {
+	case "group provision":
+		if err := need("group"); err != nil {
+			return err
+		}
+		r, err := sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: *group, Suite: *suite}, withID)
+		if err != nil {
+			return err
+		}
+		k := r.GetEscrowKey()
+		fmt.Fprintf(out, "group %s provisioned: escrow key v%d (%s), request %s\n", k.GetGroupId(), k.GetVersion(), k.GetSuite(), requestID())
+	case "group show":
+		if err := need("group"); err != nil {
+			return err
+		}
+		r, err := security.GetGroup(ctx, &escrowdv1.GetGroupRequest{GroupId: *group}, withID)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "group %s, created %s\n", r.GetGroupId(), time.Unix(r.GetCreatedUnix(), 0).UTC().Format(time.RFC3339))
+		for _, k := range r.GetEscrowKeys() {
+			fmt.Fprintf(out, "  escrow v%d  %-16s kek v%d  %s\n", k.GetVersion(), k.GetSuite(), k.GetKekVersion(), time.Unix(k.GetCreatedUnix(), 0).UTC().Format(time.RFC3339))
+		}
+		for _, k := range r.GetUnlockKeys() {
+			fmt.Fprintf(out, "  unlock v%d  %-16s kek v%d  %s\n", k.GetVersion(), k.GetSuite(), k.GetKekVersion(), time.Unix(k.GetCreatedUnix(), 0).UTC().Format(time.RFC3339))
+		}
+	case "group key":
+		if err := need("group"); err != nil {
+			return err
+		}
+		r, err := sync.GetEscrowKey(ctx, &escrowdv1.GetEscrowKeyRequest{GroupId: *group})
+		if err != nil {
+			return err
+		}
+		return pem.Encode(out, &pem.Block{Type: "PUBLIC KEY", Bytes: r.GetEscrowKey().GetPublicKey(),
+			Headers: map[string]string{"Group": *group, "Version": fmt.Sprint(r.GetEscrowKey().GetVersion()), "Suite": r.GetEscrowKey().GetSuite()}})
+	case "codes issue":
+		if err := need("group", "user", "escrow-slot"); err != nil {
+			return err
+		}
+		slot, err := os.ReadFile(*slotFile)
+		if err != nil {
+			return err
+		}
+		r, err := sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{
+			GroupId: *group, UserId: *user, EscrowSlot: slot, Count: uint32(*count)}, withID)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "epoch %d: %d unlock slots, request %s\n", r.GetEpoch(), len(r.GetSlots()), requestID())
+		if *outPath != "" {
+			if err := os.MkdirAll(*outPath, 0o700); err != nil {
+				return err
+			}
+			for i, s := range r.GetSlots() {
+				p := fmt.Sprintf("%s/unlock-%d-%d.json", strings.TrimRight(*outPath, "/"), r.GetEpoch(), i)
+				if err := os.WriteFile(p, s, 0o600); err != nil {
+					return err
+				}
+				fmt.Fprintln(out, "  wrote", p)
+			}
+		}
+	case "codes reveal":
+		if err := need("group", "user", "ticket"); err != nil {
+			return err
+		}
+		r, err := support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: *group, UserId: *user, Ticket: *ticket}, withID)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "unlock code %d of epoch %d for %s: %s\n(%d left; request %s)\n",
+			r.GetIndex(), r.GetEpoch(), *user, r.GetCode(), r.GetRemaining(), requestID())
+	case "codes list":
+		if err := need("group", "user"); err != nil {
+			return err
+		}
+		r, err := support.ListUnlockCodes(ctx, &escrowdv1.ListUnlockCodesRequest{GroupId: *group, UserId: *user})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "epoch %d\n", r.GetEpoch())
+		for _, c := range r.GetCodes() {
+			fmt.Fprintf(out, "  code %d  %s\n", c.GetIndex(), strings.ToLower(strings.TrimPrefix(c.GetState().String(), "STATE_")))
+		}
+	case "hsm objects":
+		r, err := security.ListHSMObjects(ctx, &escrowdv1.ListHSMObjectsRequest{})
+		if err != nil {
+			return err
+		}
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r.GetObjects())
+	case "dev seal-escrow":
+		if err := need("group", "out"); err != nil {
+			return err
+		}
+		r, err := sync.GetEscrowKey(ctx, &escrowdv1.GetEscrowKeyRequest{GroupId: *group})
+		if err != nil {
+			return err
+		}
+		k := r.GetEscrowKey()
+		gdk, err := device.NewGDK()
+		if err != nil {
+			return err
+		}
+		defer clear(gdk)
+		slot, err := device.SealEscrow(k.GetPublicKey(), k.GetVersion(), k.GetSuite(), gdk)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*outPath, slot, 0o600); err != nil {
+			return err
+		}
+		if *gdkOut != "" {
+			if err := os.WriteFile(*gdkOut, gdk, 0o600); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(out, "wrote an escrow slot (escrow key v%d) to %s\n", k.GetVersion(), *outPath)
+	default:
+		fmt.Fprint(os.Stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+	return nil
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,174 @@
+// Command escrowd is the key escrow daemon: it serves escrowd's gRPC API
+// over an HSM, a store and a Vault audit trail.
+//
+// Secrets come from files or the environment, never from flags:
+//
+//	ESCROWD_HSM_PIN or -hsm-pin-file     the HSM user PIN
+//	VAULT_TOKEN or -vault-token-file     the token that writes audit records
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/escrowd/escrowd/audit"
+	"github.com/escrowd/escrowd/daemon"
+	"github.com/escrowd/escrowd/escrow"
+	"github.com/escrowd/escrowd/hsm"
+	"github.com/escrowd/escrowd/internal/secret"
+	"github.com/escrowd/escrowd/store/bolt"
+)
+
+type options struct {
+	listen          string
+	storePath       string
+	hsmModule       string
+	hsmToken        string
+	hsmPINFile      string
+	hsmSessions     int
+	kekLabel        string
+	vaultAddr       string
+	vaultTokenFile  string
+	auditMount      string
+	auditPrefix     string
+	auditTimeout    time.Duration
+	defaultSuite    string
+	logLevel        string
+	shutdownTimeout time.Duration
+}
+
+func main() {
+	var o options
+	fs := flag.NewFlagSet("escrowd", flag.ExitOnError)
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:7420", "gRPC listen address")
+	fs.StringVar(&o.storePath, "store", "escrowd.db", "embedded store file")
+	fs.StringVar(&o.hsmModule, "hsm-module", "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module path")
+	fs.StringVar(&o.hsmToken, "hsm-token", "", "HSM token label (required)")
+	fs.StringVar(&o.hsmPINFile, "hsm-pin-file", "", "file holding the HSM user PIN (else $ESCROWD_HSM_PIN)")
+	fs.IntVar(&o.hsmSessions, "hsm-sessions", 4, "HSM session pool size")
+	fs.StringVar(&o.kekLabel, "kek-label", "escrowd-kek", "master KEK label on the token")
+	fs.StringVar(&o.vaultAddr, "vault-addr", os.Getenv("VAULT_ADDR"), "Vault address (default $VAULT_ADDR)")
+	fs.StringVar(&o.vaultTokenFile, "vault-token-file", "", "file holding the Vault token (else $VAULT_TOKEN)")
+	fs.StringVar(&o.auditMount, "audit-mount", "secret", "Vault KV v2 mount for audit records")
+	fs.StringVar(&o.auditPrefix, "audit-prefix", "escrowd/audit", "folder under the mount for audit records")
+	fs.DurationVar(&o.auditTimeout, "audit-timeout", 5*time.Second, "bound on one audit commit; past it the request fails closed")
+	fs.StringVar(&o.defaultSuite, "default-suite", "rsa-oaep-sha1", "escrow key suite of new groups (rsa-oaep-sha1 for SoftHSM, rsa-oaep-sha256 for hardware HSMs)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long running requests may finish on SIGTERM")
+	_ = fs.Parse(os.Args[1:])
+
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "escrowd:", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(level string) (*zap.Logger, error) {
+	var l zapcore.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level: %w", err)
+	}
+	cfg := zap.NewProductionConfig()
+	cfg.Level = zap.NewAtomicLevelAt(l)
+	cfg.EncoderConfig.TimeKey = "time"
+	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	return cfg.Build()
+}
+
+func run(o options) error {
+	log, err := newLogger(o.logLevel)
+	if err != nil {
+		return err
+	}
+	defer log.Sync() //nolint:errcheck
+
+	if o.hsmToken == "" {
+		return errors.New("-hsm-token is required")
+	}
+	pin, err := secret.Load("HSM user PIN", o.hsmPINFile, "ESCROWD_HSM_PIN")
+	if err != nil {
+		return err
+	}
+	vaultToken, err := secret.Load("Vault token", o.vaultTokenFile, "VAULT_TOKEN")
+	if err != nil {
+		return err
+	}
+	// Children of this process have no business with these.
+	os.Unsetenv("ESCROWD_HSM_PIN")
+	os.Unsetenv("VAULT_TOKEN")
+
+	h, err := hsm.Open(hsm.Config{
+		Module: o.hsmModule, TokenLabel: o.hsmToken, PIN: pin,
+		Sessions: o.hsmSessions, KEKLabel: o.kekLabel,
+	})
+	pin = ""
+	if err != nil {
+		return fmt.Errorf("failed to open the HSM: %w", err)
+	}
+	defer h.Close()
+
+	st, err := bolt.Open(o.storePath)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	aud, err := audit.NewVault(audit.VaultConfig{
+		Address: o.vaultAddr, Token: vaultToken, Mount: o.auditMount, Prefix: o.auditPrefix, Timeout: o.auditTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err = aud.Healthy(ctx)
+	cancel()
+	if err != nil {
+		// Fail at start rather than serve requests that can only fail.
+		return fmt.Errorf("Vault at %s: %w", o.vaultAddr, err)
+	}
+
+	svc, err := escrow.New(h, st, escrow.Config{DefaultSuite: o.defaultSuite})
+	if err != nil {
+		return err
+	}
+	srv, err := daemon.New(daemon.Config{
+		Escrow: svc, Auditor: aud, Objects: h,
+		Checks:       map[string]daemon.Checker{"hsm": h, "vault": aud},
+		Logger:       log,
+		AuditTimeout: o.auditTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("failed to listen: %w", err)
+	}
+	log.Info("escrowd serving", zap.String("addr", lis.Addr().String()), zap.String("hsm_token", o.hsmToken),
+		zap.String("store", o.storePath), zap.String("vault", o.vaultAddr))
+
+	sigs, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-sigs.Done():
+	}
+	log.Info("shutting down: draining requests", zap.Duration("timeout", o.shutdownTimeout))
+	sctx, scancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+	defer scancel()
+	srv.Shutdown(sctx)
+	return <-errc
+}

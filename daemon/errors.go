@@ -1,0 +1,50 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/escrowd/escrowd/escrow"
+)
+
+// errorCodes maps escrow's sentinels to status codes. Their messages name
+// the field or state to fix and never hold a secret, so they go to the
+// caller as they are.
+var errorCodes = []struct {
+	err  error
+	code codes.Code
+}{
+	{escrow.ErrInvalid, codes.InvalidArgument},
+	{escrow.ErrSlot, codes.InvalidArgument},
+	{escrow.ErrKeyVersion, codes.InvalidArgument},
+	{escrow.ErrNotFound, codes.NotFound},
+	{escrow.ErrExists, codes.AlreadyExists},
+	{escrow.ErrNoCodes, codes.FailedPrecondition},
+	{escrow.ErrExhausted, codes.FailedPrecondition},
+	{escrow.ErrUnsupported, codes.FailedPrecondition},
+	{escrow.ErrConflict, codes.Aborted},
+	{escrow.ErrUnavailable, codes.Unavailable},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{context.Canceled, codes.Canceled},
+}
+
+// status turns a handler error into the status the caller gets. Errors of
+// no known class become Internal with the request id only: their text may
+// describe internals, and the log has it.
+func (s *Server) status(requestID string, err error) *status.Status {
+	if err == nil {
+		return status.New(codes.OK, "")
+	}
+	if st, ok := status.FromError(err); ok {
+		return st
+	}
+	for _, m := range errorCodes {
+		if errors.Is(err, m.err) {
+			return status.New(m.code, err.Error())
+		}
+	}
+	return status.Newf(codes.Internal, "internal error; the operators can find it by request id %s", requestID)
+}

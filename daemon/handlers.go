@@ -1,0 +1,175 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+
+	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/escrow"
+	"github.com/escrowd/escrowd/escrow/bundle"
+)
+
+type syncService struct {
+	escrowdv1.UnimplementedSyncServiceServer
+	s *Server
+}
+
+type supportService struct {
+	escrowdv1.UnimplementedSupportServiceServer
+	s *Server
+}
+
+type securityService struct {
+	escrowdv1.UnimplementedSecurityServiceServer
+	s *Server
+}
+
+func escrowKeyMsg(k escrow.EscrowPublic) *escrowdv1.EscrowKey {
+	return &escrowdv1.EscrowKey{GroupId: k.Group, Version: k.Version, Suite: k.Suite, PublicKey: k.PublicKey}
+}
+
+func noteVersions(ctx context.Context, u escrow.Used) {
+	rec := record(ctx)
+	if u.EscrowVersion != 0 {
+		rec.KeyVersions = append(rec.KeyVersions, fmt.Sprintf("escrow:%d", u.EscrowVersion))
+	}
+	if u.UnlockVersion != 0 {
+		rec.KeyVersions = append(rec.KeyVersions, fmt.Sprintf("unlock:%d", u.UnlockVersion))
+	}
+}
+
+func (h *syncService) ProvisionGroup(ctx context.Context, req *escrowdv1.ProvisionGroupRequest) (*escrowdv1.ProvisionGroupResponse, error) {
+	record(ctx).Group = req.GetGroupId()
+	k, err := h.s.cfg.Escrow.Provision(ctx, req.GetGroupId(), req.GetSuite())
+	if err != nil {
+		return nil, err
+	}
+	noteVersions(ctx, escrow.Used{EscrowVersion: k.Version})
+	record(ctx).Detail = append(record(ctx).Detail, "suite:"+k.Suite)
+	return &escrowdv1.ProvisionGroupResponse{EscrowKey: escrowKeyMsg(k)}, nil
+}
+
+func (h *syncService) GetEscrowKey(ctx context.Context, req *escrowdv1.GetEscrowKeyRequest) (*escrowdv1.GetEscrowKeyResponse, error) {
+	record(ctx).Group = req.GetGroupId()
+	k, err := h.s.cfg.Escrow.EscrowKey(ctx, req.GetGroupId())
+	if err != nil {
+		return nil, err
+	}
+	noteVersions(ctx, escrow.Used{EscrowVersion: k.Version})
+	return &escrowdv1.GetEscrowKeyResponse{EscrowKey: escrowKeyMsg(k)}, nil
+}
+
+var recipientKinds = map[escrowdv1.Recipient_Kind]bundle.Kind{
+	escrowdv1.Recipient_KIND_MEMBER: bundle.KindMember,
+	escrowdv1.Recipient_KIND_DEVICE: bundle.KindDevice,
+}
+
+func (h *syncService) Rewrap(ctx context.Context, req *escrowdv1.RewrapRequest) (*escrowdv1.RewrapResponse, error) {
+	rec := record(ctx)
+	rec.Group = req.GetGroupId()
+	r := req.GetRecipient()
+	if r == nil {
+		return nil, fmt.Errorf("%w: recipient is required", escrow.ErrInvalid)
+	}
+	kind, ok := recipientKinds[r.GetKind()]
+	if !ok {
+		return nil, fmt.Errorf("%w: recipient.kind must be KIND_MEMBER or KIND_DEVICE", escrow.ErrInvalid)
+	}
+	if bundle.ValidateID(r.GetId()) == nil {
+		rec.Detail = append(rec.Detail, fmt.Sprintf("recipient:%s/%s", kind, r.GetId()))
+	}
+	slot, used, err := h.s.cfg.Escrow.Rewrap(ctx, req.GetGroupId(), req.GetEscrowSlot(), escrow.Recipient{
+		Kind: kind, ID: r.GetId(), KeyVersion: r.GetKeyVersion(), Suite: r.GetSuite(), PublicKey: r.GetPublicKey(),
+	})
+	noteVersions(ctx, used)
+	if err != nil {
+		return nil, err
+	}
+	return &escrowdv1.RewrapResponse{Slot: slot}, nil
+}
+
+func (h *syncService) IssueUnlockCodes(ctx context.Context, req *escrowdv1.IssueUnlockCodesRequest) (*escrowdv1.IssueUnlockCodesResponse, error) {
+	rec := record(ctx)
+	rec.Group, rec.User = req.GetGroupId(), req.GetUserId()
+	is, err := h.s.cfg.Escrow.IssueCodes(ctx, req.GetGroupId(), req.GetUserId(), req.GetEscrowSlot(), int(req.GetCount()))
+	noteVersions(ctx, is.Used)
+	if err != nil {
+		return nil, err
+	}
+	rec.Detail = append(rec.Detail, fmt.Sprintf("epoch:%d", is.Epoch), fmt.Sprintf("codes:%d", len(is.Slots)))
+	return &escrowdv1.IssueUnlockCodesResponse{Epoch: is.Epoch, Slots: is.Slots}, nil
+}
+
+func (h *supportService) RevealUnlockCode(ctx context.Context, req *escrowdv1.RevealUnlockCodeRequest) (*escrowdv1.RevealUnlockCodeResponse, error) {
+	rec := record(ctx)
+	rec.Group, rec.User = req.GetGroupId(), req.GetUserId()
+	if bundle.ValidateID(req.GetTicket()) != nil {
+		return nil, fmt.Errorf("%w: ticket is required: printable ASCII, no spaces, at most %d bytes", escrow.ErrInvalid, bundle.MaxIDLength)
+	}
+	rec.Ticket = req.GetTicket()
+	rv, err := h.s.cfg.Escrow.RevealCode(ctx, req.GetGroupId(), req.GetUserId())
+	noteVersions(ctx, rv.Used)
+	if err != nil {
+		return nil, err
+	}
+	rec.Detail = append(rec.Detail, fmt.Sprintf("epoch:%d", rv.Epoch), fmt.Sprintf("index:%d", rv.Index))
+	resp := &escrowdv1.RevealUnlockCodeResponse{
+		Code: rv.Code.String(), Epoch: rv.Epoch, Index: rv.Index, Remaining: uint32(rv.Remaining),
+	}
+	rv.Code.Clear()
+	return resp, nil
+}
+
+func (h *supportService) ListUnlockCodes(ctx context.Context, req *escrowdv1.ListUnlockCodesRequest) (*escrowdv1.ListUnlockCodesResponse, error) {
+	rec := record(ctx)
+	rec.Group, rec.User = req.GetGroupId(), req.GetUserId()
+	c, err := h.s.cfg.Escrow.Codes(ctx, req.GetGroupId(), req.GetUserId())
+	if err != nil {
+		return nil, err
+	}
+	resp := &escrowdv1.ListUnlockCodesResponse{Epoch: c.Epoch}
+	for i, r := range c.Revealed {
+		st := escrowdv1.UnlockCodeState_STATE_UNREVEALED
+		if r {
+			st = escrowdv1.UnlockCodeState_STATE_REVEALED
+		}
+		resp.Codes = append(resp.Codes, &escrowdv1.UnlockCodeState{Index: uint32(i), State: st})
+	}
+	return resp, nil
+}
+
+func (h *securityService) GetGroup(ctx context.Context, req *escrowdv1.GetGroupRequest) (*escrowdv1.GetGroupResponse, error) {
+	record(ctx).Group = req.GetGroupId()
+	g, err := h.s.cfg.Escrow.Group(ctx, req.GetGroupId())
+	if err != nil {
+		return nil, err
+	}
+	resp := &escrowdv1.GetGroupResponse{GroupId: g.ID, CreatedUnix: g.Created.Unix()}
+	for _, k := range g.Escrow {
+		resp.EscrowKeys = append(resp.EscrowKeys, &escrowdv1.KeyVersion{
+			Version: k.Version, Suite: k.Suite, KekVersion: k.Private.KEKVersion, CreatedUnix: k.Created.Unix()})
+	}
+	for _, k := range g.Unlock {
+		resp.UnlockKeys = append(resp.UnlockKeys, &escrowdv1.KeyVersion{
+			Version: k.Version, Suite: "hmac-sha256", KekVersion: k.Key.KEKVersion, CreatedUnix: k.Created.Unix()})
+	}
+	return resp, nil
+}
+
+func (h *securityService) ListHSMObjects(ctx context.Context, _ *escrowdv1.ListHSMObjectsRequest) (*escrowdv1.ListHSMObjectsResponse, error) {
+	if h.s.cfg.Objects == nil {
+		return nil, fmt.Errorf("%w: no HSM object lister configured", escrow.ErrUnsupported)
+	}
+	objs, err := h.s.cfg.Objects.Objects(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", escrow.ErrUnavailable, err)
+	}
+	resp := &escrowdv1.ListHSMObjectsResponse{}
+	for _, o := range objs {
+		resp.Objects = append(resp.Objects, &escrowdv1.HSMObject{
+			Class: o.Class, KeyType: o.KeyType, Label: o.Label, Token: o.Token, Private: o.Private,
+			Sensitive: o.Sensitive, Extractable: o.Extractable, WrapWithTrusted: o.WrapWithTrusted, Trusted: o.Trusted,
+		})
+	}
+	return resp, nil
+}

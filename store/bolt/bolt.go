@@ -1,0 +1,219 @@
+// Package bolt is escrowd's embedded store, on bbolt: one file, no server,
+// and every transaction fsynced before it returns, so `make run` needs
+// nothing else and a crash loses no committed reveal. bbolt allows one
+// writer at a time, which is what ClaimCode needs to never hand out a code
+// twice; several replicas need the PostgreSQL store instead.
+package bolt
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bbolt "go.etcd.io/bbolt"
+
+	"github.com/escrowd/escrowd/store"
+)
+
+var (
+	bucketGroups = []byte("groups")
+	bucketCodes  = []byte("codes")
+	bucketMeta   = []byte("meta")
+	keySchema    = []byte("schema")
+)
+
+const schemaVersion = "1"
+
+// Store is the bbolt back end.
+type Store struct {
+	db  *bbolt.DB
+	now func() time.Time
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens or creates the database file at path. A second process that
+// opens the same file waits up to a second, then fails: the file is locked.
+func Open(path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("failed to create the store directory: %w", err)
+	}
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("failed to open store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketGroups, bucketCodes, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		switch v := meta.Get(keySchema); {
+		case v == nil:
+			return meta.Put(keySchema, []byte(schemaVersion))
+		case string(v) != schemaVersion:
+			return fmt.Errorf("store schema version %q, this build reads %q", v, schemaVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("failed to initialise store %s: %w", path, err)
+	}
+	return &Store{db: db, now: time.Now}, nil
+}
+
+// Close closes the database file.
+func (s *Store) Close() error { return s.db.Close() }
+
+func codesKey(group, user string) []byte {
+	// Ids are printable ASCII (bundle.ValidateID), so NUL separates them.
+	return []byte(group + "\x00" + user)
+}
+
+// CreateGroup implements store.Store.
+func (s *Store) CreateGroup(ctx context.Context, g store.Group) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	val, err := json.Marshal(g)
+	if err != nil {
+		return err
+	}
+	return s.update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketGroups)
+		if b.Get([]byte(g.ID)) != nil {
+			return fmt.Errorf("group %s: %w", g.ID, store.ErrExists)
+		}
+		return b.Put([]byte(g.ID), val)
+	})
+}
+
+// Group implements store.Store.
+func (s *Store) Group(ctx context.Context, id string) (store.Group, error) {
+	var g store.Group
+	if err := ctx.Err(); err != nil {
+		return g, err
+	}
+	err := s.view(func(tx *bbolt.Tx) error {
+		v := tx.Bucket(bucketGroups).Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("group %s: %w", id, store.ErrNotFound)
+		}
+		return json.Unmarshal(v, &g)
+	})
+	return g, err
+}
+
+// Codes implements store.Store.
+func (s *Store) Codes(ctx context.Context, group, user string) (store.Codes, error) {
+	var c store.Codes
+	if err := ctx.Err(); err != nil {
+		return c, err
+	}
+	err := s.view(func(tx *bbolt.Tx) error {
+		var err error
+		c, err = getCodes(tx, group, user)
+		return err
+	})
+	return c, err
+}
+
+func getCodes(tx *bbolt.Tx, group, user string) (store.Codes, error) {
+	var c store.Codes
+	v := tx.Bucket(bucketCodes).Get(codesKey(group, user))
+	if v == nil {
+		return c, fmt.Errorf("group %s user %s: %w", group, user, store.ErrNoEpoch)
+	}
+	err := json.Unmarshal(v, &c)
+	return c, err
+}
+
+func putCodes(tx *bbolt.Tx, c store.Codes) error {
+	v, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketCodes).Put(codesKey(c.Group, c.User), v)
+}
+
+// StartEpoch implements store.Store.
+func (s *Store) StartEpoch(ctx context.Context, group, user string, prevEpoch, unlockVersion uint32, n int) (store.Codes, error) {
+	var c store.Codes
+	if err := ctx.Err(); err != nil {
+		return c, err
+	}
+	err := s.update(func(tx *bbolt.Tx) error {
+		if tx.Bucket(bucketGroups).Get([]byte(group)) == nil {
+			return fmt.Errorf("group %s: %w", group, store.ErrNotFound)
+		}
+		cur, err := getCodes(tx, group, user)
+		switch {
+		case errors.Is(err, store.ErrNoEpoch):
+		case err != nil:
+			return err
+		}
+		if cur.Epoch != prevEpoch {
+			return fmt.Errorf("epoch is %d, not %d: %w", cur.Epoch, prevEpoch, store.ErrConflict)
+		}
+		c = store.Codes{
+			Group: group, User: user, Epoch: prevEpoch + 1, UnlockVersion: unlockVersion,
+			Revealed: make([]bool, n), Updated: s.now().UTC(),
+		}
+		return putCodes(tx, c)
+	})
+	return c, err
+}
+
+// ClaimCode implements store.Store.
+func (s *Store) ClaimCode(ctx context.Context, group, user string) (int, store.Codes, error) {
+	var c store.Codes
+	index := -1
+	if err := ctx.Err(); err != nil {
+		return index, c, err
+	}
+	err := s.update(func(tx *bbolt.Tx) error {
+		var err error
+		c, err = getCodes(tx, group, user)
+		if err != nil {
+			return err
+		}
+		for i, r := range c.Revealed {
+			if !r {
+				index = i
+				break
+			}
+		}
+		if index < 0 {
+			return fmt.Errorf("group %s user %s epoch %d: %w", group, user, c.Epoch, store.ErrExhausted)
+		}
+		c.Revealed[index] = true
+		c.Updated = s.now().UTC()
+		return putCodes(tx, c)
+	})
+	if err != nil {
+		return -1, store.Codes{}, err
+	}
+	return index, c, nil
+}
+
+func (s *Store) update(fn func(*bbolt.Tx) error) error {
+	err := s.db.Update(fn)
+	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+		return store.ErrClosed
+	}
+	return err
+}
+
+func (s *Store) view(fn func(*bbolt.Tx) error) error {
+	err := s.db.View(fn)
+	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+		return store.ErrClosed
+	}
+	return err
+}
