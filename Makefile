@@ -9,7 +9,7 @@ VAULTDEV  := $(CACHE)/bin/vaultdev
 SOFTHSM   := /usr/lib/softhsm/libsofthsm2.so
 PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
-STATICCHECK        := honnef.co/go/tools/cmd/staticcheck@2025.1.1
+STATICCHECK        := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TEST_TIMEOUT       ?= 30m
 
 export ESCROWD_VAULTDEV := $(VAULTDEV)
@@ -39,8 +39,7 @@ $(VAULTDEV): tools/vaultdev/go.mod tools/vaultdev/go.sum $(wildcard tools/vaultd
 	@echo "building the Vault dev server (first time: several minutes)"
 	cd tools/vaultdev && $(GO) build -o $@ .
 
-test: deps vaultdev
-	$(GO) vet ./...
+test: deps vaultdev lint
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 lint:

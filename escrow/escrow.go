@@ -482,6 +482,8 @@ func hsmErr(err error) error {
 		return fmt.Errorf("%w: HSM: %w", ErrUnavailable, err)
 	case errors.Is(err, hsm.ErrUnsupported):
 		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+	case errors.Is(err, hsm.ErrInvalidInput):
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return fmt.Errorf("escrow: HSM: %w", err)
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/escrowd/escrowd/escrow/device"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/secret"
+	"github.com/escrowd/escrowd/softhsm"
 )
 
 const usage = `escrowctl talks to escrowd and to the HSM.
@@ -42,7 +43,9 @@ HSM ceremony (runs against the token directly):
   hsm init -module PATH -token LABEL -so-pin-file FILE [-kek-label L]
                                              create the trusted master KEK
 
-Development (what a device does; for trying escrowd out):
+Development (for trying escrowd out; never for production):
+  dev token -dir DIR -token LABEL            create or reuse a SoftHSM token with
+                                             its master KEK; prints the module path
   dev seal-escrow -group ID -out FILE [-gdk-out FILE]
                                              wrap a fresh group data key to the
                                              group's escrow key
@@ -86,6 +89,7 @@ func run(args []string, out io.Writer) error {
 	token := fs.String("token", "", "HSM token label")
 	soPINFile := fs.String("so-pin-file", "", "file holding the security officer PIN (else $ESCROWD_SO_PIN)")
 	kekLabel := fs.String("kek-label", "escrowd-kek", "master KEK label")
+	dir := fs.String("dir", "", "folder of the development token")
 	if err := fs.Parse(args[2:]); err != nil {
 		return err
 	}
@@ -95,6 +99,19 @@ func run(args []string, out io.Writer) error {
 				return fmt.Errorf("%s: -%s is required", cmd, n)
 			}
 		}
+		return nil
+	}
+
+	if cmd == "dev token" {
+		if err := need("dir", "token"); err != nil {
+			return err
+		}
+		t, err := softhsm.New(*dir, *token)
+		if err != nil {
+			return err
+		}
+		// The module path, for the caller's -hsm-module.
+		fmt.Fprintln(out, t.Module)
 		return nil
 	}
 

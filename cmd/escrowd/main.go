@@ -134,7 +134,7 @@ func run(o options) error {
 	cancel()
 	if err != nil {
 		// Fail at start rather than serve requests that can only fail.
-		return fmt.Errorf("Vault at %s: %w", o.vaultAddr, err)
+		return fmt.Errorf("audit trail at Vault %s: %w", o.vaultAddr, err)
 	}
 
 	svc, err := escrow.New(h, st, escrow.Config{DefaultSuite: o.defaultSuite})

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	bbolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/escrowd/escrowd/store"
 )
@@ -204,7 +205,7 @@ func (s *Store) ClaimCode(ctx context.Context, group, user string) (int, store.C
 
 func (s *Store) update(fn func(*bbolt.Tx) error) error {
 	err := s.db.Update(fn)
-	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
 		return store.ErrClosed
 	}
 	return err
@@ -212,7 +213,7 @@ func (s *Store) update(fn func(*bbolt.Tx) error) error {
 
 func (s *Store) view(fn func(*bbolt.Tx) error) error {
 	err := s.db.View(fn)
-	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
 		return store.ErrClosed
 	}
 	return err

@@ -1,0 +1,478 @@
+// Package e2e runs escrowd whole: a real SoftHSM token, a real Vault
+// server (tools/vaultdev), the bbolt store and the gRPC API over loopback.
+// A missing SoftHSM or Vault binary fails these tests; it never skips them.
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/audit"
+	"github.com/escrowd/escrowd/daemon"
+	"github.com/escrowd/escrowd/escrow"
+	"github.com/escrowd/escrowd/escrow/bundle"
+	"github.com/escrowd/escrowd/escrow/device"
+	"github.com/escrowd/escrowd/escrow/unlockcode"
+	"github.com/escrowd/escrowd/hsm"
+	"github.com/escrowd/escrowd/internal/vaulttest"
+	"github.com/escrowd/escrowd/softhsm"
+	"github.com/escrowd/escrowd/store/bolt"
+)
+
+var (
+	vaultSrv *vaulttest.Server
+	token    *softhsm.Token
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "escrowd-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	token, err = softhsm.New(filepath.Join(dir, "softhsm"), "escrowd-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: SoftHSM:", err)
+		return 1
+	}
+	return vaulttest.RunMain(m, &vaultSrv)
+}
+
+// stack is one escrowd over the shared token and a Vault server.
+type stack struct {
+	t       *testing.T
+	hsm     *hsm.HSM
+	audit   *audit.Vault
+	prefix  string
+	conn    *grpc.ClientConn
+	sync    escrowdv1.SyncServiceClient
+	support escrowdv1.SupportServiceClient
+	sec     escrowdv1.SecurityServiceClient
+}
+
+func newStack(t *testing.T, v *vaulttest.Server) *stack {
+	t.Helper()
+	h, err := hsm.Open(token.HSMConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "escrowd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	prefix := "escrowd-test/" + strings.ReplaceAll(t.Name(), "/", "-")
+	aud, err := audit.NewVault(audit.VaultConfig{Address: v.Addr, Token: v.Token, Prefix: prefix, Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := escrow.New(h, st, escrow.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := daemon.New(daemon.Config{
+		Escrow: svc, Auditor: aud, Objects: h,
+		Checks: map[string]daemon.Checker{"hsm": h, "vault": aud},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &stack{t: t, hsm: h, audit: aud, prefix: prefix, conn: conn,
+		sync:    escrowdv1.NewSyncServiceClient(conn),
+		support: escrowdv1.NewSupportServiceClient(conn),
+		sec:     escrowdv1.NewSecurityServiceClient(conn)}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// provisionAndSeal provisions a group and, as a device would, seals a
+// fresh GDK to its escrow key.
+func (s *stack) provisionAndSeal(ctx context.Context, group string, ids *[]string) (gdk, escrowSlot []byte) {
+	s.t.Helper()
+	var hdr metadata.MD
+	r, err := s.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: group}, grpc.Header(&hdr))
+	if err != nil {
+		s.t.Fatalf("ProvisionGroup: %v", err)
+	}
+	*ids = append(*ids, hdr.Get(daemon.HeaderRequestID)...)
+	k := r.GetEscrowKey()
+	if k.GetVersion() != 1 || k.GetSuite() != bundle.SuiteRSAOAEPSHA1 {
+		s.t.Fatalf("escrow key %v", k)
+	}
+	pk, err := x509.ParsePKIXPublicKey(k.GetPublicKey())
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if rk, ok := pk.(*rsa.PublicKey); !ok || rk.N.BitLen() != 3072 {
+		s.t.Fatalf("escrow public key is %T, want RSA-3072", pk)
+	}
+	gdk, err = device.NewGDK()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	escrowSlot, err = device.SealEscrow(k.GetPublicKey(), k.GetVersion(), k.GetSuite(), gdk)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return gdk, escrowSlot
+}
+
+// TestEndToEnd: provision → a device seals a GDK to the escrow key →
+// re-wrap to a member key → the member opens it → issue unlock codes →
+// reveal a code → the code opens its unlock slot → Vault holds a record of
+// every call, and none holds a secret.
+func TestEndToEnd(t *testing.T) {
+	s := newStack(t, vaultSrv)
+	ctx := ctxT(t)
+	var ids []string
+	call := func() (grpc.CallOption, func()) {
+		var hdr metadata.MD
+		return grpc.Header(&hdr), func() { ids = append(ids, hdr.Get(daemon.HeaderRequestID)...) }
+	}
+
+	gdk, escrowSlot := s.provisionAndSeal(ctx, "family-42", &ids)
+
+	// Re-wrap to a member.
+	member, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	memberPub, _ := x509.MarshalPKIXPublicKey(&member.PublicKey)
+	opt, done := call()
+	rw, err := s.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{
+		GroupId: "family-42", EscrowSlot: escrowSlot,
+		Recipient: &escrowdv1.Recipient{Kind: escrowdv1.Recipient_KIND_MEMBER, Id: "alice", KeyVersion: 1,
+			Suite: bundle.SuiteRSAOAEPSHA1, PublicKey: memberPub},
+	}, opt)
+	done()
+	if err != nil {
+		t.Fatalf("Rewrap: %v", err)
+	}
+	slot, err := bundle.ParseSlot(rw.GetSlot())
+	if err != nil || slot.Kind != bundle.KindMember || slot.ID != "alice" {
+		t.Fatalf("member slot %+v, %v", slot, err)
+	}
+	got, err := device.OpenRSA(rw.GetSlot(), member)
+	if err != nil || string(got) != string(gdk) {
+		t.Fatalf("member opened %x, %v; want the device's GDK", got, err)
+	}
+
+	// Issue unlock codes, reveal one, open its slot with it.
+	opt, done = call()
+	is, err := s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: "family-42", UserId: "bob", EscrowSlot: escrowSlot}, opt)
+	done()
+	if err != nil {
+		t.Fatalf("IssueUnlockCodes: %v", err)
+	}
+	if is.GetEpoch() != 1 || len(is.GetSlots()) != 5 {
+		t.Fatalf("epoch %d with %d slots, want 1 with 5", is.GetEpoch(), len(is.GetSlots()))
+	}
+	var revealed []string
+	for i := range 2 {
+		opt, done = call()
+		rv, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "family-42", UserId: "bob", Ticket: "SUP-1001"}, opt)
+		done()
+		if err != nil {
+			t.Fatalf("RevealUnlockCode: %v", err)
+		}
+		if rv.GetIndex() != uint32(i) || rv.GetEpoch() != 1 || rv.GetRemaining() != uint32(4-i) {
+			t.Fatalf("reveal %d: %v", i, rv)
+		}
+		// Typed as a person would: lower case, dashes kept.
+		typed := strings.ToLower(rv.GetCode())
+		opened, err := device.OpenUnlock(is.GetSlots()[i], typed)
+		if err != nil || string(opened) != string(gdk) {
+			t.Fatalf("code %d opened %x, %v", i, opened, err)
+		}
+		// The code opens no other slot.
+		if _, err := device.OpenUnlock(is.GetSlots()[(i+1)%5], typed); !errors.Is(err, device.ErrWrongCode) {
+			t.Fatalf("code %d on slot %d: %v, want ErrWrongCode", i, (i+1)%5, err)
+		}
+		revealed = append(revealed, rv.GetCode())
+	}
+	if revealed[0] == revealed[1] {
+		t.Fatal("two reveals gave the same code")
+	}
+	// A mistyped character is caught by the check symbol.
+	bad := []byte(revealed[0])
+	bad[0] = map[bool]byte{true: 'X', false: 'Y'}[bad[0] != 'X']
+	if _, err := device.OpenUnlock(is.GetSlots()[0], string(bad)); !errors.Is(err, unlockcode.ErrCheck) {
+		t.Fatalf("mistyped code: %v, want ErrCheck", err)
+	}
+
+	opt, done = call()
+	ls, err := s.support.ListUnlockCodes(ctx, &escrowdv1.ListUnlockCodesRequest{GroupId: "family-42", UserId: "bob"}, opt)
+	done()
+	if err != nil || len(ls.GetCodes()) != 5 || ls.GetCodes()[1].GetState() != escrowdv1.UnlockCodeState_STATE_REVEALED ||
+		ls.GetCodes()[2].GetState() != escrowdv1.UnlockCodeState_STATE_UNREVEALED {
+		t.Fatalf("ListUnlockCodes: %v, %v", ls, err)
+	}
+
+	// A failed call is audited too.
+	opt, done = call()
+	_, err = s.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: "no-such-group", EscrowSlot: escrowSlot,
+		Recipient: &escrowdv1.Recipient{Kind: escrowdv1.Recipient_KIND_MEMBER, Id: "alice", KeyVersion: 1, Suite: bundle.SuiteRSAOAEPSHA1, PublicKey: memberPub}}, opt)
+	done()
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("Rewrap of an unknown group: %v, want NotFound", err)
+	}
+
+	// Every call has its record in Vault, and Vault's file audit device
+	// logged each write.
+	if len(ids) != 7 {
+		t.Fatalf("%d request ids, want 7", len(ids))
+	}
+	entries, err := vaultSrv.AuditEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := map[string]bool{}
+	for _, e := range entries {
+		req, _ := e["request"].(map[string]any)
+		if op := req["operation"]; e["type"] == "response" && (op == "create" || op == "update") {
+			written[fmt.Sprint(req["path"])] = true
+		}
+	}
+	secrets := append([]string{string(escrowSlot), string(rw.GetSlot())}, revealed...)
+	for _, c := range revealed {
+		secrets = append(secrets, strings.ReplaceAll(c, "-", ""))
+	}
+	for _, id := range ids {
+		rec, err := s.audit.Read(ctx, id)
+		if err != nil {
+			t.Fatalf("record %s: %v", id, err)
+		}
+		if rec.ID != id || rec.Operation == "" || rec.Code == "" {
+			t.Fatalf("record %+v", rec)
+		}
+		p := "secret/data/" + s.prefix + "/records/" + id
+		if !written[p] {
+			t.Errorf("Vault's audit log has no write to %s", p)
+		}
+		flat := fmt.Sprintf("%+v", rec)
+		for _, sec := range secrets {
+			if strings.Contains(flat, sec) {
+				t.Errorf("record %s holds a secret", id)
+			}
+		}
+	}
+	reveal, _ := s.audit.Read(ctx, ids[3])
+	if reveal.Operation != "/escrowd.v1.SupportService/RevealUnlockCode" || reveal.Ticket != "SUP-1001" ||
+		reveal.User != "bob" || reveal.Outcome != audit.OutcomeOK || strings.Join(reveal.KeyVersions, ",") != "unlock:1" {
+		t.Fatalf("reveal record %+v", reveal)
+	}
+	failed, _ := s.audit.Read(ctx, ids[6])
+	if failed.Outcome != audit.OutcomeError || failed.Code != "NotFound" {
+		t.Fatalf("failed call's record %+v", failed)
+	}
+}
+
+// TestVaultDownFailsClosed: with Vault stopped a reveal fails Unavailable
+// and returns no code; the code it claimed is burnt, never handed out.
+func TestVaultDownFailsClosed(t *testing.T) {
+	v := vaulttest.StartT(t)
+	s := newStack(t, v)
+	ctx := ctxT(t)
+	var ids []string
+	_, escrowSlot := s.provisionAndSeal(ctx, "g-failclosed", &ids)
+	is, err := s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: "g-failclosed", UserId: "u", EscrowSlot: escrowSlot, Count: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	rv, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-failclosed", UserId: "u", Ticket: "T-9"})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("reveal with Vault down: %v, want Unavailable", err)
+	}
+	if rv.GetCode() != "" {
+		t.Fatal("a code came back with Vault down")
+	}
+	if !strings.Contains(status.Convert(err).Message(), "audit") {
+		t.Fatalf("message does not say why: %v", err)
+	}
+
+	if err := v.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	rv, err = s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-failclosed", UserId: "u", Ticket: "T-9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rv.GetIndex() != 1 {
+		t.Fatalf("reveal after Vault returned gave index %d, want 1: the code claimed while Vault was down is burnt", rv.GetIndex())
+	}
+	// The burnt code's slot must not open with the code we got.
+	if _, err := device.OpenUnlock(is.GetSlots()[0], rv.GetCode()); !errors.Is(err, device.ErrWrongCode) {
+		t.Fatalf("code 1 on slot 0: %v", err)
+	}
+}
+
+// TestTokenObjectsDoNotGrow provisions 50 groups and lists the token's
+// objects: their number does not change, and every key object is
+// sensitive and non-extractable.
+func TestTokenObjectsDoNotGrow(t *testing.T) {
+	s := newStack(t, vaultSrv)
+	ctx := ctxT(t)
+	before, err := s.sec.ListHSMObjects(ctx, &escrowdv1.ListHSMObjectsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const groups = 50
+	var wg sync.WaitGroup
+	errs := make(chan error, groups)
+	sem := make(chan struct{}, 2)
+	for i := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			_, err := s.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: fmt.Sprintf("fleet-%03d", i)})
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("ProvisionGroup: %v", err)
+		}
+	}
+	after, err := s.sec.ListHSMObjects(ctx, &escrowdv1.ListHSMObjectsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.GetObjects()) != len(before.GetObjects()) {
+		t.Fatalf("%d objects before %d groups, %d after", len(before.GetObjects()), groups, len(after.GetObjects()))
+	}
+	keys := 0
+	for _, o := range after.GetObjects() {
+		if o.GetClass() != "private-key" && o.GetClass() != "secret-key" {
+			continue
+		}
+		keys++
+		if !o.GetSensitive() || o.GetExtractable() {
+			t.Errorf("key object %q: sensitive=%v extractable=%v", o.GetLabel(), o.GetSensitive(), o.GetExtractable())
+		}
+	}
+	if keys == 0 {
+		t.Fatal("no key object listed: the master KEK should be there")
+	}
+	t.Logf("%d objects on the token after %d groups (%d key objects)", len(after.GetObjects()), groups, keys)
+}
+
+// TestBadRequests: malformed input gets InvalidArgument with a message
+// naming the field, and changes nothing.
+func TestBadRequests(t *testing.T) {
+	s := newStack(t, vaultSrv)
+	ctx := ctxT(t)
+	var ids []string
+	_, escrowSlot := s.provisionAndSeal(ctx, "g-bad", &ids)
+	member, _ := rsa.GenerateKey(rand.Reader, 2048)
+	memberPub, _ := x509.MarshalPKIXPublicKey(&member.PublicKey)
+	small, _ := rsa.GenerateKey(rand.Reader, 1024)
+	smallPub, _ := x509.MarshalPKIXPublicKey(&small.PublicKey)
+	okRecipient := &escrowdv1.Recipient{Kind: escrowdv1.Recipient_KIND_MEMBER, Id: "m", KeyVersion: 1, Suite: bundle.SuiteRSAOAEPSHA1, PublicKey: memberPub}
+	tampered := []byte(strings.Replace(string(escrowSlot), `"wrapped":"`, `"wrapped":"AAAA`, 1))
+	tampered = tampered[:len(tampered)-6]
+	tampered = append(tampered, []byte(`AAA="}`)...)
+	otherVersion := []byte(strings.Replace(string(escrowSlot), `"key_version":1`, `"key_version":7`, 1))
+
+	tests := []struct {
+		name string
+		req  *escrowdv1.RewrapRequest
+		code codes.Code
+		want string
+	}{
+		{"empty group", &escrowdv1.RewrapRequest{EscrowSlot: escrowSlot, Recipient: okRecipient}, codes.InvalidArgument, "group_id"},
+		{"no recipient", &escrowdv1.RewrapRequest{GroupId: "g-bad", EscrowSlot: escrowSlot}, codes.InvalidArgument, "recipient"},
+		{"garbage slot", &escrowdv1.RewrapRequest{GroupId: "g-bad", EscrowSlot: []byte("{"), Recipient: okRecipient}, codes.InvalidArgument, "escrow_slot"},
+		{"tampered slot", &escrowdv1.RewrapRequest{GroupId: "g-bad", EscrowSlot: tampered, Recipient: okRecipient}, codes.InvalidArgument, "does not open"},
+		{"unknown key version", &escrowdv1.RewrapRequest{GroupId: "g-bad", EscrowSlot: otherVersion, Recipient: okRecipient}, codes.InvalidArgument, "version 7"},
+		{"small recipient key", &escrowdv1.RewrapRequest{GroupId: "g-bad", EscrowSlot: escrowSlot,
+			Recipient: &escrowdv1.Recipient{Kind: escrowdv1.Recipient_KIND_DEVICE, Id: "d", KeyVersion: 1, Suite: bundle.SuiteRSAOAEPSHA1, PublicKey: smallPub}}, codes.InvalidArgument, "RSA-1024"},
+		{"garbage recipient key", &escrowdv1.RewrapRequest{GroupId: "g-bad", EscrowSlot: escrowSlot,
+			Recipient: &escrowdv1.Recipient{Kind: escrowdv1.Recipient_KIND_DEVICE, Id: "d", KeyVersion: 1, Suite: bundle.SuiteRSAOAEPSHA1, PublicKey: []byte{1, 2}}}, codes.InvalidArgument, "public_key"},
+		{"unknown group", &escrowdv1.RewrapRequest{GroupId: "g-none", EscrowSlot: escrowSlot, Recipient: okRecipient}, codes.NotFound, "g-none"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := s.sync.Rewrap(ctx, tt.req)
+			if status.Code(err) != tt.code || !strings.Contains(status.Convert(err).Message(), tt.want) {
+				t.Fatalf("Rewrap: %v; want %v saying %q", err, tt.code, tt.want)
+			}
+		})
+	}
+
+	// Provisioning twice is refused and keeps the first keys.
+	k1, _ := s.sync.GetEscrowKey(ctx, &escrowdv1.GetEscrowKeyRequest{GroupId: "g-bad"})
+	if _, err := s.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: "g-bad"}); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("second provision: %v", err)
+	}
+	k2, _ := s.sync.GetEscrowKey(ctx, &escrowdv1.GetEscrowKeyRequest{GroupId: "g-bad"})
+	if string(k1.GetEscrowKey().GetPublicKey()) != string(k2.GetEscrowKey().GetPublicKey()) {
+		t.Fatal("a refused provision replaced the escrow key")
+	}
+	// Reveals before any issue, and past the last code.
+	if _, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "T"}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("reveal before issue: %v", err)
+	}
+	if _, err := s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: "g-bad", UserId: "u", EscrowSlot: escrowSlot, Count: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "T"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "T"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "revealed") {
+		t.Fatalf("reveal past the last code: %v", err)
+	}
+	if _, err := s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: "g-bad", UserId: "u", EscrowSlot: escrowSlot, Count: 500}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("500 codes: %v", err)
+	}
+}

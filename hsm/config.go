@@ -1,0 +1,84 @@
+package hsm
+
+import (
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultSessions    = 4
+	DefaultWaitTimeout = 5 * time.Second
+	DefaultKEKLabel    = "escrowd-kek"
+)
+
+// Config says which module, token and KEK to use.
+//
+// Config never prints its PIN: String, Format (every fmt verb, including
+// %+v and %#v), GoString and LogValue redact it, and encoding/json skips it.
+type Config struct {
+	Module      string        // path of the PKCS#11 module
+	TokenLabel  string        // label of the token (CKA_LABEL of the token info)
+	PIN         string        `json:"-"` // user PIN; callers read it from a file or the environment
+	Sessions    int           // session pool size, default 4
+	WaitTimeout time.Duration // max wait for a pooled session, default 5s, then ErrUnavailable
+	KEKLabel    string        // default "escrowd-kek"; version N object label is KEKLabel+"-vN"
+}
+
+func (c Config) withDefaults() Config {
+	if c.Sessions <= 0 {
+		c.Sessions = DefaultSessions
+	}
+	if c.WaitTimeout <= 0 {
+		c.WaitTimeout = DefaultWaitTimeout
+	}
+	if c.KEKLabel == "" {
+		c.KEKLabel = DefaultKEKLabel
+	}
+	return c
+}
+
+// kekObjectLabel is the CKA_LABEL of master KEK version v.
+func kekObjectLabel(base string, v uint32) string {
+	return base + "-v" + strconv.FormatUint(uint64(v), 10)
+}
+
+func redacted(pin string) string {
+	if pin == "" {
+		return `""`
+	}
+	return "[REDACTED]"
+}
+
+// String describes c without the PIN.
+func (c Config) String() string {
+	return fmt.Sprintf("hsm.Config{Module:%q TokenLabel:%q PIN:%s Sessions:%d WaitTimeout:%s KEKLabel:%q}",
+		c.Module, c.TokenLabel, redacted(c.PIN), c.Sessions, c.WaitTimeout, c.KEKLabel)
+}
+
+// GoString is String: %#v must not print the PIN either.
+func (c Config) GoString() string { return c.String() }
+
+// Format prints String for every verb, so that %v, %+v, %#v, %s and %q of a
+// Config (or of a struct holding one) never print the PIN.
+func (c Config) Format(f fmt.State, verb rune) {
+	if verb == 'q' {
+		fmt.Fprintf(f, "%q", c.String())
+		return
+	}
+	_, _ = f.Write([]byte(c.String()))
+}
+
+// LogValue keeps the PIN out of log/slog output.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("module", c.Module),
+		slog.String("token_label", c.TokenLabel),
+		slog.String("pin", redacted(c.PIN)),
+		slog.Int("sessions", c.Sessions),
+		slog.Duration("wait_timeout", c.WaitTimeout),
+		slog.String("kek_label", c.KEKLabel),
+	)
+}

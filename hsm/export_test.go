@@ -1,0 +1,288 @@
+package hsm
+
+// Test hooks for package hsm_test (which may import softhsm; package hsm's
+// own tests may not, as softhsm imports hsm). They touch the token behind
+// the pool's back, or play an attacker holding the user PIN, to test what
+// the token (not this package) allows.
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"unsafe"
+
+	"github.com/miekg/pkcs11"
+)
+
+// CloseAllSessionsForTest calls C_CloseAllSessions on the token's slot:
+// every session of this process on the token dies and the login with them.
+func (h *HSM) CloseAllSessionsForTest() error {
+	h.mu.Lock()
+	slot := h.slot
+	h.mu.Unlock()
+	return h.mod.ctx.CloseAllSessions(slot)
+}
+
+// LogoutForTest logs the user out through a pooled session (and returns
+// the session to the pool as if nothing happened).
+func (h *HSM) LogoutForTest(ctx context.Context) error {
+	s, err := h.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer h.release(s, false)
+	return h.mod.ctx.Logout(s.h)
+}
+
+// HoldSessionForTest checks a session out until release is called.
+func (h *HSM) HoldSessionForTest(ctx context.Context) (release func(), err error) {
+	s, err := h.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return func() { h.release(s, false) }, nil
+}
+
+// IdleSessionsForTest is the number of idle pooled sessions.
+func (h *HSM) IdleSessionsForTest() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.idle)
+}
+
+// GroupKind says which group key an attack uses.
+type GroupKind int
+
+const (
+	KindUnlock GroupKind = iota
+	KindEscrow
+)
+
+func (k GroupKind) String() string {
+	if k == KindEscrow {
+		return "escrow"
+	}
+	return "unlock"
+}
+
+// unwrapAsDaemon unwraps a group key exactly as the daemon does for use.
+func (h *HSM) unwrapAsDaemon(s session, kind GroupKind, w WrappedKey) (pkcs11.ObjectHandle, error) {
+	if kind == KindEscrow {
+		return h.unwrapEscrowPrivate(s, w)
+	}
+	return h.unwrapUnlock(s, w)
+}
+
+// withGroupKey runs fn on a group key unwrapped as the daemon would.
+// Recovery is not involved: a failure is the test's answer.
+func (h *HSM) withGroupKey(ctx context.Context, kind GroupKind, w WrappedKey, fn func(s session, k pkcs11.ObjectHandle) error) error {
+	s, err := h.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer h.release(s, false)
+	k, err := h.unwrapAsDaemon(s, kind, w)
+	if err != nil {
+		return fmt.Errorf("unwrap as daemon: %w", err)
+	}
+	defer h.destroy(s, k)
+	return fn(s, k)
+}
+
+// ExportUnderImportedKeyForTest imports an AES key of the attacker's as a
+// session object and asks the token to wrap the unwrapped group key under it.
+func (h *HSM) ExportUnderImportedKeyForTest(ctx context.Context, kind GroupKind, w WrappedKey, aesKey []byte) ([]byte, error) {
+	var out []byte
+	err := h.withGroupKey(ctx, kind, w, func(s session, k pkcs11.ObjectHandle) error {
+		ak, err := h.mod.ctx.CreateObject(s.h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			boolAttr(pkcs11.CKA_TOKEN, false),
+			boolAttr(pkcs11.CKA_WRAP, true),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, aesKey),
+		})
+		if err != nil {
+			return wrapErr("import attacker key", err)
+		}
+		defer h.destroy(s, ak)
+		out, err = h.mod.ctx.WrapKey(s.h, kwp, ak, k)
+		return wrapErr("wrap under attacker key", err)
+	})
+	return out, err
+}
+
+// CopyWithForTest tries C_CopyObject of the unwrapped group key with one
+// boolean attribute changed.
+func (h *HSM) CopyWithForTest(ctx context.Context, kind GroupKind, w WrappedKey, attr string, v bool) error {
+	t, err := attrType(attr)
+	if err != nil {
+		return err
+	}
+	return h.withGroupKey(ctx, kind, w, func(s session, k pkcs11.ObjectHandle) error {
+		c, err := h.mod.ctx.CopyObject(s.h, k, []*pkcs11.Attribute{boolAttr(t, v)})
+		if err == nil {
+			h.destroy(s, c)
+		}
+		return wrapErr("copy object", err)
+	})
+}
+
+// SetAttributeForTest tries C_SetAttributeValue on the unwrapped group key.
+func (h *HSM) SetAttributeForTest(ctx context.Context, kind GroupKind, w WrappedKey, attr string, v bool) error {
+	t, err := attrType(attr)
+	if err != nil {
+		return err
+	}
+	return h.withGroupKey(ctx, kind, w, func(s session, k pkcs11.ObjectHandle) error {
+		return wrapErr("set attribute", h.mod.ctx.SetAttributeValue(s.h, k, []*pkcs11.Attribute{boolAttr(t, v)}))
+	})
+}
+
+// AttackerUnwrapForTest unwraps a stored unlock key (a generic secret)
+// under the KEK with the attacker's template (extractable, not sensitive,
+// not wrap-with-trusted) and reads CKA_VALUE. If loggedOut, it first logs
+// the user out and uses a public (CKA_PRIVATE=false) session object: the
+// KEK is a public object on SoftHSM.
+func (h *HSM) AttackerUnwrapForTest(ctx context.Context, w WrappedKey, loggedOut bool) ([]byte, error) {
+	s, err := h.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer h.release(s, loggedOut) // a logged-out session is not returned to the pool
+	if loggedOut {
+		if err := h.mod.ctx.Logout(s.h); err != nil {
+			return nil, wrapErr("logout", err)
+		}
+		if _, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, CurrentKEKVersion)); err != nil {
+			return nil, fmt.Errorf("find KEK without login: %w", err)
+		}
+	}
+	k, err := h.mod.ctx.UnwrapKey(s.h, kwp, s.kek, w.Blob, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		boolAttr(pkcs11.CKA_TOKEN, false),
+		boolAttr(pkcs11.CKA_PRIVATE, !loggedOut),
+		boolAttr(pkcs11.CKA_SENSITIVE, false),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, true),
+		boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, false),
+		boolAttr(pkcs11.CKA_SIGN, true),
+	})
+	if err != nil {
+		return nil, wrapErr("attacker unwrap", err)
+	}
+	defer h.destroy(s, k)
+	a, err := h.mod.ctx.GetAttributeValue(s.h, k, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+	if err != nil {
+		return nil, wrapErr("read CKA_VALUE", err)
+	}
+	return a[0].Value, nil
+}
+
+func attrType(name string) (uint, error) {
+	switch name {
+	case "CKA_WRAP_WITH_TRUSTED":
+		return pkcs11.CKA_WRAP_WITH_TRUSTED, nil
+	case "CKA_EXTRACTABLE":
+		return pkcs11.CKA_EXTRACTABLE, nil
+	case "CKA_SENSITIVE":
+		return pkcs11.CKA_SENSITIVE, nil
+	case "CKA_TOKEN":
+		return pkcs11.CKA_TOKEN, nil
+	}
+	return 0, fmt.Errorf("unknown attribute %q", name)
+}
+
+// InitKEKWithoutUnwrapTemplateForTest makes KEK v1 as InitKEK does, but
+// without CKA_UNWRAP_TEMPLATE: the counterfactual for the export tests.
+func InitKEKWithoutUnwrapTemplateForTest(module, tokenLabel, soPIN, kekLabel string) error {
+	noUnwrapTemplate = true
+	defer func() { noUnwrapTemplate = false }()
+	return InitKEK(module, tokenLabel, soPIN, kekLabel)
+}
+
+// DeriveAttackForTest unwraps a stored unlock key with the attributes the
+// KEK's unwrap template forces, plus CKA_DERIVE, and
+// derives base||known with CKM_CONCATENATE_BASE_AND_KEY into an
+// extractable, non-sensitive key, then reads its value.
+func (h *HSM) DeriveAttackForTest(ctx context.Context, w WrappedKey, known []byte) ([]byte, error) {
+	s, err := h.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer h.release(s, true)
+	k, err := h.mod.ctx.UnwrapKey(s.h, kwp, s.kek, w.Blob, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		boolAttr(pkcs11.CKA_TOKEN, false),
+		boolAttr(pkcs11.CKA_PRIVATE, true),
+		boolAttr(pkcs11.CKA_SENSITIVE, true),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
+		boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
+		boolAttr(pkcs11.CKA_DERIVE, true),
+	})
+	if err != nil {
+		return nil, wrapErr("attacker unwrap with CKA_DERIVE", err)
+	}
+	defer h.destroy(s, k)
+	other, err := h.mod.ctx.CreateObject(s.h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		boolAttr(pkcs11.CKA_TOKEN, false),
+		boolAttr(pkcs11.CKA_SENSITIVE, false),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, known),
+	})
+	if err != nil {
+		return nil, wrapErr("import known key", err)
+	}
+	defer h.destroy(s, other)
+	param := make([]byte, unsafe.Sizeof(uintptr(0)))
+	if len(param) == 8 {
+		binary.NativeEndian.PutUint64(param, uint64(other))
+	} else {
+		binary.NativeEndian.PutUint32(param, uint32(other))
+	}
+	d, err := h.mod.ctx.DeriveKey(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_CONCATENATE_BASE_AND_KEY, param)}, k, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		boolAttr(pkcs11.CKA_TOKEN, false),
+		boolAttr(pkcs11.CKA_SENSITIVE, false),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, true),
+	})
+	if err != nil {
+		return nil, wrapErr("derive base||key", err)
+	}
+	defer h.destroy(s, d)
+	a, err := h.mod.ctx.GetAttributeValue(s.h, d, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+	if err != nil {
+		return nil, wrapErr("read derived CKA_VALUE", err)
+	}
+	return a[0].Value, nil
+}
+
+// ForcedAttributesForTest unwraps a stored unlock key with a minimal
+// template and reports the resulting sensitive/extractable/wrap-with-trusted
+// attributes, and whether CKA_VALUE could be read.
+func (h *HSM) ForcedAttributesForTest(ctx context.Context, w WrappedKey) (sensitive, extractable, wwt, valueRead bool, err error) {
+	s, err := h.acquire(ctx)
+	if err != nil {
+		return
+	}
+	defer h.release(s, true)
+	k, err := h.mod.ctx.UnwrapKey(s.h, kwp, s.kek, w.Blob, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		boolAttr(pkcs11.CKA_TOKEN, false),
+	})
+	if err != nil {
+		err = wrapErr("unwrap with minimal template", err)
+		return
+	}
+	defer h.destroy(s, k)
+	info, err := objectInfo(h.mod.ctx, s.h, k)
+	if err != nil {
+		return
+	}
+	_, verr := h.mod.ctx.GetAttributeValue(s.h, k, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+	return info.Sensitive, info.Extractable, info.WrapWithTrusted, verr == nil, nil
+}

@@ -1,0 +1,326 @@
+// Package hsm keeps escrowd's group keys inside a PKCS#11 token.
+//
+// It is the only package of escrowd that talks PKCS#11 (through
+// github.com/miekg/pkcs11); no PKCS#11 type appears in its API.
+//
+// The token holds one master key-encryption key (KEK) per version: an
+// AES-256 token object, trusted and never extractable. Group keys (escrow
+// RSA key pairs, unlock HMAC keys) are generated as session objects, leave
+// the token only wrapped under the KEK (AES-KWP) and are unwrapped into
+// short-lived session objects to be used. See docs/HSM.md.
+package hsm
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/miekg/pkcs11"
+)
+
+// CurrentKEKVersion is the master KEK version new keys are wrapped under.
+const CurrentKEKVersion uint32 = 1
+
+// HSM is an open token: a bounded pool of logged-in sessions and the
+// handle of the master KEK. It is safe for concurrent use.
+type HSM struct {
+	cfg Config
+	mod *module
+
+	sem chan struct{} // one token per checked-out session
+
+	mu       sync.Mutex
+	anchor   pkcs11.SessionHandle // holds the login; never used for operations
+	slot     uint
+	kek      pkcs11.ObjectHandle
+	idle     []pkcs11.SessionHandle
+	closed   bool
+	inflight int
+	done     bool // resources released
+
+	closeOnce sync.Once
+	closeErr  error
+
+	unsupported sync.Map // Suite -> error, suites found unsupported
+}
+
+// Open loads the module, finds the token, logs the user in and finds the
+// master KEK (once; the handle is kept, never looked up per operation).
+func Open(cfg Config) (*HSM, error) {
+	cfg = cfg.withDefaults()
+	if cfg.TokenLabel == "" {
+		return nil, fmt.Errorf("hsm: open: %w: no token label configured", ErrInvalidInput)
+	}
+	mod, err := acquireModule(cfg.Module)
+	if err != nil {
+		return nil, err
+	}
+	h := &HSM{cfg: cfg, mod: mod, sem: make(chan struct{}, cfg.Sessions)}
+	s, slot, kek, err := h.connect()
+	if err != nil {
+		mod.forgetUnusedLogin(cfg.TokenLabel)
+		mod.release()
+		return nil, err
+	}
+	mod.holdLogin(cfg.TokenLabel)
+	h.anchor, h.slot, h.kek = s, slot, kek
+	return h, nil
+}
+
+// connect finds the token, opens the anchor session, logs in and finds the
+// KEK. The anchor session stays open for the life of the pool: in PKCS#11
+// closing the last session of a token logs the user out and (SoftHSM)
+// invalidates every object handle, the KEK's included, so the pool closing
+// a broken session must never be closing the last one.
+func (h *HSM) connect() (pkcs11.SessionHandle, uint, pkcs11.ObjectHandle, error) {
+	slot, err := h.mod.findToken(h.cfg.TokenLabel)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	s, err := h.mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return 0, 0, 0, wrapErr("open session", err)
+	}
+	if err := h.mod.loginUser(s, h.cfg.TokenLabel, h.cfg.PIN); err != nil {
+		_ = h.mod.ctx.CloseSession(s)
+		return 0, 0, 0, err
+	}
+	kek, err := findKEK(h.mod.ctx, s, kekObjectLabel(h.cfg.KEKLabel, CurrentKEKVersion))
+	if err != nil {
+		_ = h.mod.ctx.CloseSession(s)
+		return 0, 0, 0, err
+	}
+	return s, slot, kek, nil
+}
+
+// findKEK finds the KEK object by label and checks it is fit to be one.
+func findKEK(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, label string) (pkcs11.ObjectHandle, error) {
+	hs, err := findObjects(ctx, s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+	})
+	if err != nil {
+		return 0, err
+	}
+	switch len(hs) {
+	case 0:
+		return 0, fmt.Errorf("hsm: %w: no secret key labelled %q on the token; run `escrowctl hsm init`", ErrKEKNotFound, label)
+	case 1:
+	default:
+		return 0, fmt.Errorf("hsm: %w: %d secret keys labelled %q on the token, expected one", ErrKEKNotFound, len(hs), label)
+	}
+	attrs, err := ctx.GetAttributeValue(s, hs[0], []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, nil),
+	})
+	if err != nil {
+		return 0, wrapErr("read KEK attributes", err)
+	}
+	if attrUint(attrs[0]) != pkcs11.CKK_AES || !attrBool(attrs[1]) || attrBool(attrs[2]) || !attrBool(attrs[3]) || !attrBool(attrs[4]) {
+		return 0, fmt.Errorf("hsm: %w: %q is not an AES, token, non-extractable, wrap/unwrap key", ErrKEKNotFound, label)
+	}
+	return hs[0], nil
+}
+
+func findObjects(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, tmpl []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
+	if err := ctx.FindObjectsInit(s, tmpl); err != nil {
+		return nil, wrapErr("find objects", err)
+	}
+	var all []pkcs11.ObjectHandle
+	for {
+		hs, _, err := ctx.FindObjects(s, 256)
+		if err != nil {
+			_ = ctx.FindObjectsFinal(s)
+			return nil, wrapErr("find objects", err)
+		}
+		if len(hs) == 0 {
+			break
+		}
+		all = append(all, hs...)
+	}
+	if err := ctx.FindObjectsFinal(s); err != nil {
+		return nil, wrapErr("find objects", err)
+	}
+	return all, nil
+}
+
+// Close closes the pool's sessions and releases the module. Operations in
+// flight finish; later ones fail with ErrClosed. Close is idempotent.
+func (h *HSM) Close() error {
+	h.closeOnce.Do(func() {
+		h.mu.Lock()
+		h.closed = true
+		for _, s := range h.idle {
+			_ = h.mod.ctx.CloseSession(s)
+		}
+		h.idle = nil
+		_ = h.mod.ctx.CloseSession(h.anchor)
+		h.finishLocked()
+		h.mu.Unlock()
+	})
+	return h.closeErr
+}
+
+// finishLocked releases the module once closed and idle.
+func (h *HSM) finishLocked() {
+	if !h.closed || h.inflight > 0 || h.done {
+		return
+	}
+	h.done = true
+	h.mod.dropLogin(h.cfg.TokenLabel)
+	h.mod.release()
+}
+
+// session is a checked-out session.
+type session struct {
+	h   pkcs11.SessionHandle
+	kek pkcs11.ObjectHandle
+}
+
+// acquire checks a session out of the pool, waiting at most WaitTimeout.
+func (h *HSM) acquire(ctx context.Context) (session, error) {
+	if err := ctx.Err(); err != nil {
+		return session{}, fmt.Errorf("hsm: %w: %w", ErrUnavailable, err)
+	}
+	h.mu.Lock()
+	closed := h.closed
+	h.mu.Unlock()
+	if closed {
+		return session{}, fmt.Errorf("hsm: %w", ErrClosed)
+	}
+	select {
+	case h.sem <- struct{}{}:
+	default:
+		t := time.NewTimer(h.cfg.WaitTimeout)
+		defer t.Stop()
+		select {
+		case h.sem <- struct{}{}:
+		case <-t.C:
+			return session{}, fmt.Errorf("hsm: %w: no session free after %s (pool size %d)", ErrUnavailable, h.cfg.WaitTimeout, h.cfg.Sessions)
+		case <-ctx.Done():
+			return session{}, fmt.Errorf("hsm: %w: waiting for a session: %w", ErrUnavailable, ctx.Err())
+		}
+	}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		<-h.sem
+		return session{}, fmt.Errorf("hsm: %w", ErrClosed)
+	}
+	h.inflight++
+	kek := h.kek
+	if n := len(h.idle); n > 0 {
+		s := h.idle[n-1]
+		h.idle = h.idle[:n-1]
+		h.mu.Unlock()
+		return session{h: s, kek: kek}, nil
+	}
+	slot := h.slot
+	h.mu.Unlock()
+	// Sessions opened after the login share it (login is per token).
+	s, err := h.mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		h.mu.Lock()
+		h.inflight--
+		h.finishLocked()
+		h.mu.Unlock()
+		<-h.sem
+		return session{}, wrapErr("open session", err)
+	}
+	return session{h: s, kek: kek}, nil
+}
+
+// release returns s to the pool, or closes it if broken (never return a
+// broken session to the pool) or if the pool is closed or full.
+func (h *HSM) release(s session, broken bool) {
+	h.mu.Lock()
+	h.inflight--
+	if broken || h.closed || len(h.idle) >= h.cfg.Sessions {
+		_ = h.mod.ctx.CloseSession(s.h)
+	} else {
+		h.idle = append(h.idle, s.h)
+	}
+	h.finishLocked()
+	h.mu.Unlock()
+	<-h.sem
+}
+
+// recover rebuilds the pool after the token lost our sessions, login or
+// KEK handle: drop every idle session, find the token again (its slot may
+// have changed), open a session, log in, find the KEK again.
+func (h *HSM) recover() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return fmt.Errorf("hsm: %w", ErrClosed)
+	}
+	for _, s := range h.idle {
+		_ = h.mod.ctx.CloseSession(s)
+	}
+	h.idle = nil
+	_ = h.mod.ctx.CloseSession(h.anchor)
+	s, slot, kek, err := h.connect()
+	if err != nil {
+		return fmt.Errorf("hsm: recover: %w", err)
+	}
+	h.anchor, h.slot, h.kek = s, slot, kek
+	return nil
+}
+
+// do runs fn on a pooled session. If fn (or getting a session) fails in a
+// way that means the session, login or KEK handle is gone, the pool is
+// rebuilt and fn retried once.
+func (h *HSM) do(ctx context.Context, fn func(s session) error) error {
+	for attempt := 0; ; attempt++ {
+		s, err := h.acquire(ctx)
+		if err == nil {
+			err = fn(s)
+			// A session whose operation failed in the module is closed, not
+			// pooled: besides lost sessions, this drops any half-made object
+			// a failed call left (SoftHSM leaks the new object when an
+			// unwrap fails on its template).
+			_, failed := ckrCode(err)
+			h.release(s, failed)
+		}
+		if err == nil || attempt > 0 || !recoverable(err) {
+			return err
+		}
+		if rerr := h.recover(); rerr != nil {
+			return fmt.Errorf("%w (%w)", err, rerr)
+		}
+	}
+}
+
+// Healthy is a cheap liveness check: a pooled session reports a logged-in
+// user state. A lost session or login is recovered once, as for any
+// operation.
+func (h *HSM) Healthy(ctx context.Context) error {
+	return h.do(ctx, func(s session) error {
+		info, err := h.mod.ctx.GetSessionInfo(s.h)
+		if err != nil {
+			return wrapErr("session info", err)
+		}
+		if info.State != pkcs11.CKS_RW_USER_FUNCTIONS && info.State != pkcs11.CKS_RO_USER_FUNCTIONS {
+			return errNotLoggedIn
+		}
+		return nil
+	})
+}
+
+func attrBool(a *pkcs11.Attribute) bool { return len(a.Value) == 1 && a.Value[0] != 0 }
+
+// attrUint decodes a CK_ULONG attribute (native byte order).
+func attrUint(a *pkcs11.Attribute) uint {
+	switch len(a.Value) {
+	case 8:
+		return uint(binary.NativeEndian.Uint64(a.Value))
+	case 4:
+		return uint(binary.NativeEndian.Uint32(a.Value))
+	}
+	return ^uint(0)
+}

@@ -1,0 +1,243 @@
+package hsm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"syscall"
+	"unsafe"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Setup ceremony helpers, used by package softhsm and by `escrowctl hsm
+// init`. They take the SO PIN from the caller (who reads it from a file)
+// and never keep it.
+
+// InitToken initialises a token labelled label on a free slot (a slot whose
+// token is not initialised; SoftHSM always offers one) with soPIN, and sets
+// the user PIN. A token already labelled label gives ErrTokenExists.
+func InitToken(module string, label, soPIN, userPIN string) error {
+	if label == "" || soPIN == "" || userPIN == "" {
+		return fmt.Errorf("hsm: init token: %w: label, SO PIN and user PIN are required", ErrInvalidInput)
+	}
+	mod, err := acquireModule(module)
+	if err != nil {
+		return err
+	}
+	defer mod.release()
+	if _, err := mod.findToken(label); err == nil {
+		return fmt.Errorf("hsm: init token: %w: a token labelled %q exists", ErrTokenExists, label)
+	}
+	slots, err := mod.ctx.GetSlotList(true)
+	if err != nil {
+		return wrapErr("list slots", err)
+	}
+	free, found := uint(0), false
+	for _, s := range slots {
+		ti, err := mod.ctx.GetTokenInfo(s)
+		if err == nil && ti.Flags&pkcs11.CKF_TOKEN_INITIALIZED == 0 {
+			free, found = s, true
+			break
+		}
+	}
+	if !found {
+		return fmt.Errorf("hsm: init token: %w: no slot with an uninitialised token", ErrTokenNotFound)
+	}
+	if err := mod.ctx.InitToken(free, soPIN, label); err != nil {
+		return wrapErr("init token", err)
+	}
+	// SoftHSM moves an initialised token to a new slot ID: find it again.
+	slot, err := mod.findToken(label)
+	if err != nil {
+		return err
+	}
+	s, err := mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return wrapErr("open session", err)
+	}
+	defer func() { _ = mod.ctx.CloseSession(s) }()
+	if err := mod.ctx.Login(s, pkcs11.CKU_SO, soPIN); err != nil {
+		return wrapErr("SO login", err)
+	}
+	defer func() { _ = mod.ctx.Logout(s) }()
+	if err := mod.ctx.InitPIN(s, userPIN); err != nil {
+		return wrapErr("init user PIN", err)
+	}
+	return nil
+}
+
+// TokenExists reports whether module has an initialised token labelled label.
+func TokenExists(module, label string) (bool, error) {
+	mod, err := acquireModule(module)
+	if err != nil {
+		return false, err
+	}
+	defer mod.release()
+	_, err = mod.findToken(label)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, ErrTokenNotFound):
+		return false, nil
+	}
+	return false, err
+}
+
+// KEKReport says how InitKEK created the KEK.
+type KEKReport struct {
+	Label string // CKA_LABEL of the KEK object (kekLabel+"-v1")
+	// UnwrapTemplate is true if the module accepted CKA_UNWRAP_TEMPLATE on
+	// the KEK. Whether it enforces it is another matter: see docs/HSM.md.
+	UnwrapTemplate bool
+}
+
+// InitKEK logs in as SO and generates master KEK version 1, labelled
+// kekLabel+"-v1" (kekLabel "" means DefaultKEKLabel): an AES-256 token
+// object, CKA_TRUSTED, CKA_PRIVATE=false (SoftHSM's SO can create public
+// objects only), sensitive, never extractable, wrap/unwrap only,
+// unmodifiable. It also sets CKA_UNWRAP_TEMPLATE so that keys unwrapped
+// with the KEK are private, sensitive, non-extractable and wrap-with-trusted;
+// if the module refuses the attribute the KEK is created without it. A KEK
+// already there gives ErrKEKExists.
+//
+// Run it before any Open of the token in this process: a user login held
+// by the process makes the SO login fail.
+func InitKEK(module, tokenLabel, soPIN, kekLabel string) error {
+	_, err := InitKEKReport(module, tokenLabel, soPIN, kekLabel)
+	return err
+}
+
+// InitKEKReport is InitKEK, also telling how the KEK was made.
+func InitKEKReport(module, tokenLabel, soPIN, kekLabel string) (KEKReport, error) {
+	if kekLabel == "" {
+		kekLabel = DefaultKEKLabel
+	}
+	label := kekObjectLabel(kekLabel, CurrentKEKVersion)
+	rep := KEKReport{Label: label}
+	mod, err := acquireModule(module)
+	if err != nil {
+		return rep, err
+	}
+	defer mod.release()
+	slot, err := mod.findToken(tokenLabel)
+	if err != nil {
+		return rep, err
+	}
+	s, err := mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return rep, wrapErr("open session", err)
+	}
+	defer func() { _ = mod.ctx.CloseSession(s) }()
+	if err := mod.ctx.Login(s, pkcs11.CKU_SO, soPIN); err != nil {
+		return rep, wrapErr("SO login", err)
+	}
+	defer func() { _ = mod.ctx.Logout(s) }()
+
+	hs, err := findObjects(mod.ctx, s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)})
+	if err != nil {
+		return rep, err
+	}
+	if len(hs) > 0 {
+		return rep, fmt.Errorf("hsm: init KEK: %w: an object labelled %q is on token %q", ErrKEKExists, label, tokenLabel)
+	}
+	base := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(label)),
+		boolAttr(pkcs11.CKA_TOKEN, true),
+		boolAttr(pkcs11.CKA_PRIVATE, false),
+		boolAttr(pkcs11.CKA_SENSITIVE, true),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
+		boolAttr(pkcs11.CKA_TRUSTED, true),
+		boolAttr(pkcs11.CKA_WRAP, true),
+		boolAttr(pkcs11.CKA_UNWRAP, true),
+		boolAttr(pkcs11.CKA_ENCRYPT, false),
+		boolAttr(pkcs11.CKA_DECRYPT, false),
+		boolAttr(pkcs11.CKA_SIGN, false),
+		boolAttr(pkcs11.CKA_VERIFY, false),
+		boolAttr(pkcs11.CKA_DERIVE, false),
+		boolAttr(pkcs11.CKA_MODIFIABLE, false),
+	}
+	gen := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}
+
+	if noUnwrapTemplate {
+		if _, err := mod.ctx.GenerateKey(s, gen, base); err != nil {
+			return rep, wrapErr("generate KEK", err)
+		}
+		return rep, nil
+	}
+	tmpl, free, terr := attributeArray([]attrBoolSpec{
+		{pkcs11.CKA_PRIVATE, true},
+		{pkcs11.CKA_SENSITIVE, true},
+		{pkcs11.CKA_EXTRACTABLE, false},
+		{pkcs11.CKA_WRAP_WITH_TRUSTED, true},
+	})
+	if terr == nil {
+		_, err = mod.ctx.GenerateKey(s, gen, append(base, pkcs11.NewAttribute(pkcs11.CKA_UNWRAP_TEMPLATE, tmpl)))
+		free()
+		if err == nil {
+			rep.UnwrapTemplate = true
+			return rep, nil
+		}
+		code, _ := ckrCode(err)
+		switch code {
+		case pkcs11.CKR_ATTRIBUTE_TYPE_INVALID, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11.CKR_TEMPLATE_INCONSISTENT:
+			// fall through: create it without the template
+		default:
+			return rep, wrapErr("generate KEK", err)
+		}
+	}
+	if _, err := mod.ctx.GenerateKey(s, gen, base); err != nil {
+		return rep, wrapErr("generate KEK", err)
+	}
+	return rep, nil
+}
+
+// noUnwrapTemplate makes InitKEK leave CKA_UNWRAP_TEMPLATE out (tests only).
+var noUnwrapTemplate bool
+
+type attrBoolSpec struct {
+	t uint
+	v bool
+}
+
+// ckAttributeSize is sizeof(CK_ATTRIBUTE): type, pointer, length.
+const ckAttributeSize = 3 * int(unsafe.Sizeof(uintptr(0)))
+
+// attributeArray lays out a CK_ATTRIBUTE array of CK_BBOOL attributes, for
+// an array attribute such as CKA_UNWRAP_TEMPLATE (miekg/pkcs11 has no type
+// for these). The array and the values it points to live in an anonymous
+// mapping outside the Go heap, so the pointers stay valid while the module
+// reads them; call free once the PKCS#11 call has returned. The returned
+// byte slice is the array itself, copied by miekg/pkcs11 into the
+// attribute's value.
+func attributeArray(attrs []attrBoolSpec) ([]byte, func(), error) {
+	page, err := syscall.Mmap(-1, 0, 4096, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return nil, nil, err
+	}
+	word := int(unsafe.Sizeof(uintptr(0)))
+	put := func(b []byte, v uint64) {
+		if word == 8 {
+			binary.NativeEndian.PutUint64(b, v)
+		} else {
+			binary.NativeEndian.PutUint32(b, uint32(v))
+		}
+	}
+	values := len(attrs) * ckAttributeSize
+	for i, a := range attrs {
+		if a.v {
+			page[values+i] = 1
+		}
+		e := page[i*ckAttributeSize:]
+		put(e[0:], uint64(a.t))
+		put(e[word:], uint64(uintptr(unsafe.Pointer(&page[values+i]))))
+		put(e[2*word:], 1) // sizeof(CK_BBOOL)
+	}
+	arr := make([]byte, values)
+	copy(arr, page[:values])
+	return arr, func() { _ = syscall.Munmap(page) }, nil
+}
