@@ -1,0 +1,223 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/escrowd/escrowd/escrow/device"
+)
+
+// buildBinaries compiles escrowd and escrowctl as a user would run them.
+func buildBinaries(t *testing.T) (escrowd, escrowctl string) {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{"escrowd", "escrowctl"} {
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), "../cmd/"+name).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go build %s: %v\n%s", name, err, out)
+		}
+	}
+	return filepath.Join(dir, "escrowd"), filepath.Join(dir, "escrowctl")
+}
+
+func writeSecret(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(p, []byte(content+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestStartupErrors: a wrong PIN, a missing module and a missing token each
+// stop escrowd at start with an error that says which, and no PIN.
+func TestStartupErrors(t *testing.T) {
+	escrowd, _ := buildBinaries(t)
+	vaultToken := writeSecret(t, vaultSrv.Token)
+	const wrongPIN = "wrong-pin-31337"
+	tests := []struct {
+		name   string
+		module string
+		token  string
+		pin    string
+		want   string
+	}{
+		{"wrong PIN", token.Module, token.Label, wrongPIN, "PIN"},
+		{"missing module", "/nonexistent/libpkcs11.so", token.Label, token.UserPIN, "module"},
+		{"missing token", token.Module, "no-such-token", token.UserPIN, "no-such-token"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, escrowd, "-listen", freeAddr(t), "-store", filepath.Join(t.TempDir(), "db"),
+				"-hsm-module", tt.module, "-hsm-token", tt.token, "-hsm-pin-file", writeSecret(t, tt.pin),
+				"-vault-addr", vaultSrv.Addr, "-vault-token-file", vaultToken)
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("escrowd started:\n%s", out)
+			}
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+				t.Fatalf("escrowd: %v, want exit status 1\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tt.want) {
+				t.Fatalf("escrowd's error does not mention %q:\n%s", tt.want, out)
+			}
+			if strings.Contains(string(out), tt.pin) {
+				t.Fatalf("escrowd printed the PIN:\n%s", out)
+			}
+			t.Logf("%s", bytes.TrimSpace(out))
+		})
+	}
+}
+
+// TestCLI runs escrowd and drives it with escrowctl, as `make run` prints.
+func TestCLI(t *testing.T) {
+	escrowd, escrowctl := buildBinaries(t)
+	addr := freeAddr(t)
+	var stderr bytes.Buffer
+	d := exec.Command(escrowd, "-listen", addr, "-store", filepath.Join(t.TempDir(), "escrowd.db"),
+		"-hsm-module", token.Module, "-hsm-token", token.Label, "-hsm-pin-file", filepath.Join(token.Dir, "user.pin"),
+		"-vault-addr", vaultSrv.Addr, "-vault-token-file", writeSecret(t, vaultSrv.Token))
+	d.Stderr = &stderr
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- d.Wait() }()
+	t.Cleanup(func() {
+		if d.ProcessState == nil {
+			d.Process.Kill()
+		}
+	})
+	// Wait until it accepts connections.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("escrowd did not listen:\n%s", stderr.String())
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("escrowd exited: %v\n%s", err, stderr.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+
+	work := t.TempDir()
+	ctl := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(escrowctl, args...)
+		cmd.Env = append(os.Environ(), "ESCROWD_ADDR="+addr)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("escrowctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	ctlFails := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(escrowctl, args...)
+		cmd.Env = append(os.Environ(), "ESCROWD_ADDR="+addr)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("escrowctl %s succeeded:\n%s", strings.Join(args, " "), out)
+		}
+		return string(out)
+	}
+
+	out := ctl("group", "provision", "-group", "cli-family")
+	if !strings.Contains(out, "group cli-family provisioned: escrow key v1 (rsa-oaep-sha1)") {
+		t.Fatalf("provision: %s", out)
+	}
+	out = ctlFails("group", "provision", "-group", "cli-family")
+	if !strings.Contains(out, "AlreadyExists") {
+		t.Fatalf("second provision: %s", out)
+	}
+	slotPath := filepath.Join(work, "escrow-slot.json")
+	gdkPath := filepath.Join(work, "gdk")
+	ctl("dev", "seal-escrow", "-group", "cli-family", "-out", slotPath, "-gdk-out", gdkPath)
+	out = ctl("codes", "issue", "-group", "cli-family", "-user", "alice", "-escrow-slot", slotPath, "-count", "3", "-out", filepath.Join(work, "slots"))
+	if !strings.Contains(out, "epoch 1: 3 unlock slots") {
+		t.Fatalf("codes issue: %s", out)
+	}
+	out = ctlFails("codes", "reveal", "-group", "cli-family", "-user", "alice")
+	if !strings.Contains(out, "-ticket is required") {
+		t.Fatalf("reveal without ticket: %s", out)
+	}
+	out = ctl("codes", "reveal", "-group", "cli-family", "-user", "alice", "-ticket", "SUP-7")
+	code := regexp.MustCompile(`[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}`).FindString(out)
+	if code == "" || !strings.Contains(out, "unlock code 0 of epoch 1 for alice") || !strings.Contains(out, "2 left") {
+		t.Fatalf("reveal: %s", out)
+	}
+	slot0, err := os.ReadFile(filepath.Join(work, "slots", "unlock-1-0.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gdk, _ := os.ReadFile(gdkPath)
+	opened, err := device.OpenUnlock(slot0, code)
+	if err != nil || !bytes.Equal(opened, gdk) {
+		t.Fatalf("the revealed code does not open its slot: %v", err)
+	}
+	out = ctl("codes", "list", "-group", "cli-family", "-user", "alice")
+	if !strings.Contains(out, "code 0  revealed") || !strings.Contains(out, "code 2  unrevealed") || strings.Contains(out, code) {
+		t.Fatalf("codes list: %s", out)
+	}
+	out = ctl("group", "show", "-group", "cli-family")
+	if !strings.Contains(out, "escrow v1  rsa-oaep-sha1") || !strings.Contains(out, "unlock v1  hmac-sha256") {
+		t.Fatalf("group show: %s", out)
+	}
+	out = ctl("hsm", "objects")
+	if !strings.Contains(out, `"label": "escrowd-kek-v1"`) {
+		t.Fatalf("hsm objects: %s", out)
+	}
+	out = ctlFails("group", "show", "-group", "nope")
+	if !strings.Contains(out, "NotFound") {
+		t.Fatalf("show of an unknown group: %s", out)
+	}
+
+	// SIGTERM drains and exits cleanly; the log never held the code.
+	if err := d.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("escrowd exit after SIGTERM: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("escrowd did not stop on SIGTERM")
+	}
+	log := stderr.String()
+	for _, secret := range []string{code, strings.ReplaceAll(code, "-", ""), token.UserPIN, vaultSrv.Token} {
+		if strings.Contains(log, secret) {
+			t.Fatalf("escrowd's log holds a secret")
+		}
+	}
+	if !strings.Contains(log, `"method":"/escrowd.v1.SupportService/RevealUnlockCode"`) {
+		t.Fatalf("escrowd's log has no line for the reveal:\n%s", log)
+	}
+}
