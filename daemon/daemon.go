@@ -239,7 +239,7 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 	cancel()
 	fields := []zap.Field{
 		zap.String("request_id", rec.ID), zap.String("method", info.FullMethod),
-		zap.String("caller", rec.Caller), zap.String("code", rec.Code),
+		zap.String("identity", rec.Caller), zap.String("code", rec.Code),
 		zap.Duration("duration", s.now().Sub(start)),
 	}
 	if rec.Group != "" {
