@@ -1,0 +1,456 @@
+// Package policy decides who may do what. A policy file maps caller
+// identities to roles and roles to operations, with constraints: ticket
+// references, rate limits, dual control and the re-wrap targets a role may
+// ask for. Anything the file does not allow is denied.
+//
+// The package does no I/O: the daemon reads the file, keeps rate-limit
+// counters and pending approvals in its store, and asks Decide for every
+// request. A Policy is immutable, so the daemon swaps a whole new one in on
+// reload while requests in flight finish under the old.
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	yaml "go.yaml.in/yaml/v3"
+)
+
+// Version is the policy file format version.
+const Version = 1
+
+// Error is a policy file error, with the file and line it is about.
+type Error struct {
+	File   string
+	Line   int
+	Reason string
+}
+
+func (e *Error) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Reason)
+	}
+	return fmt.Sprintf("%s: %s", e.File, e.Reason)
+}
+
+// ErrInvalid is wrapped by every *Error, for errors.Is.
+var ErrInvalid = errors.New("invalid policy")
+
+func (e *Error) Unwrap() error { return ErrInvalid }
+
+// Scope says what a rate limit counts per.
+type Scope string
+
+const (
+	PerUser   Scope = "user"   // per group and user
+	PerGroup  Scope = "group"  // per group
+	PerCaller Scope = "caller" // per caller identity
+	PerAll    Scope = "global" // one counter for everyone
+)
+
+// Limit is a rate limit the daemon must take before it serves a request.
+// Key names the counter; the store keeps one fixed window per key.
+type Limit struct {
+	Name   string
+	Key    string
+	Max    int
+	Window time.Duration
+}
+
+// Request is what Decide needs to know of a request.
+type Request struct {
+	// Identity is the caller's verified identity ("spiffe://…" or
+	// "spki:sha256:HEX"); empty for a caller without a valid certificate.
+	Identity  string
+	Operation string
+	Group     string
+	User      string
+	Ticket    string
+	// Targets lists the re-wrap target kinds asked for (member, device,
+	// unlock, escrow).
+	Targets []string
+}
+
+// Decision is Decide's answer.
+type Decision struct {
+	Allow bool
+	// Reason explains a denial in words a caller can act on; it names no
+	// secret and no other identity.
+	Reason string
+	// Name is the identity's display name from the policy, for the audit.
+	Name  string
+	Roles []string
+	// Limits must each have room, taken atomically, before the request runs.
+	Limits []Limit
+	// DualControl: a second, different identity must approve within
+	// ApprovalTimeout.
+	DualControl     bool
+	ApprovalTimeout time.Duration
+}
+
+// Policy is a parsed, checked policy. It is immutable.
+type Policy struct {
+	file       string
+	identities map[string]*identity
+	roles      map[string]*role
+	tickets    *ticketRule
+	dual       *dualRule
+	limits     []limitRule
+}
+
+type identity struct {
+	id, name string
+	roles    []string
+}
+
+type role struct {
+	ops     map[string]bool
+	targets map[string]bool // nil: any target
+}
+
+type ticketRule struct {
+	ops     map[string]bool
+	pattern *regexp.Regexp
+}
+
+type dualRule struct {
+	ops     map[string]bool
+	groups  []string
+	timeout time.Duration
+}
+
+type limitRule struct {
+	name   string
+	ops    map[string]bool
+	per    Scope
+	max    int
+	window time.Duration
+}
+
+// TargetKinds are the re-wrap targets a role may be limited to.
+var TargetKinds = []string{"member", "device", "unlock", "escrow"}
+
+// Decide answers one request. It is safe for concurrent use.
+func (p *Policy) Decide(r Request) Decision {
+	deny := func(format string, args ...any) Decision {
+		return Decision{Reason: fmt.Sprintf(format, args...)}
+	}
+	if r.Identity == "" {
+		return deny("no valid client certificate")
+	}
+	id, ok := p.identities[r.Identity]
+	if !ok {
+		return deny("identity %s is not in the policy", r.Identity)
+	}
+	d := Decision{Name: id.name, Roles: id.roles}
+	var grant *role
+	for _, rn := range id.roles {
+		ro := p.roles[rn]
+		if !ro.ops[r.Operation] {
+			continue
+		}
+		if ro.targets != nil {
+			allowed := true
+			for _, t := range r.Targets {
+				if !ro.targets[t] {
+					allowed = false
+				}
+			}
+			if !allowed {
+				continue
+			}
+		}
+		grant = ro
+		break
+	}
+	if grant == nil {
+		d.Reason = fmt.Sprintf("%s may not call %s", id.name, r.Operation)
+		if len(r.Targets) > 0 {
+			d.Reason += " for target kinds " + strings.Join(r.Targets, ", ")
+		}
+		return d
+	}
+	if t := p.tickets; t != nil && t.ops[r.Operation] && !t.pattern.MatchString(r.Ticket) {
+		d.Reason = fmt.Sprintf("%s needs a ticket reference matching %s", r.Operation, t.pattern)
+		return d
+	}
+	for _, l := range p.limits {
+		if !l.ops[r.Operation] {
+			continue
+		}
+		var scope string
+		switch l.per {
+		case PerUser:
+			scope = r.Group + "/" + r.User
+		case PerGroup:
+			scope = r.Group
+		case PerCaller:
+			scope = r.Identity
+		case PerAll:
+			scope = "*"
+		}
+		d.Limits = append(d.Limits, Limit{Name: l.name, Key: l.name + "|" + string(l.per) + "|" + scope, Max: l.max, Window: l.window})
+	}
+	if dc := p.dual; dc != nil && dc.ops[r.Operation] && matchAny(dc.groups, r.Group) {
+		d.DualControl, d.ApprovalTimeout = true, dc.timeout
+	}
+	d.Allow = true
+	return d
+}
+
+// Name returns the display name of an identity, or the identity itself.
+func (p *Policy) Name(id string) string {
+	if i, ok := p.identities[id]; ok {
+		return i.name
+	}
+	return id
+}
+
+func matchAny(patterns []string, s string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, s); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// The file format, decoded with the line of every value kept.
+
+type located[T any] struct {
+	V    T
+	Line int
+}
+
+func (l *located[T]) UnmarshalYAML(n *yaml.Node) error {
+	l.Line = n.Line
+	return n.Decode(&l.V)
+}
+
+type fileFormat struct {
+	Version    located[int]                `yaml:"version"`
+	Identities []fileIdentity              `yaml:"identities"`
+	Roles      map[string]located[fileRole] `yaml:"roles"`
+	Tickets    *located[fileTickets]       `yaml:"tickets"`
+	Dual       *located[fileDual]          `yaml:"dual_control"`
+	Limits     []located[fileLimit]        `yaml:"rate_limits"`
+}
+
+type fileIdentity struct {
+	ID    located[string]   `yaml:"id"`
+	Name  string            `yaml:"name"`
+	Roles []located[string] `yaml:"roles"`
+}
+
+type fileRole struct {
+	Operations    []located[string] `yaml:"operations"`
+	RewrapTargets []located[string] `yaml:"rewrap_targets"`
+}
+
+type fileTickets struct {
+	RequiredFor []located[string] `yaml:"required_for"`
+	Pattern     located[string]   `yaml:"pattern"`
+}
+
+type fileDual struct {
+	Operations []located[string] `yaml:"operations"`
+	Groups     []located[string] `yaml:"groups"`
+	Timeout    located[string]   `yaml:"timeout"`
+}
+
+type fileLimit struct {
+	Name       located[string]   `yaml:"name"`
+	Operations []located[string] `yaml:"operations"`
+	Per        located[string]   `yaml:"per"`
+	Limit      located[int]      `yaml:"limit"`
+	Window     located[string]   `yaml:"window"`
+}
+
+// MaxSize bounds a policy file.
+const MaxSize = 1 << 20
+
+var (
+	spiffeID = regexp.MustCompile(`^spiffe://[a-z0-9.\-_]+(/[A-Za-z0-9.\-_]+)*$`)
+	spkiID   = regexp.MustCompile(`^spki:sha256:[0-9a-f]{64}$`)
+	lineRE   = regexp.MustCompile(`line (\d+)`)
+)
+
+// ValidIdentity reports whether id has one of the supported forms.
+func ValidIdentity(id string) bool { return spiffeID.MatchString(id) || spkiID.MatchString(id) }
+
+// Parse checks a policy file. file names it in errors; operations lists
+// the operations the daemon has, so that a typo is an error, not a silent
+// deny. Errors are *Error with the line of the offending value.
+func Parse(file string, data []byte, operations []string) (*Policy, error) {
+	fail := func(line int, format string, args ...any) (*Policy, error) {
+		return nil, &Error{File: file, Line: line, Reason: fmt.Sprintf(format, args...)}
+	}
+	if len(data) > MaxSize {
+		return fail(0, "file is larger than %d bytes", MaxSize)
+	}
+	var f fileFormat
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		line := 0
+		if m := lineRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ = strconv.Atoi(m[1])
+			// yaml.v3 numbers these context errors from 0 where it
+			// numbers the rest from 1.
+			if strings.Contains(err.Error(), "did not find expected") {
+				line++
+			}
+		}
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		msg = lineRE.ReplaceAllString(msg, "")
+		msg = strings.TrimLeft(msg, ": ")
+		if strings.Contains(err.Error(), "EOF") {
+			msg = "empty policy"
+		}
+		return fail(line, "%s", strings.Join(strings.Fields(msg), " "))
+	}
+	if f.Version.V != Version {
+		return fail(f.Version.Line, "version must be %d", Version)
+	}
+	known := map[string]bool{}
+	for _, o := range operations {
+		known[o] = true
+	}
+	opSet := func(ops []located[string], what string) (map[string]bool, *Error) {
+		set := map[string]bool{}
+		for _, o := range ops {
+			if !known[o.V] {
+				return nil, &Error{File: file, Line: o.Line, Reason: fmt.Sprintf("%s: unknown operation %q", what, o.V)}
+			}
+			set[o.V] = true
+		}
+		return set, nil
+	}
+	p := &Policy{file: file, identities: map[string]*identity{}, roles: map[string]*role{}}
+
+	roleNames := make([]string, 0, len(f.Roles))
+	for name := range f.Roles {
+		roleNames = append(roleNames, name)
+	}
+	slices.Sort(roleNames)
+	for _, name := range roleNames {
+		r := f.Roles[name]
+		ops, err := opSet(r.V.Operations, "role "+name)
+		if err != nil {
+			return nil, err
+		}
+		if len(ops) == 0 {
+			return fail(r.Line, "role %s grants no operations", name)
+		}
+		ro := &role{ops: ops}
+		if r.V.RewrapTargets != nil {
+			ro.targets = map[string]bool{}
+			for _, t := range r.V.RewrapTargets {
+				if !slices.Contains(TargetKinds, t.V) {
+					return fail(t.Line, "role %s: unknown rewrap target %q (want one of %s)", name, t.V, strings.Join(TargetKinds, ", "))
+				}
+				ro.targets[t.V] = true
+			}
+		}
+		p.roles[name] = ro
+	}
+	for _, i := range f.Identities {
+		if !ValidIdentity(i.ID.V) {
+			return fail(i.ID.Line, "identity %q is neither spiffe://TRUST-DOMAIN/PATH nor spki:sha256:HEX", i.ID.V)
+		}
+		if _, dup := p.identities[i.ID.V]; dup {
+			return fail(i.ID.Line, "identity %s is listed twice", i.ID.V)
+		}
+		if len(i.Roles) == 0 {
+			return fail(i.ID.Line, "identity %s has no roles", i.ID.V)
+		}
+		id := &identity{id: i.ID.V, name: i.Name}
+		if id.name == "" {
+			id.name = i.ID.V
+		}
+		for _, r := range i.Roles {
+			if _, ok := p.roles[r.V]; !ok {
+				return fail(r.Line, "identity %s names unknown role %q", i.ID.V, r.V)
+			}
+			id.roles = append(id.roles, r.V)
+		}
+		p.identities[i.ID.V] = id
+	}
+	if t := f.Tickets; t != nil {
+		ops, err := opSet(t.V.RequiredFor, "tickets")
+		if err != nil {
+			return nil, err
+		}
+		if t.V.Pattern.V == "" {
+			return fail(t.Line, "tickets: pattern is required")
+		}
+		re, rerr := regexp.Compile(t.V.Pattern.V)
+		if rerr != nil {
+			return fail(t.V.Pattern.Line, "tickets: pattern: %v", rerr)
+		}
+		if re.MatchString("") {
+			return fail(t.V.Pattern.Line, "tickets: pattern matches an empty ticket")
+		}
+		p.tickets = &ticketRule{ops: ops, pattern: re}
+	}
+	if d := f.Dual; d != nil {
+		ops, err := opSet(d.V.Operations, "dual_control")
+		if err != nil {
+			return nil, err
+		}
+		dr := &dualRule{ops: ops}
+		for _, g := range d.V.Groups {
+			if _, perr := path.Match(g.V, ""); perr != nil {
+				return fail(g.Line, "dual_control: bad group pattern %q", g.V)
+			}
+			dr.groups = append(dr.groups, g.V)
+		}
+		to, derr := time.ParseDuration(d.V.Timeout.V)
+		if derr != nil || to < time.Second || to > 24*time.Hour {
+			return fail(d.V.Timeout.Line, "dual_control: timeout %q must be a duration from 1s to 24h", d.V.Timeout.V)
+		}
+		dr.timeout = to
+		p.dual = dr
+	}
+	names := map[string]bool{}
+	for _, l := range f.Limits {
+		lr := limitRule{name: l.V.Name.V, per: Scope(l.V.Per.V), max: l.V.Limit.V}
+		if lr.name == "" || strings.ContainsAny(lr.name, "| ") {
+			return fail(l.Line, "rate_limits: each needs a name without spaces or '|'")
+		}
+		if names[lr.name] {
+			return fail(l.V.Name.Line, "rate_limits: %s is listed twice", lr.name)
+		}
+		names[lr.name] = true
+		ops, err := opSet(l.V.Operations, "rate limit "+lr.name)
+		if err != nil {
+			return nil, err
+		}
+		if len(ops) == 0 {
+			return fail(l.Line, "rate limit %s names no operations", lr.name)
+		}
+		lr.ops = ops
+		switch lr.per {
+		case PerUser, PerGroup, PerCaller, PerAll:
+		default:
+			return fail(l.V.Per.Line, "rate limit %s: per %q must be user, group, caller or global", lr.name, l.V.Per.V)
+		}
+		if lr.max < 1 {
+			return fail(l.V.Limit.Line, "rate limit %s: limit must be at least 1", lr.name)
+		}
+		w, werr := time.ParseDuration(l.V.Window.V)
+		if werr != nil || w < time.Second {
+			return fail(l.V.Window.Line, "rate limit %s: window %q must be a duration of at least 1s", lr.name, l.V.Window.V)
+		}
+		lr.window = w
+		p.limits = append(p.limits, lr)
+	}
+	return p, nil
+}

@@ -1,0 +1,173 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+var ops = []string{"ProvisionGroup", "GetEscrowKey", "Rewrap", "IssueUnlockCodes",
+	"RevealUnlockCode", "ListUnlockCodes", "ApproveReveal", "ListPendingReveals", "GetGroup", "ListHSMObjects"}
+
+func good(t testing.TB) *Policy {
+	t.Helper()
+	b, err := os.ReadFile("testdata/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Parse("good.yaml", b, ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const (
+	syncID  = "spiffe://escrowd.dev/sync-backend"
+	alice   = "spiffe://escrowd.dev/support/alice"
+	carolID = "spki:sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
+)
+
+func TestDecide(t *testing.T) {
+	p := good(t)
+	tests := []struct {
+		name   string
+		req    Request
+		allow  bool
+		reason string
+		limits int
+		dual   bool
+	}{
+		{"sync provisions", Request{Identity: syncID, Operation: "ProvisionGroup", Group: "g"}, true, "", 0, false},
+		{"sync rewraps to a member", Request{Identity: syncID, Operation: "Rewrap", Targets: []string{"member"}}, true, "", 0, false},
+		{"sync rewraps to escrow: not its target", Request{Identity: syncID, Operation: "Rewrap", Targets: []string{"escrow"}}, false, "target kinds escrow", 0, false},
+		{"sync may not reveal", Request{Identity: syncID, Operation: "RevealUnlockCode", Ticket: "SUP-1"}, false, "may not call RevealUnlockCode", 0, false},
+		{"support reveals", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u", Ticket: "SUP-12"}, true, "", 3, false},
+		{"support reveals in a flagged group", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "vip-ceo", User: "u", Ticket: "INC-7"}, true, "", 3, true},
+		{"reveal without a ticket", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u"}, false, "ticket reference", 0, false},
+		{"reveal with a bad ticket", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u", Ticket: "SUP-1; DROP"}, false, "ticket reference", 0, false},
+		{"support may not provision", Request{Identity: alice, Operation: "ProvisionGroup"}, false, "alice may not call ProvisionGroup", 0, false},
+		{"spki identity with two roles", Request{Identity: carolID, Operation: "ListHSMObjects"}, true, "", 0, false},
+		{"spki identity's second role", Request{Identity: carolID, Operation: "ListUnlockCodes"}, true, "", 0, false},
+		{"unknown identity", Request{Identity: "spiffe://escrowd.dev/mallory", Operation: "GetGroup"}, false, "not in the policy", 0, false},
+		{"no certificate", Request{Operation: "GetGroup"}, false, "no valid client certificate", 0, false},
+		{"operation nobody has", Request{Identity: carolID, Operation: "DeleteEverything"}, false, "may not call", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := p.Decide(tt.req)
+			if d.Allow != tt.allow {
+				t.Fatalf("allow = %v (%s), want %v", d.Allow, d.Reason, tt.allow)
+			}
+			if !strings.Contains(d.Reason, tt.reason) {
+				t.Fatalf("reason %q, want it to say %q", d.Reason, tt.reason)
+			}
+			if len(d.Limits) != tt.limits || d.DualControl != tt.dual {
+				t.Fatalf("limits %v dual %v", d.Limits, d.DualControl)
+			}
+			if tt.dual && d.ApprovalTimeout != 5*time.Minute {
+				t.Fatalf("approval timeout %v", d.ApprovalTimeout)
+			}
+		})
+	}
+}
+
+func TestLimitKeys(t *testing.T) {
+	p := good(t)
+	d := p.Decide(Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u", Ticket: "SUP-1"})
+	want := []Limit{
+		{Name: "reveals-per-user", Key: "reveals-per-user|user|g/u", Max: 3, Window: 24 * time.Hour},
+		{Name: "reveals-per-technician", Key: "reveals-per-technician|caller|" + alice, Max: 20, Window: time.Hour},
+		{Name: "reveals-overall", Key: "reveals-overall|global|*", Max: 1000, Window: time.Hour},
+	}
+	for i, w := range want {
+		if d.Limits[i] != w {
+			t.Errorf("limit %d = %+v, want %+v", i, d.Limits[i], w)
+		}
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	base, _ := os.ReadFile("testdata/good.yaml")
+	replace := func(old, new string) string {
+		if !strings.Contains(string(base), old) {
+			t.Fatalf("good.yaml lacks %q", old)
+		}
+		return strings.Replace(string(base), old, new, 1)
+	}
+	tests := []struct {
+		name, file string
+		line       int
+		reason     string
+	}{
+		{"empty", "", 0, "empty policy"},
+		{"syntax error", replace("roles:\n  sync-backend:", "roles:\n  sync-backend: [\n"), 4, "expected ',' or ']'"},
+		{"bad indentation", replace("    name: alice", "   name: alice"), 13, "expected '-'"},
+		{"unknown field", replace("    name: bob", "    nmae: bob"), 20, "nmae"},
+		{"wrong version", replace("version: 1", "version: 2"), 1, "version must be 1"},
+		{"unknown role", replace("    roles: [support]\n  - id: spiffe://escrowd.dev/support/bob", "    roles: [suport]\n  - id: spiffe://escrowd.dev/support/bob"), 18, `unknown role "suport"`},
+		{"unknown operation", replace("[GetGroup, ListHSMObjects]", "[GetGroup, ListHSMObject]"), 10, `unknown operation "ListHSMObject"`},
+		{"bad identity", replace("spiffe://escrowd.dev/sync-backend", "sync-backend"), 13, "neither spiffe"},
+		{"duplicate identity", replace("spiffe://escrowd.dev/support/bob", "spiffe://escrowd.dev/support/alice"), 19, "listed twice"},
+		{"bad target", replace("[member, device]", "[member, laptop]"), 6, `unknown rewrap target "laptop"`},
+		{"bad ticket pattern", replace(`'^(SUP|INC)-[0-9]{1,8}$'`, `'^(SUP'`), 28, "pattern"},
+		{"ticket pattern matches empty", replace(`'^(SUP|INC)-[0-9]{1,8}$'`, `'.*'`), 28, "matches an empty ticket"},
+		{"bad timeout", replace("timeout: 5m", "timeout: forever"), 33, "timeout"},
+		{"bad scope", replace("per: caller", "per: planet"), 43, `per "planet"`},
+		{"zero limit", replace("limit: 3", "limit: 0"), 39, "at least 1"},
+		{"bad window", replace("window: 24h", "window: daily"), 40, "window"},
+		{"duplicate limit", replace("name: reveals-overall", "name: reveals-per-user"), 46, "listed twice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("p.yaml", []byte(tt.file), ops)
+			var pe *Error
+			if !errors.As(err, &pe) || !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Parse error = %v, want *Error", err)
+			}
+			if pe.File != "p.yaml" || pe.Line != tt.line || !strings.Contains(pe.Reason, tt.reason) {
+				t.Fatalf("error %q (line %d), want line %d saying %q", err, pe.Line, tt.line, tt.reason)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	b, _ := os.ReadFile("testdata/good.yaml")
+	f.Add(b)
+	f.Add([]byte("version: 1\n"))
+	f.Add([]byte("version: 1\nroles: {a: {operations: [GetGroup]}}\nidentities: [{id: 'spiffe://x/y', roles: [a]}]\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := Parse("fuzz.yaml", b, ops)
+		if err != nil {
+			var pe *Error
+			if !errors.As(err, &pe) {
+				t.Fatalf("error is not *Error: %v", err)
+			}
+			return
+		}
+		// A parsed policy answers without panicking and denies strangers.
+		if d := p.Decide(Request{Identity: "spiffe://nobody.invalid/x", Operation: "GetGroup"}); d.Allow {
+			t.Fatal("an identity absent from the policy was allowed")
+		}
+	})
+}
+
+func ExampleParse() {
+	p, err := Parse("policy.yaml", []byte(`
+version: 1
+roles:
+  support: {operations: [RevealUnlockCode]}
+identities:
+  - {id: "spiffe://example.org/support/alice", name: alice, roles: [support]}
+`), []string{"RevealUnlockCode", "ProvisionGroup"})
+	if err != nil {
+		panic(err)
+	}
+	d := p.Decide(Request{Identity: "spiffe://example.org/support/alice", Operation: "ProvisionGroup"})
+	fmt.Println(d.Allow, d.Reason)
+	// Output: false alice may not call ProvisionGroup
+}
