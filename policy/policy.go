@@ -235,12 +235,12 @@ func (l *located[T]) UnmarshalYAML(n *yaml.Node) error {
 }
 
 type fileFormat struct {
-	Version    located[int]                `yaml:"version"`
-	Identities []fileIdentity              `yaml:"identities"`
+	Version    located[int]                 `yaml:"version"`
+	Identities []fileIdentity               `yaml:"identities"`
 	Roles      map[string]located[fileRole] `yaml:"roles"`
-	Tickets    *located[fileTickets]       `yaml:"tickets"`
-	Dual       *located[fileDual]          `yaml:"dual_control"`
-	Limits     []located[fileLimit]        `yaml:"rate_limits"`
+	Tickets    *located[fileTickets]        `yaml:"tickets"`
+	Dual       *located[fileDual]           `yaml:"dual_control"`
+	Limits     []located[fileLimit]         `yaml:"rate_limits"`
 }
 
 type fileIdentity struct {
