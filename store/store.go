@@ -9,6 +9,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -23,6 +24,14 @@ var (
 	// ErrNoEpoch: the user has no unlock codes yet.
 	ErrNoEpoch = errors.New("no unlock codes issued for this user")
 	ErrClosed  = errors.New("store closed")
+	// ErrRateLimited: a rate-limit window is full.
+	ErrRateLimited = errors.New("rate limit reached")
+	// ErrSelfApproval: the requester tried to approve their own request.
+	ErrSelfApproval = errors.New("a request cannot be approved by its requester")
+	// ErrExpired: the approval window has closed.
+	ErrExpired = errors.New("approval window closed")
+	// ErrNotPending: the request was approved already.
+	ErrNotPending = errors.New("request is not pending")
 )
 
 // WrappedKey is a group key wrapped under master KEK version KEKVersion.
@@ -133,5 +142,69 @@ type Store interface {
 	// claims never get the same index. ErrExhausted when none is left,
 	// ErrNoEpoch when no codes were issued.
 	ClaimCode(ctx context.Context, group, user string) (index int, c Codes, err error)
+
+	// TakeRate counts one request against every limit, atomically: if any
+	// limit's current window is full, nothing is counted and it returns
+	// the index of the first full limit with ErrRateLimited. Windows are
+	// fixed: [now truncated to Window, + Window).
+	TakeRate(ctx context.Context, now time.Time, limits []RateLimit) (int, error)
+
+	// CreateApproval stores a pending dual-control request; ErrExists if
+	// the id is taken.
+	CreateApproval(ctx context.Context, a Approval) error
+	// Approval reads one; ErrNotFound if absent.
+	Approval(ctx context.Context, id string) (Approval, error)
+	// Approve records approver's approval at now. ErrSelfApproval if the
+	// approver is the requester, ErrExpired past Expires, ErrNotPending if
+	// approved already, ErrNotFound if absent.
+	Approve(ctx context.Context, id, approver string, now time.Time) (Approval, error)
+	// PendingApprovals lists unapproved, unexpired requests, oldest first.
+	PendingApprovals(ctx context.Context, now time.Time) ([]Approval, error)
+
 	Close() error
+}
+
+// RateLimit is one counter: at most Max requests per Window for Key.
+type RateLimit struct {
+	Key    string
+	Max    int
+	Window time.Duration
+}
+
+// Approval is a request waiting for a second identity's approval.
+type Approval struct {
+	ID        string    `json:"id"`
+	Operation string    `json:"operation"`
+	Group     string    `json:"group"`
+	User      string    `json:"user"`
+	Ticket    string    `json:"ticket"`
+	Requester string    `json:"requester"`
+	Created   time.Time `json:"created"`
+	Expires   time.Time `json:"expires"`
+	Approver  string    `json:"approver,omitempty"`
+	Approved  time.Time `json:"approved,omitzero"`
+}
+
+// Pending reports whether a is waiting and still in its window at now.
+func (a *Approval) Pending(now time.Time) bool {
+	return a.Approver == "" && now.Before(a.Expires)
+}
+
+// CheckApproval applies Approve's rules; back ends call it inside their
+// transaction so every store refuses the same things.
+func CheckApproval(a *Approval, approver string, now time.Time) error {
+	switch {
+	case a.Approver != "":
+		return fmt.Errorf("%w: approved by %s already", ErrNotPending, a.Approver)
+	case approver == a.Requester:
+		return ErrSelfApproval
+	case !now.Before(a.Expires):
+		return fmt.Errorf("%w at %s", ErrExpired, a.Expires.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// WindowStart is the start of the fixed window of w that holds now.
+func WindowStart(now time.Time, w time.Duration) time.Time {
+	return now.Truncate(w)
 }

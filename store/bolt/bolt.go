@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	bbolt "go.etcd.io/bbolt"
@@ -24,6 +25,8 @@ var (
 	bucketGroups = []byte("groups")
 	bucketCodes  = []byte("codes")
 	bucketMeta   = []byte("meta")
+	bucketRates  = []byte("rates")
+	bucketApprov = []byte("approvals")
 	keySchema    = []byte("schema")
 )
 
@@ -48,7 +51,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("failed to open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketGroups, bucketCodes, bucketMeta} {
+		for _, b := range [][]byte{bucketGroups, bucketCodes, bucketMeta, bucketRates, bucketApprov} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -201,6 +204,141 @@ func (s *Store) ClaimCode(ctx context.Context, group, user string) (int, store.C
 		return -1, store.Codes{}, err
 	}
 	return index, c, nil
+}
+
+type rateWindow struct {
+	Start int64 `json:"start"`
+	Count int   `json:"count"`
+}
+
+// TakeRate implements store.Store.
+func (s *Store) TakeRate(ctx context.Context, now time.Time, limits []store.RateLimit) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return -1, err
+	}
+	full := -1
+	err := s.update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketRates)
+		next := make([]rateWindow, len(limits))
+		for i, l := range limits {
+			start := store.WindowStart(now, l.Window).UnixNano()
+			w := rateWindow{Start: start}
+			if v := b.Get([]byte(l.Key)); v != nil {
+				var cur rateWindow
+				if err := json.Unmarshal(v, &cur); err != nil {
+					return err
+				}
+				if cur.Start == start {
+					w = cur
+				}
+			}
+			if w.Count >= l.Max {
+				full = i
+				return fmt.Errorf("%s: %w", l.Key, store.ErrRateLimited)
+			}
+			w.Count++
+			next[i] = w
+		}
+		for i, l := range limits {
+			v, err := json.Marshal(next[i])
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(l.Key), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return full, err
+}
+
+// CreateApproval implements store.Store.
+func (s *Store) CreateApproval(ctx context.Context, a store.Approval) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	v, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	return s.update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketApprov)
+		if b.Get([]byte(a.ID)) != nil {
+			return fmt.Errorf("approval %s: %w", a.ID, store.ErrExists)
+		}
+		return b.Put([]byte(a.ID), v)
+	})
+}
+
+func getApproval(tx *bbolt.Tx, id string) (store.Approval, error) {
+	var a store.Approval
+	v := tx.Bucket(bucketApprov).Get([]byte(id))
+	if v == nil {
+		return a, fmt.Errorf("approval %s: %w", id, store.ErrNotFound)
+	}
+	err := json.Unmarshal(v, &a)
+	return a, err
+}
+
+// Approval implements store.Store.
+func (s *Store) Approval(ctx context.Context, id string) (store.Approval, error) {
+	var a store.Approval
+	if err := ctx.Err(); err != nil {
+		return a, err
+	}
+	err := s.view(func(tx *bbolt.Tx) error {
+		var err error
+		a, err = getApproval(tx, id)
+		return err
+	})
+	return a, err
+}
+
+// Approve implements store.Store.
+func (s *Store) Approve(ctx context.Context, id, approver string, now time.Time) (store.Approval, error) {
+	var a store.Approval
+	if err := ctx.Err(); err != nil {
+		return a, err
+	}
+	err := s.update(func(tx *bbolt.Tx) error {
+		var err error
+		if a, err = getApproval(tx, id); err != nil {
+			return err
+		}
+		if err := store.CheckApproval(&a, approver, now); err != nil {
+			return err
+		}
+		a.Approver, a.Approved = approver, now.UTC()
+		v, err := json.Marshal(a)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketApprov).Put([]byte(id), v)
+	})
+	return a, err
+}
+
+// PendingApprovals implements store.Store.
+func (s *Store) PendingApprovals(ctx context.Context, now time.Time) ([]store.Approval, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []store.Approval
+	err := s.view(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketApprov).ForEach(func(_, v []byte) error {
+			var a store.Approval
+			if err := json.Unmarshal(v, &a); err != nil {
+				return err
+			}
+			if a.Pending(now) {
+				out = append(out, a)
+			}
+			return nil
+		})
+	})
+	slices.SortFunc(out, func(a, b store.Approval) int { return a.Created.Compare(b.Created) })
+	return out, err
 }
 
 func (s *Store) update(fn func(*bbolt.Tx) error) error {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +31,12 @@ func Run(t *testing.T, open Opener) {
 		{"ClaimConcurrentDistinct", testClaimConcurrent},
 		{"SurvivesReopen", testReopen},
 		{"CanceledContext", testCanceled},
+		{"RateLimitWindows", testRateWindows},
+		{"RateLimitAllOrNothing", testRateAllOrNothing},
+		{"RateLimitConcurrentExact", testRateConcurrent},
+		{"RateLimitSurvivesReopen", testRateReopen},
+		{"ApprovalRules", testApprovalRules},
+		{"ApprovalConcurrent", testApprovalConcurrent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open) })
@@ -236,5 +243,174 @@ func testCanceled(t *testing.T, open Opener) {
 	}
 	if _, err := s.Group(context.Background(), "g"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("a canceled create wrote the group: %v", err)
+	}
+}
+
+var t0 = time.Date(2026, 1, 2, 10, 30, 0, 0, time.UTC)
+
+func testRateWindows(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	l := []store.RateLimit{{Key: "k", Max: 2, Window: time.Hour}}
+	for i := range 2 {
+		if _, err := s.TakeRate(ctx, t0.Add(time.Duration(i)*time.Minute), l); err != nil {
+			t.Fatalf("take %d: %v", i, err)
+		}
+	}
+	if i, err := s.TakeRate(ctx, t0.Add(29*time.Minute), l); !errors.Is(err, store.ErrRateLimited) || i != 0 {
+		t.Fatalf("third take in the window: %d, %v; want 0, ErrRateLimited", i, err)
+	}
+	// The next window (11:00) starts empty.
+	if _, err := s.TakeRate(ctx, t0.Add(30*time.Minute), l); err != nil {
+		t.Fatalf("take in the next window: %v", err)
+	}
+	// Keys are independent.
+	if _, err := s.TakeRate(ctx, t0, []store.RateLimit{{Key: "other", Max: 1, Window: time.Hour}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testRateAllOrNothing(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	small := store.RateLimit{Key: "small", Max: 1, Window: time.Hour}
+	big := store.RateLimit{Key: "big", Max: 10, Window: time.Hour}
+	if _, err := s.TakeRate(ctx, t0, []store.RateLimit{big, small}); err != nil {
+		t.Fatal(err)
+	}
+	// small is full: the request is refused and big is not counted.
+	for range 5 {
+		if i, err := s.TakeRate(ctx, t0, []store.RateLimit{big, small}); !errors.Is(err, store.ErrRateLimited) || i != 1 {
+			t.Fatalf("take with small full: %d, %v", i, err)
+		}
+	}
+	for i := range 9 {
+		if _, err := s.TakeRate(ctx, t0, []store.RateLimit{big}); err != nil {
+			t.Fatalf("big take %d: refused requests were counted: %v", i, err)
+		}
+	}
+	if _, err := s.TakeRate(ctx, t0, []store.RateLimit{big}); !errors.Is(err, store.ErrRateLimited) {
+		t.Fatalf("big past 10: %v", err)
+	}
+}
+
+func testRateConcurrent(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	const max, tries = 25, 80
+	l := []store.RateLimit{{Key: "hot", Max: max, Window: time.Hour}}
+	var ok, limited int
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range tries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.TakeRate(ctx, t0, l)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				ok++
+			case errors.Is(err, store.ErrRateLimited):
+				limited++
+			default:
+				t.Errorf("TakeRate: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok != max || limited != tries-max {
+		t.Fatalf("%d allowed and %d limited, want exactly %d and %d", ok, limited, max, tries-max)
+	}
+}
+
+func testRateReopen(t *testing.T, open Opener) {
+	s, reopen := open(t)
+	ctx := context.Background()
+	l := []store.RateLimit{{Key: "k", Max: 1, Window: 24 * time.Hour}}
+	if _, err := s.TakeRate(ctx, t0, l); err != nil {
+		t.Fatal(err)
+	}
+	s = reopen()
+	if _, err := s.TakeRate(ctx, t0.Add(time.Minute), l); !errors.Is(err, store.ErrRateLimited) {
+		t.Fatalf("after reopen: %v; a restart must not reset rate limits", err)
+	}
+}
+
+func testApprovalRules(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	a := store.Approval{ID: "a1", Operation: "RevealUnlockCode", Group: "vip", User: "u", Ticket: "SUP-1",
+		Requester: "alice", Created: t0, Expires: t0.Add(5 * time.Minute)}
+	if err := s.CreateApproval(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateApproval(ctx, a); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("duplicate id: %v", err)
+	}
+	if _, err := s.Approve(ctx, "nope", "bob", t0); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown id: %v", err)
+	}
+	p, err := s.PendingApprovals(ctx, t0.Add(time.Minute))
+	if err != nil || len(p) != 1 || p[0].ID != "a1" || p[0].Requester != "alice" {
+		t.Fatalf("pending: %+v, %v", p, err)
+	}
+	if _, err := s.Approve(ctx, "a1", "alice", t0.Add(time.Minute)); !errors.Is(err, store.ErrSelfApproval) {
+		t.Fatalf("self approval: %v", err)
+	}
+	if _, err := s.Approve(ctx, "a1", "bob", t0.Add(5*time.Minute)); !errors.Is(err, store.ErrExpired) {
+		t.Fatalf("approval at the deadline: %v", err)
+	}
+	got, err := s.Approve(ctx, "a1", "bob", t0.Add(4*time.Minute))
+	if err != nil || got.Approver != "bob" || !got.Approved.Equal(t0.Add(4*time.Minute)) {
+		t.Fatalf("approve: %+v, %v", got, err)
+	}
+	if _, err := s.Approve(ctx, "a1", "carol", t0.Add(4*time.Minute)); !errors.Is(err, store.ErrNotPending) {
+		t.Fatalf("second approval: %v", err)
+	}
+	if got, _ := s.Approval(ctx, "a1"); got.Approver != "bob" {
+		t.Fatalf("stored approval %+v", got)
+	}
+	if p, _ := s.PendingApprovals(ctx, t0.Add(time.Minute)); len(p) != 0 {
+		t.Fatalf("an approved request is still pending: %+v", p)
+	}
+	// Expired requests are not pending.
+	b := a
+	b.ID, b.Expires = "a2", t0.Add(time.Minute)
+	if err := s.CreateApproval(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := s.PendingApprovals(ctx, t0.Add(2*time.Minute)); len(p) != 0 {
+		t.Fatalf("an expired request is pending: %+v", p)
+	}
+}
+
+func testApprovalConcurrent(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	if err := s.CreateApproval(ctx, store.Approval{ID: "x", Requester: "alice", Created: t0, Expires: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	winners := 0
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.Approve(ctx, "x", fmt.Sprintf("tech-%d", i), t0)
+			if err == nil {
+				mu.Lock()
+				winners++
+				mu.Unlock()
+			} else if !errors.Is(err, store.ErrNotPending) {
+				t.Errorf("Approve: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if winners != 1 {
+		t.Fatalf("%d approvals succeeded, want 1", winners)
 	}
 }
