@@ -6,7 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
@@ -20,8 +24,14 @@ type VaultConfig struct {
 	// Mount is a KV version 2 mount; Prefix the folder under it.
 	Mount  string
 	Prefix string
-	// Timeout bounds one commit; past it the commit fails closed.
+	// Timeout bounds one Vault write; a commit that cannot finish within
+	// it fails closed.
 	Timeout time.Duration
+	// MaxBatch bounds the records of one write (default 512).
+	MaxBatch int
+	// Linger is how long a batch waits for more records once it has one
+	// (default 0: a batch takes what queued while the last write ran).
+	Linger time.Duration
 }
 
 func (c VaultConfig) withDefaults() VaultConfig {
@@ -34,21 +44,51 @@ func (c VaultConfig) withDefaults() VaultConfig {
 	if c.Timeout <= 0 {
 		c.Timeout = 5 * time.Second
 	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 512
+	}
 	return c
 }
 
-// Vault commits each record as one KV v2 secret, path Prefix/records/ID.
-// Vault's own audit devices then record the write, so the trail exists in
-// two places.
+// Vault commits records to a KV v2 mount as a hash chain of batches.
+//
+// Concurrent Commit calls share writes: one goroutine writes, and every
+// record that queued while a write was in flight goes into the next one
+// (group commit). Batch number s is written at Prefix/chain/s with
+// check-and-set 0, so a position can be taken once: when several replicas
+// share a trail, the one that loses a race reads the winner's batch,
+// chains after it and tries the next position. The trail is therefore one
+// chain across replicas and restarts, found again at start by probing.
 type Vault struct {
-	cfg VaultConfig
-	kv  *vault.KVv2
-	sys *vault.Sys
+	cfg    VaultConfig
+	client *vault.Client
+	kv     *vault.KVv2
+
+	queue chan *pending
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	once  sync.Once
+
+	// Owned by the writer goroutine.
+	known bool
+	seq   uint64 // last batch written or seen
+	n     uint64 // last record number
+	prev  string // last record hash
+
+	batches, records atomic.Uint64
+	waitNanos        atomic.Int64
+}
+
+type pending struct {
+	rec  *Record
+	at   time.Time
+	done chan error
 }
 
 var _ Sink = (*Vault)(nil)
 
-// NewVault makes a client; it does not contact Vault.
+// NewVault makes a client and starts the writer; it does not contact
+// Vault until the first commit.
 func NewVault(cfg VaultConfig) (*Vault, error) {
 	cfg = cfg.withDefaults()
 	if cfg.Address == "" {
@@ -67,45 +107,343 @@ func NewVault(cfg VaultConfig) (*Vault, error) {
 		return nil, fmt.Errorf("audit: failed to make a Vault client: %w", err)
 	}
 	c.SetToken(cfg.Token)
-	return &Vault{cfg: cfg, kv: c.KVv2(cfg.Mount), sys: c.Sys()}, nil
+	v := &Vault{cfg: cfg, client: c, kv: c.KVv2(cfg.Mount),
+		queue: make(chan *pending, 4*cfg.MaxBatch), stop: make(chan struct{})}
+	v.wg.Add(1)
+	go v.writer()
+	return v, nil
 }
 
-// Commit writes r. Any failure wraps ErrUnavailable.
+// Close stops the writer; commits still queued fail.
+func (v *Vault) Close() error {
+	v.once.Do(func() { close(v.stop) })
+	v.wg.Wait()
+	return nil
+}
+
+// Commit adds r to the trail and returns once Vault holds it. Any failure
+// wraps ErrUnavailable, and the caller must not release the result r
+// describes.
 func (v *Vault) Commit(ctx context.Context, r *Record) error {
-	ctx, cancel := context.WithTimeout(ctx, v.cfg.Timeout)
-	defer cancel()
-	data, err := toMap(r)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	p := &pending{rec: r, at: time.Now(), done: make(chan error, 1)}
+	select {
+	case v.queue <- p:
+	case <-v.stop:
+		return fmt.Errorf("%w: the audit writer is closed", ErrUnavailable)
+	case <-ctx.Done():
+		return fmt.Errorf("%w: audit queue full: %v", ErrUnavailable, ctx.Err())
 	}
-	if _, err := v.kv.Put(ctx, v.recordPath(r.ID), data); err != nil {
-		return fmt.Errorf("%w: failed to write record %s to Vault: %v", ErrUnavailable, r.ID, redactVaultError(err))
+	select {
+	case err := <-p.done:
+		return err
+	case <-ctx.Done():
+		// The record may still be written; what it describes is withheld.
+		return fmt.Errorf("%w: the audit write did not finish in time", ErrUnavailable)
+	}
+}
+
+// Stats reports the batches and records written, and the mean time a
+// record waited from Commit to the end of its write.
+func (v *Vault) Stats() (batches, records uint64, meanWait time.Duration) {
+	b, r := v.batches.Load(), v.records.Load()
+	if r > 0 {
+		meanWait = time.Duration(v.waitNanos.Load() / int64(r))
+	}
+	return b, r, meanWait
+}
+
+func (v *Vault) writer() {
+	defer v.wg.Done()
+	for {
+		var first *pending
+		select {
+		case first = <-v.queue:
+		case <-v.stop:
+			v.drain()
+			return
+		}
+		batch := []*pending{first}
+		var linger <-chan time.Time
+		var timer *time.Timer
+		if v.cfg.Linger > 0 {
+			timer = time.NewTimer(v.cfg.Linger)
+			linger = timer.C
+		}
+	collect:
+		for len(batch) < v.cfg.MaxBatch {
+			if linger == nil {
+				select {
+				case p := <-v.queue:
+					batch = append(batch, p)
+				default:
+					break collect
+				}
+				continue
+			}
+			select {
+			case p := <-v.queue:
+				batch = append(batch, p)
+			case <-linger:
+				break collect
+			}
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		err := v.write(batch)
+		now := time.Now()
+		for _, p := range batch {
+			if err == nil {
+				v.waitNanos.Add(int64(now.Sub(p.at)))
+			}
+			p.done <- err
+		}
+		if err == nil {
+			v.batches.Add(1)
+			v.records.Add(uint64(len(batch)))
+		}
+	}
+}
+
+func (v *Vault) drain() {
+	for {
+		select {
+		case p := <-v.queue:
+			p.done <- fmt.Errorf("%w: the audit writer is closed", ErrUnavailable)
+		default:
+			return
+		}
+	}
+}
+
+func (v *Vault) write(batch []*pending) error {
+	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.Timeout)
+	defer cancel()
+	if !v.known {
+		if err := v.findHead(ctx); err != nil {
+			return err
+		}
+	}
+	recs := make([]*Record, len(batch))
+	for i, p := range batch {
+		recs[i] = p.rec
+	}
+	for {
+		chained, n, head, err := link(recs, v.n, v.prev)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		b := Batch{Seq: v.seq + 1, Records: chained}
+		data, err := toMap(&b)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		_, err = v.kv.Put(ctx, v.batchPath(b.Seq), data, vault.WithCheckAndSet(0))
+		if err == nil {
+			v.seq, v.n, v.prev = b.Seq, n, head
+			return nil
+		}
+		if !isCASConflict(err) {
+			// The write may have landed before the error: find the head
+			// again before the next one.
+			v.known = false
+			return fmt.Errorf("%w: failed to write audit batch %d to Vault: %v", ErrUnavailable, b.Seq, firstLine(err))
+		}
+		// Another writer holds this position: chain after its batch.
+		if err := v.adopt(ctx, b.Seq); err != nil {
+			v.known = false
+			return err
+		}
+	}
+}
+
+// findHead locates the last batch: exponential probing, then bisection.
+func (v *Vault) findHead(ctx context.Context) error {
+	v.seq, v.n, v.prev = 0, 0, Genesis
+	ok, err := v.exists(ctx, 1)
+	if err != nil {
+		return err
+	}
+	if ok {
+		lo, hi := uint64(1), uint64(2)
+		for {
+			ok, err := v.exists(ctx, hi)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				break
+			}
+			lo, hi = hi, hi*2
+		}
+		for hi-lo > 1 {
+			mid := lo + (hi-lo)/2
+			ok, err := v.exists(ctx, mid)
+			if err != nil {
+				return err
+			}
+			if ok {
+				lo = mid
+			} else {
+				hi = mid
+			}
+		}
+		if err := v.adopt(ctx, lo); err != nil {
+			return err
+		}
+	}
+	v.known = true
+	return nil
+}
+
+func (v *Vault) exists(ctx context.Context, seq uint64) (bool, error) {
+	_, err := v.kv.Get(ctx, v.batchPath(seq))
+	if errors.Is(err, vault.ErrSecretNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("%w: failed to read the audit trail: %v", ErrUnavailable, firstLine(err))
+	}
+	return true, nil
+}
+
+// adopt moves the head to batch seq, written by another writer.
+func (v *Vault) adopt(ctx context.Context, seq uint64) error {
+	b, err := v.readBatch(ctx, seq)
+	if err != nil {
+		if errors.Is(err, vault.ErrSecretNotFound) {
+			// A deleted batch: the trail is broken there and Verify will
+			// say so; keep writing after it.
+			v.seq = seq
+			return nil
+		}
+		return fmt.Errorf("%w: failed to read audit batch %d: %v", ErrUnavailable, seq, firstLine(err))
+	}
+	v.seq = seq
+	if len(b.Records) > 0 {
+		last := b.Records[len(b.Records)-1]
+		v.n, v.prev = last.N, last.Hash
 	}
 	return nil
 }
 
-// Read returns the record with the given id.
-func (v *Vault) Read(ctx context.Context, id string) (*Record, error) {
-	s, err := v.kv.Get(ctx, v.recordPath(id))
-	if err != nil {
-		return nil, fmt.Errorf("audit: failed to read record %s: %w", id, err)
-	}
-	b, err := json.Marshal(s.Data)
+func (v *Vault) batchPath(seq uint64) string {
+	return path.Join(v.cfg.Prefix, "chain", fmt.Sprintf("%020d", seq))
+}
+
+// BatchPath is where batch seq is stored, as Vault's audit log names it.
+func (v *Vault) BatchPath(seq uint64) string {
+	return path.Join(v.cfg.Mount, "data", v.batchPath(seq))
+}
+
+func (v *Vault) readBatch(ctx context.Context, seq uint64) (*Batch, error) {
+	s, err := v.kv.Get(ctx, v.batchPath(seq))
 	if err != nil {
 		return nil, err
 	}
-	var r Record
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("audit: record %s: %w", id, err)
+	if s.Data == nil {
+		// Soft-deleted: the metadata remains, the data is gone.
+		return nil, vault.ErrSecretNotFound
 	}
-	return &r, nil
+	raw, err := json.Marshal(s.Data)
+	if err != nil {
+		return nil, err
+	}
+	var b Batch
+	if err := json.Unmarshal(raw, &b); err != nil {
+		return nil, fmt.Errorf("%w: batch %d: %v", errBadBatch, seq, err)
+	}
+	return &b, nil
+}
+
+// errBadBatch: a chain position holds something that is not a batch.
+var errBadBatch = errors.New("not an audit batch")
+
+// Walk calls fn for every batch position in the trail, in order. A batch
+// that is listed but cannot be read is passed as nil.
+func (v *Vault) Walk(ctx context.Context, fn func(seq uint64, b *Batch) error) error {
+	sec, err := v.client.Logical().ListWithContext(ctx, path.Join(v.cfg.Mount, "metadata", v.cfg.Prefix, "chain"))
+	if err != nil {
+		return fmt.Errorf("audit: failed to list the trail: %w", err)
+	}
+	var seqs []uint64
+	if sec != nil {
+		keys, _ := sec.Data["keys"].([]any)
+		for _, k := range keys {
+			s, err := strconv.ParseUint(fmt.Sprint(k), 10, 64)
+			if err != nil {
+				return fmt.Errorf("audit: unexpected key %q in the trail", k)
+			}
+			seqs = append(seqs, s)
+		}
+	}
+	slices.Sort(seqs)
+	for _, s := range seqs {
+		b, err := v.readBatch(ctx, s)
+		switch {
+		case errors.Is(err, vault.ErrSecretNotFound), errors.Is(err, errBadBatch):
+			b = nil
+		case err != nil:
+			return fmt.Errorf("audit: failed to read batch %d: %w", s, err)
+		}
+		if err := fn(s, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Verify walks the whole trail and reports the first problem, if any, with
+// the number of records verified and the head hash.
+func (v *Vault) Verify(ctx context.Context) (*Problem, int, string, error) {
+	ver := NewVerifier()
+	err := v.Walk(ctx, func(seq uint64, b *Batch) error {
+		if b == nil {
+			ver.Problem = &Problem{Batch: seq, Index: -1, Kind: "deleted", Detail: "the batch cannot be read (deleted or not a batch)"}
+		}
+		if ver.Problem != nil || !ver.Add(seq, b) {
+			return errStopWalk
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStopWalk) {
+		return nil, 0, "", err
+	}
+	n, head := ver.Head()
+	return ver.Problem, n, head, nil
+}
+
+var errStopWalk = errors.New("stop")
+
+// Find returns the record with the given id, walking the trail.
+func (v *Vault) Find(ctx context.Context, id string) (*Chained, error) {
+	var found *Chained
+	err := v.Walk(ctx, func(_ uint64, b *Batch) error {
+		if b == nil {
+			return nil
+		}
+		for i := range b.Records {
+			if b.Records[i].ID == id {
+				found = &b.Records[i]
+				return errStopWalk
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStopWalk) {
+		return nil, err
+	}
+	if found == nil {
+		return nil, fmt.Errorf("audit: record %s not found", id)
+	}
+	return found, nil
 }
 
 // Healthy reports whether Vault is unsealed and answering.
 func (v *Vault) Healthy(ctx context.Context) error {
-	h, err := v.sys.HealthWithContext(ctx)
+	h, err := v.client.Sys().HealthWithContext(ctx)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, redactVaultError(err))
+		return fmt.Errorf("%w: %v", ErrUnavailable, firstLine(err))
 	}
 	if h.Sealed || !h.Initialized {
 		return fmt.Errorf("%w: Vault is sealed or not initialised", ErrUnavailable)
@@ -113,24 +451,28 @@ func (v *Vault) Healthy(ctx context.Context) error {
 	return nil
 }
 
-func (v *Vault) recordPath(id string) string {
-	return path.Join(v.cfg.Prefix, "records", id)
+func isCASConflict(err error) bool {
+	return strings.Contains(err.Error(), "check-and-set")
 }
 
-func toMap(r *Record) (map[string]any, error) {
-	b, err := json.Marshal(r)
+func toMap(v any) (map[string]any, error) {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
+	// Numbers stay json.Number: through float64, 1000000 would come back
+	// as 1e+06 and no longer decode as an integer.
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.UseNumber()
 	var m map[string]any
-	err = json.Unmarshal(b, &m)
+	err = dec.Decode(&m)
 	return m, err
 }
 
-// redactVaultError keeps an error's first line: Vault's client errors can
-// echo the request URL, never the token, but the body they quote is ours
-// and stays out of logs on principle.
-func redactVaultError(err error) string {
+// firstLine keeps an error's first line: Vault's client errors quote the
+// response body, which holds nothing secret of ours but does not belong in
+// a log line either.
+func firstLine(err error) string {
 	s := err.Error()
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		s = s[:i]
