@@ -6,20 +6,24 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"runtime/debug"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -27,6 +31,7 @@ import (
 	"github.com/escrowd/escrowd/audit"
 	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/hsm"
+	"github.com/escrowd/escrowd/policy"
 	"github.com/escrowd/escrowd/store"
 )
 
@@ -56,11 +61,29 @@ type Checker interface {
 	Healthy(ctx context.Context) error
 }
 
+// State keeps what policy enforcement must share across restarts and
+// replicas: rate-limit windows and dual-control approvals.
+type State interface {
+	TakeRate(ctx context.Context, now time.Time, limits []store.RateLimit) (int, error)
+	CreateApproval(ctx context.Context, a store.Approval) error
+	Approval(ctx context.Context, id string) (store.Approval, error)
+	Approve(ctx context.Context, id, approver string, now time.Time) (store.Approval, error)
+	PendingApprovals(ctx context.Context, now time.Time) ([]store.Approval, error)
+}
+
 // Config wires a Server.
 type Config struct {
 	Escrow  Escrow
 	Auditor Auditor
 	Objects ObjectLister
+	State   State
+	// Policy is in force from the start; SetPolicy replaces it.
+	Policy *policy.Policy
+	// TLS holds the server certificate. The server requires TLS 1.3 and
+	// asks every caller for a client certificate, verified against
+	// ClientCAs.
+	TLS       *tls.Config
+	ClientCAs *x509.CertPool
 	// Checks gate the health service: while any fails, every service
 	// reports NOT_SERVING. Keyed by a name used in logs.
 	Checks        map[string]Checker
@@ -77,6 +100,7 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 	now    func() time.Time
+	policy atomic.Pointer[policy.Policy]
 
 	stopOnce sync.Once
 	stop     chan struct{}
@@ -88,8 +112,17 @@ const HeaderRequestID = "x-request-id"
 
 // New builds a server. Call Serve to accept connections.
 func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
-	if cfg.Escrow == nil || cfg.Auditor == nil {
-		return nil, errors.New("daemon: Escrow and Auditor are required")
+	if cfg.Escrow == nil || cfg.Auditor == nil || cfg.State == nil {
+		return nil, errors.New("daemon: Escrow, Auditor and State are required")
+	}
+	if cfg.Policy == nil {
+		return nil, errors.New("daemon: a policy is required")
+	}
+	if cfg.TLS == nil || len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetCertificate == nil {
+		return nil, errors.New("daemon: a TLS server certificate is required")
+	}
+	if cfg.ClientCAs == nil {
+		return nil, errors.New("daemon: client CAs are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -101,7 +134,12 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 		cfg.CheckInterval = 5 * time.Second
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, health: health.NewServer(), now: time.Now, stop: make(chan struct{})}
-	opts = append(opts, grpc.ChainUnaryInterceptor(s.intercept))
+	s.policy.Store(cfg.Policy)
+	tc := cfg.TLS.Clone()
+	tc.MinVersion = tls.VersionTLS13
+	// Ask, verify in the interceptor: see identity.
+	tc.ClientAuth = tls.RequestClientCert
+	opts = append(opts, grpc.Creds(credentials.NewTLS(tc)), grpc.ChainUnaryInterceptor(s.intercept))
 	s.grpc = grpc.NewServer(opts...)
 	escrowdv1.RegisterSyncServiceServer(s.grpc, &syncService{s: s})
 	escrowdv1.RegisterSupportServiceServer(s.grpc, &supportService{s: s})
@@ -111,6 +149,10 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	s.setServing(false)
 	return s, nil
 }
+
+// SetPolicy puts p in force for requests that arrive from now on; those
+// in flight finish under the policy they started with.
+func (s *Server) SetPolicy(p *policy.Policy) { s.policy.Store(p) }
 
 var serviceNames = []string{
 	"",
@@ -202,43 +244,147 @@ func record(ctx context.Context) *audit.Record {
 }
 
 func unaudited(method string) bool {
-	// Health probes and reflection carry no key operation and would
-	// flood the trail.
-	return method == "/grpc.health.v1.Health/Check" || method == "/grpc.health.v1.Health/List" ||
-		len(method) > 21 && method[:21] == "/grpc.reflection.v1."
+	// Health probes carry no key operation, need no certificate (load
+	// balancers probe without one) and would flood the trail.
+	return method == "/grpc.health.v1.Health/Check" || method == "/grpc.health.v1.Health/List"
 }
 
-// intercept audits every request, allowed or failed, and releases the
-// result only once its record is committed.
+func isReflection(method string) bool {
+	return strings.HasPrefix(method, "/grpc.reflection.")
+}
+
+// intercept authenticates, authorises, rate-limits and audits every
+// request, and releases a result only once its record is committed.
 func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if unaudited(info.FullMethod) {
 		return handler(ctx, req)
 	}
 	start := s.now()
-	rec := &audit.Record{
+	pol := s.policy.Load()
+	id := s.identify(ctx)
+	rec := &pendingRecord{Record: audit.Record{
 		ID:        audit.NewID(start),
 		Time:      start.UTC(),
-		Caller:    caller(ctx),
+		Caller:    id.name(pol),
 		Operation: info.FullMethod,
-	}
+	}}
+	rec.Group, rec.User, rec.Ticket = requestFields(req)
 	_ = grpc.SetHeader(ctx, metadata.Pairs(HeaderRequestID, rec.ID))
-	resp, err := s.call(context.WithValue(ctx, recordKey{}, rec), req, handler)
+
+	var resp any
+	err := s.admit(ctx, req, info.FullMethod, pol, id, rec)
+	if err == nil {
+		ctx = context.WithValue(ctx, callerKey{}, id.match(pol))
+		if a := rec.approver; a != "" {
+			ctx = context.WithValue(ctx, approverKey{}, a)
+		}
+		resp, err = s.call(context.WithValue(ctx, recordKey{}, &rec.Record), req, handler)
+	}
+	return s.finish(ctx, start, rec, info.FullMethod, resp, err)
+}
+
+// pendingRecord is an audit record with what the admission learned.
+type pendingRecord struct {
+	audit.Record
+	approver string
+}
+
+// admit decides whether the request may run: a verified certificate, a
+// policy grant, room in its rate limits, and for dual-control operations a
+// second identity's approval.
+func (s *Server) admit(ctx context.Context, req any, method string, pol *policy.Policy, id identity, rec *pendingRecord) error {
+	if len(id.ids) == 0 {
+		return status.Error(codes.Unauthenticated, "a client certificate is required")
+	}
+	if id.err != nil {
+		return status.Error(codes.Unauthenticated, id.err.Error())
+	}
+	if isReflection(method) {
+		return nil
+	}
+	op := operation(method)
+	d := pol.Decide(policy.Request{
+		Identity: id.match(pol), Operation: op,
+		Group: rec.Group, User: rec.User, Ticket: rec.Ticket, Targets: targets(req),
+	})
+	if !d.Allow {
+		return status.Error(codes.PermissionDenied, d.Reason)
+	}
+	if len(d.Limits) > 0 {
+		limits := make([]store.RateLimit, len(d.Limits))
+		for i, l := range d.Limits {
+			limits[i] = store.RateLimit{Key: l.Key, Max: l.Max, Window: l.Window}
+		}
+		i, err := s.cfg.State.TakeRate(ctx, s.now(), limits)
+		if errors.Is(err, store.ErrRateLimited) {
+			l := d.Limits[i]
+			return status.Errorf(codes.ResourceExhausted, "rate limit %s reached: at most %d per %s", l.Name, l.Max, l.Window)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: rate limits: %w", escrow.ErrUnavailable, err)
+		}
+	}
+	if d.DualControl {
+		approver, err := s.awaitApproval(ctx, op, id.match(pol), d.ApprovalTimeout, rec)
+		if err != nil {
+			return err
+		}
+		rec.approver = pol.Name(approver)
+		rec.Detail = append(rec.Detail, "approved-by:"+approver)
+	}
+	return nil
+}
+
+// awaitApproval records a pending request and waits for a second identity
+// to approve it through ApproveReveal, on this replica or another.
+func (s *Server) awaitApproval(ctx context.Context, op, requester string, timeout time.Duration, rec *pendingRecord) (string, error) {
+	now := s.now()
+	a := store.Approval{ID: rec.ID, Operation: op, Group: rec.Group, User: rec.User, Ticket: rec.Ticket,
+		Requester: requester, Created: now.UTC(), Expires: now.Add(timeout).UTC()}
+	if err := s.cfg.State.CreateApproval(ctx, a); err != nil {
+		return "", fmt.Errorf("%w: approvals: %w", escrow.ErrUnavailable, err)
+	}
+	t := time.NewTicker(approvalPoll)
+	defer t.Stop()
+	for {
+		got, err := s.cfg.State.Approval(ctx, a.ID)
+		if err != nil && ctx.Err() == nil {
+			return "", fmt.Errorf("%w: approvals: %w", escrow.ErrUnavailable, err)
+		}
+		if got.Approver != "" {
+			return got.Approver, nil
+		}
+		if !s.now().Before(a.Expires) {
+			return "", status.Errorf(codes.PermissionDenied,
+				"group %s needs a second technician's approval, and none came within %s (pending request %s)", a.Group, timeout, a.ID)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// finish maps the outcome to a status, commits the audit record, and only
+// then releases the response.
+func (s *Server) finish(ctx context.Context, start time.Time, rec *pendingRecord, method string, resp any, err error) (any, error) {
 	st := s.status(rec.ID, err)
 	rec.Code = st.Code().String()
-	switch {
-	case st.Code() == codes.OK:
+	switch st.Code() {
+	case codes.OK:
 		rec.Outcome = audit.OutcomeOK
-	case st.Code() == codes.PermissionDenied || st.Code() == codes.Unauthenticated:
+	case codes.PermissionDenied, codes.Unauthenticated, codes.ResourceExhausted:
 		rec.Outcome, rec.Reason = audit.OutcomeDenied, st.Message()
 	default:
 		rec.Outcome, rec.Reason = audit.OutcomeError, st.Message()
 	}
 	// A caller that hangs up does not cancel the record of what was done.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.AuditTimeout)
-	aerr := s.cfg.Auditor.Commit(actx, rec)
+	aerr := s.cfg.Auditor.Commit(actx, &rec.Record)
 	cancel()
 	fields := []zap.Field{
-		zap.String("request_id", rec.ID), zap.String("method", info.FullMethod),
+		zap.String("request_id", rec.ID), zap.String("method", method),
 		zap.String("identity", rec.Caller), zap.String("code", rec.Code),
 		zap.Duration("duration", s.now().Sub(start)),
 	}
@@ -250,9 +396,12 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 		return nil, status.Errorf(codes.Unavailable,
 			"the audit trail cannot record this request, so its result is withheld; retry later (request %s)", rec.ID)
 	}
-	if st.Code() == codes.Internal || st.Code() == codes.Unknown {
+	switch st.Code() {
+	case codes.Internal, codes.Unknown:
 		s.log.Error("request failed", append(fields, zap.Error(err))...)
-	} else {
+	case codes.PermissionDenied, codes.Unauthenticated, codes.ResourceExhausted:
+		s.log.Warn("request denied", append(fields, zap.String("reason", st.Message()))...)
+	default:
 		s.log.Info("request", fields...)
 	}
 	if st.Code() != codes.OK {
@@ -274,12 +423,3 @@ func (s *Server) call(ctx context.Context, req any, handler grpc.UnaryHandler) (
 }
 
 var errPanic = errors.New("handler panic")
-
-// caller names the peer. Until mutual TLS identities are configured, a
-// caller is known only by its address.
-func caller(ctx context.Context) string {
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		return "anonymous@" + p.Addr.String()
-	}
-	return "anonymous"
-}

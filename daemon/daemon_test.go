@@ -2,16 +2,19 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -20,7 +23,10 @@ import (
 	"github.com/escrowd/escrowd/audit"
 	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/escrow/unlockcode"
+	"github.com/escrowd/escrowd/internal/devpki"
+	"github.com/escrowd/escrowd/policy"
 	"github.com/escrowd/escrowd/store"
+	"github.com/escrowd/escrowd/store/bolt"
 )
 
 // These tests cover the daemon's own logic (audit ordering, error mapping,
@@ -81,9 +87,61 @@ type fakeCheck struct{ err error }
 
 func (c fakeCheck) Healthy(context.Context) error { return c.err }
 
+// testPKI is one CA with a server certificate and a client certificate
+// for spiffe://escrowd.test/tester, whom the test policy grants everything.
+type testPKI struct {
+	ca     *devpki.CA
+	server tls.Certificate
+	client tls.Certificate
+}
+
+const testerID = "spiffe://escrowd.test/tester"
+
+func newPKI(t *testing.T) *testPKI {
+	t.Helper()
+	ca, err := devpki.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := ca.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := ca.Client(testerID, time.Time{}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &testPKI{ca: ca}
+	if p.server, err = sp.TLS(); err != nil {
+		t.Fatal(err)
+	}
+	if p.client, err = cp.TLS(); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func allowAll(t *testing.T) *policy.Policy {
+	t.Helper()
+	y := "version: 1\nroles:\n  all:\n    operations: [" + strings.Join(Operations(), ", ") + "]\n" +
+		"identities:\n  - id: " + testerID + "\n    name: tester\n    roles: [all]\n"
+	p, err := policy.Parse("test.yaml", []byte(y), Operations())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func start(t *testing.T, e *fakeEscrow, a *fakeAuditor, checks map[string]Checker) *grpc.ClientConn {
 	t.Helper()
-	s, err := New(Config{Escrow: e, Auditor: a, Checks: checks})
+	pki := newPKI(t)
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	s, err := New(Config{Escrow: e, Auditor: a, Checks: checks, State: st, Policy: allowAll(t),
+		TLS: &tls.Config{Certificates: []tls.Certificate{pki.server}}, ClientCAs: pki.ca.Pool()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,13 +151,22 @@ func start(t *testing.T, e *fakeEscrow, a *fakeAuditor, checks map[string]Checke
 	}
 	go s.Serve(lis)
 	t.Cleanup(func() { s.Shutdown(context.Background()) })
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	dial := func(certs ...tls.Certificate) *grpc.ClientConn {
+		creds := credentials.NewTLS(&tls.Config{RootCAs: pki.ca.Pool(), Certificates: certs, MinVersion: tls.VersionTLS13})
+		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
 	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
+	anonymous = dial()
+	return dial(pki.client)
 }
+
+// anonymous is a connection without a client certificate to the server
+// start made last.
+var anonymous *grpc.ClientConn
 
 func TestErrorCodes(t *testing.T) {
 	tests := []struct {
@@ -232,9 +299,10 @@ func TestHealth(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			a := &fakeAuditor{}
-			conn := start(t, &fakeEscrow{}, a, tt.checks)
+			start(t, &fakeEscrow{}, a, tt.checks)
 			for _, svc := range serviceNames {
-				r, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
+				// Health answers callers without a certificate.
+				r, err := healthpb.NewHealthClient(anonymous).Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
 				if err != nil || r.GetStatus() != tt.want {
 					t.Fatalf("health %q: %v %v, want %v", svc, r.GetStatus(), err, tt.want)
 				}
@@ -243,5 +311,19 @@ func TestHealth(t *testing.T) {
 				t.Fatal("health checks were audited")
 			}
 		})
+	}
+}
+
+// TestNoCertificate: without a client certificate a caller gets nothing
+// but health, and the refusal is audited.
+func TestNoCertificate(t *testing.T) {
+	a := &fakeAuditor{}
+	start(t, &fakeEscrow{}, a, nil)
+	_, err := escrowdv1.NewSecurityServiceClient(anonymous).GetGroup(context.Background(), &escrowdv1.GetGroupRequest{GroupId: "g"})
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("GetGroup without a certificate: %v", err)
+	}
+	if len(a.recs) != 1 || a.recs[0].Outcome != audit.OutcomeDenied || !strings.HasPrefix(a.recs[0].Caller, "anonymous@127.0.0.1:") {
+		t.Fatalf("records %+v", a.recs)
 	}
 }

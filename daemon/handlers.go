@@ -2,11 +2,16 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
 	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/escrow/bundle"
+	"github.com/escrowd/escrowd/store"
 )
 
 type syncService struct {
@@ -115,6 +120,7 @@ func (h *supportService) RevealUnlockCode(ctx context.Context, req *escrowdv1.Re
 	rec.Detail = append(rec.Detail, fmt.Sprintf("epoch:%d", rv.Epoch), fmt.Sprintf("index:%d", rv.Index))
 	resp := &escrowdv1.RevealUnlockCodeResponse{
 		Code: rv.Code.String(), Epoch: rv.Epoch, Index: rv.Index, Remaining: uint32(rv.Remaining),
+		ApprovedBy: approvedBy(ctx),
 	}
 	rv.Code.Clear()
 	return resp, nil
@@ -136,6 +142,48 @@ func (h *supportService) ListUnlockCodes(ctx context.Context, req *escrowdv1.Lis
 		resp.Codes = append(resp.Codes, &escrowdv1.UnlockCodeState{Index: uint32(i), State: st})
 	}
 	return resp, nil
+}
+
+func pendingMsg(a store.Approval) *escrowdv1.PendingReveal {
+	return &escrowdv1.PendingReveal{Id: a.ID, GroupId: a.Group, UserId: a.User, Ticket: a.Ticket,
+		Requester: a.Requester, CreatedUnix: a.Created.Unix(), ExpiresUnix: a.Expires.Unix()}
+}
+
+func (h *supportService) ListPendingReveals(ctx context.Context, _ *escrowdv1.ListPendingRevealsRequest) (*escrowdv1.ListPendingRevealsResponse, error) {
+	list, err := h.s.cfg.State.PendingApprovals(ctx, h.s.now())
+	if err != nil {
+		return nil, fmt.Errorf("%w: approvals: %w", escrow.ErrUnavailable, err)
+	}
+	resp := &escrowdv1.ListPendingRevealsResponse{}
+	for _, a := range list {
+		resp.Reveals = append(resp.Reveals, pendingMsg(a))
+	}
+	return resp, nil
+}
+
+func (h *supportService) ApproveReveal(ctx context.Context, req *escrowdv1.ApproveRevealRequest) (*escrowdv1.ApproveRevealResponse, error) {
+	rec := record(ctx)
+	if bundle.ValidateID(req.GetId()) != nil {
+		return nil, fmt.Errorf("%w: id must name a pending reveal", escrow.ErrInvalid)
+	}
+	rec.Detail = append(rec.Detail, "approves:"+req.GetId())
+	a, err := h.s.cfg.State.Approve(ctx, req.GetId(), callerID(ctx), h.s.now())
+	if err == nil || errors.Is(err, store.ErrSelfApproval) || errors.Is(err, store.ErrExpired) || errors.Is(err, store.ErrNotPending) {
+		if got, gerr := h.s.cfg.State.Approval(ctx, req.GetId()); gerr == nil {
+			rec.Group, rec.User, rec.Ticket = got.Group, got.User, got.Ticket
+		}
+	}
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, status.Errorf(codes.NotFound, "no reveal %s is waiting for approval", req.GetId())
+	case errors.Is(err, store.ErrSelfApproval):
+		return nil, status.Error(codes.PermissionDenied, "you cannot approve your own reveal: a second technician must")
+	case errors.Is(err, store.ErrExpired), errors.Is(err, store.ErrNotPending):
+		return nil, status.Errorf(codes.FailedPrecondition, "reveal %s cannot be approved: %v", req.GetId(), err)
+	case err != nil:
+		return nil, fmt.Errorf("%w: approvals: %w", escrow.ErrUnavailable, err)
+	}
+	return &escrowdv1.ApproveRevealResponse{Reveal: pendingMsg(a)}, nil
 }
 
 func (h *securityService) GetGroup(ctx context.Context, req *escrowdv1.GetGroupRequest) (*escrowdv1.GetGroupResponse, error) {

@@ -70,6 +70,8 @@ func TestStartupErrors(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, escrowd, "-listen", freeAddr(t), "-store", filepath.Join(t.TempDir(), "db"),
+				"-tls-cert", filepath.Join(pki.dir, "server.crt"), "-tls-key", filepath.Join(pki.dir, "server.key"),
+				"-client-ca", filepath.Join(pki.dir, "ca.crt"), "-policy", "testdata/policy.yaml",
 				"-hsm-module", tt.module, "-hsm-token", tt.token, "-hsm-pin-file", writeSecret(t, tt.pin),
 				"-vault-addr", vaultSrv.Addr, "-vault-token-file", vaultToken)
 			out, err := cmd.CombinedOutput()
@@ -95,7 +97,17 @@ func TestCLI(t *testing.T) {
 	escrowd, escrowctl := buildBinaries(t)
 	addr := freeAddr(t)
 	var stderr bytes.Buffer
+	policyPath := filepath.Join(t.TempDir(), "policy.yaml")
+	good, err := os.ReadFile("testdata/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(policyPath, good, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	d := exec.Command(escrowd, "-listen", addr, "-store", filepath.Join(t.TempDir(), "escrowd.db"),
+		"-tls-cert", filepath.Join(pki.dir, "server.crt"), "-tls-key", filepath.Join(pki.dir, "server.key"),
+		"-client-ca", filepath.Join(pki.dir, "ca.crt"), "-policy", policyPath,
 		"-hsm-module", token.Module, "-hsm-token", token.Label, "-hsm-pin-file", filepath.Join(token.Dir, "user.pin"),
 		"-vault-addr", vaultSrv.Addr, "-vault-token-file", writeSecret(t, vaultSrv.Token))
 	d.Stderr = &stderr
@@ -128,47 +140,51 @@ func TestCLI(t *testing.T) {
 	}
 
 	work := t.TempDir()
-	ctl := func(args ...string) string {
-		t.Helper()
+	run := func(who string, args []string) ([]byte, error) {
+		if who != "" {
+			args = append(append(args[:2:2], "-as", who), args[2:]...)
+		}
 		cmd := exec.Command(escrowctl, args...)
-		cmd.Env = append(os.Environ(), "ESCROWD_ADDR="+addr)
-		out, err := cmd.CombinedOutput()
+		cmd.Env = append(os.Environ(), "ESCROWD_ADDR="+addr, "ESCROWCTL_PKI="+pki.dir)
+		return cmd.CombinedOutput()
+	}
+	ctl := func(who string, args ...string) string {
+		t.Helper()
+		out, err := run(who, args)
 		if err != nil {
 			t.Fatalf("escrowctl %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 		return string(out)
 	}
-	ctlFails := func(args ...string) string {
+	ctlFails := func(who string, args ...string) string {
 		t.Helper()
-		cmd := exec.Command(escrowctl, args...)
-		cmd.Env = append(os.Environ(), "ESCROWD_ADDR="+addr)
-		out, err := cmd.CombinedOutput()
+		out, err := run(who, args)
 		if err == nil {
 			t.Fatalf("escrowctl %s succeeded:\n%s", strings.Join(args, " "), out)
 		}
 		return string(out)
 	}
 
-	out := ctl("group", "provision", "-group", "cli-family")
+	out := ctl("sync-backend", "group", "provision", "-group", "cli-family")
 	if !strings.Contains(out, "group cli-family provisioned: escrow key v1 (rsa-oaep-sha1)") {
 		t.Fatalf("provision: %s", out)
 	}
-	out = ctlFails("group", "provision", "-group", "cli-family")
+	out = ctlFails("sync-backend", "group", "provision", "-group", "cli-family")
 	if !strings.Contains(out, "AlreadyExists") {
 		t.Fatalf("second provision: %s", out)
 	}
 	slotPath := filepath.Join(work, "escrow-slot.json")
 	gdkPath := filepath.Join(work, "gdk")
-	ctl("dev", "seal-escrow", "-group", "cli-family", "-out", slotPath, "-gdk-out", gdkPath)
-	out = ctl("codes", "issue", "-group", "cli-family", "-user", "alice", "-escrow-slot", slotPath, "-count", "3", "-out", filepath.Join(work, "slots"))
+	ctl("sync-backend", "dev", "seal-escrow", "-group", "cli-family", "-out", slotPath, "-gdk-out", gdkPath)
+	out = ctl("sync-backend", "codes", "issue", "-group", "cli-family", "-user", "alice", "-escrow-slot", slotPath, "-count", "3", "-out", filepath.Join(work, "slots"))
 	if !strings.Contains(out, "epoch 1: 3 unlock slots") {
 		t.Fatalf("codes issue: %s", out)
 	}
-	out = ctlFails("codes", "reveal", "-group", "cli-family", "-user", "alice")
+	out = ctlFails("alice", "codes", "reveal", "-group", "cli-family", "-user", "alice")
 	if !strings.Contains(out, "-ticket is required") {
 		t.Fatalf("reveal without ticket: %s", out)
 	}
-	out = ctl("codes", "reveal", "-group", "cli-family", "-user", "alice", "-ticket", "SUP-7")
+	out = ctl("alice", "codes", "reveal", "-group", "cli-family", "-user", "alice", "-ticket", "SUP-7")
 	code := regexp.MustCompile(`[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}`).FindString(out)
 	if code == "" || !strings.Contains(out, "unlock code 0 of epoch 1 for alice") || !strings.Contains(out, "2 left") {
 		t.Fatalf("reveal: %s", out)
@@ -182,19 +198,19 @@ func TestCLI(t *testing.T) {
 	if err != nil || !bytes.Equal(opened, gdk) {
 		t.Fatalf("the revealed code does not open its slot: %v", err)
 	}
-	out = ctl("codes", "list", "-group", "cli-family", "-user", "alice")
+	out = ctl("alice", "codes", "list", "-group", "cli-family", "-user", "alice")
 	if !strings.Contains(out, "code 0  revealed") || !strings.Contains(out, "code 2  unrevealed") || strings.Contains(out, code) {
 		t.Fatalf("codes list: %s", out)
 	}
-	out = ctl("group", "show", "-group", "cli-family")
+	out = ctl("carol", "group", "show", "-group", "cli-family")
 	if !strings.Contains(out, "escrow v1  rsa-oaep-sha1") || !strings.Contains(out, "unlock v1  hmac-sha256") {
 		t.Fatalf("group show: %s", out)
 	}
-	out = ctl("hsm", "objects")
+	out = ctl("carol", "hsm", "objects")
 	if !strings.Contains(out, `"label": "escrowd-kek-v1"`) {
 		t.Fatalf("hsm objects: %s", out)
 	}
-	out = ctlFails("group", "show", "-group", "nope")
+	out = ctlFails("carol", "group", "show", "-group", "nope")
 	if !strings.Contains(out, "NotFound") {
 		t.Fatalf("show of an unknown group: %s", out)
 	}

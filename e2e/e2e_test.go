@@ -6,6 +6,7 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
@@ -20,7 +21,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -32,7 +33,9 @@ import (
 	"github.com/escrowd/escrowd/escrow/device"
 	"github.com/escrowd/escrowd/escrow/unlockcode"
 	"github.com/escrowd/escrowd/hsm"
+	"github.com/escrowd/escrowd/internal/devpki"
 	"github.com/escrowd/escrowd/internal/vaulttest"
+	"github.com/escrowd/escrowd/policy"
 	"github.com/escrowd/escrowd/softhsm"
 	"github.com/escrowd/escrowd/store/bolt"
 )
@@ -40,7 +43,87 @@ import (
 var (
 	vaultSrv *vaulttest.Server
 	token    *softhsm.Token
+	pki      *testPKI
 )
+
+// testPKI holds the test CA and a certificate per identity, in memory and
+// as files (for the binaries).
+type testPKI struct {
+	dir   string
+	ca    *devpki.CA
+	certs map[string]tls.Certificate
+}
+
+// The identities of testdata/policy.yaml, and some the policy must refuse.
+var identities = map[string]string{
+	"sync-backend": "spiffe://escrowd.test/sync-backend",
+	"alice":        "spiffe://escrowd.test/support/alice",
+	"bob":          "spiffe://escrowd.test/support/bob",
+	"carol":        "spiffe://escrowd.test/security/carol",
+	"mallory":      "spiffe://escrowd.test/support/mallory", // valid chain, not in the policy
+}
+
+func newPKI(dir string) (*testPKI, error) {
+	ca, err := devpki.NewCA("e2e CA")
+	if err != nil {
+		return nil, err
+	}
+	p := &testPKI{dir: dir, ca: ca, certs: map[string]tls.Certificate{}}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), ca.PEM, 0o644); err != nil {
+		return nil, err
+	}
+	add := func(name string, pair *devpki.Pair, err error) error {
+		if err != nil {
+			return err
+		}
+		c, err := pair.TLS()
+		if err != nil {
+			return err
+		}
+		p.certs[name] = c
+		return pair.Write(dir, name)
+	}
+	srv, err := ca.Server()
+	if err := add("server", srv, err); err != nil {
+		return nil, err
+	}
+	for name, id := range identities {
+		pair, err := ca.Client(id, time.Time{}, time.Time{})
+		if err := add(name, pair, err); err != nil {
+			return nil, err
+		}
+	}
+	// alice's name on an expired certificate, and on one from another CA.
+	pair, err := ca.Client(identities["alice"], time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
+	if err := add("expired", pair, err); err != nil {
+		return nil, err
+	}
+	other, err := devpki.NewCA("another CA")
+	if err != nil {
+		return nil, err
+	}
+	pair, err = other.Client(identities["alice"], time.Time{}, time.Time{})
+	if err := add("foreign", pair, err); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func loadPolicy(t testing.TB, path string) *policy.Policy {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Parse(path, b, daemon.Operations())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -58,6 +141,10 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: SoftHSM:", err)
 		return 1
 	}
+	if pki, err = newPKI(filepath.Join(dir, "pki")); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: PKI:", err)
+		return 1
+	}
 	return vaulttest.RunMain(m, &vaultSrv)
 }
 
@@ -66,27 +153,42 @@ type stack struct {
 	t       *testing.T
 	hsm     *hsm.HSM
 	audit   *audit.Vault
+	srv     *daemon.Server
 	prefix  string
-	conn    *grpc.ClientConn
+	addr    string
 	sync    escrowdv1.SyncServiceClient
 	support escrowdv1.SupportServiceClient
 	sec     escrowdv1.SecurityServiceClient
 }
 
-func newStack(t *testing.T, v *vaulttest.Server) *stack {
+type stackOpts struct {
+	storePath string
+	prefix    string
+	policy    string
+}
+
+func newStack(t *testing.T, v *vaulttest.Server) *stack { return newStackWith(t, v, stackOpts{}) }
+
+func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	t.Helper()
+	if o.storePath == "" {
+		o.storePath = filepath.Join(t.TempDir(), "escrowd.db")
+	}
+	if o.prefix == "" {
+		o.prefix = "escrowd-test/" + strings.ReplaceAll(t.Name(), "/", "-")
+	}
+	if o.policy == "" {
+		o.policy = "testdata/policy.yaml"
+	}
 	h, err := hsm.Open(token.HSMConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { h.Close() })
-	st, err := bolt.Open(filepath.Join(t.TempDir(), "escrowd.db"))
+	st, err := bolt.Open(o.storePath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	prefix := "escrowd-test/" + strings.ReplaceAll(t.Name(), "/", "-")
-	aud, err := audit.NewVault(audit.VaultConfig{Address: v.Addr, Token: v.Token, Prefix: prefix, Timeout: 3 * time.Second})
+	aud, err := audit.NewVault(audit.VaultConfig{Address: v.Addr, Token: v.Token, Prefix: o.prefix, Timeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +197,8 @@ func newStack(t *testing.T, v *vaulttest.Server) *stack {
 		t.Fatal(err)
 	}
 	srv, err := daemon.New(daemon.Config{
-		Escrow: svc, Auditor: aud, Objects: h,
+		Escrow: svc, Auditor: aud, Objects: h, State: st, Policy: loadPolicy(t, o.policy),
+		TLS: &tls.Config{Certificates: []tls.Certificate{pki.certs["server"]}}, ClientCAs: pki.ca.Pool(),
 		Checks: map[string]daemon.Checker{"hsm": h, "vault": aud},
 	})
 	if err != nil {
@@ -106,20 +209,44 @@ func newStack(t *testing.T, v *vaulttest.Server) *stack {
 		t.Fatal(err)
 	}
 	go srv.Serve(lis)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	s := &stack{t: t, hsm: h, audit: aud, srv: srv, prefix: o.prefix, addr: lis.Addr().String()}
+	t.Cleanup(s.stop)
+	s.sync = escrowdv1.NewSyncServiceClient(s.dial("sync-backend"))
+	s.support = escrowdv1.NewSupportServiceClient(s.dial("alice"))
+	s.sec = escrowdv1.NewSecurityServiceClient(s.dial("carol"))
+	return s
+}
+
+// stop shuts the daemon down as SIGTERM would; idempotent.
+func (s *stack) stop() {
+	if s.srv == nil {
+		return
 	}
-	t.Cleanup(func() { conn.Close() })
-	return &stack{t: t, hsm: h, audit: aud, prefix: prefix, conn: conn,
-		sync:    escrowdv1.NewSyncServiceClient(conn),
-		support: escrowdv1.NewSupportServiceClient(conn),
-		sec:     escrowdv1.NewSecurityServiceClient(conn)}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.srv.Shutdown(ctx)
+	s.audit.Close()
+	s.hsm.Close()
+	s.srv = nil
+}
+
+// dial connects as the named identity of the test PKI ("" for none).
+func (s *stack) dial(name string) *grpc.ClientConn {
+	s.t.Helper()
+	cfg := &tls.Config{RootCAs: pki.ca.Pool(), MinVersion: tls.VersionTLS13}
+	if name != "" {
+		c, ok := pki.certs[name]
+		if !ok {
+			s.t.Fatalf("no certificate %q", name)
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -276,20 +403,25 @@ func TestEndToEnd(t *testing.T) {
 			written[fmt.Sprint(req["path"])] = true
 		}
 	}
+	if p, n, _, err := s.audit.Verify(ctx); err != nil || p != nil || n != len(ids) {
+		t.Fatalf("audit trail: %d records, problem %v, %v", n, p, err)
+	}
 	secrets := append([]string{string(escrowSlot), string(rw.GetSlot())}, revealed...)
 	for _, c := range revealed {
 		secrets = append(secrets, strings.ReplaceAll(c, "-", ""))
 	}
 	for _, id := range ids {
-		rec, err := s.audit.Read(ctx, id)
+		rec, err := s.audit.Find(ctx, id)
 		if err != nil {
 			t.Fatalf("record %s: %v", id, err)
 		}
 		if rec.ID != id || rec.Operation == "" || rec.Code == "" {
 			t.Fatalf("record %+v", rec)
 		}
-		p := "secret/data/" + s.prefix + "/records/" + id
-		if !written[p] {
+		if rec.Caller == "" || strings.HasPrefix(rec.Caller, "anonymous") {
+			t.Fatalf("record %s has caller %q", id, rec.Caller)
+		}
+		if p := s.audit.BatchPath(batchOf(t, s.audit, id)); !written[p] {
 			t.Errorf("Vault's audit log has no write to %s", p)
 		}
 		flat := fmt.Sprintf("%+v", rec)
@@ -299,12 +431,12 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 	}
-	reveal, _ := s.audit.Read(ctx, ids[3])
-	if reveal.Operation != "/escrowd.v1.SupportService/RevealUnlockCode" || reveal.Ticket != "SUP-1001" ||
+	reveal, _ := s.audit.Find(ctx, ids[3])
+	if reveal.Operation != "/escrowd.v1.SupportService/RevealUnlockCode" || reveal.Ticket != "SUP-1001" || reveal.Caller != identities["alice"] ||
 		reveal.User != "bob" || reveal.Outcome != audit.OutcomeOK || strings.Join(reveal.KeyVersions, ",") != "unlock:1" {
 		t.Fatalf("reveal record %+v", reveal)
 	}
-	failed, _ := s.audit.Read(ctx, ids[6])
+	failed, _ := s.audit.Find(ctx, ids[6])
 	if failed.Outcome != audit.OutcomeError || failed.Code != "NotFound" {
 		t.Fatalf("failed call's record %+v", failed)
 	}
@@ -325,7 +457,7 @@ func TestVaultDownFailsClosed(t *testing.T) {
 	if err := v.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	rv, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-failclosed", UserId: "u", Ticket: "T-9"})
+	rv, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-failclosed", UserId: "u", Ticket: "SUP-9"})
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("reveal with Vault down: %v, want Unavailable", err)
 	}
@@ -339,7 +471,7 @@ func TestVaultDownFailsClosed(t *testing.T) {
 	if err := v.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	rv, err = s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-failclosed", UserId: "u", Ticket: "T-9"})
+	rv, err = s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-failclosed", UserId: "u", Ticket: "SUP-9"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,20 +591,38 @@ func TestBadRequests(t *testing.T) {
 		t.Fatal("a refused provision replaced the escrow key")
 	}
 	// Reveals before any issue, and past the last code.
-	if _, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "T"}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "SUP-5"}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("reveal before issue: %v", err)
 	}
 	if _, err := s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: "g-bad", UserId: "u", EscrowSlot: escrowSlot, Count: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "T"}); err != nil {
+	if _, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "SUP-5"}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "T"})
+	_, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "SUP-5"})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "revealed") {
 		t.Fatalf("reveal past the last code: %v", err)
 	}
 	if _, err := s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: "g-bad", UserId: "u", EscrowSlot: escrowSlot, Count: 500}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("500 codes: %v", err)
 	}
+}
+
+// batchOf returns the position of the batch that holds record id.
+func batchOf(t *testing.T, v *audit.Vault, id string) uint64 {
+	t.Helper()
+	var seq uint64
+	err := v.Walk(context.Background(), func(s uint64, b *audit.Batch) error {
+		for _, r := range b.Records {
+			if r.ID == id {
+				seq = s
+			}
+		}
+		return nil
+	})
+	if err != nil || seq == 0 {
+		t.Fatalf("record %s is in no batch: %v", id, err)
+	}
+	return seq
 }

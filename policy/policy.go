@@ -205,6 +205,12 @@ func (p *Policy) Decide(r Request) Decision {
 	return d
 }
 
+// Has reports whether the policy lists id.
+func (p *Policy) Has(id string) bool {
+	_, ok := p.identities[id]
+	return ok
+}
+
 // Name returns the display name of an identity, or the identity itself.
 func (p *Policy) Name(id string) string {
 	if i, ok := p.identities[id]; ok {

@@ -15,6 +15,7 @@ chmod 700 "$run"
 
 export SOFTHSM2_CONF=$run/softhsm/softhsm2.conf
 module=$("$root/bin/escrowctl" dev token -dir "$run/softhsm" -token escrowd-dev)
+"$root/bin/escrowctl" dev pki -dir "$run/pki"
 
 rm -f "$run/vault/addr"
 "$root/.cache/bin/vaultdev" -listen 127.0.0.1:0 -addr-file "$run/vault/addr" \
@@ -38,17 +39,27 @@ escrowd development stack
   store   $run/escrowd.db
   gRPC    $listen
 
-In another shell:
-  export ESCROWD_ADDR=$listen
-  bin/escrowctl group provision -group family-1
-  bin/escrowctl dev seal-escrow -group family-1 -out .run/escrow-slot.json
-  bin/escrowctl codes issue -group family-1 -user alice -escrow-slot .run/escrow-slot.json -out .run/slots
-  bin/escrowctl codes reveal -group family-1 -user alice -ticket SUP-1
-  bin/escrowctl codes list -group family-1 -user alice
-  bin/escrowctl group show -group family-1
+  policy  $run/pki/policy.yaml (edit, then: kill -HUP \$(pgrep -f 'bin/escrowd -listen'))
+
+Callers use the certificates in $run/pki: sync-backend; alice and bob
+(support); carol (security). In another shell:
+  export ESCROWD_ADDR=$listen ESCROWCTL_PKI=$run/pki
+  bin/escrowctl group provision -as sync-backend -group family-1
+  bin/escrowctl dev seal-escrow -as sync-backend -group family-1 -out .run/escrow-slot.json
+  bin/escrowctl codes issue -as sync-backend -group family-1 -user dana -escrow-slot .run/escrow-slot.json -out .run/slots
+  bin/escrowctl codes reveal -as alice -group family-1 -user dana -ticket SUP-1
+  bin/escrowctl codes list -as alice -group family-1 -user dana
+  bin/escrowctl group show -as carol -group family-1
+Dual control: reveals in groups named vip-* wait until another technician runs
+  bin/escrowctl codes pending -as bob
+  bin/escrowctl codes approve -as bob -id ID
+Audit trail:
+  VAULT_ADDR=$vault_addr bin/escrowctl audit verify -vault-token-file $run/vault/token
 
 MSG
 
 "$root/bin/escrowd" -listen "$listen" -store "$run/escrowd.db" \
+	-tls-cert "$run/pki/server.crt" -tls-key "$run/pki/server.key" -client-ca "$run/pki/ca.crt" \
+	-policy "$run/pki/policy.yaml" \
 	-hsm-module "$module" -hsm-token escrowd-dev -hsm-pin-file "$run/softhsm/user.pin" \
 	-vault-addr "$vault_addr" -vault-token-file "$run/vault/token"

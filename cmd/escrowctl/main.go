@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -12,24 +14,30 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/audit"
+	"github.com/escrowd/escrowd/daemon"
 	"github.com/escrowd/escrowd/escrow/device"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/secret"
+	"github.com/escrowd/escrowd/policy"
 	"github.com/escrowd/escrowd/softhsm"
 )
 
 const usage = `escrowctl talks to escrowd and to the HSM.
 
-Daemon commands (-addr, default $ESCROWD_ADDR or 127.0.0.1:7420):
+Daemon commands (-addr, default $ESCROWD_ADDR or 127.0.0.1:7420) authenticate
+with a client certificate: -cert, -key and -ca (or $ESCROWCTL_CERT, _KEY,
+_CA), or -as NAME to use NAME.crt, NAME.key and ca.crt in $ESCROWCTL_PKI.
   group provision -group ID [-suite S]       generate a group's keys in the HSM
   group show -group ID                       key versions of a group
   group key -group ID                        the escrow public key, PEM
@@ -37,7 +45,18 @@ Daemon commands (-addr, default $ESCROWD_ADDR or 127.0.0.1:7420):
                                              start a new unlock-code epoch
   codes reveal -group ID -user U -ticket T   reveal the user's next code
   codes list -group ID -user U               code state, never the codes
+  codes pending                              reveals waiting for a second technician
+  codes approve -id ID                       approve another technician's reveal
   hsm objects                                objects on the daemon's token
+
+Audit (reads Vault directly: -vault-addr or $VAULT_ADDR, -vault-token-file or
+$VAULT_TOKEN, -audit-mount, -audit-prefix):
+  audit verify                               walk the whole trail; name the first
+                                             record changed, deleted, moved or inserted
+  audit read [-n N]                          print the last N records (default 20)
+
+Offline:
+  policy check -policy FILE                  validate a policy file
 
 HSM ceremony (runs against the token directly):
   hsm init -module PATH -token LABEL -so-pin-file FILE [-kek-label L]
@@ -46,6 +65,9 @@ HSM ceremony (runs against the token directly):
 Development (for trying escrowd out; never for production):
   dev token -dir DIR -token LABEL            create or reuse a SoftHSM token with
                                              its master KEK; prints the module path
+  dev pki -dir DIR                           a CA, a server certificate, certificates
+                                             for sync-backend, alice, bob (support) and
+                                             carol (security), and a matching policy
   dev seal-escrow -group ID -out FILE [-gdk-out FILE]
                                              wrap a fresh group data key to the
                                              group's escrow key
@@ -66,7 +88,10 @@ func describe(err error) string {
 	return err.Error()
 }
 
-var errUsage = errors.New("usage")
+var (
+	errUsage    = errors.New("usage")
+	errTampered = errors.New("the audit trail does not verify")
+)
 
 func run(args []string, out io.Writer) error {
 	if len(args) < 2 {
@@ -89,7 +114,18 @@ func run(args []string, out io.Writer) error {
 	token := fs.String("token", "", "HSM token label")
 	soPINFile := fs.String("so-pin-file", "", "file holding the security officer PIN (else $ESCROWD_SO_PIN)")
 	kekLabel := fs.String("kek-label", "escrowd-kek", "master KEK label")
-	dir := fs.String("dir", "", "folder of the development token")
+	dir := fs.String("dir", "", "folder of the development token or PKI")
+	certFile := fs.String("cert", os.Getenv("ESCROWCTL_CERT"), "client certificate, PEM")
+	keyFile := fs.String("key", os.Getenv("ESCROWCTL_KEY"), "client key, PEM")
+	caFile := fs.String("ca", os.Getenv("ESCROWCTL_CA"), "CA that signs the server certificate, PEM")
+	as := fs.String("as", "", "use NAME.crt, NAME.key and ca.crt from $ESCROWCTL_PKI")
+	approvalID := fs.String("id", "", "pending reveal id")
+	last := fs.Int("n", 20, "number of records")
+	policyFile := fs.String("policy", "", "policy file")
+	vaultAddr := fs.String("vault-addr", os.Getenv("VAULT_ADDR"), "Vault address")
+	vaultTokenFile := fs.String("vault-token-file", "", "file holding a Vault token (else $VAULT_TOKEN)")
+	auditMount := fs.String("audit-mount", "secret", "KV v2 mount of the audit trail")
+	auditPrefix := fs.String("audit-prefix", "escrowd/audit", "folder of the audit trail")
 	if err := fs.Parse(args[2:]); err != nil {
 		return err
 	}
@@ -115,6 +151,52 @@ func run(args []string, out io.Writer) error {
 		return nil
 	}
 
+	switch cmd {
+	case "dev pki":
+		if err := need("dir"); err != nil {
+			return err
+		}
+		return devPKI(*dir, out)
+	case "policy check":
+		if err := need("policy"); err != nil {
+			return err
+		}
+		b, err := os.ReadFile(*policyFile)
+		if err != nil {
+			return err
+		}
+		if _, err := policy.Parse(*policyFile, b, daemon.Operations()); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s: ok\n", *policyFile)
+		return nil
+	case "audit verify", "audit read":
+		tok, err := secret.Load("Vault token", *vaultTokenFile, "VAULT_TOKEN")
+		if err != nil {
+			return err
+		}
+		v, err := audit.NewVault(audit.VaultConfig{Address: *vaultAddr, Token: tok, Mount: *auditMount, Prefix: *auditPrefix})
+		if err != nil {
+			return err
+		}
+		defer v.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+		defer cancel()
+		if cmd == "audit read" {
+			return auditRead(ctx, v, *last, out)
+		}
+		p, n, head, err := v.Verify(ctx)
+		if err != nil {
+			return err
+		}
+		if p != nil {
+			fmt.Fprintf(out, "audit trail BROKEN after %d good records: %s\n", n, p)
+			return errTampered
+		}
+		fmt.Fprintf(out, "audit trail intact: %d records, head %s\n", n, head)
+		return nil
+	}
+
 	if cmd == "hsm init" {
 		if err := need("module", "token"); err != nil {
 			return err
@@ -132,7 +214,18 @@ func run(args []string, out io.Writer) error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if *as != "" {
+		pki := os.Getenv("ESCROWCTL_PKI")
+		if pki == "" {
+			return errors.New("-as needs $ESCROWCTL_PKI, the folder of the certificates")
+		}
+		*certFile, *keyFile, *caFile = filepath.Join(pki, *as+".crt"), filepath.Join(pki, *as+".key"), filepath.Join(pki, "ca.crt")
+	}
+	creds, err := clientTLS(*certFile, *keyFile, *caFile)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return err
 	}
@@ -221,6 +314,9 @@ func run(args []string, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "unlock code %d of epoch %d for %s: %s\n(%d left; request %s)\n",
 			r.GetIndex(), r.GetEpoch(), *user, r.GetCode(), r.GetRemaining(), requestID())
+		if a := r.GetApprovedBy(); a != "" {
+			fmt.Fprintf(out, "approved by %s\n", a)
+		}
 	case "codes list":
 		if err := need("group", "user"); err != nil {
 			return err
@@ -233,6 +329,29 @@ func run(args []string, out io.Writer) error {
 		for _, c := range r.GetCodes() {
 			fmt.Fprintf(out, "  code %d  %s\n", c.GetIndex(), strings.ToLower(strings.TrimPrefix(c.GetState().String(), "STATE_")))
 		}
+	case "codes pending":
+		r, err := support.ListPendingReveals(ctx, &escrowdv1.ListPendingRevealsRequest{})
+		if err != nil {
+			return err
+		}
+		if len(r.GetReveals()) == 0 {
+			fmt.Fprintln(out, "no reveal is waiting for approval")
+		}
+		for _, p := range r.GetReveals() {
+			fmt.Fprintf(out, "%s  group %s user %s ticket %s, asked by %s, expires %s\n", p.GetId(), p.GetGroupId(), p.GetUserId(),
+				p.GetTicket(), p.GetRequester(), time.Unix(p.GetExpiresUnix(), 0).UTC().Format(time.RFC3339))
+		}
+	case "codes approve":
+		if err := need("id"); err != nil {
+			return err
+		}
+		r, err := support.ApproveReveal(ctx, &escrowdv1.ApproveRevealRequest{Id: *approvalID}, withID)
+		if err != nil {
+			return err
+		}
+		p := r.GetReveal()
+		fmt.Fprintf(out, "approved: %s may now reveal a code of %s in group %s (ticket %s); request %s\n",
+			p.GetRequester(), p.GetUserId(), p.GetGroupId(), p.GetTicket(), requestID())
 	case "hsm objects":
 		r, err := security.ListHSMObjects(ctx, &escrowdv1.ListHSMObjectsRequest{})
 		if err != nil {
@@ -280,4 +399,47 @@ func envOr(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// clientTLS makes mutual TLS credentials from PEM files.
+func clientTLS(certFile, keyFile, caFile string) (credentials.TransportCredentials, error) {
+	if certFile == "" || keyFile == "" || caFile == "" {
+		return nil, errors.New("a client certificate is required: -cert, -key and -ca, or -as NAME with $ESCROWCTL_PKI")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("failed to load the client certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	return credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13}), nil
+}
+
+func auditRead(ctx context.Context, v *audit.Vault, n int, out io.Writer) error {
+	var recs []audit.Chained
+	err := v.Walk(ctx, func(_ uint64, b *audit.Batch) error {
+		if b != nil {
+			recs = append(recs, b.Records...)
+			if len(recs) > n {
+				recs = recs[len(recs)-n:]
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(out)
+	for _, r := range recs {
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	}
+	return nil
 }

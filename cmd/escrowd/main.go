@@ -9,7 +9,8 @@ package main
 
 import (
 	"context"
-	"errors"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"net"
@@ -26,11 +27,16 @@ import (
 	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/secret"
+	"github.com/escrowd/escrowd/policy"
 	"github.com/escrowd/escrowd/store/bolt"
 )
 
 type options struct {
 	listen          string
+	tlsCert         string
+	tlsKey          string
+	clientCA        string
+	policyPath      string
 	storePath       string
 	hsmModule       string
 	hsmToken        string
@@ -51,6 +57,10 @@ func main() {
 	var o options
 	fs := flag.NewFlagSet("escrowd", flag.ExitOnError)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7420", "gRPC listen address")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "server certificate, PEM (required)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "server private key, PEM (required)")
+	fs.StringVar(&o.clientCA, "client-ca", "", "CA certificates that sign client certificates, PEM (required)")
+	fs.StringVar(&o.policyPath, "policy", "", "policy file (required); SIGHUP reloads it")
 	fs.StringVar(&o.storePath, "store", "escrowd.db", "embedded store file")
 	fs.StringVar(&o.hsmModule, "hsm-module", "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module path")
 	fs.StringVar(&o.hsmToken, "hsm-token", "", "HSM token label (required)")
@@ -85,6 +95,15 @@ func newLogger(level string) (*zap.Logger, error) {
 	return cfg.Build()
 }
 
+// loadPolicy reads and checks the policy file.
+func loadPolicy(path string) (*policy.Policy, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read the policy: %w", err)
+	}
+	return policy.Parse(path, b, daemon.Operations())
+}
+
 func run(o options) error {
 	log, err := newLogger(o.logLevel)
 	if err != nil {
@@ -92,8 +111,29 @@ func run(o options) error {
 	}
 	defer log.Sync() //nolint:errcheck
 
-	if o.hsmToken == "" {
-		return errors.New("-hsm-token is required")
+	for _, f := range []struct{ name, val string }{
+		{"-hsm-token", o.hsmToken}, {"-tls-cert", o.tlsCert}, {"-tls-key", o.tlsKey},
+		{"-client-ca", o.clientCA}, {"-policy", o.policyPath},
+	} {
+		if f.val == "" {
+			return fmt.Errorf("%s is required", f.name)
+		}
+	}
+	pol, err := loadPolicy(o.policyPath)
+	if err != nil {
+		return err
+	}
+	cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+	if err != nil {
+		return fmt.Errorf("failed to load the server certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(o.clientCA)
+	if err != nil {
+		return fmt.Errorf("failed to read -client-ca: %w", err)
+	}
+	clientCAs := x509.NewCertPool()
+	if !clientCAs.AppendCertsFromPEM(caPEM) {
+		return fmt.Errorf("-client-ca %s holds no PEM certificate", o.clientCA)
 	}
 	pin, err := secret.Load("HSM user PIN", o.hsmPINFile, "ESCROWD_HSM_PIN")
 	if err != nil {
@@ -141,8 +181,10 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	defer aud.Close()
 	srv, err := daemon.New(daemon.Config{
-		Escrow: svc, Auditor: aud, Objects: h,
+		Escrow: svc, Auditor: aud, Objects: h, State: st, Policy: pol,
+		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, ClientCAs: clientCAs,
 		Checks:       map[string]daemon.Checker{"hsm": h, "vault": aud},
 		Logger:       log,
 		AuditTimeout: o.auditTimeout,
@@ -159,12 +201,26 @@ func run(o options) error {
 
 	sigs, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-sigs.Done():
+	for running := true; running; {
+		select {
+		case err := <-errc:
+			return err
+		case <-hup:
+			p, err := loadPolicy(o.policyPath)
+			if err != nil {
+				log.Error("policy reload refused; the previous policy stays in force", zap.Error(err))
+				continue
+			}
+			srv.SetPolicy(p)
+			log.Info("policy reloaded", zap.String("file", o.policyPath))
+		case <-sigs.Done():
+			running = false
+		}
 	}
 	log.Info("shutting down: draining requests", zap.Duration("timeout", o.shutdownTimeout))
 	sctx, scancel := context.WithTimeout(context.Background(), o.shutdownTimeout)

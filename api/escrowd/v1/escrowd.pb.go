@@ -757,7 +757,9 @@ type RevealUnlockCodeResponse struct {
 	Epoch uint32 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	Index uint32 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
 	// Codes of this epoch not yet revealed.
-	Remaining     uint32 `protobuf:"varint,4,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	Remaining uint32 `protobuf:"varint,4,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	// The second technician who approved the reveal, for dual-control groups.
+	ApprovedBy    string `protobuf:"bytes,5,opt,name=approved_by,json=approvedBy,proto3" json:"approved_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -818,6 +820,13 @@ func (x *RevealUnlockCodeResponse) GetRemaining() uint32 {
 		return x.Remaining
 	}
 	return 0
+}
+
+func (x *RevealUnlockCodeResponse) GetApprovedBy() string {
+	if x != nil {
+		return x.ApprovedBy
+	}
+	return ""
 }
 
 type ListUnlockCodesRequest struct {
@@ -1344,6 +1353,266 @@ func (x *ListHSMObjectsResponse) GetObjects() []*HSMObject {
 	return nil
 }
 
+type PendingReveal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	GroupId       string                 `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	UserId        string                 `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Ticket        string                 `protobuf:"bytes,4,opt,name=ticket,proto3" json:"ticket,omitempty"`
+	Requester     string                 `protobuf:"bytes,5,opt,name=requester,proto3" json:"requester,omitempty"`
+	CreatedUnix   int64                  `protobuf:"varint,6,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	ExpiresUnix   int64                  `protobuf:"varint,7,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PendingReveal) Reset() {
+	*x = PendingReveal{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PendingReveal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PendingReveal) ProtoMessage() {}
+
+func (x *PendingReveal) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PendingReveal.ProtoReflect.Descriptor instead.
+func (*PendingReveal) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PendingReveal) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *PendingReveal) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *PendingReveal) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *PendingReveal) GetTicket() string {
+	if x != nil {
+		return x.Ticket
+	}
+	return ""
+}
+
+func (x *PendingReveal) GetRequester() string {
+	if x != nil {
+		return x.Requester
+	}
+	return ""
+}
+
+func (x *PendingReveal) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *PendingReveal) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+type ListPendingRevealsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPendingRevealsRequest) Reset() {
+	*x = ListPendingRevealsRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPendingRevealsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPendingRevealsRequest) ProtoMessage() {}
+
+func (x *ListPendingRevealsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPendingRevealsRequest.ProtoReflect.Descriptor instead.
+func (*ListPendingRevealsRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{22}
+}
+
+type ListPendingRevealsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reveals       []*PendingReveal       `protobuf:"bytes,1,rep,name=reveals,proto3" json:"reveals,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPendingRevealsResponse) Reset() {
+	*x = ListPendingRevealsResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPendingRevealsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPendingRevealsResponse) ProtoMessage() {}
+
+func (x *ListPendingRevealsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPendingRevealsResponse.ProtoReflect.Descriptor instead.
+func (*ListPendingRevealsResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListPendingRevealsResponse) GetReveals() []*PendingReveal {
+	if x != nil {
+		return x.Reveals
+	}
+	return nil
+}
+
+type ApproveRevealRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveRevealRequest) Reset() {
+	*x = ApproveRevealRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveRevealRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveRevealRequest) ProtoMessage() {}
+
+func (x *ApproveRevealRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveRevealRequest.ProtoReflect.Descriptor instead.
+func (*ApproveRevealRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ApproveRevealRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ApproveRevealResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reveal        *PendingReveal         `protobuf:"bytes,1,opt,name=reveal,proto3" json:"reveal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveRevealResponse) Reset() {
+	*x = ApproveRevealResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveRevealResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveRevealResponse) ProtoMessage() {}
+
+func (x *ApproveRevealResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveRevealResponse.ProtoReflect.Descriptor instead.
+func (*ApproveRevealResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ApproveRevealResponse) GetReveal() *PendingReveal {
+	if x != nil {
+		return x.Reveal
+	}
+	return nil
+}
+
 var File_escrowd_v1_escrowd_proto protoreflect.FileDescriptor
 
 const file_escrowd_v1_escrowd_proto_rawDesc = "" +
@@ -1398,12 +1667,14 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\x17RevealUnlockCodeRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x16\n" +
-	"\x06ticket\x18\x03 \x01(\tR\x06ticket\"x\n" +
+	"\x06ticket\x18\x03 \x01(\tR\x06ticket\"\x99\x01\n" +
 	"\x18RevealUnlockCodeResponse\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\rR\x05epoch\x12\x14\n" +
 	"\x05index\x18\x03 \x01(\rR\x05index\x12\x1c\n" +
-	"\tremaining\x18\x04 \x01(\rR\tremaining\"L\n" +
+	"\tremaining\x18\x04 \x01(\rR\tremaining\x12\x1f\n" +
+	"\vapproved_by\x18\x05 \x01(\tR\n" +
+	"approvedBy\"L\n" +
 	"\x16ListUnlockCodesRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"b\n" +
@@ -1445,15 +1716,32 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\x11wrap_with_trusted\x18\b \x01(\bR\x0fwrapWithTrusted\x12\x18\n" +
 	"\atrusted\x18\t \x01(\bR\atrusted\"I\n" +
 	"\x16ListHSMObjectsResponse\x12/\n" +
-	"\aobjects\x18\x01 \x03(\v2\x15.escrowd.v1.HSMObjectR\aobjects2\xd9\x02\n" +
+	"\aobjects\x18\x01 \x03(\v2\x15.escrowd.v1.HSMObjectR\aobjects\"\xcf\x01\n" +
+	"\rPendingReveal\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x16\n" +
+	"\x06ticket\x18\x04 \x01(\tR\x06ticket\x12\x1c\n" +
+	"\trequester\x18\x05 \x01(\tR\trequester\x12!\n" +
+	"\fcreated_unix\x18\x06 \x01(\x03R\vcreatedUnix\x12!\n" +
+	"\fexpires_unix\x18\a \x01(\x03R\vexpiresUnix\"\x1b\n" +
+	"\x19ListPendingRevealsRequest\"Q\n" +
+	"\x1aListPendingRevealsResponse\x123\n" +
+	"\areveals\x18\x01 \x03(\v2\x19.escrowd.v1.PendingRevealR\areveals\"&\n" +
+	"\x14ApproveRevealRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
+	"\x15ApproveRevealResponse\x121\n" +
+	"\x06reveal\x18\x01 \x01(\v2\x19.escrowd.v1.PendingRevealR\x06reveal2\xd9\x02\n" +
 	"\vSyncService\x12W\n" +
 	"\x0eProvisionGroup\x12!.escrowd.v1.ProvisionGroupRequest\x1a\".escrowd.v1.ProvisionGroupResponse\x12Q\n" +
 	"\fGetEscrowKey\x12\x1f.escrowd.v1.GetEscrowKeyRequest\x1a .escrowd.v1.GetEscrowKeyResponse\x12?\n" +
 	"\x06Rewrap\x12\x19.escrowd.v1.RewrapRequest\x1a\x1a.escrowd.v1.RewrapResponse\x12]\n" +
-	"\x10IssueUnlockCodes\x12#.escrowd.v1.IssueUnlockCodesRequest\x1a$.escrowd.v1.IssueUnlockCodesResponse2\xcb\x01\n" +
+	"\x10IssueUnlockCodes\x12#.escrowd.v1.IssueUnlockCodesRequest\x1a$.escrowd.v1.IssueUnlockCodesResponse2\x86\x03\n" +
 	"\x0eSupportService\x12]\n" +
 	"\x10RevealUnlockCode\x12#.escrowd.v1.RevealUnlockCodeRequest\x1a$.escrowd.v1.RevealUnlockCodeResponse\x12Z\n" +
-	"\x0fListUnlockCodes\x12\".escrowd.v1.ListUnlockCodesRequest\x1a#.escrowd.v1.ListUnlockCodesResponse2\xb1\x01\n" +
+	"\x0fListUnlockCodes\x12\".escrowd.v1.ListUnlockCodesRequest\x1a#.escrowd.v1.ListUnlockCodesResponse\x12c\n" +
+	"\x12ListPendingReveals\x12%.escrowd.v1.ListPendingRevealsRequest\x1a&.escrowd.v1.ListPendingRevealsResponse\x12T\n" +
+	"\rApproveReveal\x12 .escrowd.v1.ApproveRevealRequest\x1a!.escrowd.v1.ApproveRevealResponse2\xb1\x01\n" +
 	"\x0fSecurityService\x12E\n" +
 	"\bGetGroup\x12\x1b.escrowd.v1.GetGroupRequest\x1a\x1c.escrowd.v1.GetGroupResponse\x12W\n" +
 	"\x0eListHSMObjects\x12!.escrowd.v1.ListHSMObjectsRequest\x1a\".escrowd.v1.ListHSMObjectsResponseB5Z3github.com/escrowd/escrowd/api/escrowd/v1;escrowdv1b\x06proto3"
@@ -1471,31 +1759,36 @@ func file_escrowd_v1_escrowd_proto_rawDescGZIP() []byte {
 }
 
 var file_escrowd_v1_escrowd_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_escrowd_v1_escrowd_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_escrowd_v1_escrowd_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_escrowd_v1_escrowd_proto_goTypes = []any{
-	(Recipient_Kind)(0),              // 0: escrowd.v1.Recipient.Kind
-	(UnlockCodeState_State)(0),       // 1: escrowd.v1.UnlockCodeState.State
-	(*ProvisionGroupRequest)(nil),    // 2: escrowd.v1.ProvisionGroupRequest
-	(*ProvisionGroupResponse)(nil),   // 3: escrowd.v1.ProvisionGroupResponse
-	(*EscrowKey)(nil),                // 4: escrowd.v1.EscrowKey
-	(*GetEscrowKeyRequest)(nil),      // 5: escrowd.v1.GetEscrowKeyRequest
-	(*GetEscrowKeyResponse)(nil),     // 6: escrowd.v1.GetEscrowKeyResponse
-	(*Recipient)(nil),                // 7: escrowd.v1.Recipient
-	(*RewrapRequest)(nil),            // 8: escrowd.v1.RewrapRequest
-	(*RewrapResponse)(nil),           // 9: escrowd.v1.RewrapResponse
-	(*IssueUnlockCodesRequest)(nil),  // 10: escrowd.v1.IssueUnlockCodesRequest
-	(*IssueUnlockCodesResponse)(nil), // 11: escrowd.v1.IssueUnlockCodesResponse
-	(*RevealUnlockCodeRequest)(nil),  // 12: escrowd.v1.RevealUnlockCodeRequest
-	(*RevealUnlockCodeResponse)(nil), // 13: escrowd.v1.RevealUnlockCodeResponse
-	(*ListUnlockCodesRequest)(nil),   // 14: escrowd.v1.ListUnlockCodesRequest
-	(*ListUnlockCodesResponse)(nil),  // 15: escrowd.v1.ListUnlockCodesResponse
-	(*UnlockCodeState)(nil),          // 16: escrowd.v1.UnlockCodeState
-	(*GetGroupRequest)(nil),          // 17: escrowd.v1.GetGroupRequest
-	(*KeyVersion)(nil),               // 18: escrowd.v1.KeyVersion
-	(*GetGroupResponse)(nil),         // 19: escrowd.v1.GetGroupResponse
-	(*ListHSMObjectsRequest)(nil),    // 20: escrowd.v1.ListHSMObjectsRequest
-	(*HSMObject)(nil),                // 21: escrowd.v1.HSMObject
-	(*ListHSMObjectsResponse)(nil),   // 22: escrowd.v1.ListHSMObjectsResponse
+	(Recipient_Kind)(0),                // 0: escrowd.v1.Recipient.Kind
+	(UnlockCodeState_State)(0),         // 1: escrowd.v1.UnlockCodeState.State
+	(*ProvisionGroupRequest)(nil),      // 2: escrowd.v1.ProvisionGroupRequest
+	(*ProvisionGroupResponse)(nil),     // 3: escrowd.v1.ProvisionGroupResponse
+	(*EscrowKey)(nil),                  // 4: escrowd.v1.EscrowKey
+	(*GetEscrowKeyRequest)(nil),        // 5: escrowd.v1.GetEscrowKeyRequest
+	(*GetEscrowKeyResponse)(nil),       // 6: escrowd.v1.GetEscrowKeyResponse
+	(*Recipient)(nil),                  // 7: escrowd.v1.Recipient
+	(*RewrapRequest)(nil),              // 8: escrowd.v1.RewrapRequest
+	(*RewrapResponse)(nil),             // 9: escrowd.v1.RewrapResponse
+	(*IssueUnlockCodesRequest)(nil),    // 10: escrowd.v1.IssueUnlockCodesRequest
+	(*IssueUnlockCodesResponse)(nil),   // 11: escrowd.v1.IssueUnlockCodesResponse
+	(*RevealUnlockCodeRequest)(nil),    // 12: escrowd.v1.RevealUnlockCodeRequest
+	(*RevealUnlockCodeResponse)(nil),   // 13: escrowd.v1.RevealUnlockCodeResponse
+	(*ListUnlockCodesRequest)(nil),     // 14: escrowd.v1.ListUnlockCodesRequest
+	(*ListUnlockCodesResponse)(nil),    // 15: escrowd.v1.ListUnlockCodesResponse
+	(*UnlockCodeState)(nil),            // 16: escrowd.v1.UnlockCodeState
+	(*GetGroupRequest)(nil),            // 17: escrowd.v1.GetGroupRequest
+	(*KeyVersion)(nil),                 // 18: escrowd.v1.KeyVersion
+	(*GetGroupResponse)(nil),           // 19: escrowd.v1.GetGroupResponse
+	(*ListHSMObjectsRequest)(nil),      // 20: escrowd.v1.ListHSMObjectsRequest
+	(*HSMObject)(nil),                  // 21: escrowd.v1.HSMObject
+	(*ListHSMObjectsResponse)(nil),     // 22: escrowd.v1.ListHSMObjectsResponse
+	(*PendingReveal)(nil),              // 23: escrowd.v1.PendingReveal
+	(*ListPendingRevealsRequest)(nil),  // 24: escrowd.v1.ListPendingRevealsRequest
+	(*ListPendingRevealsResponse)(nil), // 25: escrowd.v1.ListPendingRevealsResponse
+	(*ApproveRevealRequest)(nil),       // 26: escrowd.v1.ApproveRevealRequest
+	(*ApproveRevealResponse)(nil),      // 27: escrowd.v1.ApproveRevealResponse
 }
 var file_escrowd_v1_escrowd_proto_depIdxs = []int32{
 	4,  // 0: escrowd.v1.ProvisionGroupResponse.escrow_key:type_name -> escrowd.v1.EscrowKey
@@ -1507,27 +1800,33 @@ var file_escrowd_v1_escrowd_proto_depIdxs = []int32{
 	18, // 6: escrowd.v1.GetGroupResponse.escrow_keys:type_name -> escrowd.v1.KeyVersion
 	18, // 7: escrowd.v1.GetGroupResponse.unlock_keys:type_name -> escrowd.v1.KeyVersion
 	21, // 8: escrowd.v1.ListHSMObjectsResponse.objects:type_name -> escrowd.v1.HSMObject
-	2,  // 9: escrowd.v1.SyncService.ProvisionGroup:input_type -> escrowd.v1.ProvisionGroupRequest
-	5,  // 10: escrowd.v1.SyncService.GetEscrowKey:input_type -> escrowd.v1.GetEscrowKeyRequest
-	8,  // 11: escrowd.v1.SyncService.Rewrap:input_type -> escrowd.v1.RewrapRequest
-	10, // 12: escrowd.v1.SyncService.IssueUnlockCodes:input_type -> escrowd.v1.IssueUnlockCodesRequest
-	12, // 13: escrowd.v1.SupportService.RevealUnlockCode:input_type -> escrowd.v1.RevealUnlockCodeRequest
-	14, // 14: escrowd.v1.SupportService.ListUnlockCodes:input_type -> escrowd.v1.ListUnlockCodesRequest
-	17, // 15: escrowd.v1.SecurityService.GetGroup:input_type -> escrowd.v1.GetGroupRequest
-	20, // 16: escrowd.v1.SecurityService.ListHSMObjects:input_type -> escrowd.v1.ListHSMObjectsRequest
-	3,  // 17: escrowd.v1.SyncService.ProvisionGroup:output_type -> escrowd.v1.ProvisionGroupResponse
-	6,  // 18: escrowd.v1.SyncService.GetEscrowKey:output_type -> escrowd.v1.GetEscrowKeyResponse
-	9,  // 19: escrowd.v1.SyncService.Rewrap:output_type -> escrowd.v1.RewrapResponse
-	11, // 20: escrowd.v1.SyncService.IssueUnlockCodes:output_type -> escrowd.v1.IssueUnlockCodesResponse
-	13, // 21: escrowd.v1.SupportService.RevealUnlockCode:output_type -> escrowd.v1.RevealUnlockCodeResponse
-	15, // 22: escrowd.v1.SupportService.ListUnlockCodes:output_type -> escrowd.v1.ListUnlockCodesResponse
-	19, // 23: escrowd.v1.SecurityService.GetGroup:output_type -> escrowd.v1.GetGroupResponse
-	22, // 24: escrowd.v1.SecurityService.ListHSMObjects:output_type -> escrowd.v1.ListHSMObjectsResponse
-	17, // [17:25] is the sub-list for method output_type
-	9,  // [9:17] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	23, // 9: escrowd.v1.ListPendingRevealsResponse.reveals:type_name -> escrowd.v1.PendingReveal
+	23, // 10: escrowd.v1.ApproveRevealResponse.reveal:type_name -> escrowd.v1.PendingReveal
+	2,  // 11: escrowd.v1.SyncService.ProvisionGroup:input_type -> escrowd.v1.ProvisionGroupRequest
+	5,  // 12: escrowd.v1.SyncService.GetEscrowKey:input_type -> escrowd.v1.GetEscrowKeyRequest
+	8,  // 13: escrowd.v1.SyncService.Rewrap:input_type -> escrowd.v1.RewrapRequest
+	10, // 14: escrowd.v1.SyncService.IssueUnlockCodes:input_type -> escrowd.v1.IssueUnlockCodesRequest
+	12, // 15: escrowd.v1.SupportService.RevealUnlockCode:input_type -> escrowd.v1.RevealUnlockCodeRequest
+	14, // 16: escrowd.v1.SupportService.ListUnlockCodes:input_type -> escrowd.v1.ListUnlockCodesRequest
+	24, // 17: escrowd.v1.SupportService.ListPendingReveals:input_type -> escrowd.v1.ListPendingRevealsRequest
+	26, // 18: escrowd.v1.SupportService.ApproveReveal:input_type -> escrowd.v1.ApproveRevealRequest
+	17, // 19: escrowd.v1.SecurityService.GetGroup:input_type -> escrowd.v1.GetGroupRequest
+	20, // 20: escrowd.v1.SecurityService.ListHSMObjects:input_type -> escrowd.v1.ListHSMObjectsRequest
+	3,  // 21: escrowd.v1.SyncService.ProvisionGroup:output_type -> escrowd.v1.ProvisionGroupResponse
+	6,  // 22: escrowd.v1.SyncService.GetEscrowKey:output_type -> escrowd.v1.GetEscrowKeyResponse
+	9,  // 23: escrowd.v1.SyncService.Rewrap:output_type -> escrowd.v1.RewrapResponse
+	11, // 24: escrowd.v1.SyncService.IssueUnlockCodes:output_type -> escrowd.v1.IssueUnlockCodesResponse
+	13, // 25: escrowd.v1.SupportService.RevealUnlockCode:output_type -> escrowd.v1.RevealUnlockCodeResponse
+	15, // 26: escrowd.v1.SupportService.ListUnlockCodes:output_type -> escrowd.v1.ListUnlockCodesResponse
+	25, // 27: escrowd.v1.SupportService.ListPendingReveals:output_type -> escrowd.v1.ListPendingRevealsResponse
+	27, // 28: escrowd.v1.SupportService.ApproveReveal:output_type -> escrowd.v1.ApproveRevealResponse
+	19, // 29: escrowd.v1.SecurityService.GetGroup:output_type -> escrowd.v1.GetGroupResponse
+	22, // 30: escrowd.v1.SecurityService.ListHSMObjects:output_type -> escrowd.v1.ListHSMObjectsResponse
+	21, // [21:31] is the sub-list for method output_type
+	11, // [11:21] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_escrowd_v1_escrowd_proto_init() }
@@ -1541,7 +1840,7 @@ func file_escrowd_v1_escrowd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_escrowd_v1_escrowd_proto_rawDesc), len(file_escrowd_v1_escrowd_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -266,8 +266,10 @@ var SyncService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	SupportService_RevealUnlockCode_FullMethodName = "/escrowd.v1.SupportService/RevealUnlockCode"
-	SupportService_ListUnlockCodes_FullMethodName  = "/escrowd.v1.SupportService/ListUnlockCodes"
+	SupportService_RevealUnlockCode_FullMethodName   = "/escrowd.v1.SupportService/RevealUnlockCode"
+	SupportService_ListUnlockCodes_FullMethodName    = "/escrowd.v1.SupportService/ListUnlockCodes"
+	SupportService_ListPendingReveals_FullMethodName = "/escrowd.v1.SupportService/ListPendingReveals"
+	SupportService_ApproveReveal_FullMethodName      = "/escrowd.v1.SupportService/ApproveReveal"
 )
 
 // SupportServiceClient is the client API for SupportService service.
@@ -281,6 +283,12 @@ type SupportServiceClient interface {
 	RevealUnlockCode(ctx context.Context, in *RevealUnlockCodeRequest, opts ...grpc.CallOption) (*RevealUnlockCodeResponse, error)
 	// ListUnlockCodes reports the state of a user's codes, never the codes.
 	ListUnlockCodes(ctx context.Context, in *ListUnlockCodesRequest, opts ...grpc.CallOption) (*ListUnlockCodesResponse, error)
+	// ListPendingReveals lists reveals of flagged groups that wait for a
+	// second technician's approval (dual control).
+	ListPendingReveals(ctx context.Context, in *ListPendingRevealsRequest, opts ...grpc.CallOption) (*ListPendingRevealsResponse, error)
+	// ApproveReveal approves another technician's pending reveal; the
+	// waiting RevealUnlockCode call then completes. Nobody approves their own.
+	ApproveReveal(ctx context.Context, in *ApproveRevealRequest, opts ...grpc.CallOption) (*ApproveRevealResponse, error)
 }
 
 type supportServiceClient struct {
@@ -311,6 +319,26 @@ func (c *supportServiceClient) ListUnlockCodes(ctx context.Context, in *ListUnlo
 	return out, nil
 }
 
+func (c *supportServiceClient) ListPendingReveals(ctx context.Context, in *ListPendingRevealsRequest, opts ...grpc.CallOption) (*ListPendingRevealsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPendingRevealsResponse)
+	err := c.cc.Invoke(ctx, SupportService_ListPendingReveals_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *supportServiceClient) ApproveReveal(ctx context.Context, in *ApproveRevealRequest, opts ...grpc.CallOption) (*ApproveRevealResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApproveRevealResponse)
+	err := c.cc.Invoke(ctx, SupportService_ApproveReveal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SupportServiceServer is the server API for SupportService service.
 // All implementations must embed UnimplementedSupportServiceServer
 // for forward compatibility.
@@ -322,6 +350,12 @@ type SupportServiceServer interface {
 	RevealUnlockCode(context.Context, *RevealUnlockCodeRequest) (*RevealUnlockCodeResponse, error)
 	// ListUnlockCodes reports the state of a user's codes, never the codes.
 	ListUnlockCodes(context.Context, *ListUnlockCodesRequest) (*ListUnlockCodesResponse, error)
+	// ListPendingReveals lists reveals of flagged groups that wait for a
+	// second technician's approval (dual control).
+	ListPendingReveals(context.Context, *ListPendingRevealsRequest) (*ListPendingRevealsResponse, error)
+	// ApproveReveal approves another technician's pending reveal; the
+	// waiting RevealUnlockCode call then completes. Nobody approves their own.
+	ApproveReveal(context.Context, *ApproveRevealRequest) (*ApproveRevealResponse, error)
 	mustEmbedUnimplementedSupportServiceServer()
 }
 
@@ -337,6 +371,12 @@ func (UnimplementedSupportServiceServer) RevealUnlockCode(context.Context, *Reve
 }
 func (UnimplementedSupportServiceServer) ListUnlockCodes(context.Context, *ListUnlockCodesRequest) (*ListUnlockCodesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListUnlockCodes not implemented")
+}
+func (UnimplementedSupportServiceServer) ListPendingReveals(context.Context, *ListPendingRevealsRequest) (*ListPendingRevealsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListPendingReveals not implemented")
+}
+func (UnimplementedSupportServiceServer) ApproveReveal(context.Context, *ApproveRevealRequest) (*ApproveRevealResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ApproveReveal not implemented")
 }
 func (UnimplementedSupportServiceServer) mustEmbedUnimplementedSupportServiceServer() {}
 func (UnimplementedSupportServiceServer) testEmbeddedByValue()                        {}
@@ -395,6 +435,42 @@ func _SupportService_ListUnlockCodes_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SupportService_ListPendingReveals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPendingRevealsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SupportServiceServer).ListPendingReveals(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SupportService_ListPendingReveals_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SupportServiceServer).ListPendingReveals(ctx, req.(*ListPendingRevealsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SupportService_ApproveReveal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApproveRevealRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SupportServiceServer).ApproveReveal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SupportService_ApproveReveal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SupportServiceServer).ApproveReveal(ctx, req.(*ApproveRevealRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SupportService_ServiceDesc is the grpc.ServiceDesc for SupportService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -409,6 +485,14 @@ var SupportService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListUnlockCodes",
 			Handler:    _SupportService_ListUnlockCodes_Handler,
+		},
+		{
+			MethodName: "ListPendingReveals",
+			Handler:    _SupportService_ListPendingReveals_Handler,
+		},
+		{
+			MethodName: "ApproveReveal",
+			Handler:    _SupportService_ApproveReveal_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
