@@ -6,8 +6,8 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
