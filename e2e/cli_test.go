@@ -3,12 +3,14 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -214,6 +216,53 @@ func TestCLI(t *testing.T) {
 	if !strings.Contains(out, "NotFound") {
 		t.Fatalf("show of an unknown group: %s", out)
 	}
+	out = ctlFails("sync-backend", "group", "show", "-group", "cli-family")
+	if !strings.Contains(out, "PermissionDenied: sync-backend may not call GetGroup") {
+		t.Fatalf("a denial's message: %s", out)
+	}
+
+	// Policy reloads: broken files are refused with file and line, and the
+	// policy before them keeps serving; a good file takes effect.
+	reload := func(content, wantLog string) {
+		t.Helper()
+		if err := os.WriteFile(policyPath, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		before := strings.Count(stderr.String(), "policy reload")
+		if err := d.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); strings.Count(stderr.String(), "policy reload") == before; {
+			if time.Now().After(deadline) {
+				t.Fatalf("no reload logged:\n%s", stderr.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		if last := lines[len(lines)-1]; !strings.Contains(last, wantLog) {
+			t.Fatalf("reload logged %s\nwant %q", last, wantLog)
+		}
+	}
+	syntaxError := strings.Replace(string(good), "  support:\n", "  support: [\n", 1)
+	reload(syntaxError, policyPath+":")
+	unknownRole := strings.Replace(string(good), "roles: [security]", "roles: [securty]", 1)
+	reload(unknownRole, fmt.Sprintf(`%s:%d: identity spiffe://escrowd.test/security/carol names unknown role \"securty\"`, policyPath, lineOf(t, good, "roles: [security]}")))
+	ctl("carol", "group", "show", "-group", "cli-family")
+	for _, bad := range []string{syntaxError, unknownRole} {
+		f := filepath.Join(work, "bad.yaml")
+		os.WriteFile(f, []byte(bad), 0o644)
+		if out := ctlFails("", "policy", "check", "-policy", f); !strings.Contains(out, f+":") {
+			t.Fatalf("policy check of a bad file: %s", out)
+		}
+	}
+	if out := ctl("", "policy", "check", "-policy", "testdata/policy.yaml"); !strings.Contains(out, "ok") {
+		t.Fatalf("policy check: %s", out)
+	}
+	withoutCarol := strings.Replace(string(good), `  - {id: "spiffe://escrowd.test/security/carol", name: carol, roles: [security]}`+"\n", "", 1)
+	reload(withoutCarol, "policy reloaded")
+	if out := ctlFails("carol", "group", "show", "-group", "cli-family"); !strings.Contains(out, "PermissionDenied: identity spiffe://escrowd.test/security/carol is not in the policy") {
+		t.Fatalf("carol after her removal: %s", out)
+	}
 
 	// SIGTERM drains and exits cleanly; the log never held the code.
 	if err := d.Process.Signal(syscall.SIGTERM); err != nil {
@@ -236,4 +285,35 @@ func TestCLI(t *testing.T) {
 	if !strings.Contains(log, `"method":"/escrowd.v1.SupportService/RevealUnlockCode"`) {
 		t.Fatalf("escrowd's log has no line for the reveal:\n%s", log)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a process to write while the
+// test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// lineOf returns the 1-based line of the first line containing sub.
+func lineOf(t *testing.T, b []byte, sub string) int {
+	t.Helper()
+	for i, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, sub) {
+			return i + 1
+		}
+	}
+	t.Fatalf("no line holds %q", sub)
+	return 0
 }

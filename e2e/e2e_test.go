@@ -152,6 +152,7 @@ func run(m *testing.M) int {
 type stack struct {
 	t       *testing.T
 	hsm     *hsm.HSM
+	store   *bolt.Store
 	audit   *audit.Vault
 	srv     *daemon.Server
 	prefix  string
@@ -209,7 +210,7 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 		t.Fatal(err)
 	}
 	go srv.Serve(lis)
-	s := &stack{t: t, hsm: h, audit: aud, srv: srv, prefix: o.prefix, addr: lis.Addr().String()}
+	s := &stack{t: t, hsm: h, store: st, audit: aud, srv: srv, prefix: o.prefix, addr: lis.Addr().String()}
 	t.Cleanup(s.stop)
 	s.sync = escrowdv1.NewSyncServiceClient(s.dial("sync-backend"))
 	s.support = escrowdv1.NewSupportServiceClient(s.dial("alice"))
@@ -227,6 +228,7 @@ func (s *stack) stop() {
 	s.srv.Shutdown(ctx)
 	s.audit.Close()
 	s.hsm.Close()
+	s.store.Close()
 	s.srv = nil
 }
 
