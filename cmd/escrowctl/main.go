@@ -101,7 +101,7 @@ func run(args []string, out io.Writer) error {
 	cmd := args[0] + " " + args[1]
 	fs := flag.NewFlagSet("escrowctl "+cmd, flag.ContinueOnError)
 	addr := fs.String("addr", envOr("ESCROWD_ADDR", "127.0.0.1:7420"), "escrowd address")
-	timeout := fs.Duration("timeout", 30*time.Second, "request timeout")
+	timeout := fs.Duration("timeout", 0, "request timeout (default 30s; 15m for codes reveal, which may wait for a second technician)")
 	group := fs.String("group", "", "group id")
 	user := fs.String("user", "", "user id")
 	ticket := fs.String("ticket", "", "support ticket reference")
@@ -128,6 +128,12 @@ func run(args []string, out io.Writer) error {
 	auditPrefix := fs.String("audit-prefix", "escrowd/audit", "folder of the audit trail")
 	if err := fs.Parse(args[2:]); err != nil {
 		return err
+	}
+	if *timeout == 0 {
+		*timeout = 30 * time.Second
+		if cmd == "codes reveal" {
+			*timeout = 15 * time.Minute
+		}
 	}
 	need := func(names ...string) error {
 		for _, n := range names {
@@ -308,6 +314,7 @@ func run(args []string, out io.Writer) error {
 		if err := need("group", "user", "ticket"); err != nil {
 			return err
 		}
+		fmt.Fprintln(os.Stderr, "revealing; a group under dual control waits here for a second technician's approval")
 		r, err := support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: *group, UserId: *user, Ticket: *ticket}, withID)
 		if err != nil {
 			return err
