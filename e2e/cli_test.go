@@ -98,7 +98,7 @@ func TestStartupErrors(t *testing.T) {
 func TestCLI(t *testing.T) {
 	escrowd, escrowctl := buildBinaries(t)
 	addr := freeAddr(t)
-	var stderr bytes.Buffer
+	var stderr syncBuffer
 	policyPath := filepath.Join(t.TempDir(), "policy.yaml")
 	good, err := os.ReadFile("testdata/policy.yaml")
 	if err != nil {
