@@ -251,7 +251,7 @@ func TestCLI(t *testing.T) {
 	for _, bad := range []string{syntaxError, unknownRole} {
 		f := filepath.Join(work, "bad.yaml")
 		os.WriteFile(f, []byte(bad), 0o644)
-		if out := ctlFails("", "policy", "check", "-policy", f); !strings.Contains(out, f+":") {
+		if out := ctlFails("", "policy", "check", f); !strings.Contains(out, f+":") {
 			t.Fatalf("policy check of a bad file: %s", out)
 		}
 	}

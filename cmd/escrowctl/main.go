@@ -56,7 +56,7 @@ $VAULT_TOKEN, -audit-mount, -audit-prefix):
   audit read [-n N]                          print the last N records (default 20)
 
 Offline:
-  policy check -policy FILE                  validate a policy file
+  policy check FILE                          validate a policy file
 
 HSM ceremony (runs against the token directly):
   hsm init -module PATH -token LABEL -so-pin-file FILE [-kek-label L]
@@ -164,6 +164,9 @@ func run(args []string, out io.Writer) error {
 		}
 		return devPKI(*dir, out)
 	case "policy check":
+		if *policyFile == "" && fs.NArg() == 1 {
+			*policyFile = fs.Arg(0)
+		}
 		if err := need("policy"); err != nil {
 			return err
 		}
