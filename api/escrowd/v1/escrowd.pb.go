@@ -1021,11 +1021,13 @@ func (x *GetGroupRequest) GetGroupId() string {
 }
 
 type KeyVersion struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Suite         string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
-	KekVersion    uint32                 `protobuf:"varint,3,opt,name=kek_version,json=kekVersion,proto3" json:"kek_version,omitempty"`
-	CreatedUnix   int64                  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Version     uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Suite       string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
+	KekVersion  uint32                 `protobuf:"varint,3,opt,name=kek_version,json=kekVersion,proto3" json:"kek_version,omitempty"`
+	CreatedUnix int64                  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	// When the version was destroyed (crypto-shredded); 0 if it was not.
+	DestroyedUnix int64 `protobuf:"varint,5,opt,name=destroyed_unix,json=destroyedUnix,proto3" json:"destroyed_unix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1088,14 +1090,24 @@ func (x *KeyVersion) GetCreatedUnix() int64 {
 	return 0
 }
 
+func (x *KeyVersion) GetDestroyedUnix() int64 {
+	if x != nil {
+		return x.DestroyedUnix
+	}
+	return 0
+}
+
 type GetGroupResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
-	CreatedUnix   int64                  `protobuf:"varint,2,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
-	EscrowKeys    []*KeyVersion          `protobuf:"bytes,3,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
-	UnlockKeys    []*KeyVersion          `protobuf:"bytes,4,rep,name=unlock_keys,json=unlockKeys,proto3" json:"unlock_keys,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	GroupId     string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	CreatedUnix int64                  `protobuf:"varint,2,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	EscrowKeys  []*KeyVersion          `protobuf:"bytes,3,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
+	UnlockKeys  []*KeyVersion          `protobuf:"bytes,4,rep,name=unlock_keys,json=unlockKeys,proto3" json:"unlock_keys,omitempty"`
+	// Minimum decryption versions; 0 means every version.
+	MinEscrowVersion uint32 `protobuf:"varint,5,opt,name=min_escrow_version,json=minEscrowVersion,proto3" json:"min_escrow_version,omitempty"`
+	MinUnlockVersion uint32 `protobuf:"varint,6,opt,name=min_unlock_version,json=minUnlockVersion,proto3" json:"min_unlock_version,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetGroupResponse) Reset() {
@@ -1154,6 +1166,20 @@ func (x *GetGroupResponse) GetUnlockKeys() []*KeyVersion {
 		return x.UnlockKeys
 	}
 	return nil
+}
+
+func (x *GetGroupResponse) GetMinEscrowVersion() uint32 {
+	if x != nil {
+		return x.MinEscrowVersion
+	}
+	return 0
+}
+
+func (x *GetGroupResponse) GetMinUnlockVersion() uint32 {
+	if x != nil {
+		return x.MinUnlockVersion
+	}
+	return 0
 }
 
 type ListHSMObjectsRequest struct {
@@ -1344,6 +1370,929 @@ func (x *ListHSMObjectsResponse) GetObjects() []*HSMObject {
 	return nil
 }
 
+type RewrapEscrowSlotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	EscrowSlot    []byte                 `protobuf:"bytes,2,opt,name=escrow_slot,json=escrowSlot,proto3" json:"escrow_slot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapEscrowSlotRequest) Reset() {
+	*x = RewrapEscrowSlotRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapEscrowSlotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapEscrowSlotRequest) ProtoMessage() {}
+
+func (x *RewrapEscrowSlotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapEscrowSlotRequest.ProtoReflect.Descriptor instead.
+func (*RewrapEscrowSlotRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RewrapEscrowSlotRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *RewrapEscrowSlotRequest) GetEscrowSlot() []byte {
+	if x != nil {
+		return x.EscrowSlot
+	}
+	return nil
+}
+
+type RewrapEscrowSlotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An escrow slot sealed to the group's newest escrow key version.
+	EscrowSlot    []byte `protobuf:"bytes,1,opt,name=escrow_slot,json=escrowSlot,proto3" json:"escrow_slot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapEscrowSlotResponse) Reset() {
+	*x = RewrapEscrowSlotResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapEscrowSlotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapEscrowSlotResponse) ProtoMessage() {}
+
+func (x *RewrapEscrowSlotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapEscrowSlotResponse.ProtoReflect.Descriptor instead.
+func (*RewrapEscrowSlotResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RewrapEscrowSlotResponse) GetEscrowSlot() []byte {
+	if x != nil {
+		return x.EscrowSlot
+	}
+	return nil
+}
+
+type RotateGroupKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Escrow        bool                   `protobuf:"varint,2,opt,name=escrow,proto3" json:"escrow,omitempty"`
+	Unlock        bool                   `protobuf:"varint,3,opt,name=unlock,proto3" json:"unlock,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateGroupKeysRequest) Reset() {
+	*x = RotateGroupKeysRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateGroupKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateGroupKeysRequest) ProtoMessage() {}
+
+func (x *RotateGroupKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateGroupKeysRequest.ProtoReflect.Descriptor instead.
+func (*RotateGroupKeysRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RotateGroupKeysRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *RotateGroupKeysRequest) GetEscrow() bool {
+	if x != nil {
+		return x.Escrow
+	}
+	return false
+}
+
+func (x *RotateGroupKeysRequest) GetUnlock() bool {
+	if x != nil {
+		return x.Unlock
+	}
+	return false
+}
+
+type RotateGroupKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         *GetGroupResponse      `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateGroupKeysResponse) Reset() {
+	*x = RotateGroupKeysResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateGroupKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateGroupKeysResponse) ProtoMessage() {}
+
+func (x *RotateGroupKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateGroupKeysResponse.ProtoReflect.Descriptor instead.
+func (*RotateGroupKeysResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RotateGroupKeysResponse) GetGroup() *GetGroupResponse {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type SetMinDecryptionVersionRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// 0 leaves a minimum unchanged.
+	MinEscrowVersion uint32 `protobuf:"varint,2,opt,name=min_escrow_version,json=minEscrowVersion,proto3" json:"min_escrow_version,omitempty"`
+	MinUnlockVersion uint32 `protobuf:"varint,3,opt,name=min_unlock_version,json=minUnlockVersion,proto3" json:"min_unlock_version,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SetMinDecryptionVersionRequest) Reset() {
+	*x = SetMinDecryptionVersionRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMinDecryptionVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMinDecryptionVersionRequest) ProtoMessage() {}
+
+func (x *SetMinDecryptionVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMinDecryptionVersionRequest.ProtoReflect.Descriptor instead.
+func (*SetMinDecryptionVersionRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SetMinDecryptionVersionRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *SetMinDecryptionVersionRequest) GetMinEscrowVersion() uint32 {
+	if x != nil {
+		return x.MinEscrowVersion
+	}
+	return 0
+}
+
+func (x *SetMinDecryptionVersionRequest) GetMinUnlockVersion() uint32 {
+	if x != nil {
+		return x.MinUnlockVersion
+	}
+	return 0
+}
+
+type SetMinDecryptionVersionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         *GetGroupResponse      `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMinDecryptionVersionResponse) Reset() {
+	*x = SetMinDecryptionVersionResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMinDecryptionVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMinDecryptionVersionResponse) ProtoMessage() {}
+
+func (x *SetMinDecryptionVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMinDecryptionVersionResponse.ProtoReflect.Descriptor instead.
+func (*SetMinDecryptionVersionResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SetMinDecryptionVersionResponse) GetGroup() *GetGroupResponse {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type DestroyKeyVersionRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// "escrow" or "unlock".
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Version       uint32 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyKeyVersionRequest) Reset() {
+	*x = DestroyKeyVersionRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyKeyVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyKeyVersionRequest) ProtoMessage() {}
+
+func (x *DestroyKeyVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyKeyVersionRequest.ProtoReflect.Descriptor instead.
+func (*DestroyKeyVersionRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *DestroyKeyVersionRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *DestroyKeyVersionRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DestroyKeyVersionRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type DestroyKeyVersionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         *GetGroupResponse      `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyKeyVersionResponse) Reset() {
+	*x = DestroyKeyVersionResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyKeyVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyKeyVersionResponse) ProtoMessage() {}
+
+func (x *DestroyKeyVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyKeyVersionResponse.ProtoReflect.Descriptor instead.
+func (*DestroyKeyVersionResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *DestroyKeyVersionResponse) GetGroup() *GetGroupResponse {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type StartJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "kek-rotation" (params: to) or "group-rotation" (params: escrow, unlock).
+	Kind          string            `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Params        map[string]string `protobuf:"bytes,2,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartJobRequest) Reset() {
+	*x = StartJobRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartJobRequest) ProtoMessage() {}
+
+func (x *StartJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartJobRequest.ProtoReflect.Descriptor instead.
+func (*StartJobRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *StartJobRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *StartJobRequest) GetParams() map[string]string {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+type StartJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartJobResponse) Reset() {
+	*x = StartJobResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartJobResponse) ProtoMessage() {}
+
+func (x *StartJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartJobResponse.ProtoReflect.Descriptor instead.
+func (*StartJobResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *StartJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type ListJobsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsRequest) Reset() {
+	*x = ListJobsRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsRequest) ProtoMessage() {}
+
+func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
+func (*ListJobsRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{31}
+}
+
+type ListJobsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Jobs          []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsResponse) Reset() {
+	*x = ListJobsResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsResponse) ProtoMessage() {}
+
+func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
+func (*ListJobsResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ListJobsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+type CancelJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobRequest) Reset() {
+	*x = CancelJobRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobRequest) ProtoMessage() {}
+
+func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
+func (*CancelJobRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *CancelJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type CancelJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobResponse) Reset() {
+	*x = CancelJobResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobResponse) ProtoMessage() {}
+
+func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
+func (*CancelJobResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *CancelJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type Job struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind   string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Params map[string]string      `protobuf:"bytes,3,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// running, done, failed or canceled.
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	Pass  uint32 `protobuf:"varint,5,opt,name=pass,proto3" json:"pass,omitempty"`
+	// Groups finished in this pass, of total; changed of them.
+	Done           int64  `protobuf:"varint,6,opt,name=done,proto3" json:"done,omitempty"`
+	Total          int64  `protobuf:"varint,7,opt,name=total,proto3" json:"total,omitempty"`
+	Changed        int64  `protobuf:"varint,8,opt,name=changed,proto3" json:"changed,omitempty"`
+	Owner          string `protobuf:"bytes,9,opt,name=owner,proto3" json:"owner,omitempty"`
+	LeaseUntilUnix int64  `protobuf:"varint,10,opt,name=lease_until_unix,json=leaseUntilUnix,proto3" json:"lease_until_unix,omitempty"`
+	Error          string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	CreatedUnix    int64  `protobuf:"varint,12,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	UpdatedUnix    int64  `protobuf:"varint,13,opt,name=updated_unix,json=updatedUnix,proto3" json:"updated_unix,omitempty"`
+	// When the current owner started, and done then: for an estimate.
+	RunStartedUnix int64 `protobuf:"varint,14,opt,name=run_started_unix,json=runStartedUnix,proto3" json:"run_started_unix,omitempty"`
+	RunDone        int64 `protobuf:"varint,15,opt,name=run_done,json=runDone,proto3" json:"run_done,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Job) Reset() {
+	*x = Job{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Job) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Job) ProtoMessage() {}
+
+func (x *Job) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Job.ProtoReflect.Descriptor instead.
+func (*Job) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *Job) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Job) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Job) GetParams() map[string]string {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *Job) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Job) GetPass() uint32 {
+	if x != nil {
+		return x.Pass
+	}
+	return 0
+}
+
+func (x *Job) GetDone() int64 {
+	if x != nil {
+		return x.Done
+	}
+	return 0
+}
+
+func (x *Job) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *Job) GetChanged() int64 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *Job) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Job) GetLeaseUntilUnix() int64 {
+	if x != nil {
+		return x.LeaseUntilUnix
+	}
+	return 0
+}
+
+func (x *Job) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Job) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *Job) GetUpdatedUnix() int64 {
+	if x != nil {
+		return x.UpdatedUnix
+	}
+	return 0
+}
+
+func (x *Job) GetRunStartedUnix() int64 {
+	if x != nil {
+		return x.RunStartedUnix
+	}
+	return 0
+}
+
+func (x *Job) GetRunDone() int64 {
+	if x != nil {
+		return x.RunDone
+	}
+	return 0
+}
+
+type DestroyKEKRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyKEKRequest) Reset() {
+	*x = DestroyKEKRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyKEKRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyKEKRequest) ProtoMessage() {}
+
+func (x *DestroyKEKRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyKEKRequest.ProtoReflect.Descriptor instead.
+func (*DestroyKEKRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *DestroyKEKRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type DestroyKEKResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyKEKResponse) Reset() {
+	*x = DestroyKEKResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyKEKResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyKEKResponse) ProtoMessage() {}
+
+func (x *DestroyKEKResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyKEKResponse.ProtoReflect.Descriptor instead.
+func (*DestroyKEKResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *DestroyKEKResponse) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 var File_escrowd_v1_escrowd_proto protoreflect.FileDescriptor
 
 const file_escrowd_v1_escrowd_proto_rawDesc = "" +
@@ -1418,21 +2367,24 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\x10STATE_UNREVEALED\x10\x01\x12\x12\n" +
 	"\x0eSTATE_REVEALED\x10\x02\",\n" +
 	"\x0fGetGroupRequest\x12\x19\n" +
-	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"\x80\x01\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"\xa7\x01\n" +
 	"\n" +
 	"KeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05suite\x18\x02 \x01(\tR\x05suite\x12\x1f\n" +
 	"\vkek_version\x18\x03 \x01(\rR\n" +
 	"kekVersion\x12!\n" +
-	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\"\xc2\x01\n" +
+	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\x12%\n" +
+	"\x0edestroyed_unix\x18\x05 \x01(\x03R\rdestroyedUnix\"\x9e\x02\n" +
 	"\x10GetGroupResponse\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12!\n" +
 	"\fcreated_unix\x18\x02 \x01(\x03R\vcreatedUnix\x127\n" +
 	"\vescrow_keys\x18\x03 \x03(\v2\x16.escrowd.v1.KeyVersionR\n" +
 	"escrowKeys\x127\n" +
 	"\vunlock_keys\x18\x04 \x03(\v2\x16.escrowd.v1.KeyVersionR\n" +
-	"unlockKeys\"\x17\n" +
+	"unlockKeys\x12,\n" +
+	"\x12min_escrow_version\x18\x05 \x01(\rR\x10minEscrowVersion\x12,\n" +
+	"\x12min_unlock_version\x18\x06 \x01(\rR\x10minUnlockVersion\"\x17\n" +
 	"\x15ListHSMObjectsRequest\"\x88\x02\n" +
 	"\tHSMObject\x12\x14\n" +
 	"\x05class\x18\x01 \x01(\tR\x05class\x12\x19\n" +
@@ -1445,18 +2397,91 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\x11wrap_with_trusted\x18\b \x01(\bR\x0fwrapWithTrusted\x12\x18\n" +
 	"\atrusted\x18\t \x01(\bR\atrusted\"I\n" +
 	"\x16ListHSMObjectsResponse\x12/\n" +
-	"\aobjects\x18\x01 \x03(\v2\x15.escrowd.v1.HSMObjectR\aobjects2\xd9\x02\n" +
+	"\aobjects\x18\x01 \x03(\v2\x15.escrowd.v1.HSMObjectR\aobjects\"U\n" +
+	"\x17RewrapEscrowSlotRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x1f\n" +
+	"\vescrow_slot\x18\x02 \x01(\fR\n" +
+	"escrowSlot\";\n" +
+	"\x18RewrapEscrowSlotResponse\x12\x1f\n" +
+	"\vescrow_slot\x18\x01 \x01(\fR\n" +
+	"escrowSlot\"c\n" +
+	"\x16RotateGroupKeysRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x16\n" +
+	"\x06escrow\x18\x02 \x01(\bR\x06escrow\x12\x16\n" +
+	"\x06unlock\x18\x03 \x01(\bR\x06unlock\"M\n" +
+	"\x17RotateGroupKeysResponse\x122\n" +
+	"\x05group\x18\x01 \x01(\v2\x1c.escrowd.v1.GetGroupResponseR\x05group\"\x97\x01\n" +
+	"\x1eSetMinDecryptionVersionRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12,\n" +
+	"\x12min_escrow_version\x18\x02 \x01(\rR\x10minEscrowVersion\x12,\n" +
+	"\x12min_unlock_version\x18\x03 \x01(\rR\x10minUnlockVersion\"U\n" +
+	"\x1fSetMinDecryptionVersionResponse\x122\n" +
+	"\x05group\x18\x01 \x01(\v2\x1c.escrowd.v1.GetGroupResponseR\x05group\"c\n" +
+	"\x18DestroyKeyVersionRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\rR\aversion\"O\n" +
+	"\x19DestroyKeyVersionResponse\x122\n" +
+	"\x05group\x18\x01 \x01(\v2\x1c.escrowd.v1.GetGroupResponseR\x05group\"\xa1\x01\n" +
+	"\x0fStartJobRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12?\n" +
+	"\x06params\x18\x02 \x03(\v2'.escrowd.v1.StartJobRequest.ParamsEntryR\x06params\x1a9\n" +
+	"\vParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"5\n" +
+	"\x10StartJobResponse\x12!\n" +
+	"\x03job\x18\x01 \x01(\v2\x0f.escrowd.v1.JobR\x03job\"\x11\n" +
+	"\x0fListJobsRequest\"7\n" +
+	"\x10ListJobsResponse\x12#\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x0f.escrowd.v1.JobR\x04jobs\"\"\n" +
+	"\x10CancelJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"6\n" +
+	"\x11CancelJobResponse\x12!\n" +
+	"\x03job\x18\x01 \x01(\v2\x0f.escrowd.v1.JobR\x03job\"\xe8\x03\n" +
+	"\x03Job\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x123\n" +
+	"\x06params\x18\x03 \x03(\v2\x1b.escrowd.v1.Job.ParamsEntryR\x06params\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x12\n" +
+	"\x04pass\x18\x05 \x01(\rR\x04pass\x12\x12\n" +
+	"\x04done\x18\x06 \x01(\x03R\x04done\x12\x14\n" +
+	"\x05total\x18\a \x01(\x03R\x05total\x12\x18\n" +
+	"\achanged\x18\b \x01(\x03R\achanged\x12\x14\n" +
+	"\x05owner\x18\t \x01(\tR\x05owner\x12(\n" +
+	"\x10lease_until_unix\x18\n" +
+	" \x01(\x03R\x0eleaseUntilUnix\x12\x14\n" +
+	"\x05error\x18\v \x01(\tR\x05error\x12!\n" +
+	"\fcreated_unix\x18\f \x01(\x03R\vcreatedUnix\x12!\n" +
+	"\fupdated_unix\x18\r \x01(\x03R\vupdatedUnix\x12(\n" +
+	"\x10run_started_unix\x18\x0e \x01(\x03R\x0erunStartedUnix\x12\x19\n" +
+	"\brun_done\x18\x0f \x01(\x03R\arunDone\x1a9\n" +
+	"\vParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"-\n" +
+	"\x11DestroyKEKRequest\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\".\n" +
+	"\x12DestroyKEKResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion2\xb8\x03\n" +
 	"\vSyncService\x12W\n" +
 	"\x0eProvisionGroup\x12!.escrowd.v1.ProvisionGroupRequest\x1a\".escrowd.v1.ProvisionGroupResponse\x12Q\n" +
 	"\fGetEscrowKey\x12\x1f.escrowd.v1.GetEscrowKeyRequest\x1a .escrowd.v1.GetEscrowKeyResponse\x12?\n" +
 	"\x06Rewrap\x12\x19.escrowd.v1.RewrapRequest\x1a\x1a.escrowd.v1.RewrapResponse\x12]\n" +
-	"\x10IssueUnlockCodes\x12#.escrowd.v1.IssueUnlockCodesRequest\x1a$.escrowd.v1.IssueUnlockCodesResponse2\xcb\x01\n" +
+	"\x10IssueUnlockCodes\x12#.escrowd.v1.IssueUnlockCodesRequest\x1a$.escrowd.v1.IssueUnlockCodesResponse\x12]\n" +
+	"\x10RewrapEscrowSlot\x12#.escrowd.v1.RewrapEscrowSlotRequest\x1a$.escrowd.v1.RewrapEscrowSlotResponse2\xcb\x01\n" +
 	"\x0eSupportService\x12]\n" +
 	"\x10RevealUnlockCode\x12#.escrowd.v1.RevealUnlockCodeRequest\x1a$.escrowd.v1.RevealUnlockCodeResponse\x12Z\n" +
-	"\x0fListUnlockCodes\x12\".escrowd.v1.ListUnlockCodesRequest\x1a#.escrowd.v1.ListUnlockCodesResponse2\xb1\x01\n" +
+	"\x0fListUnlockCodes\x12\".escrowd.v1.ListUnlockCodesRequest\x1a#.escrowd.v1.ListUnlockCodesResponse2\x88\x06\n" +
 	"\x0fSecurityService\x12E\n" +
 	"\bGetGroup\x12\x1b.escrowd.v1.GetGroupRequest\x1a\x1c.escrowd.v1.GetGroupResponse\x12W\n" +
-	"\x0eListHSMObjects\x12!.escrowd.v1.ListHSMObjectsRequest\x1a\".escrowd.v1.ListHSMObjectsResponseB5Z3github.com/escrowd/escrowd/api/escrowd/v1;escrowdv1b\x06proto3"
+	"\x0eListHSMObjects\x12!.escrowd.v1.ListHSMObjectsRequest\x1a\".escrowd.v1.ListHSMObjectsResponse\x12Z\n" +
+	"\x0fRotateGroupKeys\x12\".escrowd.v1.RotateGroupKeysRequest\x1a#.escrowd.v1.RotateGroupKeysResponse\x12r\n" +
+	"\x17SetMinDecryptionVersion\x12*.escrowd.v1.SetMinDecryptionVersionRequest\x1a+.escrowd.v1.SetMinDecryptionVersionResponse\x12`\n" +
+	"\x11DestroyKeyVersion\x12$.escrowd.v1.DestroyKeyVersionRequest\x1a%.escrowd.v1.DestroyKeyVersionResponse\x12E\n" +
+	"\bStartJob\x12\x1b.escrowd.v1.StartJobRequest\x1a\x1c.escrowd.v1.StartJobResponse\x12E\n" +
+	"\bListJobs\x12\x1b.escrowd.v1.ListJobsRequest\x1a\x1c.escrowd.v1.ListJobsResponse\x12H\n" +
+	"\tCancelJob\x12\x1c.escrowd.v1.CancelJobRequest\x1a\x1d.escrowd.v1.CancelJobResponse\x12K\n" +
+	"\n" +
+	"DestroyKEK\x12\x1d.escrowd.v1.DestroyKEKRequest\x1a\x1e.escrowd.v1.DestroyKEKResponseB5Z3github.com/escrowd/escrowd/api/escrowd/v1;escrowdv1b\x06proto3"
 
 var (
 	file_escrowd_v1_escrowd_proto_rawDescOnce sync.Once
@@ -1471,31 +2496,50 @@ func file_escrowd_v1_escrowd_proto_rawDescGZIP() []byte {
 }
 
 var file_escrowd_v1_escrowd_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_escrowd_v1_escrowd_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_escrowd_v1_escrowd_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_escrowd_v1_escrowd_proto_goTypes = []any{
-	(Recipient_Kind)(0),              // 0: escrowd.v1.Recipient.Kind
-	(UnlockCodeState_State)(0),       // 1: escrowd.v1.UnlockCodeState.State
-	(*ProvisionGroupRequest)(nil),    // 2: escrowd.v1.ProvisionGroupRequest
-	(*ProvisionGroupResponse)(nil),   // 3: escrowd.v1.ProvisionGroupResponse
-	(*EscrowKey)(nil),                // 4: escrowd.v1.EscrowKey
-	(*GetEscrowKeyRequest)(nil),      // 5: escrowd.v1.GetEscrowKeyRequest
-	(*GetEscrowKeyResponse)(nil),     // 6: escrowd.v1.GetEscrowKeyResponse
-	(*Recipient)(nil),                // 7: escrowd.v1.Recipient
-	(*RewrapRequest)(nil),            // 8: escrowd.v1.RewrapRequest
-	(*RewrapResponse)(nil),           // 9: escrowd.v1.RewrapResponse
-	(*IssueUnlockCodesRequest)(nil),  // 10: escrowd.v1.IssueUnlockCodesRequest
-	(*IssueUnlockCodesResponse)(nil), // 11: escrowd.v1.IssueUnlockCodesResponse
-	(*RevealUnlockCodeRequest)(nil),  // 12: escrowd.v1.RevealUnlockCodeRequest
-	(*RevealUnlockCodeResponse)(nil), // 13: escrowd.v1.RevealUnlockCodeResponse
-	(*ListUnlockCodesRequest)(nil),   // 14: escrowd.v1.ListUnlockCodesRequest
-	(*ListUnlockCodesResponse)(nil),  // 15: escrowd.v1.ListUnlockCodesResponse
-	(*UnlockCodeState)(nil),          // 16: escrowd.v1.UnlockCodeState
-	(*GetGroupRequest)(nil),          // 17: escrowd.v1.GetGroupRequest
-	(*KeyVersion)(nil),               // 18: escrowd.v1.KeyVersion
-	(*GetGroupResponse)(nil),         // 19: escrowd.v1.GetGroupResponse
-	(*ListHSMObjectsRequest)(nil),    // 20: escrowd.v1.ListHSMObjectsRequest
-	(*HSMObject)(nil),                // 21: escrowd.v1.HSMObject
-	(*ListHSMObjectsResponse)(nil),   // 22: escrowd.v1.ListHSMObjectsResponse
+	(Recipient_Kind)(0),                     // 0: escrowd.v1.Recipient.Kind
+	(UnlockCodeState_State)(0),              // 1: escrowd.v1.UnlockCodeState.State
+	(*ProvisionGroupRequest)(nil),           // 2: escrowd.v1.ProvisionGroupRequest
+	(*ProvisionGroupResponse)(nil),          // 3: escrowd.v1.ProvisionGroupResponse
+	(*EscrowKey)(nil),                       // 4: escrowd.v1.EscrowKey
+	(*GetEscrowKeyRequest)(nil),             // 5: escrowd.v1.GetEscrowKeyRequest
+	(*GetEscrowKeyResponse)(nil),            // 6: escrowd.v1.GetEscrowKeyResponse
+	(*Recipient)(nil),                       // 7: escrowd.v1.Recipient
+	(*RewrapRequest)(nil),                   // 8: escrowd.v1.RewrapRequest
+	(*RewrapResponse)(nil),                  // 9: escrowd.v1.RewrapResponse
+	(*IssueUnlockCodesRequest)(nil),         // 10: escrowd.v1.IssueUnlockCodesRequest
+	(*IssueUnlockCodesResponse)(nil),        // 11: escrowd.v1.IssueUnlockCodesResponse
+	(*RevealUnlockCodeRequest)(nil),         // 12: escrowd.v1.RevealUnlockCodeRequest
+	(*RevealUnlockCodeResponse)(nil),        // 13: escrowd.v1.RevealUnlockCodeResponse
+	(*ListUnlockCodesRequest)(nil),          // 14: escrowd.v1.ListUnlockCodesRequest
+	(*ListUnlockCodesResponse)(nil),         // 15: escrowd.v1.ListUnlockCodesResponse
+	(*UnlockCodeState)(nil),                 // 16: escrowd.v1.UnlockCodeState
+	(*GetGroupRequest)(nil),                 // 17: escrowd.v1.GetGroupRequest
+	(*KeyVersion)(nil),                      // 18: escrowd.v1.KeyVersion
+	(*GetGroupResponse)(nil),                // 19: escrowd.v1.GetGroupResponse
+	(*ListHSMObjectsRequest)(nil),           // 20: escrowd.v1.ListHSMObjectsRequest
+	(*HSMObject)(nil),                       // 21: escrowd.v1.HSMObject
+	(*ListHSMObjectsResponse)(nil),          // 22: escrowd.v1.ListHSMObjectsResponse
+	(*RewrapEscrowSlotRequest)(nil),         // 23: escrowd.v1.RewrapEscrowSlotRequest
+	(*RewrapEscrowSlotResponse)(nil),        // 24: escrowd.v1.RewrapEscrowSlotResponse
+	(*RotateGroupKeysRequest)(nil),          // 25: escrowd.v1.RotateGroupKeysRequest
+	(*RotateGroupKeysResponse)(nil),         // 26: escrowd.v1.RotateGroupKeysResponse
+	(*SetMinDecryptionVersionRequest)(nil),  // 27: escrowd.v1.SetMinDecryptionVersionRequest
+	(*SetMinDecryptionVersionResponse)(nil), // 28: escrowd.v1.SetMinDecryptionVersionResponse
+	(*DestroyKeyVersionRequest)(nil),        // 29: escrowd.v1.DestroyKeyVersionRequest
+	(*DestroyKeyVersionResponse)(nil),       // 30: escrowd.v1.DestroyKeyVersionResponse
+	(*StartJobRequest)(nil),                 // 31: escrowd.v1.StartJobRequest
+	(*StartJobResponse)(nil),                // 32: escrowd.v1.StartJobResponse
+	(*ListJobsRequest)(nil),                 // 33: escrowd.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),                // 34: escrowd.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),                // 35: escrowd.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),               // 36: escrowd.v1.CancelJobResponse
+	(*Job)(nil),                             // 37: escrowd.v1.Job
+	(*DestroyKEKRequest)(nil),               // 38: escrowd.v1.DestroyKEKRequest
+	(*DestroyKEKResponse)(nil),              // 39: escrowd.v1.DestroyKEKResponse
+	nil,                                     // 40: escrowd.v1.StartJobRequest.ParamsEntry
+	nil,                                     // 41: escrowd.v1.Job.ParamsEntry
 }
 var file_escrowd_v1_escrowd_proto_depIdxs = []int32{
 	4,  // 0: escrowd.v1.ProvisionGroupResponse.escrow_key:type_name -> escrowd.v1.EscrowKey
@@ -1507,27 +2551,51 @@ var file_escrowd_v1_escrowd_proto_depIdxs = []int32{
 	18, // 6: escrowd.v1.GetGroupResponse.escrow_keys:type_name -> escrowd.v1.KeyVersion
 	18, // 7: escrowd.v1.GetGroupResponse.unlock_keys:type_name -> escrowd.v1.KeyVersion
 	21, // 8: escrowd.v1.ListHSMObjectsResponse.objects:type_name -> escrowd.v1.HSMObject
-	2,  // 9: escrowd.v1.SyncService.ProvisionGroup:input_type -> escrowd.v1.ProvisionGroupRequest
-	5,  // 10: escrowd.v1.SyncService.GetEscrowKey:input_type -> escrowd.v1.GetEscrowKeyRequest
-	8,  // 11: escrowd.v1.SyncService.Rewrap:input_type -> escrowd.v1.RewrapRequest
-	10, // 12: escrowd.v1.SyncService.IssueUnlockCodes:input_type -> escrowd.v1.IssueUnlockCodesRequest
-	12, // 13: escrowd.v1.SupportService.RevealUnlockCode:input_type -> escrowd.v1.RevealUnlockCodeRequest
-	14, // 14: escrowd.v1.SupportService.ListUnlockCodes:input_type -> escrowd.v1.ListUnlockCodesRequest
-	17, // 15: escrowd.v1.SecurityService.GetGroup:input_type -> escrowd.v1.GetGroupRequest
-	20, // 16: escrowd.v1.SecurityService.ListHSMObjects:input_type -> escrowd.v1.ListHSMObjectsRequest
-	3,  // 17: escrowd.v1.SyncService.ProvisionGroup:output_type -> escrowd.v1.ProvisionGroupResponse
-	6,  // 18: escrowd.v1.SyncService.GetEscrowKey:output_type -> escrowd.v1.GetEscrowKeyResponse
-	9,  // 19: escrowd.v1.SyncService.Rewrap:output_type -> escrowd.v1.RewrapResponse
-	11, // 20: escrowd.v1.SyncService.IssueUnlockCodes:output_type -> escrowd.v1.IssueUnlockCodesResponse
-	13, // 21: escrowd.v1.SupportService.RevealUnlockCode:output_type -> escrowd.v1.RevealUnlockCodeResponse
-	15, // 22: escrowd.v1.SupportService.ListUnlockCodes:output_type -> escrowd.v1.ListUnlockCodesResponse
-	19, // 23: escrowd.v1.SecurityService.GetGroup:output_type -> escrowd.v1.GetGroupResponse
-	22, // 24: escrowd.v1.SecurityService.ListHSMObjects:output_type -> escrowd.v1.ListHSMObjectsResponse
-	17, // [17:25] is the sub-list for method output_type
-	9,  // [9:17] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	19, // 9: escrowd.v1.RotateGroupKeysResponse.group:type_name -> escrowd.v1.GetGroupResponse
+	19, // 10: escrowd.v1.SetMinDecryptionVersionResponse.group:type_name -> escrowd.v1.GetGroupResponse
+	19, // 11: escrowd.v1.DestroyKeyVersionResponse.group:type_name -> escrowd.v1.GetGroupResponse
+	40, // 12: escrowd.v1.StartJobRequest.params:type_name -> escrowd.v1.StartJobRequest.ParamsEntry
+	37, // 13: escrowd.v1.StartJobResponse.job:type_name -> escrowd.v1.Job
+	37, // 14: escrowd.v1.ListJobsResponse.jobs:type_name -> escrowd.v1.Job
+	37, // 15: escrowd.v1.CancelJobResponse.job:type_name -> escrowd.v1.Job
+	41, // 16: escrowd.v1.Job.params:type_name -> escrowd.v1.Job.ParamsEntry
+	2,  // 17: escrowd.v1.SyncService.ProvisionGroup:input_type -> escrowd.v1.ProvisionGroupRequest
+	5,  // 18: escrowd.v1.SyncService.GetEscrowKey:input_type -> escrowd.v1.GetEscrowKeyRequest
+	8,  // 19: escrowd.v1.SyncService.Rewrap:input_type -> escrowd.v1.RewrapRequest
+	10, // 20: escrowd.v1.SyncService.IssueUnlockCodes:input_type -> escrowd.v1.IssueUnlockCodesRequest
+	23, // 21: escrowd.v1.SyncService.RewrapEscrowSlot:input_type -> escrowd.v1.RewrapEscrowSlotRequest
+	12, // 22: escrowd.v1.SupportService.RevealUnlockCode:input_type -> escrowd.v1.RevealUnlockCodeRequest
+	14, // 23: escrowd.v1.SupportService.ListUnlockCodes:input_type -> escrowd.v1.ListUnlockCodesRequest
+	17, // 24: escrowd.v1.SecurityService.GetGroup:input_type -> escrowd.v1.GetGroupRequest
+	20, // 25: escrowd.v1.SecurityService.ListHSMObjects:input_type -> escrowd.v1.ListHSMObjectsRequest
+	25, // 26: escrowd.v1.SecurityService.RotateGroupKeys:input_type -> escrowd.v1.RotateGroupKeysRequest
+	27, // 27: escrowd.v1.SecurityService.SetMinDecryptionVersion:input_type -> escrowd.v1.SetMinDecryptionVersionRequest
+	29, // 28: escrowd.v1.SecurityService.DestroyKeyVersion:input_type -> escrowd.v1.DestroyKeyVersionRequest
+	31, // 29: escrowd.v1.SecurityService.StartJob:input_type -> escrowd.v1.StartJobRequest
+	33, // 30: escrowd.v1.SecurityService.ListJobs:input_type -> escrowd.v1.ListJobsRequest
+	35, // 31: escrowd.v1.SecurityService.CancelJob:input_type -> escrowd.v1.CancelJobRequest
+	38, // 32: escrowd.v1.SecurityService.DestroyKEK:input_type -> escrowd.v1.DestroyKEKRequest
+	3,  // 33: escrowd.v1.SyncService.ProvisionGroup:output_type -> escrowd.v1.ProvisionGroupResponse
+	6,  // 34: escrowd.v1.SyncService.GetEscrowKey:output_type -> escrowd.v1.GetEscrowKeyResponse
+	9,  // 35: escrowd.v1.SyncService.Rewrap:output_type -> escrowd.v1.RewrapResponse
+	11, // 36: escrowd.v1.SyncService.IssueUnlockCodes:output_type -> escrowd.v1.IssueUnlockCodesResponse
+	24, // 37: escrowd.v1.SyncService.RewrapEscrowSlot:output_type -> escrowd.v1.RewrapEscrowSlotResponse
+	13, // 38: escrowd.v1.SupportService.RevealUnlockCode:output_type -> escrowd.v1.RevealUnlockCodeResponse
+	15, // 39: escrowd.v1.SupportService.ListUnlockCodes:output_type -> escrowd.v1.ListUnlockCodesResponse
+	19, // 40: escrowd.v1.SecurityService.GetGroup:output_type -> escrowd.v1.GetGroupResponse
+	22, // 41: escrowd.v1.SecurityService.ListHSMObjects:output_type -> escrowd.v1.ListHSMObjectsResponse
+	26, // 42: escrowd.v1.SecurityService.RotateGroupKeys:output_type -> escrowd.v1.RotateGroupKeysResponse
+	28, // 43: escrowd.v1.SecurityService.SetMinDecryptionVersion:output_type -> escrowd.v1.SetMinDecryptionVersionResponse
+	30, // 44: escrowd.v1.SecurityService.DestroyKeyVersion:output_type -> escrowd.v1.DestroyKeyVersionResponse
+	32, // 45: escrowd.v1.SecurityService.StartJob:output_type -> escrowd.v1.StartJobResponse
+	34, // 46: escrowd.v1.SecurityService.ListJobs:output_type -> escrowd.v1.ListJobsResponse
+	36, // 47: escrowd.v1.SecurityService.CancelJob:output_type -> escrowd.v1.CancelJobResponse
+	39, // 48: escrowd.v1.SecurityService.DestroyKEK:output_type -> escrowd.v1.DestroyKEKResponse
+	33, // [33:49] is the sub-list for method output_type
+	17, // [17:33] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_escrowd_v1_escrowd_proto_init() }
@@ -1541,7 +2609,7 @@ func file_escrowd_v1_escrowd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_escrowd_v1_escrowd_proto_rawDesc), len(file_escrowd_v1_escrowd_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
