@@ -34,6 +34,7 @@ import (
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/vaulttest"
 	"github.com/escrowd/escrowd/softhsm"
+	"github.com/escrowd/escrowd/store"
 	"github.com/escrowd/escrowd/store/bolt"
 )
 
@@ -65,6 +66,7 @@ func run(m *testing.M) int {
 type stack struct {
 	t       *testing.T
 	hsm     *hsm.HSM
+	store   store.Store
 	audit   *audit.Vault
 	prefix  string
 	conn    *grpc.ClientConn
@@ -75,16 +77,22 @@ type stack struct {
 
 func newStack(t *testing.T, v *vaulttest.Server) *stack {
 	t.Helper()
-	h, err := hsm.Open(token.HSMConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "escrowd.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	return newStackWith(t, v, st)
+}
+
+// newStackWith is newStack on a given store.
+func newStackWith(t *testing.T, v *vaulttest.Server, st store.Store) *stack {
+	t.Helper()
+	h, err := hsm.Open(token.HSMConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
 	prefix := "escrowd-test/" + strings.ReplaceAll(t.Name(), "/", "-")
 	aud, err := audit.NewVault(audit.VaultConfig{Address: v.Addr, Token: v.Token, Prefix: prefix, Timeout: 3 * time.Second})
 	if err != nil {
@@ -95,7 +103,7 @@ func newStack(t *testing.T, v *vaulttest.Server) *stack {
 		t.Fatal(err)
 	}
 	srv, err := daemon.New(daemon.Config{
-		Escrow: svc, Auditor: aud, Objects: h,
+		Escrow: svc, Auditor: aud, Objects: h, Versions: svc,
 		Checks: map[string]daemon.Checker{"hsm": h, "vault": aud},
 	})
 	if err != nil {
@@ -116,7 +124,7 @@ func newStack(t *testing.T, v *vaulttest.Server) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &stack{t: t, hsm: h, audit: aud, prefix: prefix, conn: conn,
+	return &stack{t: t, hsm: h, store: st, audit: aud, prefix: prefix, conn: conn,
 		sync:    escrowdv1.NewSyncServiceClient(conn),
 		support: escrowdv1.NewSupportServiceClient(conn),
 		sec:     escrowdv1.NewSecurityServiceClient(conn)}
