@@ -118,12 +118,6 @@ func (r *replica) kill() {
 	}
 }
 
-// restart is kill then start, on the same address and store.
-func (r *replica) restart() {
-	r.kill()
-	r.start()
-}
-
 // ctlRun runs escrowctl against addr.
 func ctlRun(t *testing.T, escrowctl, addr string, args ...string) (string, error) {
 	t.Helper()

@@ -63,9 +63,8 @@ func usableUnlock(g *store.Group, k store.UnlockKey) error {
 // newKeys generates the keys of a rotation (outside any store transaction:
 // an RSA key takes about a second).
 type newKeys struct {
-	escrow     *store.EscrowKey
-	unlock     *store.UnlockKey
-	escrowUsed uint32
+	escrow *store.EscrowKey
+	unlock *store.UnlockKey
 }
 
 func (s *Service) generate(ctx context.Context, suite string, escrowKey, unlockKey bool) (newKeys, error) {
