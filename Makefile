@@ -14,7 +14,7 @@ TEST_TIMEOUT       ?= 30m
 
 export ESCROWD_VAULTDEV := $(VAULTDEV)
 
-.PHONY: all build deps vaultdev test lint run proto fuzz clean
+.PHONY: all build deps postgres vaultdev test lint run proto fuzz clean
 
 all: build
 
@@ -22,8 +22,25 @@ build:
 	$(GO) build -o $(BIN)/escrowd ./cmd/escrowd
 	$(GO) build -o $(BIN)/escrowctl ./cmd/escrowctl
 
-# deps installs what the tests and `make run` need from Debian's packages.
-deps: $(SOFTHSM)
+# deps installs what the tests and `make run` need from Debian's packages,
+# and makes sure a PostgreSQL answers on 127.0.0.1:5432 for the store tests
+# (trust authentication for user postgres on the loopback, as the tests'
+# harness expects; set ESCROWD_PG_URL to use another server).
+deps: $(SOFTHSM) postgres
+
+postgres:
+	@if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then exit 0; fi; \
+	if ! command -v pg_ctlcluster >/dev/null 2>&1; then \
+		echo "installing PostgreSQL from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi; \
+	ver=$$(ls /etc/postgresql | sort -n | tail -1); \
+	hba=/etc/postgresql/$$ver/main/pg_hba.conf; \
+	grep -q '^host all postgres 127.0.0.1/32 trust' $$hba || \
+		sed -i '1i host all postgres 127.0.0.1/32 trust' $$hba; \
+	pg_ctlcluster --skip-systemctl-redirect $$ver main start || pg_ctlcluster --skip-systemctl-redirect $$ver main reload; \
+	for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; \
+	echo "PostgreSQL did not start" >&2; exit 1
 
 $(SOFTHSM):
 	@echo "installing SoftHSM from Debian's packages"

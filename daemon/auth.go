@@ -151,6 +151,8 @@ func targets(req any) []string {
 		return nil
 	case *escrowdv1.IssueUnlockCodesRequest:
 		return []string{"unlock"}
+	case *escrowdv1.RewrapEscrowSlotRequest:
+		return []string{"escrow"}
 	}
 	return nil
 }

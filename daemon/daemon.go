@@ -46,6 +46,23 @@ type Escrow interface {
 	Group(ctx context.Context, group string) (store.Group, error)
 }
 
+// Versions manages a group's key versions (SecurityService and
+// SyncService.RewrapEscrowSlot).
+type Versions interface {
+	RewrapEscrowSlot(ctx context.Context, group string, escrowSlot []byte) ([]byte, escrow.Used, error)
+	RotateGroup(ctx context.Context, group string, escrowKey, unlockKey bool) (store.Group, error)
+	SetMinVersions(ctx context.Context, group string, minEscrow, minUnlock uint32) (store.Group, error)
+	DestroyVersion(ctx context.Context, group string, kind escrow.KeyKind, version uint32) (store.Group, error)
+}
+
+// Jobs starts, lists and cancels jobs, and destroys old master KEKs.
+type Jobs interface {
+	Start(ctx context.Context, kind string, params map[string]string) (store.Job, error)
+	Jobs(ctx context.Context) ([]store.Job, error)
+	Cancel(ctx context.Context, id string) (store.Job, error)
+	DestroyKEK(ctx context.Context, version uint32) error
+}
+
 // Auditor commits a record; an error means the result must not be released.
 type Auditor interface {
 	Commit(ctx context.Context, r *audit.Record) error
@@ -84,6 +101,10 @@ type Config struct {
 	// ClientCAs.
 	TLS       *tls.Config
 	ClientCAs *x509.CertPool
+	// Versions and Jobs are optional: without them their RPCs fail with
+	// FAILED_PRECONDITION.
+	Versions Versions
+	Jobs     Jobs
 	// Checks gate the health service: while any fails, every service
 	// reports NOT_SERVING. Keyed by a name used in logs.
 	Checks        map[string]Checker

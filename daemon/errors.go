@@ -8,6 +8,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/escrowd/escrowd/escrow"
+	"github.com/escrowd/escrowd/jobs"
+	"github.com/escrowd/escrowd/store"
 )
 
 // errorCodes maps escrow's sentinels to status codes. Their messages name
@@ -25,6 +27,12 @@ var errorCodes = []struct {
 	{escrow.ErrNoCodes, codes.FailedPrecondition},
 	{escrow.ErrExhausted, codes.FailedPrecondition},
 	{escrow.ErrUnsupported, codes.FailedPrecondition},
+	{escrow.ErrRetired, codes.FailedPrecondition},
+	{escrow.ErrDestroyed, codes.FailedPrecondition},
+	{escrow.ErrPrecondition, codes.FailedPrecondition},
+	{jobs.ErrInvalid, codes.InvalidArgument},
+	{jobs.ErrRunning, codes.FailedPrecondition},
+	{store.ErrNotFound, codes.NotFound},
 	{escrow.ErrConflict, codes.Aborted},
 	{escrow.ErrUnavailable, codes.Unavailable},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},

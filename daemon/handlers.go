@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -192,16 +193,30 @@ func (h *securityService) GetGroup(ctx context.Context, req *escrowdv1.GetGroupR
 	if err != nil {
 		return nil, err
 	}
-	resp := &escrowdv1.GetGroupResponse{GroupId: g.ID, CreatedUnix: g.Created.Unix()}
+	return groupMsg(g), nil
+}
+
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+func groupMsg(g store.Group) *escrowdv1.GetGroupResponse {
+	resp := &escrowdv1.GetGroupResponse{GroupId: g.ID, CreatedUnix: g.Created.Unix(),
+		MinEscrowVersion: g.MinEscrowVersion, MinUnlockVersion: g.MinUnlockVersion}
 	for _, k := range g.Escrow {
 		resp.EscrowKeys = append(resp.EscrowKeys, &escrowdv1.KeyVersion{
-			Version: k.Version, Suite: k.Suite, KekVersion: k.Private.KEKVersion, CreatedUnix: k.Created.Unix()})
+			Version: k.Version, Suite: k.Suite, KekVersion: k.Private.KEKVersion, CreatedUnix: k.Created.Unix(),
+			DestroyedUnix: unixOrZero(k.Destroyed)})
 	}
 	for _, k := range g.Unlock {
 		resp.UnlockKeys = append(resp.UnlockKeys, &escrowdv1.KeyVersion{
-			Version: k.Version, Suite: "hmac-sha256", KekVersion: k.Key.KEKVersion, CreatedUnix: k.Created.Unix()})
+			Version: k.Version, Suite: "hmac-sha256", KekVersion: k.Key.KEKVersion, CreatedUnix: k.Created.Unix(),
+			DestroyedUnix: unixOrZero(k.Destroyed)})
 	}
-	return resp, nil
+	return resp
 }
 
 func (h *securityService) ListHSMObjects(ctx context.Context, _ *escrowdv1.ListHSMObjectsRequest) (*escrowdv1.ListHSMObjectsResponse, error) {

@@ -37,6 +37,7 @@ import (
 	"github.com/escrowd/escrowd/internal/vaulttest"
 	"github.com/escrowd/escrowd/policy"
 	"github.com/escrowd/escrowd/softhsm"
+	"github.com/escrowd/escrowd/store"
 	"github.com/escrowd/escrowd/store/bolt"
 )
 
@@ -150,19 +151,23 @@ func run(m *testing.M) int {
 
 // stack is one escrowd over the shared token and a Vault server.
 type stack struct {
-	t       *testing.T
-	hsm     *hsm.HSM
-	store   *bolt.Store
-	audit   *audit.Vault
-	srv     *daemon.Server
-	prefix  string
-	addr    string
-	sync    escrowdv1.SyncServiceClient
-	support escrowdv1.SupportServiceClient
-	sec     escrowdv1.SecurityServiceClient
+	t        *testing.T
+	hsm      *hsm.HSM
+	store    store.Store
+	ownStore bool
+	audit    *audit.Vault
+	srv      *daemon.Server
+	prefix   string
+	addr     string
+	sync     escrowdv1.SyncServiceClient
+	support  escrowdv1.SupportServiceClient
+	sec      escrowdv1.SecurityServiceClient
 }
 
 type stackOpts struct {
+	// store, if set, is used and left open; else a bbolt store is opened
+	// at storePath (a temporary file if empty) and closed by stop.
+	store     store.Store
 	storePath string
 	prefix    string
 	policy    string
@@ -172,9 +177,6 @@ func newStack(t *testing.T, v *vaulttest.Server) *stack { return newStackWith(t,
 
 func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	t.Helper()
-	if o.storePath == "" {
-		o.storePath = filepath.Join(t.TempDir(), "escrowd.db")
-	}
 	if o.prefix == "" {
 		o.prefix = "escrowd-test/" + strings.ReplaceAll(t.Name(), "/", "-")
 	}
@@ -185,9 +187,16 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := bolt.Open(o.storePath)
-	if err != nil {
-		t.Fatal(err)
+	st := o.store
+	if st == nil {
+		if o.storePath == "" {
+			o.storePath = filepath.Join(t.TempDir(), "escrowd.db")
+		}
+		b, err := bolt.Open(o.storePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st = b
 	}
 	aud, err := audit.NewVault(audit.VaultConfig{Address: v.Addr, Token: v.Token, Prefix: o.prefix, Timeout: 3 * time.Second})
 	if err != nil {
@@ -198,7 +207,7 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 		t.Fatal(err)
 	}
 	srv, err := daemon.New(daemon.Config{
-		Escrow: svc, Auditor: aud, Objects: h, State: st, Policy: loadPolicy(t, o.policy),
+		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, State: st, Policy: loadPolicy(t, o.policy),
 		TLS: &tls.Config{Certificates: []tls.Certificate{pki.certs["server"]}}, ClientCAs: pki.ca.Pool(),
 		Checks: map[string]daemon.Checker{"hsm": h, "vault": aud},
 	})
@@ -210,7 +219,7 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 		t.Fatal(err)
 	}
 	go srv.Serve(lis)
-	s := &stack{t: t, hsm: h, store: st, audit: aud, srv: srv, prefix: o.prefix, addr: lis.Addr().String()}
+	s := &stack{t: t, hsm: h, store: st, ownStore: o.store == nil, audit: aud, srv: srv, prefix: o.prefix, addr: lis.Addr().String()}
 	t.Cleanup(s.stop)
 	s.sync = escrowdv1.NewSyncServiceClient(s.dial("sync-backend"))
 	s.support = escrowdv1.NewSupportServiceClient(s.dial("alice"))
@@ -228,7 +237,9 @@ func (s *stack) stop() {
 	s.srv.Shutdown(ctx)
 	s.audit.Close()
 	s.hsm.Close()
-	s.store.Close()
+	if s.ownStore {
+		s.store.Close()
+	}
 	s.srv = nil
 }
 

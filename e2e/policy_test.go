@@ -33,24 +33,33 @@ import (
 // matrixRequests has a well-formed request for every RPC, so that an
 // allowed call fails, if at all, for reasons other than authorization.
 var matrixRequests = map[string]proto.Message{
-	"ProvisionGroup":     &escrowdv1.ProvisionGroupRequest{GroupId: "matrix-new"},
-	"GetEscrowKey":       &escrowdv1.GetEscrowKeyRequest{GroupId: "matrix-none"},
-	"Rewrap":             &escrowdv1.RewrapRequest{GroupId: "matrix-none", Recipient: &escrowdv1.Recipient{Kind: escrowdv1.Recipient_KIND_MEMBER, Id: "m", KeyVersion: 1, Suite: bundle.SuiteRSAOAEPSHA1}},
-	"IssueUnlockCodes":   &escrowdv1.IssueUnlockCodesRequest{GroupId: "matrix-none", UserId: "u"},
-	"RevealUnlockCode":   &escrowdv1.RevealUnlockCodeRequest{GroupId: "matrix-none", UserId: "u", Ticket: "SUP-1"},
-	"ListUnlockCodes":    &escrowdv1.ListUnlockCodesRequest{GroupId: "matrix-none", UserId: "u"},
-	"ListPendingReveals": &escrowdv1.ListPendingRevealsRequest{},
-	"ApproveReveal":      &escrowdv1.ApproveRevealRequest{Id: "no-such-request"},
-	"GetGroup":           &escrowdv1.GetGroupRequest{GroupId: "matrix-none"},
-	"ListHSMObjects":     &escrowdv1.ListHSMObjectsRequest{},
+	"ProvisionGroup":          &escrowdv1.ProvisionGroupRequest{GroupId: "matrix-new"},
+	"GetEscrowKey":            &escrowdv1.GetEscrowKeyRequest{GroupId: "matrix-none"},
+	"Rewrap":                  &escrowdv1.RewrapRequest{GroupId: "matrix-none", Recipient: &escrowdv1.Recipient{Kind: escrowdv1.Recipient_KIND_MEMBER, Id: "m", KeyVersion: 1, Suite: bundle.SuiteRSAOAEPSHA1}},
+	"IssueUnlockCodes":        &escrowdv1.IssueUnlockCodesRequest{GroupId: "matrix-none", UserId: "u"},
+	"RevealUnlockCode":        &escrowdv1.RevealUnlockCodeRequest{GroupId: "matrix-none", UserId: "u", Ticket: "SUP-1"},
+	"ListUnlockCodes":         &escrowdv1.ListUnlockCodesRequest{GroupId: "matrix-none", UserId: "u"},
+	"ListPendingReveals":      &escrowdv1.ListPendingRevealsRequest{},
+	"ApproveReveal":           &escrowdv1.ApproveRevealRequest{Id: "no-such-request"},
+	"GetGroup":                &escrowdv1.GetGroupRequest{GroupId: "matrix-none"},
+	"ListHSMObjects":          &escrowdv1.ListHSMObjectsRequest{},
+	"RewrapEscrowSlot":        &escrowdv1.RewrapEscrowSlotRequest{GroupId: "matrix-none"},
+	"RotateGroupKeys":         &escrowdv1.RotateGroupKeysRequest{GroupId: "matrix-none", Escrow: true},
+	"SetMinDecryptionVersion": &escrowdv1.SetMinDecryptionVersionRequest{GroupId: "matrix-none", MinEscrowVersion: 1},
+	"DestroyKeyVersion":       &escrowdv1.DestroyKeyVersionRequest{GroupId: "matrix-none", Kind: "escrow", Version: 1},
+	"StartJob":                &escrowdv1.StartJobRequest{Kind: "no-such-kind"},
+	"ListJobs":                &escrowdv1.ListJobsRequest{},
+	"CancelJob":               &escrowdv1.CancelJobRequest{Id: "no-such-job"},
+	"DestroyKEK":              &escrowdv1.DestroyKEKRequest{Version: 99},
 }
 
 // grants is testdata/policy.yaml as a table: which caller may call what.
 var grants = map[string][]string{
-	"sync-backend": {"ProvisionGroup", "GetEscrowKey", "Rewrap", "IssueUnlockCodes"},
+	"sync-backend": {"ProvisionGroup", "GetEscrowKey", "Rewrap", "IssueUnlockCodes", "RewrapEscrowSlot"},
 	"alice":        {"RevealUnlockCode", "ListUnlockCodes", "ListPendingReveals", "ApproveReveal"},
 	"bob":          {"RevealUnlockCode", "ListUnlockCodes", "ListPendingReveals", "ApproveReveal"},
-	"carol":        {"GetGroup", "ListHSMObjects"},
+	"carol": {"GetGroup", "ListHSMObjects", "RotateGroupKeys", "SetMinDecryptionVersion", "DestroyKeyVersion",
+		"StartJob", "ListJobs", "CancelJob", "DestroyKEK"},
 }
 
 // TestAuthorizationMatrix calls every RPC as every role, without a

@@ -48,6 +48,15 @@ var (
 	ErrUnsupported = errors.New("not supported by this HSM")
 	// ErrUnavailable: the HSM or the store cannot serve now.
 	ErrUnavailable = errors.New("key service unavailable")
+	// ErrRetired: the key version is below the group's minimum decryption
+	// version; the message names the versions.
+	ErrRetired = errors.New("key version retired")
+	// ErrDestroyed: the key version was crypto-shredded and can never be
+	// opened again.
+	ErrDestroyed = errors.New("key version destroyed")
+	// ErrPrecondition: the state does not allow the operation (destroying
+	// a version still in use, a KEK still needed); the message says why.
+	ErrPrecondition = errors.New("operation not allowed in this state")
 )
 
 // HSM is what escrow needs of the hsm package.
@@ -322,6 +331,15 @@ func (s *Service) RevealCode(ctx context.Context, group, user string) (Revealed,
 	if err != nil {
 		return Revealed{}, err
 	}
+	// Refuse before claiming when the epoch's unlock key may not be used:
+	// a refused reveal must not burn a code.
+	if cur, err := s.store.Codes(ctx, group, user); err == nil {
+		if uk, ok := g.UnlockVersion(cur.UnlockVersion); ok {
+			if err := usableUnlock(&g, uk); err != nil {
+				return Revealed{}, err
+			}
+		}
+	}
 	i, c, err := s.store.ClaimCode(ctx, group, user)
 	switch {
 	case errors.Is(err, store.ErrNoEpoch):
@@ -334,6 +352,9 @@ func (s *Service) RevealCode(ctx context.Context, group, user string) (Revealed,
 	uk, ok := g.UnlockVersion(c.UnlockVersion)
 	if !ok {
 		return Revealed{}, fmt.Errorf("%w: unlock key version %d", ErrKeyVersion, c.UnlockVersion)
+	}
+	if err := usableUnlock(&g, uk); err != nil {
+		return Revealed{}, err
 	}
 	code, err := s.deriveCode(ctx, group, user, c.Epoch, uint32(i), uk)
 	if err != nil {
@@ -406,6 +427,9 @@ func (s *Service) escrowSlot(ctx context.Context, group string, raw []byte) (sto
 	}
 	if key.Suite != slot.Suite {
 		return g, nil, store.EscrowKey{}, fmt.Errorf("%w: escrow_slot suite %s, but escrow key version %d is %s", ErrInvalid, slot.Suite, key.Version, key.Suite)
+	}
+	if err := usableEscrow(&g, key); err != nil {
+		return g, nil, store.EscrowKey{}, err
 	}
 	return g, slot, key, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -43,6 +44,19 @@ func (c Config) withDefaults() Config {
 // kekObjectLabel is the CKA_LABEL of master KEK version v.
 func kekObjectLabel(base string, v uint32) string {
 	return base + "-v" + strconv.FormatUint(uint64(v), 10)
+}
+
+// kekLabelVersion parses a KEK object label made by kekObjectLabel.
+func kekLabelVersion(base, label string) (uint32, bool) {
+	rest, ok := strings.CutPrefix(label, base+"-v")
+	if !ok || rest == "" || rest[0] == '0' {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(rest, 10, 32)
+	if err != nil || v == 0 {
+		return 0, false
+	}
+	return uint32(v), true
 }
 
 func redacted(pin string) string {

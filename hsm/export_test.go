@@ -286,3 +286,67 @@ func (h *HSM) ForcedAttributesForTest(ctx context.Context, w WrappedKey) (sensit
 	_, verr := h.mod.ctx.GetAttributeValue(s.h, k, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
 	return info.Sensitive, info.Extractable, info.WrapWithTrusted, verr == nil, nil
 }
+
+// RotationUnwrapAttackForTest plays an attacker with the user PIN who
+// unwraps a stored key with the template a KEK rotation uses (extractable,
+// wrap-with-trusted: what the KEK's unwrap template now allows) and then
+// tries to get it out: "wrap" under an imported AES key, "set" or "copy"
+// CKA_WRAP_WITH_TRUSTED=false, or "read" CKA_VALUE. If loggedOut, the unwrap
+// runs without a login (public session objects only).
+func (h *HSM) RotationUnwrapAttackForTest(ctx context.Context, kind KeyKind, w WrappedKey, attempt string, loggedOut bool) error {
+	s, err := h.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer h.release(s, true)
+	if loggedOut {
+		if err := h.mod.ctx.Logout(s.h); err != nil {
+			return wrapErr("logout", err)
+		}
+	}
+	kek, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, w.KEKVersion))
+	if err != nil {
+		return err
+	}
+	tmpl := rotationTemplate(kind)
+	if loggedOut {
+		tmpl = append(tmpl[:1:1], append([]*pkcs11.Attribute{boolAttr(pkcs11.CKA_PRIVATE, false)}, tmpl[2:]...)...)
+	}
+	k, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, tmpl)
+	if err != nil {
+		return fmt.Errorf("unwrap as a rotation: %w", wrapErr("unwrap", err))
+	}
+	defer h.destroy(s, k)
+	switch attempt {
+	case "wrap":
+		ak, err := h.mod.ctx.CreateObject(s.h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			boolAttr(pkcs11.CKA_TOKEN, false),
+			boolAttr(pkcs11.CKA_WRAP, true),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, make([]byte, 32)),
+		})
+		if err != nil {
+			return fmt.Errorf("setup: %w", wrapErr("import attacker key", err))
+		}
+		defer h.destroy(s, ak)
+		_, err = h.mod.ctx.WrapKey(s.h, kwp, ak, k)
+		return wrapErr("wrap under attacker key", err)
+	case "set":
+		return wrapErr("set CKA_WRAP_WITH_TRUSTED", h.mod.ctx.SetAttributeValue(s.h, k, []*pkcs11.Attribute{boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, false)}))
+	case "copy":
+		c, err := h.mod.ctx.CopyObject(s.h, k, []*pkcs11.Attribute{boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, false)})
+		if err == nil {
+			h.destroy(s, c)
+		}
+		return wrapErr("copy with CKA_WRAP_WITH_TRUSTED=false", err)
+	case "read":
+		attr, name := uint(pkcs11.CKA_VALUE), "CKA_VALUE"
+		if kind == KeyEscrow {
+			attr, name = pkcs11.CKA_PRIVATE_EXPONENT, "CKA_PRIVATE_EXPONENT"
+		}
+		_, err := h.mod.ctx.GetAttributeValue(s.h, k, []*pkcs11.Attribute{pkcs11.NewAttribute(attr, nil)})
+		return wrapErr("read "+name, err)
+	}
+	return fmt.Errorf("unknown attempt %q", attempt)
+}

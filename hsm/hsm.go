@@ -20,7 +20,9 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// CurrentKEKVersion is the master KEK version new keys are wrapped under.
+// CurrentKEKVersion is the master KEK version `escrowctl hsm init` makes
+// first. An open HSM wraps new keys under the newest KEK version it found
+// on the token (or the one UseKEK chose): see HSM.CurrentKEK.
 const CurrentKEKVersion uint32 = 1
 
 // HSM is an open token: a bounded pool of logged-in sessions and the
@@ -34,7 +36,8 @@ type HSM struct {
 	mu       sync.Mutex
 	anchor   pkcs11.SessionHandle // holds the login; never used for operations
 	slot     uint
-	kek      pkcs11.ObjectHandle
+	keks     map[uint32]pkcs11.ObjectHandle // KEK handles by version; replaced, never mutated
+	current  uint32                         // KEK version new keys are wrapped under
 	idle     []pkcs11.SessionHandle
 	closed   bool
 	inflight int
@@ -58,41 +61,81 @@ func Open(cfg Config) (*HSM, error) {
 		return nil, err
 	}
 	h := &HSM{cfg: cfg, mod: mod, sem: make(chan struct{}, cfg.Sessions)}
-	s, slot, kek, err := h.connect()
+	s, slot, keks, err := h.connect()
 	if err != nil {
 		mod.forgetUnusedLogin(cfg.TokenLabel)
 		mod.release()
 		return nil, err
 	}
 	mod.holdLogin(cfg.TokenLabel)
-	h.anchor, h.slot, h.kek = s, slot, kek
+	h.anchor, h.slot, h.keks, h.current = s, slot, keks, newest(keks)
 	return h, nil
 }
 
-// connect finds the token, opens the anchor session, logs in and finds the
-// KEK. The anchor session stays open for the life of the pool: in PKCS#11
+// connect finds the token, opens the anchor session, logs in and finds
+// every KEK version. The anchor session stays open for the life of the pool: in PKCS#11
 // closing the last session of a token logs the user out and (SoftHSM)
 // invalidates every object handle, the KEK's included, so the pool closing
 // a broken session must never be closing the last one.
-func (h *HSM) connect() (pkcs11.SessionHandle, uint, pkcs11.ObjectHandle, error) {
+func (h *HSM) connect() (pkcs11.SessionHandle, uint, map[uint32]pkcs11.ObjectHandle, error) {
 	slot, err := h.mod.findToken(h.cfg.TokenLabel)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, nil, err
 	}
 	s, err := h.mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
-		return 0, 0, 0, wrapErr("open session", err)
+		return 0, 0, nil, wrapErr("open session", err)
 	}
 	if err := h.mod.loginUser(s, h.cfg.TokenLabel, h.cfg.PIN); err != nil {
 		_ = h.mod.ctx.CloseSession(s)
-		return 0, 0, 0, err
+		return 0, 0, nil, err
 	}
-	kek, err := findKEK(h.mod.ctx, s, kekObjectLabel(h.cfg.KEKLabel, CurrentKEKVersion))
+	keks, err := findKEKs(h.mod.ctx, s, h.cfg.KEKLabel)
 	if err != nil {
 		_ = h.mod.ctx.CloseSession(s)
-		return 0, 0, 0, err
+		return 0, 0, nil, err
 	}
-	return s, slot, kek, nil
+	return s, slot, keks, nil
+}
+
+// findKEKs finds every KEK version on the token: the secret keys labelled
+// base+"-vN". None is ErrKEKNotFound.
+func findKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string) (map[uint32]pkcs11.ObjectHandle, error) {
+	hs, err := findObjects(ctx, s, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		boolAttr(pkcs11.CKA_TOKEN, true),
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint32]pkcs11.ObjectHandle)
+	for _, o := range hs {
+		a, err := ctx.GetAttributeValue(s, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
+		if err != nil {
+			continue
+		}
+		v, ok := kekLabelVersion(base, string(a[0].Value))
+		if !ok {
+			continue
+		}
+		k, err := findKEK(ctx, s, kekObjectLabel(base, v))
+		if err != nil {
+			return nil, err
+		}
+		out[v] = k
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("hsm: %w: no secret key labelled %q on the token; run `escrowctl hsm init`", ErrKEKNotFound, kekObjectLabel(base, CurrentKEKVersion))
+	}
+	return out, nil
+}
+
+func newest(keks map[uint32]pkcs11.ObjectHandle) uint32 {
+	var v uint32
+	for k := range keks {
+		v = max(v, k)
+	}
+	return v
 }
 
 // findKEK finds the KEK object by label and checks it is fit to be one.
@@ -176,10 +219,13 @@ func (h *HSM) finishLocked() {
 	h.mod.release()
 }
 
-// session is a checked-out session.
+// session is a checked-out session, with the KEK handles as they were when
+// it was checked out.
 type session struct {
-	h   pkcs11.SessionHandle
-	kek pkcs11.ObjectHandle
+	h          pkcs11.SessionHandle
+	kek        pkcs11.ObjectHandle // the current KEK
+	kekVersion uint32
+	keks       map[uint32]pkcs11.ObjectHandle // read only
 }
 
 // acquire checks a session out of the pool, waiting at most WaitTimeout.
@@ -213,12 +259,12 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 		return session{}, fmt.Errorf("hsm: %w", ErrClosed)
 	}
 	h.inflight++
-	kek := h.kek
+	keks, cur := h.keks, h.current
 	if n := len(h.idle); n > 0 {
 		s := h.idle[n-1]
 		h.idle = h.idle[:n-1]
 		h.mu.Unlock()
-		return session{h: s, kek: kek}, nil
+		return session{h: s, kek: keks[cur], kekVersion: cur, keks: keks}, nil
 	}
 	slot := h.slot
 	h.mu.Unlock()
@@ -232,7 +278,7 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 		<-h.sem
 		return session{}, wrapErr("open session", err)
 	}
-	return session{h: s, kek: kek}, nil
+	return session{h: s, kek: keks[cur], kekVersion: cur, keks: keks}, nil
 }
 
 // release returns s to the pool, or closes it if broken (never return a
@@ -264,11 +310,14 @@ func (h *HSM) recover() error {
 	}
 	h.idle = nil
 	_ = h.mod.ctx.CloseSession(h.anchor)
-	s, slot, kek, err := h.connect()
+	s, slot, keks, err := h.connect()
 	if err != nil {
 		return fmt.Errorf("hsm: recover: %w", err)
 	}
-	h.anchor, h.slot, h.kek = s, slot, kek
+	h.anchor, h.slot, h.keks = s, slot, keks
+	if _, ok := keks[h.current]; !ok {
+		h.current = newest(keks)
+	}
 	return nil
 }
 

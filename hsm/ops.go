@@ -95,12 +95,12 @@ func (h *HSM) wrapUnderKEK(s session, key pkcs11.ObjectHandle, what string) (Wra
 	if err != nil {
 		return WrappedKey{}, wrapErr("wrap "+what+" under KEK", err)
 	}
-	return WrappedKey{KEKVersion: CurrentKEKVersion, Blob: blob}, nil
+	return WrappedKey{KEKVersion: s.kekVersion, Blob: blob}, nil
 }
 
 func checkWrapped(w WrappedKey, what string) error {
-	if w.KEKVersion != CurrentKEKVersion {
-		return fmt.Errorf("hsm: unwrap %s: %w: KEK version %d is not on this token (have %d)", what, ErrKEKNotFound, w.KEKVersion, CurrentKEKVersion)
+	if w.KEKVersion == 0 {
+		return fmt.Errorf("hsm: unwrap %s: %w: KEK version 0", what, ErrKEKNotFound)
 	}
 	if len(w.Blob) == 0 {
 		return fmt.Errorf("hsm: unwrap %s: %w: empty wrapped key", what, ErrInvalidInput)
@@ -143,7 +143,11 @@ func (h *HSM) unwrapEscrowPrivate(s session, w WrappedKey) (pkcs11.ObjectHandle,
 	if err := checkWrapped(w, "escrow key"); err != nil {
 		return 0, err
 	}
-	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, s.kek, w.Blob, escrowPrivateUnwrapTemplate())
+	kek, err := h.kekFor(s, w.KEKVersion)
+	if err != nil {
+		return 0, err
+	}
+	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, escrowPrivateUnwrapTemplate())
 	if err != nil {
 		return 0, kekUnwrapErr("unwrap escrow key", err)
 	}
@@ -155,7 +159,11 @@ func (h *HSM) unwrapUnlock(s session, w WrappedKey) (pkcs11.ObjectHandle, error)
 	if err := checkWrapped(w, "unlock key"); err != nil {
 		return 0, err
 	}
-	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, s.kek, w.Blob, unlockUnwrapTemplate())
+	kek, err := h.kekFor(s, w.KEKVersion)
+	if err != nil {
+		return 0, err
+	}
+	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, unlockUnwrapTemplate())
 	if err != nil {
 		return 0, kekUnwrapErr("unwrap unlock key", err)
 	}

@@ -97,9 +97,11 @@ type KEKReport struct {
 // object, CKA_TRUSTED, CKA_PRIVATE=false (SoftHSM's SO can create public
 // objects only), sensitive, never extractable, wrap/unwrap only,
 // unmodifiable. It also sets CKA_UNWRAP_TEMPLATE so that keys unwrapped
-// with the KEK are private, sensitive, non-extractable and wrap-with-trusted;
-// if the module refuses the attribute the KEK is created without it. A KEK
-// already there gives ErrKEKExists.
+// with the KEK are private, sensitive and wrap-with-trusted (extractable
+// only under a trusted key, that is under a KEK: what lets a KEK rotation
+// re-wrap them inside the token, and nothing else export them); if the
+// module refuses the attribute the KEK is created without it. A KEK already
+// there gives ErrKEKExists.
 //
 // Run it before any Open of the token in this process: a user login held
 // by the process makes the SO login fail.
@@ -110,10 +112,19 @@ func InitKEK(module, tokenLabel, soPIN, kekLabel string) error {
 
 // InitKEKReport is InitKEK, also telling how the KEK was made.
 func InitKEKReport(module, tokenLabel, soPIN, kekLabel string) (KEKReport, error) {
+	return InitKEKVersion(module, tokenLabel, soPIN, kekLabel, CurrentKEKVersion)
+}
+
+// InitKEKVersion is InitKEKReport for master KEK version v (a rotation
+// makes v = the newest version + 1), labelled kekLabel+"-v"+v.
+func InitKEKVersion(module, tokenLabel, soPIN, kekLabel string, v uint32) (KEKReport, error) {
 	if kekLabel == "" {
 		kekLabel = DefaultKEKLabel
 	}
-	label := kekObjectLabel(kekLabel, CurrentKEKVersion)
+	if v == 0 {
+		return KEKReport{}, fmt.Errorf("hsm: init KEK: %w: version 0", ErrInvalidInput)
+	}
+	label := kekObjectLabel(kekLabel, v)
 	rep := KEKReport{Label: label}
 	mod, err := acquireModule(module)
 	if err != nil {
@@ -169,10 +180,13 @@ func InitKEKReport(module, tokenLabel, soPIN, kekLabel string) (KEKReport, error
 		}
 		return rep, nil
 	}
+	// CKA_EXTRACTABLE is left to the caller: the daemon unwraps keys for
+	// use non-extractable, and a KEK rotation unwraps them extractable to
+	// wrap them under the next KEK. CKA_WRAP_WITH_TRUSTED=true is what
+	// stops any other export: only the SO can make a trusted key.
 	tmpl, free, terr := attributeArray([]attrBoolSpec{
 		{pkcs11.CKA_PRIVATE, true},
 		{pkcs11.CKA_SENSITIVE, true},
-		{pkcs11.CKA_EXTRACTABLE, false},
 		{pkcs11.CKA_WRAP_WITH_TRUSTED, true},
 	})
 	if terr == nil {

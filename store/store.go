@@ -32,6 +32,9 @@ var (
 	ErrExpired = errors.New("approval window closed")
 	// ErrNotPending: the request was approved already.
 	ErrNotPending = errors.New("request is not pending")
+	// ErrLeaseHeld: another owner holds the job's lease, or the caller's
+	// lease was taken over: stop working on the job.
+	ErrLeaseHeld = errors.New("job lease held by another owner")
 )
 
 // WrappedKey is a group key wrapped under master KEK version KEKVersion.
@@ -47,13 +50,17 @@ type EscrowKey struct {
 	PublicKey []byte     `json:"public_key"`
 	Private   WrappedKey `json:"private"`
 	Created   time.Time  `json:"created"`
+	// Destroyed is when the version was crypto-shredded: Private is empty
+	// from then on, and the version can never be opened again.
+	Destroyed time.Time `json:"destroyed,omitzero"`
 }
 
 // UnlockKey is one version of a group's unlock-code key.
 type UnlockKey struct {
-	Version uint32     `json:"version"`
-	Key     WrappedKey `json:"key"`
-	Created time.Time  `json:"created"`
+	Version   uint32     `json:"version"`
+	Key       WrappedKey `json:"key"`
+	Created   time.Time  `json:"created"`
+	Destroyed time.Time  `json:"destroyed,omitzero"`
 }
 
 // Group is a surrogate group's key material, versions in ascending order.
@@ -62,6 +69,14 @@ type Group struct {
 	Created time.Time   `json:"created"`
 	Escrow  []EscrowKey `json:"escrow"`
 	Unlock  []UnlockKey `json:"unlock"`
+	// MinEscrowVersion and MinUnlockVersion are the minimum decryption
+	// versions (Vault Transit's min_decryption_version): versions below
+	// them are retired and never opened. 0 means every version.
+	MinEscrowVersion uint32 `json:"min_escrow_version,omitempty"`
+	MinUnlockVersion uint32 `json:"min_unlock_version,omitempty"`
+	// Rev is the store's revision of the record, starting at 1 and raised by
+	// every update; back ends set it, callers compare it (CommitBatch).
+	Rev uint64 `json:"rev"`
 }
 
 // LatestEscrow returns the newest escrow key version.
@@ -125,6 +140,64 @@ func (c *Codes) Remaining() int {
 	return n
 }
 
+// Job states.
+const (
+	JobRunning  = "running"
+	JobDone     = "done"
+	JobFailed   = "failed"
+	JobCanceled = "canceled"
+)
+
+// Job is a long-running operation over every group (master KEK rotation,
+// bulk group-key rotation). Its progress is checkpointed in the store
+// together with the groups it changed (CommitBatch), so a job resumes where
+// it stopped after a crash, and one replica at a time runs it: the one
+// holding its lease.
+type Job struct {
+	ID     string            `json:"id"`
+	Kind   string            `json:"kind"`
+	Params map[string]string `json:"params,omitempty"`
+	State  string            `json:"state"`
+	// Pass counts scans over the groups, from 1; a job ends after a pass
+	// that changed nothing.
+	Pass int `json:"pass"`
+	// Cursor is the id of the last group the current pass finished; groups
+	// are scanned in id order.
+	Cursor string `json:"cursor"`
+	// Done counts the groups the current pass finished, Changed those it
+	// changed; Total is the number of groups when the pass began.
+	Done    int64 `json:"done"`
+	Changed int64 `json:"changed"`
+	Total   int64 `json:"total"`
+	// Owner holds the lease until LeaseUntil; another replica may take the
+	// job over once the lease has expired.
+	Owner      string    `json:"owner,omitempty"`
+	LeaseUntil time.Time `json:"lease_until,omitzero"`
+	Error      string    `json:"error,omitempty"`
+	Created    time.Time `json:"created"`
+	Updated    time.Time `json:"updated"`
+	// RunStarted and RunDone are when the current lease holder started and
+	// how far the pass was then, for an estimate of the time left.
+	RunStarted time.Time `json:"run_started,omitzero"`
+	RunDone    int64     `json:"run_done"`
+}
+
+// Batch is one checkpoint of a job: group records to replace and the job's
+// new progress, committed in one transaction.
+type Batch struct {
+	JobID string
+	// Owner must hold the job's lease (the job's Owner field): a replica
+	// that lost its lease cannot commit (ErrLeaseHeld), which fences it off.
+	Owner string
+	// Groups replace the stored records with the same id, each only if the
+	// stored Rev still equals the replacement's Rev (ErrConflict otherwise,
+	// and nothing of the batch is written).
+	Groups  []Group
+	Cursor  string
+	Done    int64
+	Changed int64
+}
+
 // Store is implemented by every back end.
 type Store interface {
 	// CreateGroup stores a new group; ErrExists if the id is taken.
@@ -160,6 +233,30 @@ type Store interface {
 	Approve(ctx context.Context, id, approver string, now time.Time) (Approval, error)
 	// PendingApprovals lists unapproved, unexpired requests, oldest first.
 	PendingApprovals(ctx context.Context, now time.Time) ([]Approval, error)
+	// UpdateGroup reads group id, calls fn on it and stores the result, in
+	// one transaction that excludes every other update of the group. An
+	// error from fn aborts the update and is returned as is. ErrNotFound
+	// if absent. The id and Rev are the store's: fn cannot change them.
+	UpdateGroup(ctx context.Context, id string, fn func(*Group) error) (Group, error)
+	// ListGroups returns up to limit groups whose id sorts after after
+	// (byte order), in id order.
+	ListGroups(ctx context.Context, after string, limit int) ([]Group, error)
+	// CountGroups counts the groups.
+	CountGroups(ctx context.Context) (int64, error)
+
+	// CreateJob stores a new job; ErrExists if the id is taken.
+	CreateJob(ctx context.Context, j Job) error
+	// Job reads a job; ErrNotFound if absent.
+	Job(ctx context.Context, id string) (Job, error)
+	// Jobs lists every job, oldest first.
+	Jobs(ctx context.Context) ([]Job, error)
+	// UpdateJob is UpdateGroup for a job (lease, state); fn cannot change
+	// the id.
+	UpdateJob(ctx context.Context, id string, fn func(*Job) error) (Job, error)
+	// CommitBatch writes a job's checkpoint with the groups it changed, in
+	// one transaction: ErrLeaseHeld if b.Owner does not hold the job,
+	// ErrConflict if a group changed since it was read.
+	CommitBatch(ctx context.Context, b Batch) (Job, error)
 
 	Close() error
 }

@@ -24,12 +24,12 @@ version: 1
 
 roles:
   sync-backend:
-    operations: [ProvisionGroup, GetEscrowKey, Rewrap, IssueUnlockCodes]
-    rewrap_targets: [member, device, unlock]
+    operations: [ProvisionGroup, GetEscrowKey, Rewrap, IssueUnlockCodes, RewrapEscrowSlot]
+    rewrap_targets: [member, device, unlock, escrow]
   support:
     operations: [RevealUnlockCode, ListUnlockCodes, ListPendingReveals, ApproveReveal]
   security:
-    operations: [GetGroup, ListHSMObjects]
+    operations: [GetGroup, ListHSMObjects, RotateGroupKeys, SetMinDecryptionVersion, DestroyKeyVersion, StartJob, ListJobs, CancelJob, DestroyKEK]
 
 identities:
   - {id: "spiffe://escrowd.dev/sync-backend", name: sync-backend, roles: [sync-backend]}

@@ -48,6 +48,18 @@ _CA), or -as NAME to use NAME.crt, NAME.key and ca.crt in $ESCROWCTL_PKI.
   codes pending                              reveals waiting for a second technician
   codes approve -id ID                       approve another technician's reveal
   hsm objects                                objects on the daemon's token
+  hsm destroy-kek -kek-version N             destroy an old master KEK once no key needs it
+  group rotate -group ID [-escrow] [-unlock] add a new key version (default: both)
+  group retire -group ID [-min-escrow N] [-min-unlock N]
+                                             set minimum decryption versions
+  group destroy -group ID -kind escrow|unlock -version N
+                                             crypto-shred a retired version
+  group rewrap-escrow -group ID -escrow-slot FILE -out FILE
+                                             seal an escrow slot to the newest version
+  jobs [list] [-watch]                       jobs with a progress bar and an estimate
+  jobs start -kind kek-rotation -kek-version N
+  jobs start -kind group-rotation [-escrow] [-unlock]
+  jobs cancel -id ID
 
 Audit (reads Vault directly: -vault-addr or $VAULT_ADDR, -vault-token-file or
 $VAULT_TOKEN, -audit-mount, -audit-prefix):
@@ -59,8 +71,9 @@ Offline:
   policy check FILE                          validate a policy file
 
 HSM ceremony (runs against the token directly):
-  hsm init -module PATH -token LABEL -so-pin-file FILE [-kek-label L]
-                                             create the trusted master KEK
+  hsm init -module PATH -token LABEL -so-pin-file FILE [-kek-label L] [-kek-version N]
+                                             create the trusted master KEK (version N,
+                                             default 1; N+1 to start a rotation)
 
 Development (for trying escrowd out; never for production):
   dev token -dir DIR -token LABEL            create or reuse a SoftHSM token with
@@ -94,6 +107,9 @@ var (
 )
 
 func run(args []string, out io.Writer) error {
+	if len(args) >= 1 && args[0] == "jobs" && (len(args) == 1 || strings.HasPrefix(args[1], "-")) {
+		args = append([]string{"jobs", "list"}, args[1:]...)
+	}
 	if len(args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
 		return errUsage
@@ -119,13 +135,22 @@ func run(args []string, out io.Writer) error {
 	keyFile := fs.String("key", os.Getenv("ESCROWCTL_KEY"), "client key, PEM")
 	caFile := fs.String("ca", os.Getenv("ESCROWCTL_CA"), "CA that signs the server certificate, PEM")
 	as := fs.String("as", "", "use NAME.crt, NAME.key and ca.crt from $ESCROWCTL_PKI")
-	approvalID := fs.String("id", "", "pending reveal id")
+	id := fs.String("id", "", "pending reveal id, or job id")
+	approvalID, jobID := id, id
 	last := fs.Int("n", 20, "number of records")
 	policyFile := fs.String("policy", "", "policy file")
 	vaultAddr := fs.String("vault-addr", os.Getenv("VAULT_ADDR"), "Vault address")
 	vaultTokenFile := fs.String("vault-token-file", "", "file holding a Vault token (else $VAULT_TOKEN)")
 	auditMount := fs.String("audit-mount", "secret", "KV v2 mount of the audit trail")
 	auditPrefix := fs.String("audit-prefix", "escrowd/audit", "folder of the audit trail")
+	kekVersion := fs.Uint("kek-version", 0, "master KEK version")
+	rotEscrow := fs.Bool("escrow", false, "the escrow key")
+	rotUnlock := fs.Bool("unlock", false, "the unlock key")
+	minEscrow := fs.Uint("min-escrow", 0, "minimum escrow key decryption version")
+	minUnlock := fs.Uint("min-unlock", 0, "minimum unlock key decryption version")
+	kind := fs.String("kind", "", "key kind (escrow, unlock) or job kind (kek-rotation, group-rotation)")
+	version := fs.Uint("version", 0, "key version")
+	watch := fs.Bool("watch", false, "refresh until every job has ended")
 	if err := fs.Parse(args[2:]); err != nil {
 		return err
 	}
@@ -214,10 +239,21 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := hsm.InitKEK(*module, *token, so, *kekLabel); err != nil {
+		v := uint32(*kekVersion)
+		if v == 0 {
+			v = hsm.CurrentKEKVersion
+		}
+		rep, err := hsm.InitKEKVersion(*module, *token, so, *kekLabel, v)
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "master KEK %q created on token %q\n", *kekLabel, *token)
+		fmt.Fprintf(out, "master KEK %q (version %d) created on token %q\n", rep.Label, v, *token)
+		if !rep.UnwrapTemplate {
+			fmt.Fprintln(out, "WARNING: the module refused CKA_UNWRAP_TEMPLATE: anyone who can use the KEK can unwrap stored keys extractable (docs/HSM.md)")
+		}
+		if v > 1 {
+			fmt.Fprintf(out, "next: escrowctl jobs start -kind kek-rotation -kek-version %d\n", v)
+		}
 		return nil
 	}
 
@@ -362,6 +398,115 @@ func run(args []string, out io.Writer) error {
 		p := r.GetReveal()
 		fmt.Fprintf(out, "approved: %s may now reveal a code of %s in group %s (ticket %s); request %s\n",
 			p.GetRequester(), p.GetUserId(), p.GetGroupId(), p.GetTicket(), requestID())
+	case "group rotate":
+		if err := need("group"); err != nil {
+			return err
+		}
+		e, u := *rotEscrow, *rotUnlock
+		if !e && !u {
+			e, u = true, true
+		}
+		r, err := security.RotateGroupKeys(ctx, &escrowdv1.RotateGroupKeysRequest{GroupId: *group, Escrow: e, Unlock: u}, withID)
+		if err != nil {
+			return err
+		}
+		printGroup(out, r.GetGroup())
+	case "group retire":
+		if err := need("group"); err != nil {
+			return err
+		}
+		r, err := security.SetMinDecryptionVersion(ctx, &escrowdv1.SetMinDecryptionVersionRequest{
+			GroupId: *group, MinEscrowVersion: uint32(*minEscrow), MinUnlockVersion: uint32(*minUnlock)}, withID)
+		if err != nil {
+			return err
+		}
+		printGroup(out, r.GetGroup())
+	case "group destroy":
+		if err := need("group", "kind", "version"); err != nil {
+			return err
+		}
+		r, err := security.DestroyKeyVersion(ctx, &escrowdv1.DestroyKeyVersionRequest{GroupId: *group, Kind: *kind, Version: uint32(*version)}, withID)
+		if err != nil {
+			return err
+		}
+		printGroup(out, r.GetGroup())
+	case "group rewrap-escrow":
+		if err := need("group", "escrow-slot", "out"); err != nil {
+			return err
+		}
+		slot, err := os.ReadFile(*slotFile)
+		if err != nil {
+			return err
+		}
+		r, err := sync.RewrapEscrowSlot(ctx, &escrowdv1.RewrapEscrowSlotRequest{GroupId: *group, EscrowSlot: slot}, withID)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*outPath, r.GetEscrowSlot(), 0o600); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "wrote an escrow slot sealed to the newest escrow key to %s (request %s)\n", *outPath, requestID())
+	case "hsm destroy-kek":
+		if err := need("kek-version"); err != nil {
+			return err
+		}
+		if _, err := security.DestroyKEK(ctx, &escrowdv1.DestroyKEKRequest{Version: uint32(*kekVersion)}, withID); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "master KEK version %d destroyed (request %s)\n", *kekVersion, requestID())
+	case "jobs start":
+		if err := need("kind"); err != nil {
+			return err
+		}
+		params := map[string]string{}
+		switch *kind {
+		case "kek-rotation":
+			params["to"] = fmt.Sprint(*kekVersion)
+		case "group-rotation":
+			e, u := *rotEscrow, *rotUnlock
+			if !e && !u {
+				e, u = true, true
+			}
+			params["escrow"], params["unlock"] = fmt.Sprint(e), fmt.Sprint(u)
+		}
+		r, err := security.StartJob(ctx, &escrowdv1.StartJobRequest{Kind: *kind, Params: params}, withID)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "job %s started (%d groups)\n", r.GetJob().GetId(), r.GetJob().GetTotal())
+	case "jobs cancel":
+		if err := need("id"); err != nil {
+			return err
+		}
+		r, err := security.CancelJob(ctx, &escrowdv1.CancelJobRequest{Id: *jobID}, withID)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "job %s %s\n", r.GetJob().GetId(), r.GetJob().GetState())
+	case "jobs list":
+		for {
+			r, err := security.ListJobs(ctx, &escrowdv1.ListJobsRequest{})
+			if err != nil {
+				return err
+			}
+			running := false
+			for _, j := range r.GetJobs() {
+				fmt.Fprintln(out, jobLine(j, time.Now()))
+				running = running || j.GetState() == "running"
+			}
+			if len(r.GetJobs()) == 0 {
+				fmt.Fprintln(out, "no jobs")
+			}
+			if !*watch || !running {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			fmt.Fprintln(out)
+		}
 	case "hsm objects":
 		r, err := security.ListHSMObjects(ctx, &escrowdv1.ListHSMObjectsRequest{})
 		if err != nil {
@@ -452,4 +597,53 @@ func auditRead(ctx context.Context, v *audit.Vault, n int, out io.Writer) error 
 		}
 	}
 	return nil
+}
+
+func printGroup(out io.Writer, g *escrowdv1.GetGroupResponse) {
+	fmt.Fprintf(out, "group %s: min escrow version %d, min unlock version %d\n", g.GetGroupId(), g.GetMinEscrowVersion(), g.GetMinUnlockVersion())
+	for _, set := range []struct {
+		name string
+		ks   []*escrowdv1.KeyVersion
+	}{{"escrow", g.GetEscrowKeys()}, {"unlock", g.GetUnlockKeys()}} {
+		for _, k := range set.ks {
+			state := "live"
+			if k.GetDestroyedUnix() != 0 {
+				state = "destroyed " + time.Unix(k.GetDestroyedUnix(), 0).UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(out, "  %s v%d  %-16s kek v%d  %s\n", set.name, k.GetVersion(), k.GetSuite(), k.GetKekVersion(), state)
+		}
+	}
+}
+
+// jobLine renders a job: id, kind, state, a progress bar of the current
+// pass and an estimate of the time left at the current owner's rate.
+func jobLine(j *escrowdv1.Job, now time.Time) string {
+	const width = 30
+	frac := 0.0
+	if j.GetTotal() > 0 {
+		frac = min(1, float64(j.GetDone())/float64(j.GetTotal()))
+	}
+	if j.GetState() == "done" {
+		frac = 1
+	}
+	n := int(frac * width)
+	bar := strings.Repeat("#", n) + strings.Repeat(".", width-n)
+	eta := "-"
+	if j.GetState() == "running" && j.GetRunStartedUnix() > 0 {
+		elapsed := now.Sub(time.Unix(j.GetRunStartedUnix(), 0)).Seconds()
+		did := j.GetDone() - j.GetRunDone()
+		if did > 0 && elapsed > 0 {
+			left := float64(j.GetTotal()-j.GetDone()) / (float64(did) / elapsed)
+			eta = (time.Duration(max(0, left)) * time.Second).String()
+		}
+	}
+	line := fmt.Sprintf("%s  %-14s %-8s pass %d [%s] %5.1f%% %d/%d changed %d  eta %s",
+		j.GetId(), j.GetKind(), j.GetState(), j.GetPass(), bar, 100*frac, j.GetDone(), j.GetTotal(), j.GetChanged(), eta)
+	if j.GetOwner() != "" && j.GetState() == "running" {
+		line += "  on " + j.GetOwner()
+	}
+	if j.GetError() != "" {
+		line += "\n    error: " + j.GetError()
+	}
+	return line
 }

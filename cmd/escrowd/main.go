@@ -14,8 +14,10 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,9 +29,29 @@ import (
 	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/secret"
+	"github.com/escrowd/escrowd/jobs"
 	"github.com/escrowd/escrowd/policy"
+	"github.com/escrowd/escrowd/store"
 	"github.com/escrowd/escrowd/store/bolt"
+	"github.com/escrowd/escrowd/store/postgres"
 )
+
+// openStore opens the PostgreSQL store for a postgres:// URL, else the
+// embedded store at that path. The name it returns is safe to log.
+func openStore(spec string) (store.Store, string, error) {
+	if strings.HasPrefix(spec, "postgres://") || strings.HasPrefix(spec, "postgresql://") {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		st, err := postgres.Open(ctx, spec)
+		name := "postgres"
+		if u, perr := url.Parse(spec); perr == nil {
+			name = "postgres://" + u.Host + u.Path
+		}
+		return st, name, err
+	}
+	st, err := bolt.Open(spec)
+	return st, spec, err
+}
 
 type options struct {
 	listen          string
@@ -51,6 +73,9 @@ type options struct {
 	defaultSuite    string
 	logLevel        string
 	shutdownTimeout time.Duration
+	jobLease        time.Duration
+	jobPoll         time.Duration
+	jobBatch        int
 }
 
 func main() {
@@ -61,7 +86,7 @@ func main() {
 	fs.StringVar(&o.tlsKey, "tls-key", "", "server private key, PEM (required)")
 	fs.StringVar(&o.clientCA, "client-ca", "", "CA certificates that sign client certificates, PEM (required)")
 	fs.StringVar(&o.policyPath, "policy", "", "policy file (required); SIGHUP reloads it")
-	fs.StringVar(&o.storePath, "store", "escrowd.db", "embedded store file")
+	fs.StringVar(&o.storePath, "store", "escrowd.db", "embedded store file, or a postgres:// URL for the PostgreSQL store (several replicas)")
 	fs.StringVar(&o.hsmModule, "hsm-module", "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module path")
 	fs.StringVar(&o.hsmToken, "hsm-token", "", "HSM token label (required)")
 	fs.StringVar(&o.hsmPINFile, "hsm-pin-file", "", "file holding the HSM user PIN (else $ESCROWD_HSM_PIN)")
@@ -75,6 +100,9 @@ func main() {
 	fs.StringVar(&o.defaultSuite, "default-suite", "rsa-oaep-sha1", "escrow key suite of new groups (rsa-oaep-sha1 for SoftHSM, rsa-oaep-sha256 for hardware HSMs)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long running requests may finish on SIGTERM")
+	fs.DurationVar(&o.jobLease, "job-lease", 15*time.Second, "lease of a running job: another replica takes it over this long after its runner died")
+	fs.DurationVar(&o.jobPoll, "job-poll", 2*time.Second, "how often to look for jobs to run")
+	fs.IntVar(&o.jobBatch, "job-batch", 100, "groups per job checkpoint")
 	_ = fs.Parse(os.Args[1:])
 
 	if err := run(o); err != nil {
@@ -157,7 +185,7 @@ func run(o options) error {
 	}
 	defer h.Close()
 
-	st, err := bolt.Open(o.storePath)
+	st, storeName, err := openStore(o.storePath)
 	if err != nil {
 		return err
 	}
@@ -182,8 +210,9 @@ func run(o options) error {
 		return err
 	}
 	defer aud.Close()
+	runner := jobs.New(st, svc, h, jobs.Config{Lease: o.jobLease, Poll: o.jobPoll, Batch: o.jobBatch, Logger: log})
 	srv, err := daemon.New(daemon.Config{
-		Escrow: svc, Auditor: aud, Objects: h, State: st, Policy: pol,
+		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, Jobs: runner, State: st, Policy: pol,
 		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, ClientCAs: clientCAs,
 		Checks:       map[string]daemon.Checker{"hsm": h, "vault": aud},
 		Logger:       log,
@@ -197,7 +226,18 @@ func run(o options) error {
 		return fmt.Errorf("failed to listen: %w", err)
 	}
 	log.Info("escrowd serving", zap.String("addr", lis.Addr().String()), zap.String("hsm_token", o.hsmToken),
-		zap.String("store", o.storePath), zap.String("vault", o.vaultAddr))
+		zap.String("store", storeName), zap.String("vault", o.vaultAddr), zap.String("job_owner", runner.Owner()))
+
+	jctx, jcancel := context.WithCancel(context.Background())
+	jdone := make(chan struct{})
+	go func() {
+		defer close(jdone)
+		runner.Run(jctx)
+	}()
+	defer func() {
+		jcancel()
+		<-jdone
+	}()
 
 	sigs, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

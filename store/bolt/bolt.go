@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"time"
 
 	bbolt "go.etcd.io/bbolt"
@@ -27,6 +28,7 @@ var (
 	bucketMeta   = []byte("meta")
 	bucketRates  = []byte("rates")
 	bucketApprov = []byte("approvals")
+	bucketJobs   = []byte("jobs")
 	keySchema    = []byte("schema")
 )
 
@@ -51,7 +53,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("failed to open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketGroups, bucketCodes, bucketMeta, bucketRates, bucketApprov} {
+		for _, b := range [][]byte{bucketGroups, bucketCodes, bucketMeta, bucketRates, bucketApprov, bucketJobs} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -85,6 +87,7 @@ func (s *Store) CreateGroup(ctx context.Context, g store.Group) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	g.Rev = 1
 	val, err := json.Marshal(g)
 	if err != nil {
 		return err
@@ -105,11 +108,9 @@ func (s *Store) Group(ctx context.Context, id string) (store.Group, error) {
 		return g, err
 	}
 	err := s.view(func(tx *bbolt.Tx) error {
-		v := tx.Bucket(bucketGroups).Get([]byte(id))
-		if v == nil {
-			return fmt.Errorf("group %s: %w", id, store.ErrNotFound)
-		}
-		return json.Unmarshal(v, &g)
+		var err error
+		g, err = getGroup(tx, id)
+		return err
 	})
 	return g, err
 }
@@ -355,4 +356,207 @@ func (s *Store) view(fn func(*bbolt.Tx) error) error {
 		return store.ErrClosed
 	}
 	return err
+}
+
+func getGroup(tx *bbolt.Tx, id string) (store.Group, error) {
+	var g store.Group
+	v := tx.Bucket(bucketGroups).Get([]byte(id))
+	if v == nil {
+		return g, fmt.Errorf("group %s: %w", id, store.ErrNotFound)
+	}
+	err := json.Unmarshal(v, &g)
+	return g, err
+}
+
+func putGroup(tx *bbolt.Tx, g store.Group) error {
+	v, err := json.Marshal(g)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketGroups).Put([]byte(g.ID), v)
+}
+
+// UpdateGroup implements store.Store.
+func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(*store.Group) error) (store.Group, error) {
+	var g store.Group
+	if err := ctx.Err(); err != nil {
+		return g, err
+	}
+	err := s.update(func(tx *bbolt.Tx) error {
+		var err error
+		if g, err = getGroup(tx, id); err != nil {
+			return err
+		}
+		rev := g.Rev
+		if err := fn(&g); err != nil {
+			return err
+		}
+		g.ID, g.Rev = id, rev+1
+		return putGroup(tx, g)
+	})
+	if err != nil {
+		return store.Group{}, err
+	}
+	return g, nil
+}
+
+// ListGroups implements store.Store.
+func (s *Store) ListGroups(ctx context.Context, after string, limit int) ([]store.Group, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []store.Group
+	err := s.view(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketGroups).Cursor()
+		k, v := c.Seek([]byte(after))
+		if k != nil && string(k) == after {
+			k, v = c.Next()
+		}
+		for ; k != nil && len(out) < limit; k, v = c.Next() {
+			var g store.Group
+			if err := json.Unmarshal(v, &g); err != nil {
+				return err
+			}
+			out = append(out, g)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// CountGroups implements store.Store.
+func (s *Store) CountGroups(ctx context.Context) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	var n int64
+	err := s.view(func(tx *bbolt.Tx) error {
+		n = int64(tx.Bucket(bucketGroups).Stats().KeyN)
+		return nil
+	})
+	return n, err
+}
+
+func getJob(tx *bbolt.Tx, id string) (store.Job, error) {
+	var j store.Job
+	v := tx.Bucket(bucketJobs).Get([]byte(id))
+	if v == nil {
+		return j, fmt.Errorf("job %s: %w", id, store.ErrNotFound)
+	}
+	err := json.Unmarshal(v, &j)
+	return j, err
+}
+
+func putJob(tx *bbolt.Tx, j store.Job) error {
+	v, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketJobs).Put([]byte(j.ID), v)
+}
+
+// CreateJob implements store.Store.
+func (s *Store) CreateJob(ctx context.Context, j store.Job) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.update(func(tx *bbolt.Tx) error {
+		if tx.Bucket(bucketJobs).Get([]byte(j.ID)) != nil {
+			return fmt.Errorf("job %s: %w", j.ID, store.ErrExists)
+		}
+		return putJob(tx, j)
+	})
+}
+
+// Job implements store.Store.
+func (s *Store) Job(ctx context.Context, id string) (store.Job, error) {
+	var j store.Job
+	if err := ctx.Err(); err != nil {
+		return j, err
+	}
+	err := s.view(func(tx *bbolt.Tx) error {
+		var err error
+		j, err = getJob(tx, id)
+		return err
+	})
+	return j, err
+}
+
+// Jobs implements store.Store.
+func (s *Store) Jobs(ctx context.Context) ([]store.Job, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []store.Job
+	err := s.view(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketJobs).ForEach(func(_, v []byte) error {
+			var j store.Job
+			if err := json.Unmarshal(v, &j); err != nil {
+				return err
+			}
+			out = append(out, j)
+			return nil
+		})
+	})
+	sort.SliceStable(out, func(a, b int) bool { return out[a].Created.Before(out[b].Created) })
+	return out, err
+}
+
+// UpdateJob implements store.Store.
+func (s *Store) UpdateJob(ctx context.Context, id string, fn func(*store.Job) error) (store.Job, error) {
+	var j store.Job
+	if err := ctx.Err(); err != nil {
+		return j, err
+	}
+	err := s.update(func(tx *bbolt.Tx) error {
+		var err error
+		if j, err = getJob(tx, id); err != nil {
+			return err
+		}
+		if err := fn(&j); err != nil {
+			return err
+		}
+		j.ID = id
+		return putJob(tx, j)
+	})
+	if err != nil {
+		return store.Job{}, err
+	}
+	return j, nil
+}
+
+// CommitBatch implements store.Store.
+func (s *Store) CommitBatch(ctx context.Context, b store.Batch) (store.Job, error) {
+	var j store.Job
+	if err := ctx.Err(); err != nil {
+		return j, err
+	}
+	err := s.update(func(tx *bbolt.Tx) error {
+		var err error
+		if j, err = getJob(tx, b.JobID); err != nil {
+			return err
+		}
+		if j.Owner != b.Owner {
+			return fmt.Errorf("job %s is held by %q: %w", b.JobID, j.Owner, store.ErrLeaseHeld)
+		}
+		for _, g := range b.Groups {
+			cur, err := getGroup(tx, g.ID)
+			if err != nil {
+				return err
+			}
+			if cur.Rev != g.Rev {
+				return fmt.Errorf("group %s is at revision %d, not %d: %w", g.ID, cur.Rev, g.Rev, store.ErrConflict)
+			}
+			g.Rev++
+			if err := putGroup(tx, g); err != nil {
+				return err
+			}
+		}
+		j.Cursor, j.Done, j.Changed, j.Updated = b.Cursor, b.Done, b.Changed, s.now().UTC()
+		return putJob(tx, j)
+	})
+	if err != nil {
+		return store.Job{}, err
+	}
+	return j, nil
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -31,6 +32,16 @@ func Run(t *testing.T, open Opener) {
 		{"ClaimConcurrentDistinct", testClaimConcurrent},
 		{"SurvivesReopen", testReopen},
 		{"CanceledContext", testCanceled},
+		{"UpdateGroupVersions", testUpdateGroup},
+		{"UpdateGroupAbort", testUpdateGroupAbort},
+		{"UpdateGroupConcurrent", testUpdateGroupConcurrent},
+		{"ListGroupsPaged", testListGroups},
+		{"Jobs", testJobs},
+		{"JobLeaseConcurrent", testJobLeaseConcurrent},
+		{"CommitBatch", testCommitBatch},
+		{"CommitBatchFenced", testCommitBatchFenced},
+		{"CommitBatchConflictWritesNothing", testCommitBatchConflict},
+		{"JobsSurviveReopen", testJobsReopen},
 		{"RateLimitWindows", testRateWindows},
 		{"RateLimitAllOrNothing", testRateAllOrNothing},
 		{"RateLimitConcurrentExact", testRateConcurrent},
@@ -243,6 +254,353 @@ func testCanceled(t *testing.T, open Opener) {
 	}
 	if _, err := s.Group(context.Background(), "g"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("a canceled create wrote the group: %v", err)
+	}
+}
+
+// testUpdateGroup: a rotation appends a version, a retirement raises the
+// minimum decryption version, a destroy empties a wrapped key; each
+// survives a read, and Rev counts the updates.
+func testUpdateGroup(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	if err := s.CreateGroup(ctx, sampleGroup("g")); err != nil {
+		t.Fatal(err)
+	}
+	g0, _ := s.Group(ctx, "g")
+	if g0.Rev != 1 {
+		t.Fatalf("new group Rev %d, want 1", g0.Rev)
+	}
+	destroyed := time.Unix(1700000100, 0).UTC()
+	got, err := s.UpdateGroup(ctx, "g", func(g *store.Group) error {
+		g.Unlock = append(g.Unlock, store.UnlockKey{Version: 2, Key: store.WrappedKey{KEKVersion: 1, Blob: []byte{9}}, Created: destroyed})
+		g.MinUnlockVersion = 2
+		g.Unlock[0].Key.Blob = nil
+		g.Unlock[0].Destroyed = destroyed
+		g.ID, g.Rev = "other", 77 // ignored: the store owns both
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != "g" || got.Rev != 2 {
+		t.Fatalf("UpdateGroup returned id %q rev %d, want g and 2", got.ID, got.Rev)
+	}
+	r, err := s.Group(ctx, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Rev != 2 || r.MinUnlockVersion != 2 || len(r.Unlock) != 2 || r.Unlock[0].Key.Blob != nil ||
+		!r.Unlock[0].Destroyed.Equal(destroyed) || !r.Unlock[1].Destroyed.IsZero() || !bytes.Equal(r.Unlock[1].Key.Blob, []byte{9}) {
+		t.Fatalf("after update: %+v", r)
+	}
+	if _, err := s.Group(ctx, "other"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("UpdateGroup moved the group: %v", err)
+	}
+	if _, err := s.UpdateGroup(ctx, "nope", func(*store.Group) error { return nil }); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("UpdateGroup of a missing group: %v, want ErrNotFound", err)
+	}
+}
+
+func testUpdateGroupAbort(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	if err := s.CreateGroup(ctx, sampleGroup("g")); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	_, err := s.UpdateGroup(ctx, "g", func(g *store.Group) error {
+		g.MinEscrowVersion = 9
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("UpdateGroup: %v, want fn's error", err)
+	}
+	if g, _ := s.Group(ctx, "g"); g.MinEscrowVersion != 0 || g.Rev != 1 {
+		t.Fatalf("an aborted update was written: %+v", g)
+	}
+}
+
+// testUpdateGroupConcurrent: concurrent rotations each add their own
+// version: none lost, none doubled.
+func testUpdateGroupConcurrent(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	if err := s.CreateGroup(ctx, sampleGroup("g")); err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.UpdateGroup(ctx, "g", func(g *store.Group) error {
+				last, _ := g.LatestUnlock()
+				g.Unlock = append(g.Unlock, store.UnlockKey{Version: last.Version + 1, Key: store.WrappedKey{KEKVersion: 1, Blob: []byte{1}}})
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	g, err := s.Group(ctx, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(g.Unlock) != n+1 || g.Rev != n+1 {
+		t.Fatalf("%d unlock versions, rev %d; want %d and %d", len(g.Unlock), g.Rev, n+1, n+1)
+	}
+	for i, k := range g.Unlock {
+		if k.Version != uint32(i+1) {
+			t.Fatalf("version %d at position %d: a concurrent update was lost or doubled", k.Version, i)
+		}
+	}
+}
+
+func testListGroups(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	ids := []string{"b", "a", "B", "a-1", "Z9", "c", "a_0"}
+	for _, id := range ids {
+		if err := s.CreateGroup(ctx, sampleGroup(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sort.Strings(ids) // byte order
+	var got []string
+	after := ""
+	for {
+		page, err := s.ListGroups(ctx, after, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) > 3 {
+			t.Fatalf("page of %d, limit 3", len(page))
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, g := range page {
+			if g.Rev != 1 || len(g.Escrow) != 1 {
+				t.Fatalf("listed group %+v", g)
+			}
+			got = append(got, g.ID)
+		}
+		after = page[len(page)-1].ID
+	}
+	if fmt.Sprint(got) != fmt.Sprint(ids) {
+		t.Fatalf("listed %v, want %v (byte order)", got, ids)
+	}
+	if n, err := s.CountGroups(ctx); err != nil || n != int64(len(ids)) {
+		t.Fatalf("CountGroups %d, %v; want %d", n, err, len(ids))
+	}
+}
+
+func sampleJob(id string) store.Job {
+	return store.Job{ID: id, Kind: "kek-rotation", Params: map[string]string{"to": "2"}, State: store.JobRunning,
+		Pass: 1, Total: 3, Created: time.Unix(1700000000, 0).UTC(), Updated: time.Unix(1700000000, 0).UTC()}
+}
+
+func testJobs(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	if _, err := s.Job(ctx, "j1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("Job of a missing job: %v", err)
+	}
+	if _, err := s.UpdateJob(ctx, "j1", func(*store.Job) error { return nil }); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("UpdateJob of a missing job: %v", err)
+	}
+	j1, j2 := sampleJob("j1"), sampleJob("j0")
+	j2.Created = j1.Created.Add(time.Second)
+	for _, j := range []store.Job{j1, j2} {
+		if err := s.CreateJob(ctx, j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CreateJob(ctx, sampleJob("j1")); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("second CreateJob: %v, want ErrExists", err)
+	}
+	all, err := s.Jobs(ctx)
+	if err != nil || len(all) != 2 || all[0].ID != "j1" || all[1].ID != "j0" {
+		t.Fatalf("Jobs: %+v, %v; want j1 then j0 (oldest first)", all, err)
+	}
+	lease := time.Unix(1700000500, 0).UTC()
+	if _, err := s.UpdateJob(ctx, "j1", func(j *store.Job) error {
+		j.Owner, j.LeaseUntil = "replica-a", lease
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Job(ctx, "j1")
+	if err != nil || got.Owner != "replica-a" || !got.LeaseUntil.Equal(lease) || got.Params["to"] != "2" || got.Kind != "kek-rotation" {
+		t.Fatalf("job after update %+v, %v", got, err)
+	}
+}
+
+// testJobLeaseConcurrent: of many replicas trying to take a free lease at
+// once, exactly one gets it.
+func testJobLeaseConcurrent(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	if err := s.CreateJob(ctx, sampleJob("j")); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		won []string
+	)
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			me := fmt.Sprintf("replica-%d", i)
+			_, err := s.UpdateJob(ctx, "j", func(j *store.Job) error {
+				if j.Owner != "" {
+					return store.ErrLeaseHeld
+				}
+				j.Owner = me
+				return nil
+			})
+			if err == nil {
+				mu.Lock()
+				won = append(won, me)
+				mu.Unlock()
+			} else if !errors.Is(err, store.ErrLeaseHeld) {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	j, _ := s.Job(ctx, "j")
+	if len(won) != 1 || j.Owner != won[0] {
+		t.Fatalf("lease won by %v, job owner %q: want exactly one", won, j.Owner)
+	}
+}
+
+func leased(t *testing.T, s store.Store, id, owner string) {
+	t.Helper()
+	if _, err := s.UpdateJob(context.Background(), id, func(j *store.Job) error {
+		j.Owner = owner
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testCommitBatch(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	for _, id := range []string{"a", "b"} {
+		if err := s.CreateGroup(ctx, sampleGroup(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CreateJob(ctx, sampleJob("j")); err != nil {
+		t.Fatal(err)
+	}
+	leased(t, s, "j", "me")
+	a, _ := s.Group(ctx, "a")
+	a.Escrow[0].Private = store.WrappedKey{KEKVersion: 2, Blob: []byte{42}}
+	j, err := s.CommitBatch(ctx, store.Batch{JobID: "j", Owner: "me", Groups: []store.Group{a}, Cursor: "a", Done: 1, Changed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Cursor != "a" || j.Done != 1 || j.Changed != 1 || j.Owner != "me" || j.Pass != 1 {
+		t.Fatalf("job after commit %+v", j)
+	}
+	got, _ := s.Group(ctx, "a")
+	if got.Rev != 2 || got.Escrow[0].Private.KEKVersion != 2 || !bytes.Equal(got.Escrow[0].Private.Blob, []byte{42}) {
+		t.Fatalf("group after commit %+v", got)
+	}
+	// A checkpoint with no group changed.
+	if j, err = s.CommitBatch(ctx, store.Batch{JobID: "j", Owner: "me", Cursor: "b", Done: 2, Changed: 1}); err != nil || j.Cursor != "b" {
+		t.Fatalf("empty batch: %+v, %v", j, err)
+	}
+	if _, err := s.CommitBatch(ctx, store.Batch{JobID: "nope", Owner: "me"}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("CommitBatch of a missing job: %v", err)
+	}
+}
+
+// testCommitBatchFenced: a replica whose lease was taken over cannot commit.
+func testCommitBatchFenced(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	if err := s.CreateGroup(ctx, sampleGroup("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateJob(ctx, sampleJob("j")); err != nil {
+		t.Fatal(err)
+	}
+	leased(t, s, "j", "old")
+	a, _ := s.Group(ctx, "a")
+	leased(t, s, "j", "new")
+	a.MinEscrowVersion = 5
+	if _, err := s.CommitBatch(ctx, store.Batch{JobID: "j", Owner: "old", Groups: []store.Group{a}, Cursor: "a", Done: 1}); !errors.Is(err, store.ErrLeaseHeld) {
+		t.Fatalf("commit by a replica that lost the lease: %v, want ErrLeaseHeld", err)
+	}
+	if g, _ := s.Group(ctx, "a"); g.MinEscrowVersion != 0 || g.Rev != 1 {
+		t.Fatalf("a fenced commit changed the group: %+v", g)
+	}
+	if j, _ := s.Job(ctx, "j"); j.Cursor != "" || j.Done != 0 {
+		t.Fatalf("a fenced commit moved the checkpoint: %+v", j)
+	}
+}
+
+// testCommitBatchConflict: one stale group makes the whole batch fail, and
+// nothing of it is written.
+func testCommitBatchConflict(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	for _, id := range []string{"a", "b"} {
+		if err := s.CreateGroup(ctx, sampleGroup(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CreateJob(ctx, sampleJob("j")); err != nil {
+		t.Fatal(err)
+	}
+	leased(t, s, "j", "me")
+	a, _ := s.Group(ctx, "a")
+	b, _ := s.Group(ctx, "b")
+	// b is rotated behind the job's back.
+	if _, err := s.UpdateGroup(ctx, "b", func(g *store.Group) error { g.MinUnlockVersion = 1; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	a.MinEscrowVersion, b.MinEscrowVersion = 3, 3
+	if _, err := s.CommitBatch(ctx, store.Batch{JobID: "j", Owner: "me", Groups: []store.Group{a, b}, Cursor: "b", Done: 2}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("commit over a changed group: %v, want ErrConflict", err)
+	}
+	if g, _ := s.Group(ctx, "a"); g.MinEscrowVersion != 0 || g.Rev != 1 {
+		t.Fatalf("a failed batch wrote group a: %+v", g)
+	}
+	if g, _ := s.Group(ctx, "b"); g.MinEscrowVersion != 0 || g.MinUnlockVersion != 1 {
+		t.Fatalf("a failed batch overwrote group b: %+v", g)
+	}
+	if j, _ := s.Job(ctx, "j"); j.Cursor != "" || j.Done != 0 {
+		t.Fatalf("a failed batch moved the checkpoint: %+v", j)
+	}
+}
+
+func testJobsReopen(t *testing.T, open Opener) {
+	s, reopen := open(t)
+	ctx := context.Background()
+	if err := s.CreateGroup(ctx, sampleGroup("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateJob(ctx, sampleJob("j")); err != nil {
+		t.Fatal(err)
+	}
+	leased(t, s, "j", "me")
+	if _, err := s.CommitBatch(ctx, store.Batch{JobID: "j", Owner: "me", Cursor: "a", Done: 1, Changed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	s = reopen()
+	j, err := s.Job(ctx, "j")
+	if err != nil || j.Cursor != "a" || j.Done != 1 || j.Owner != "me" {
+		t.Fatalf("job after reopen %+v, %v: a checkpoint must survive a restart", j, err)
 	}
 }
 

@@ -1030,11 +1030,13 @@ func (x *GetGroupRequest) GetGroupId() string {
 }
 
 type KeyVersion struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Suite         string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
-	KekVersion    uint32                 `protobuf:"varint,3,opt,name=kek_version,json=kekVersion,proto3" json:"kek_version,omitempty"`
-	CreatedUnix   int64                  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Version     uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Suite       string                 `protobuf:"bytes,2,opt,name=suite,proto3" json:"suite,omitempty"`
+	KekVersion  uint32                 `protobuf:"varint,3,opt,name=kek_version,json=kekVersion,proto3" json:"kek_version,omitempty"`
+	CreatedUnix int64                  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	// When the version was destroyed (crypto-shredded); 0 if it was not.
+	DestroyedUnix int64 `protobuf:"varint,5,opt,name=destroyed_unix,json=destroyedUnix,proto3" json:"destroyed_unix,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1097,14 +1099,24 @@ func (x *KeyVersion) GetCreatedUnix() int64 {
 	return 0
 }
 
+func (x *KeyVersion) GetDestroyedUnix() int64 {
+	if x != nil {
+		return x.DestroyedUnix
+	}
+	return 0
+}
+
 type GetGroupResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
-	CreatedUnix   int64                  `protobuf:"varint,2,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
-	EscrowKeys    []*KeyVersion          `protobuf:"bytes,3,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
-	UnlockKeys    []*KeyVersion          `protobuf:"bytes,4,rep,name=unlock_keys,json=unlockKeys,proto3" json:"unlock_keys,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	GroupId     string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	CreatedUnix int64                  `protobuf:"varint,2,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	EscrowKeys  []*KeyVersion          `protobuf:"bytes,3,rep,name=escrow_keys,json=escrowKeys,proto3" json:"escrow_keys,omitempty"`
+	UnlockKeys  []*KeyVersion          `protobuf:"bytes,4,rep,name=unlock_keys,json=unlockKeys,proto3" json:"unlock_keys,omitempty"`
+	// Minimum decryption versions; 0 means every version.
+	MinEscrowVersion uint32 `protobuf:"varint,5,opt,name=min_escrow_version,json=minEscrowVersion,proto3" json:"min_escrow_version,omitempty"`
+	MinUnlockVersion uint32 `protobuf:"varint,6,opt,name=min_unlock_version,json=minUnlockVersion,proto3" json:"min_unlock_version,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetGroupResponse) Reset() {
@@ -1163,6 +1175,20 @@ func (x *GetGroupResponse) GetUnlockKeys() []*KeyVersion {
 		return x.UnlockKeys
 	}
 	return nil
+}
+
+func (x *GetGroupResponse) GetMinEscrowVersion() uint32 {
+	if x != nil {
+		return x.MinEscrowVersion
+	}
+	return 0
+}
+
+func (x *GetGroupResponse) GetMinUnlockVersion() uint32 {
+	if x != nil {
+		return x.MinUnlockVersion
+	}
+	return 0
 }
 
 type ListHSMObjectsRequest struct {
@@ -1613,6 +1639,929 @@ func (x *ApproveRevealResponse) GetReveal() *PendingReveal {
 	return nil
 }
 
+type RewrapEscrowSlotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	EscrowSlot    []byte                 `protobuf:"bytes,2,opt,name=escrow_slot,json=escrowSlot,proto3" json:"escrow_slot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapEscrowSlotRequest) Reset() {
+	*x = RewrapEscrowSlotRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapEscrowSlotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapEscrowSlotRequest) ProtoMessage() {}
+
+func (x *RewrapEscrowSlotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapEscrowSlotRequest.ProtoReflect.Descriptor instead.
+func (*RewrapEscrowSlotRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RewrapEscrowSlotRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *RewrapEscrowSlotRequest) GetEscrowSlot() []byte {
+	if x != nil {
+		return x.EscrowSlot
+	}
+	return nil
+}
+
+type RewrapEscrowSlotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An escrow slot sealed to the group's newest escrow key version.
+	EscrowSlot    []byte `protobuf:"bytes,1,opt,name=escrow_slot,json=escrowSlot,proto3" json:"escrow_slot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapEscrowSlotResponse) Reset() {
+	*x = RewrapEscrowSlotResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapEscrowSlotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapEscrowSlotResponse) ProtoMessage() {}
+
+func (x *RewrapEscrowSlotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapEscrowSlotResponse.ProtoReflect.Descriptor instead.
+func (*RewrapEscrowSlotResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RewrapEscrowSlotResponse) GetEscrowSlot() []byte {
+	if x != nil {
+		return x.EscrowSlot
+	}
+	return nil
+}
+
+type RotateGroupKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Escrow        bool                   `protobuf:"varint,2,opt,name=escrow,proto3" json:"escrow,omitempty"`
+	Unlock        bool                   `protobuf:"varint,3,opt,name=unlock,proto3" json:"unlock,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateGroupKeysRequest) Reset() {
+	*x = RotateGroupKeysRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateGroupKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateGroupKeysRequest) ProtoMessage() {}
+
+func (x *RotateGroupKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateGroupKeysRequest.ProtoReflect.Descriptor instead.
+func (*RotateGroupKeysRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RotateGroupKeysRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *RotateGroupKeysRequest) GetEscrow() bool {
+	if x != nil {
+		return x.Escrow
+	}
+	return false
+}
+
+func (x *RotateGroupKeysRequest) GetUnlock() bool {
+	if x != nil {
+		return x.Unlock
+	}
+	return false
+}
+
+type RotateGroupKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         *GetGroupResponse      `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateGroupKeysResponse) Reset() {
+	*x = RotateGroupKeysResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateGroupKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateGroupKeysResponse) ProtoMessage() {}
+
+func (x *RotateGroupKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateGroupKeysResponse.ProtoReflect.Descriptor instead.
+func (*RotateGroupKeysResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RotateGroupKeysResponse) GetGroup() *GetGroupResponse {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type SetMinDecryptionVersionRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// 0 leaves a minimum unchanged.
+	MinEscrowVersion uint32 `protobuf:"varint,2,opt,name=min_escrow_version,json=minEscrowVersion,proto3" json:"min_escrow_version,omitempty"`
+	MinUnlockVersion uint32 `protobuf:"varint,3,opt,name=min_unlock_version,json=minUnlockVersion,proto3" json:"min_unlock_version,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SetMinDecryptionVersionRequest) Reset() {
+	*x = SetMinDecryptionVersionRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMinDecryptionVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMinDecryptionVersionRequest) ProtoMessage() {}
+
+func (x *SetMinDecryptionVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMinDecryptionVersionRequest.ProtoReflect.Descriptor instead.
+func (*SetMinDecryptionVersionRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SetMinDecryptionVersionRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *SetMinDecryptionVersionRequest) GetMinEscrowVersion() uint32 {
+	if x != nil {
+		return x.MinEscrowVersion
+	}
+	return 0
+}
+
+func (x *SetMinDecryptionVersionRequest) GetMinUnlockVersion() uint32 {
+	if x != nil {
+		return x.MinUnlockVersion
+	}
+	return 0
+}
+
+type SetMinDecryptionVersionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         *GetGroupResponse      `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMinDecryptionVersionResponse) Reset() {
+	*x = SetMinDecryptionVersionResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMinDecryptionVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMinDecryptionVersionResponse) ProtoMessage() {}
+
+func (x *SetMinDecryptionVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMinDecryptionVersionResponse.ProtoReflect.Descriptor instead.
+func (*SetMinDecryptionVersionResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *SetMinDecryptionVersionResponse) GetGroup() *GetGroupResponse {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type DestroyKeyVersionRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// "escrow" or "unlock".
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Version       uint32 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyKeyVersionRequest) Reset() {
+	*x = DestroyKeyVersionRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyKeyVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyKeyVersionRequest) ProtoMessage() {}
+
+func (x *DestroyKeyVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyKeyVersionRequest.ProtoReflect.Descriptor instead.
+func (*DestroyKeyVersionRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DestroyKeyVersionRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *DestroyKeyVersionRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DestroyKeyVersionRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type DestroyKeyVersionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         *GetGroupResponse      `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyKeyVersionResponse) Reset() {
+	*x = DestroyKeyVersionResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyKeyVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyKeyVersionResponse) ProtoMessage() {}
+
+func (x *DestroyKeyVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyKeyVersionResponse.ProtoReflect.Descriptor instead.
+func (*DestroyKeyVersionResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *DestroyKeyVersionResponse) GetGroup() *GetGroupResponse {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type StartJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "kek-rotation" (params: to) or "group-rotation" (params: escrow, unlock).
+	Kind          string            `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Params        map[string]string `protobuf:"bytes,2,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartJobRequest) Reset() {
+	*x = StartJobRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartJobRequest) ProtoMessage() {}
+
+func (x *StartJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartJobRequest.ProtoReflect.Descriptor instead.
+func (*StartJobRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *StartJobRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *StartJobRequest) GetParams() map[string]string {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+type StartJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartJobResponse) Reset() {
+	*x = StartJobResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartJobResponse) ProtoMessage() {}
+
+func (x *StartJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartJobResponse.ProtoReflect.Descriptor instead.
+func (*StartJobResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *StartJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type ListJobsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsRequest) Reset() {
+	*x = ListJobsRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsRequest) ProtoMessage() {}
+
+func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
+func (*ListJobsRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{36}
+}
+
+type ListJobsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Jobs          []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsResponse) Reset() {
+	*x = ListJobsResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsResponse) ProtoMessage() {}
+
+func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
+func (*ListJobsResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListJobsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+type CancelJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobRequest) Reset() {
+	*x = CancelJobRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobRequest) ProtoMessage() {}
+
+func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
+func (*CancelJobRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *CancelJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type CancelJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobResponse) Reset() {
+	*x = CancelJobResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobResponse) ProtoMessage() {}
+
+func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
+func (*CancelJobResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *CancelJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type Job struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind   string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Params map[string]string      `protobuf:"bytes,3,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// running, done, failed or canceled.
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	Pass  uint32 `protobuf:"varint,5,opt,name=pass,proto3" json:"pass,omitempty"`
+	// Groups finished in this pass, of total; changed of them.
+	Done           int64  `protobuf:"varint,6,opt,name=done,proto3" json:"done,omitempty"`
+	Total          int64  `protobuf:"varint,7,opt,name=total,proto3" json:"total,omitempty"`
+	Changed        int64  `protobuf:"varint,8,opt,name=changed,proto3" json:"changed,omitempty"`
+	Owner          string `protobuf:"bytes,9,opt,name=owner,proto3" json:"owner,omitempty"`
+	LeaseUntilUnix int64  `protobuf:"varint,10,opt,name=lease_until_unix,json=leaseUntilUnix,proto3" json:"lease_until_unix,omitempty"`
+	Error          string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	CreatedUnix    int64  `protobuf:"varint,12,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	UpdatedUnix    int64  `protobuf:"varint,13,opt,name=updated_unix,json=updatedUnix,proto3" json:"updated_unix,omitempty"`
+	// When the current owner started, and done then: for an estimate.
+	RunStartedUnix int64 `protobuf:"varint,14,opt,name=run_started_unix,json=runStartedUnix,proto3" json:"run_started_unix,omitempty"`
+	RunDone        int64 `protobuf:"varint,15,opt,name=run_done,json=runDone,proto3" json:"run_done,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Job) Reset() {
+	*x = Job{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Job) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Job) ProtoMessage() {}
+
+func (x *Job) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Job.ProtoReflect.Descriptor instead.
+func (*Job) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *Job) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Job) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Job) GetParams() map[string]string {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *Job) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Job) GetPass() uint32 {
+	if x != nil {
+		return x.Pass
+	}
+	return 0
+}
+
+func (x *Job) GetDone() int64 {
+	if x != nil {
+		return x.Done
+	}
+	return 0
+}
+
+func (x *Job) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *Job) GetChanged() int64 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *Job) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Job) GetLeaseUntilUnix() int64 {
+	if x != nil {
+		return x.LeaseUntilUnix
+	}
+	return 0
+}
+
+func (x *Job) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Job) GetCreatedUnix() int64 {
+	if x != nil {
+		return x.CreatedUnix
+	}
+	return 0
+}
+
+func (x *Job) GetUpdatedUnix() int64 {
+	if x != nil {
+		return x.UpdatedUnix
+	}
+	return 0
+}
+
+func (x *Job) GetRunStartedUnix() int64 {
+	if x != nil {
+		return x.RunStartedUnix
+	}
+	return 0
+}
+
+func (x *Job) GetRunDone() int64 {
+	if x != nil {
+		return x.RunDone
+	}
+	return 0
+}
+
+type DestroyKEKRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyKEKRequest) Reset() {
+	*x = DestroyKEKRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyKEKRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyKEKRequest) ProtoMessage() {}
+
+func (x *DestroyKEKRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyKEKRequest.ProtoReflect.Descriptor instead.
+func (*DestroyKEKRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *DestroyKEKRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type DestroyKEKResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyKEKResponse) Reset() {
+	*x = DestroyKEKResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyKEKResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyKEKResponse) ProtoMessage() {}
+
+func (x *DestroyKEKResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyKEKResponse.ProtoReflect.Descriptor instead.
+func (*DestroyKEKResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *DestroyKEKResponse) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 var File_escrowd_v1_escrowd_proto protoreflect.FileDescriptor
 
 const file_escrowd_v1_escrowd_proto_rawDesc = "" +
@@ -1689,21 +2638,24 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\x10STATE_UNREVEALED\x10\x01\x12\x12\n" +
 	"\x0eSTATE_REVEALED\x10\x02\",\n" +
 	"\x0fGetGroupRequest\x12\x19\n" +
-	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"\x80\x01\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"\xa7\x01\n" +
 	"\n" +
 	"KeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05suite\x18\x02 \x01(\tR\x05suite\x12\x1f\n" +
 	"\vkek_version\x18\x03 \x01(\rR\n" +
 	"kekVersion\x12!\n" +
-	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\"\xc2\x01\n" +
+	"\fcreated_unix\x18\x04 \x01(\x03R\vcreatedUnix\x12%\n" +
+	"\x0edestroyed_unix\x18\x05 \x01(\x03R\rdestroyedUnix\"\x9e\x02\n" +
 	"\x10GetGroupResponse\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12!\n" +
 	"\fcreated_unix\x18\x02 \x01(\x03R\vcreatedUnix\x127\n" +
 	"\vescrow_keys\x18\x03 \x03(\v2\x16.escrowd.v1.KeyVersionR\n" +
 	"escrowKeys\x127\n" +
 	"\vunlock_keys\x18\x04 \x03(\v2\x16.escrowd.v1.KeyVersionR\n" +
-	"unlockKeys\"\x17\n" +
+	"unlockKeys\x12,\n" +
+	"\x12min_escrow_version\x18\x05 \x01(\rR\x10minEscrowVersion\x12,\n" +
+	"\x12min_unlock_version\x18\x06 \x01(\rR\x10minUnlockVersion\"\x17\n" +
 	"\x15ListHSMObjectsRequest\"\x88\x02\n" +
 	"\tHSMObject\x12\x14\n" +
 	"\x05class\x18\x01 \x01(\tR\x05class\x12\x19\n" +
@@ -1731,20 +2683,93 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\x14ApproveRevealRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
 	"\x15ApproveRevealResponse\x121\n" +
-	"\x06reveal\x18\x01 \x01(\v2\x19.escrowd.v1.PendingRevealR\x06reveal2\xd9\x02\n" +
+	"\x06reveal\x18\x01 \x01(\v2\x19.escrowd.v1.PendingRevealR\x06reveal\"U\n" +
+	"\x17RewrapEscrowSlotRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x1f\n" +
+	"\vescrow_slot\x18\x02 \x01(\fR\n" +
+	"escrowSlot\";\n" +
+	"\x18RewrapEscrowSlotResponse\x12\x1f\n" +
+	"\vescrow_slot\x18\x01 \x01(\fR\n" +
+	"escrowSlot\"c\n" +
+	"\x16RotateGroupKeysRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x16\n" +
+	"\x06escrow\x18\x02 \x01(\bR\x06escrow\x12\x16\n" +
+	"\x06unlock\x18\x03 \x01(\bR\x06unlock\"M\n" +
+	"\x17RotateGroupKeysResponse\x122\n" +
+	"\x05group\x18\x01 \x01(\v2\x1c.escrowd.v1.GetGroupResponseR\x05group\"\x97\x01\n" +
+	"\x1eSetMinDecryptionVersionRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12,\n" +
+	"\x12min_escrow_version\x18\x02 \x01(\rR\x10minEscrowVersion\x12,\n" +
+	"\x12min_unlock_version\x18\x03 \x01(\rR\x10minUnlockVersion\"U\n" +
+	"\x1fSetMinDecryptionVersionResponse\x122\n" +
+	"\x05group\x18\x01 \x01(\v2\x1c.escrowd.v1.GetGroupResponseR\x05group\"c\n" +
+	"\x18DestroyKeyVersionRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\rR\aversion\"O\n" +
+	"\x19DestroyKeyVersionResponse\x122\n" +
+	"\x05group\x18\x01 \x01(\v2\x1c.escrowd.v1.GetGroupResponseR\x05group\"\xa1\x01\n" +
+	"\x0fStartJobRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12?\n" +
+	"\x06params\x18\x02 \x03(\v2'.escrowd.v1.StartJobRequest.ParamsEntryR\x06params\x1a9\n" +
+	"\vParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"5\n" +
+	"\x10StartJobResponse\x12!\n" +
+	"\x03job\x18\x01 \x01(\v2\x0f.escrowd.v1.JobR\x03job\"\x11\n" +
+	"\x0fListJobsRequest\"7\n" +
+	"\x10ListJobsResponse\x12#\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x0f.escrowd.v1.JobR\x04jobs\"\"\n" +
+	"\x10CancelJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"6\n" +
+	"\x11CancelJobResponse\x12!\n" +
+	"\x03job\x18\x01 \x01(\v2\x0f.escrowd.v1.JobR\x03job\"\xe8\x03\n" +
+	"\x03Job\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x123\n" +
+	"\x06params\x18\x03 \x03(\v2\x1b.escrowd.v1.Job.ParamsEntryR\x06params\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x12\n" +
+	"\x04pass\x18\x05 \x01(\rR\x04pass\x12\x12\n" +
+	"\x04done\x18\x06 \x01(\x03R\x04done\x12\x14\n" +
+	"\x05total\x18\a \x01(\x03R\x05total\x12\x18\n" +
+	"\achanged\x18\b \x01(\x03R\achanged\x12\x14\n" +
+	"\x05owner\x18\t \x01(\tR\x05owner\x12(\n" +
+	"\x10lease_until_unix\x18\n" +
+	" \x01(\x03R\x0eleaseUntilUnix\x12\x14\n" +
+	"\x05error\x18\v \x01(\tR\x05error\x12!\n" +
+	"\fcreated_unix\x18\f \x01(\x03R\vcreatedUnix\x12!\n" +
+	"\fupdated_unix\x18\r \x01(\x03R\vupdatedUnix\x12(\n" +
+	"\x10run_started_unix\x18\x0e \x01(\x03R\x0erunStartedUnix\x12\x19\n" +
+	"\brun_done\x18\x0f \x01(\x03R\arunDone\x1a9\n" +
+	"\vParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"-\n" +
+	"\x11DestroyKEKRequest\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\".\n" +
+	"\x12DestroyKEKResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion2\xb8\x03\n" +
 	"\vSyncService\x12W\n" +
 	"\x0eProvisionGroup\x12!.escrowd.v1.ProvisionGroupRequest\x1a\".escrowd.v1.ProvisionGroupResponse\x12Q\n" +
 	"\fGetEscrowKey\x12\x1f.escrowd.v1.GetEscrowKeyRequest\x1a .escrowd.v1.GetEscrowKeyResponse\x12?\n" +
 	"\x06Rewrap\x12\x19.escrowd.v1.RewrapRequest\x1a\x1a.escrowd.v1.RewrapResponse\x12]\n" +
-	"\x10IssueUnlockCodes\x12#.escrowd.v1.IssueUnlockCodesRequest\x1a$.escrowd.v1.IssueUnlockCodesResponse2\x86\x03\n" +
+	"\x10IssueUnlockCodes\x12#.escrowd.v1.IssueUnlockCodesRequest\x1a$.escrowd.v1.IssueUnlockCodesResponse\x12]\n" +
+	"\x10RewrapEscrowSlot\x12#.escrowd.v1.RewrapEscrowSlotRequest\x1a$.escrowd.v1.RewrapEscrowSlotResponse2\x86\x03\n" +
 	"\x0eSupportService\x12]\n" +
 	"\x10RevealUnlockCode\x12#.escrowd.v1.RevealUnlockCodeRequest\x1a$.escrowd.v1.RevealUnlockCodeResponse\x12Z\n" +
 	"\x0fListUnlockCodes\x12\".escrowd.v1.ListUnlockCodesRequest\x1a#.escrowd.v1.ListUnlockCodesResponse\x12c\n" +
 	"\x12ListPendingReveals\x12%.escrowd.v1.ListPendingRevealsRequest\x1a&.escrowd.v1.ListPendingRevealsResponse\x12T\n" +
-	"\rApproveReveal\x12 .escrowd.v1.ApproveRevealRequest\x1a!.escrowd.v1.ApproveRevealResponse2\xb1\x01\n" +
+	"\rApproveReveal\x12 .escrowd.v1.ApproveRevealRequest\x1a!.escrowd.v1.ApproveRevealResponse2\x88\x06\n" +
 	"\x0fSecurityService\x12E\n" +
 	"\bGetGroup\x12\x1b.escrowd.v1.GetGroupRequest\x1a\x1c.escrowd.v1.GetGroupResponse\x12W\n" +
-	"\x0eListHSMObjects\x12!.escrowd.v1.ListHSMObjectsRequest\x1a\".escrowd.v1.ListHSMObjectsResponseB5Z3github.com/escrowd/escrowd/api/escrowd/v1;escrowdv1b\x06proto3"
+	"\x0eListHSMObjects\x12!.escrowd.v1.ListHSMObjectsRequest\x1a\".escrowd.v1.ListHSMObjectsResponse\x12Z\n" +
+	"\x0fRotateGroupKeys\x12\".escrowd.v1.RotateGroupKeysRequest\x1a#.escrowd.v1.RotateGroupKeysResponse\x12r\n" +
+	"\x17SetMinDecryptionVersion\x12*.escrowd.v1.SetMinDecryptionVersionRequest\x1a+.escrowd.v1.SetMinDecryptionVersionResponse\x12`\n" +
+	"\x11DestroyKeyVersion\x12$.escrowd.v1.DestroyKeyVersionRequest\x1a%.escrowd.v1.DestroyKeyVersionResponse\x12E\n" +
+	"\bStartJob\x12\x1b.escrowd.v1.StartJobRequest\x1a\x1c.escrowd.v1.StartJobResponse\x12E\n" +
+	"\bListJobs\x12\x1b.escrowd.v1.ListJobsRequest\x1a\x1c.escrowd.v1.ListJobsResponse\x12H\n" +
+	"\tCancelJob\x12\x1c.escrowd.v1.CancelJobRequest\x1a\x1d.escrowd.v1.CancelJobResponse\x12K\n" +
+	"\n" +
+	"DestroyKEK\x12\x1d.escrowd.v1.DestroyKEKRequest\x1a\x1e.escrowd.v1.DestroyKEKResponseB5Z3github.com/escrowd/escrowd/api/escrowd/v1;escrowdv1b\x06proto3"
 
 var (
 	file_escrowd_v1_escrowd_proto_rawDescOnce sync.Once
@@ -1759,36 +2784,55 @@ func file_escrowd_v1_escrowd_proto_rawDescGZIP() []byte {
 }
 
 var file_escrowd_v1_escrowd_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_escrowd_v1_escrowd_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_escrowd_v1_escrowd_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_escrowd_v1_escrowd_proto_goTypes = []any{
-	(Recipient_Kind)(0),                // 0: escrowd.v1.Recipient.Kind
-	(UnlockCodeState_State)(0),         // 1: escrowd.v1.UnlockCodeState.State
-	(*ProvisionGroupRequest)(nil),      // 2: escrowd.v1.ProvisionGroupRequest
-	(*ProvisionGroupResponse)(nil),     // 3: escrowd.v1.ProvisionGroupResponse
-	(*EscrowKey)(nil),                  // 4: escrowd.v1.EscrowKey
-	(*GetEscrowKeyRequest)(nil),        // 5: escrowd.v1.GetEscrowKeyRequest
-	(*GetEscrowKeyResponse)(nil),       // 6: escrowd.v1.GetEscrowKeyResponse
-	(*Recipient)(nil),                  // 7: escrowd.v1.Recipient
-	(*RewrapRequest)(nil),              // 8: escrowd.v1.RewrapRequest
-	(*RewrapResponse)(nil),             // 9: escrowd.v1.RewrapResponse
-	(*IssueUnlockCodesRequest)(nil),    // 10: escrowd.v1.IssueUnlockCodesRequest
-	(*IssueUnlockCodesResponse)(nil),   // 11: escrowd.v1.IssueUnlockCodesResponse
-	(*RevealUnlockCodeRequest)(nil),    // 12: escrowd.v1.RevealUnlockCodeRequest
-	(*RevealUnlockCodeResponse)(nil),   // 13: escrowd.v1.RevealUnlockCodeResponse
-	(*ListUnlockCodesRequest)(nil),     // 14: escrowd.v1.ListUnlockCodesRequest
-	(*ListUnlockCodesResponse)(nil),    // 15: escrowd.v1.ListUnlockCodesResponse
-	(*UnlockCodeState)(nil),            // 16: escrowd.v1.UnlockCodeState
-	(*GetGroupRequest)(nil),            // 17: escrowd.v1.GetGroupRequest
-	(*KeyVersion)(nil),                 // 18: escrowd.v1.KeyVersion
-	(*GetGroupResponse)(nil),           // 19: escrowd.v1.GetGroupResponse
-	(*ListHSMObjectsRequest)(nil),      // 20: escrowd.v1.ListHSMObjectsRequest
-	(*HSMObject)(nil),                  // 21: escrowd.v1.HSMObject
-	(*ListHSMObjectsResponse)(nil),     // 22: escrowd.v1.ListHSMObjectsResponse
-	(*PendingReveal)(nil),              // 23: escrowd.v1.PendingReveal
-	(*ListPendingRevealsRequest)(nil),  // 24: escrowd.v1.ListPendingRevealsRequest
-	(*ListPendingRevealsResponse)(nil), // 25: escrowd.v1.ListPendingRevealsResponse
-	(*ApproveRevealRequest)(nil),       // 26: escrowd.v1.ApproveRevealRequest
-	(*ApproveRevealResponse)(nil),      // 27: escrowd.v1.ApproveRevealResponse
+	(Recipient_Kind)(0),                     // 0: escrowd.v1.Recipient.Kind
+	(UnlockCodeState_State)(0),              // 1: escrowd.v1.UnlockCodeState.State
+	(*ProvisionGroupRequest)(nil),           // 2: escrowd.v1.ProvisionGroupRequest
+	(*ProvisionGroupResponse)(nil),          // 3: escrowd.v1.ProvisionGroupResponse
+	(*EscrowKey)(nil),                       // 4: escrowd.v1.EscrowKey
+	(*GetEscrowKeyRequest)(nil),             // 5: escrowd.v1.GetEscrowKeyRequest
+	(*GetEscrowKeyResponse)(nil),            // 6: escrowd.v1.GetEscrowKeyResponse
+	(*Recipient)(nil),                       // 7: escrowd.v1.Recipient
+	(*RewrapRequest)(nil),                   // 8: escrowd.v1.RewrapRequest
+	(*RewrapResponse)(nil),                  // 9: escrowd.v1.RewrapResponse
+	(*IssueUnlockCodesRequest)(nil),         // 10: escrowd.v1.IssueUnlockCodesRequest
+	(*IssueUnlockCodesResponse)(nil),        // 11: escrowd.v1.IssueUnlockCodesResponse
+	(*RevealUnlockCodeRequest)(nil),         // 12: escrowd.v1.RevealUnlockCodeRequest
+	(*RevealUnlockCodeResponse)(nil),        // 13: escrowd.v1.RevealUnlockCodeResponse
+	(*ListUnlockCodesRequest)(nil),          // 14: escrowd.v1.ListUnlockCodesRequest
+	(*ListUnlockCodesResponse)(nil),         // 15: escrowd.v1.ListUnlockCodesResponse
+	(*UnlockCodeState)(nil),                 // 16: escrowd.v1.UnlockCodeState
+	(*GetGroupRequest)(nil),                 // 17: escrowd.v1.GetGroupRequest
+	(*KeyVersion)(nil),                      // 18: escrowd.v1.KeyVersion
+	(*GetGroupResponse)(nil),                // 19: escrowd.v1.GetGroupResponse
+	(*ListHSMObjectsRequest)(nil),           // 20: escrowd.v1.ListHSMObjectsRequest
+	(*HSMObject)(nil),                       // 21: escrowd.v1.HSMObject
+	(*ListHSMObjectsResponse)(nil),          // 22: escrowd.v1.ListHSMObjectsResponse
+	(*PendingReveal)(nil),                   // 23: escrowd.v1.PendingReveal
+	(*ListPendingRevealsRequest)(nil),       // 24: escrowd.v1.ListPendingRevealsRequest
+	(*ListPendingRevealsResponse)(nil),      // 25: escrowd.v1.ListPendingRevealsResponse
+	(*ApproveRevealRequest)(nil),            // 26: escrowd.v1.ApproveRevealRequest
+	(*ApproveRevealResponse)(nil),           // 27: escrowd.v1.ApproveRevealResponse
+	(*RewrapEscrowSlotRequest)(nil),         // 28: escrowd.v1.RewrapEscrowSlotRequest
+	(*RewrapEscrowSlotResponse)(nil),        // 29: escrowd.v1.RewrapEscrowSlotResponse
+	(*RotateGroupKeysRequest)(nil),          // 30: escrowd.v1.RotateGroupKeysRequest
+	(*RotateGroupKeysResponse)(nil),         // 31: escrowd.v1.RotateGroupKeysResponse
+	(*SetMinDecryptionVersionRequest)(nil),  // 32: escrowd.v1.SetMinDecryptionVersionRequest
+	(*SetMinDecryptionVersionResponse)(nil), // 33: escrowd.v1.SetMinDecryptionVersionResponse
+	(*DestroyKeyVersionRequest)(nil),        // 34: escrowd.v1.DestroyKeyVersionRequest
+	(*DestroyKeyVersionResponse)(nil),       // 35: escrowd.v1.DestroyKeyVersionResponse
+	(*StartJobRequest)(nil),                 // 36: escrowd.v1.StartJobRequest
+	(*StartJobResponse)(nil),                // 37: escrowd.v1.StartJobResponse
+	(*ListJobsRequest)(nil),                 // 38: escrowd.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),                // 39: escrowd.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),                // 40: escrowd.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),               // 41: escrowd.v1.CancelJobResponse
+	(*Job)(nil),                             // 42: escrowd.v1.Job
+	(*DestroyKEKRequest)(nil),               // 43: escrowd.v1.DestroyKEKRequest
+	(*DestroyKEKResponse)(nil),              // 44: escrowd.v1.DestroyKEKResponse
+	nil,                                     // 45: escrowd.v1.StartJobRequest.ParamsEntry
+	nil,                                     // 46: escrowd.v1.Job.ParamsEntry
 }
 var file_escrowd_v1_escrowd_proto_depIdxs = []int32{
 	4,  // 0: escrowd.v1.ProvisionGroupResponse.escrow_key:type_name -> escrowd.v1.EscrowKey
@@ -1802,31 +2846,55 @@ var file_escrowd_v1_escrowd_proto_depIdxs = []int32{
 	21, // 8: escrowd.v1.ListHSMObjectsResponse.objects:type_name -> escrowd.v1.HSMObject
 	23, // 9: escrowd.v1.ListPendingRevealsResponse.reveals:type_name -> escrowd.v1.PendingReveal
 	23, // 10: escrowd.v1.ApproveRevealResponse.reveal:type_name -> escrowd.v1.PendingReveal
-	2,  // 11: escrowd.v1.SyncService.ProvisionGroup:input_type -> escrowd.v1.ProvisionGroupRequest
-	5,  // 12: escrowd.v1.SyncService.GetEscrowKey:input_type -> escrowd.v1.GetEscrowKeyRequest
-	8,  // 13: escrowd.v1.SyncService.Rewrap:input_type -> escrowd.v1.RewrapRequest
-	10, // 14: escrowd.v1.SyncService.IssueUnlockCodes:input_type -> escrowd.v1.IssueUnlockCodesRequest
-	12, // 15: escrowd.v1.SupportService.RevealUnlockCode:input_type -> escrowd.v1.RevealUnlockCodeRequest
-	14, // 16: escrowd.v1.SupportService.ListUnlockCodes:input_type -> escrowd.v1.ListUnlockCodesRequest
-	24, // 17: escrowd.v1.SupportService.ListPendingReveals:input_type -> escrowd.v1.ListPendingRevealsRequest
-	26, // 18: escrowd.v1.SupportService.ApproveReveal:input_type -> escrowd.v1.ApproveRevealRequest
-	17, // 19: escrowd.v1.SecurityService.GetGroup:input_type -> escrowd.v1.GetGroupRequest
-	20, // 20: escrowd.v1.SecurityService.ListHSMObjects:input_type -> escrowd.v1.ListHSMObjectsRequest
-	3,  // 21: escrowd.v1.SyncService.ProvisionGroup:output_type -> escrowd.v1.ProvisionGroupResponse
-	6,  // 22: escrowd.v1.SyncService.GetEscrowKey:output_type -> escrowd.v1.GetEscrowKeyResponse
-	9,  // 23: escrowd.v1.SyncService.Rewrap:output_type -> escrowd.v1.RewrapResponse
-	11, // 24: escrowd.v1.SyncService.IssueUnlockCodes:output_type -> escrowd.v1.IssueUnlockCodesResponse
-	13, // 25: escrowd.v1.SupportService.RevealUnlockCode:output_type -> escrowd.v1.RevealUnlockCodeResponse
-	15, // 26: escrowd.v1.SupportService.ListUnlockCodes:output_type -> escrowd.v1.ListUnlockCodesResponse
-	25, // 27: escrowd.v1.SupportService.ListPendingReveals:output_type -> escrowd.v1.ListPendingRevealsResponse
-	27, // 28: escrowd.v1.SupportService.ApproveReveal:output_type -> escrowd.v1.ApproveRevealResponse
-	19, // 29: escrowd.v1.SecurityService.GetGroup:output_type -> escrowd.v1.GetGroupResponse
-	22, // 30: escrowd.v1.SecurityService.ListHSMObjects:output_type -> escrowd.v1.ListHSMObjectsResponse
-	21, // [21:31] is the sub-list for method output_type
-	11, // [11:21] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	19, // 11: escrowd.v1.RotateGroupKeysResponse.group:type_name -> escrowd.v1.GetGroupResponse
+	19, // 12: escrowd.v1.SetMinDecryptionVersionResponse.group:type_name -> escrowd.v1.GetGroupResponse
+	19, // 13: escrowd.v1.DestroyKeyVersionResponse.group:type_name -> escrowd.v1.GetGroupResponse
+	45, // 14: escrowd.v1.StartJobRequest.params:type_name -> escrowd.v1.StartJobRequest.ParamsEntry
+	42, // 15: escrowd.v1.StartJobResponse.job:type_name -> escrowd.v1.Job
+	42, // 16: escrowd.v1.ListJobsResponse.jobs:type_name -> escrowd.v1.Job
+	42, // 17: escrowd.v1.CancelJobResponse.job:type_name -> escrowd.v1.Job
+	46, // 18: escrowd.v1.Job.params:type_name -> escrowd.v1.Job.ParamsEntry
+	2,  // 19: escrowd.v1.SyncService.ProvisionGroup:input_type -> escrowd.v1.ProvisionGroupRequest
+	5,  // 20: escrowd.v1.SyncService.GetEscrowKey:input_type -> escrowd.v1.GetEscrowKeyRequest
+	8,  // 21: escrowd.v1.SyncService.Rewrap:input_type -> escrowd.v1.RewrapRequest
+	10, // 22: escrowd.v1.SyncService.IssueUnlockCodes:input_type -> escrowd.v1.IssueUnlockCodesRequest
+	28, // 23: escrowd.v1.SyncService.RewrapEscrowSlot:input_type -> escrowd.v1.RewrapEscrowSlotRequest
+	12, // 24: escrowd.v1.SupportService.RevealUnlockCode:input_type -> escrowd.v1.RevealUnlockCodeRequest
+	14, // 25: escrowd.v1.SupportService.ListUnlockCodes:input_type -> escrowd.v1.ListUnlockCodesRequest
+	24, // 26: escrowd.v1.SupportService.ListPendingReveals:input_type -> escrowd.v1.ListPendingRevealsRequest
+	26, // 27: escrowd.v1.SupportService.ApproveReveal:input_type -> escrowd.v1.ApproveRevealRequest
+	17, // 28: escrowd.v1.SecurityService.GetGroup:input_type -> escrowd.v1.GetGroupRequest
+	20, // 29: escrowd.v1.SecurityService.ListHSMObjects:input_type -> escrowd.v1.ListHSMObjectsRequest
+	30, // 30: escrowd.v1.SecurityService.RotateGroupKeys:input_type -> escrowd.v1.RotateGroupKeysRequest
+	32, // 31: escrowd.v1.SecurityService.SetMinDecryptionVersion:input_type -> escrowd.v1.SetMinDecryptionVersionRequest
+	34, // 32: escrowd.v1.SecurityService.DestroyKeyVersion:input_type -> escrowd.v1.DestroyKeyVersionRequest
+	36, // 33: escrowd.v1.SecurityService.StartJob:input_type -> escrowd.v1.StartJobRequest
+	38, // 34: escrowd.v1.SecurityService.ListJobs:input_type -> escrowd.v1.ListJobsRequest
+	40, // 35: escrowd.v1.SecurityService.CancelJob:input_type -> escrowd.v1.CancelJobRequest
+	43, // 36: escrowd.v1.SecurityService.DestroyKEK:input_type -> escrowd.v1.DestroyKEKRequest
+	3,  // 37: escrowd.v1.SyncService.ProvisionGroup:output_type -> escrowd.v1.ProvisionGroupResponse
+	6,  // 38: escrowd.v1.SyncService.GetEscrowKey:output_type -> escrowd.v1.GetEscrowKeyResponse
+	9,  // 39: escrowd.v1.SyncService.Rewrap:output_type -> escrowd.v1.RewrapResponse
+	11, // 40: escrowd.v1.SyncService.IssueUnlockCodes:output_type -> escrowd.v1.IssueUnlockCodesResponse
+	29, // 41: escrowd.v1.SyncService.RewrapEscrowSlot:output_type -> escrowd.v1.RewrapEscrowSlotResponse
+	13, // 42: escrowd.v1.SupportService.RevealUnlockCode:output_type -> escrowd.v1.RevealUnlockCodeResponse
+	15, // 43: escrowd.v1.SupportService.ListUnlockCodes:output_type -> escrowd.v1.ListUnlockCodesResponse
+	25, // 44: escrowd.v1.SupportService.ListPendingReveals:output_type -> escrowd.v1.ListPendingRevealsResponse
+	27, // 45: escrowd.v1.SupportService.ApproveReveal:output_type -> escrowd.v1.ApproveRevealResponse
+	19, // 46: escrowd.v1.SecurityService.GetGroup:output_type -> escrowd.v1.GetGroupResponse
+	22, // 47: escrowd.v1.SecurityService.ListHSMObjects:output_type -> escrowd.v1.ListHSMObjectsResponse
+	31, // 48: escrowd.v1.SecurityService.RotateGroupKeys:output_type -> escrowd.v1.RotateGroupKeysResponse
+	33, // 49: escrowd.v1.SecurityService.SetMinDecryptionVersion:output_type -> escrowd.v1.SetMinDecryptionVersionResponse
+	35, // 50: escrowd.v1.SecurityService.DestroyKeyVersion:output_type -> escrowd.v1.DestroyKeyVersionResponse
+	37, // 51: escrowd.v1.SecurityService.StartJob:output_type -> escrowd.v1.StartJobResponse
+	39, // 52: escrowd.v1.SecurityService.ListJobs:output_type -> escrowd.v1.ListJobsResponse
+	41, // 53: escrowd.v1.SecurityService.CancelJob:output_type -> escrowd.v1.CancelJobResponse
+	44, // 54: escrowd.v1.SecurityService.DestroyKEK:output_type -> escrowd.v1.DestroyKEKResponse
+	37, // [37:55] is the sub-list for method output_type
+	19, // [19:37] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_escrowd_v1_escrowd_proto_init() }
@@ -1840,7 +2908,7 @@ func file_escrowd_v1_escrowd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_escrowd_v1_escrowd_proto_rawDesc), len(file_escrowd_v1_escrowd_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   26,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -30,6 +30,7 @@ const (
 	SyncService_GetEscrowKey_FullMethodName     = "/escrowd.v1.SyncService/GetEscrowKey"
 	SyncService_Rewrap_FullMethodName           = "/escrowd.v1.SyncService/Rewrap"
 	SyncService_IssueUnlockCodes_FullMethodName = "/escrowd.v1.SyncService/IssueUnlockCodes"
+	SyncService_RewrapEscrowSlot_FullMethodName = "/escrowd.v1.SyncService/RewrapEscrowSlot"
 )
 
 // SyncServiceClient is the client API for SyncService service.
@@ -52,6 +53,12 @@ type SyncServiceClient interface {
 	// IssueUnlockCodes starts a new unlock-code epoch for a user: it returns
 	// one unlock slot per code. The codes of earlier epochs are dead.
 	IssueUnlockCodes(ctx context.Context, in *IssueUnlockCodesRequest, opts ...grpc.CallOption) (*IssueUnlockCodesResponse, error)
+	// RewrapEscrowSlot opens an escrow slot inside the HSM and seals its group
+	// data key again to the group's newest escrow key version: what the sync
+	// backend does to every bundle after a rotation, before the old version is
+	// retired. Fails with FAILED_PRECONDITION when the slot's version is
+	// retired or destroyed.
+	RewrapEscrowSlot(ctx context.Context, in *RewrapEscrowSlotRequest, opts ...grpc.CallOption) (*RewrapEscrowSlotResponse, error)
 }
 
 type syncServiceClient struct {
@@ -102,6 +109,16 @@ func (c *syncServiceClient) IssueUnlockCodes(ctx context.Context, in *IssueUnloc
 	return out, nil
 }
 
+func (c *syncServiceClient) RewrapEscrowSlot(ctx context.Context, in *RewrapEscrowSlotRequest, opts ...grpc.CallOption) (*RewrapEscrowSlotResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RewrapEscrowSlotResponse)
+	err := c.cc.Invoke(ctx, SyncService_RewrapEscrowSlot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SyncServiceServer is the server API for SyncService service.
 // All implementations must embed UnimplementedSyncServiceServer
 // for forward compatibility.
@@ -122,6 +139,12 @@ type SyncServiceServer interface {
 	// IssueUnlockCodes starts a new unlock-code epoch for a user: it returns
 	// one unlock slot per code. The codes of earlier epochs are dead.
 	IssueUnlockCodes(context.Context, *IssueUnlockCodesRequest) (*IssueUnlockCodesResponse, error)
+	// RewrapEscrowSlot opens an escrow slot inside the HSM and seals its group
+	// data key again to the group's newest escrow key version: what the sync
+	// backend does to every bundle after a rotation, before the old version is
+	// retired. Fails with FAILED_PRECONDITION when the slot's version is
+	// retired or destroyed.
+	RewrapEscrowSlot(context.Context, *RewrapEscrowSlotRequest) (*RewrapEscrowSlotResponse, error)
 	mustEmbedUnimplementedSyncServiceServer()
 }
 
@@ -143,6 +166,9 @@ func (UnimplementedSyncServiceServer) Rewrap(context.Context, *RewrapRequest) (*
 }
 func (UnimplementedSyncServiceServer) IssueUnlockCodes(context.Context, *IssueUnlockCodesRequest) (*IssueUnlockCodesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method IssueUnlockCodes not implemented")
+}
+func (UnimplementedSyncServiceServer) RewrapEscrowSlot(context.Context, *RewrapEscrowSlotRequest) (*RewrapEscrowSlotResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RewrapEscrowSlot not implemented")
 }
 func (UnimplementedSyncServiceServer) mustEmbedUnimplementedSyncServiceServer() {}
 func (UnimplementedSyncServiceServer) testEmbeddedByValue()                     {}
@@ -237,6 +263,24 @@ func _SyncService_IssueUnlockCodes_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SyncService_RewrapEscrowSlot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RewrapEscrowSlotRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SyncServiceServer).RewrapEscrowSlot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SyncService_RewrapEscrowSlot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SyncServiceServer).RewrapEscrowSlot(ctx, req.(*RewrapEscrowSlotRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SyncService_ServiceDesc is the grpc.ServiceDesc for SyncService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -259,6 +303,10 @@ var SyncService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "IssueUnlockCodes",
 			Handler:    _SyncService_IssueUnlockCodes_Handler,
+		},
+		{
+			MethodName: "RewrapEscrowSlot",
+			Handler:    _SyncService_RewrapEscrowSlot_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
@@ -500,8 +548,15 @@ var SupportService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	SecurityService_GetGroup_FullMethodName       = "/escrowd.v1.SecurityService/GetGroup"
-	SecurityService_ListHSMObjects_FullMethodName = "/escrowd.v1.SecurityService/ListHSMObjects"
+	SecurityService_GetGroup_FullMethodName                = "/escrowd.v1.SecurityService/GetGroup"
+	SecurityService_ListHSMObjects_FullMethodName          = "/escrowd.v1.SecurityService/ListHSMObjects"
+	SecurityService_RotateGroupKeys_FullMethodName         = "/escrowd.v1.SecurityService/RotateGroupKeys"
+	SecurityService_SetMinDecryptionVersion_FullMethodName = "/escrowd.v1.SecurityService/SetMinDecryptionVersion"
+	SecurityService_DestroyKeyVersion_FullMethodName       = "/escrowd.v1.SecurityService/DestroyKeyVersion"
+	SecurityService_StartJob_FullMethodName                = "/escrowd.v1.SecurityService/StartJob"
+	SecurityService_ListJobs_FullMethodName                = "/escrowd.v1.SecurityService/ListJobs"
+	SecurityService_CancelJob_FullMethodName               = "/escrowd.v1.SecurityService/CancelJob"
+	SecurityService_DestroyKEK_FullMethodName              = "/escrowd.v1.SecurityService/DestroyKEK"
 )
 
 // SecurityServiceClient is the client API for SecurityService service.
@@ -515,6 +570,25 @@ type SecurityServiceClient interface {
 	// operator can check that their number does not grow with the fleet and
 	// that every key object is sensitive.
 	ListHSMObjects(ctx context.Context, in *ListHSMObjectsRequest, opts ...grpc.CallOption) (*ListHSMObjectsResponse, error)
+	// RotateGroupKeys adds a new version of a group's escrow key, unlock key
+	// or both. Older versions keep working until retired.
+	RotateGroupKeys(ctx context.Context, in *RotateGroupKeysRequest, opts ...grpc.CallOption) (*RotateGroupKeysResponse, error)
+	// SetMinDecryptionVersion retires the versions below the given minimum:
+	// they are never opened again (FAILED_PRECONDITION naming the versions).
+	SetMinDecryptionVersion(ctx context.Context, in *SetMinDecryptionVersionRequest, opts ...grpc.CallOption) (*SetMinDecryptionVersionResponse, error)
+	// DestroyKeyVersion crypto-shreds a retired key version: its wrapped
+	// private key is erased from the store.
+	DestroyKeyVersion(ctx context.Context, in *DestroyKeyVersionRequest, opts ...grpc.CallOption) (*DestroyKeyVersionResponse, error)
+	// StartJob starts a job over every group: a master KEK rotation or a bulk
+	// rotation of group keys. One replica runs it; it survives restarts.
+	StartJob(ctx context.Context, in *StartJobRequest, opts ...grpc.CallOption) (*StartJobResponse, error)
+	// ListJobs reports every job and its progress.
+	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
+	// CancelJob stops a running job at its next checkpoint.
+	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
+	// DestroyKEK destroys an old master KEK version on the token, once no
+	// stored key is wrapped under it (FAILED_PRECONDITION otherwise).
+	DestroyKEK(ctx context.Context, in *DestroyKEKRequest, opts ...grpc.CallOption) (*DestroyKEKResponse, error)
 }
 
 type securityServiceClient struct {
@@ -545,6 +619,76 @@ func (c *securityServiceClient) ListHSMObjects(ctx context.Context, in *ListHSMO
 	return out, nil
 }
 
+func (c *securityServiceClient) RotateGroupKeys(ctx context.Context, in *RotateGroupKeysRequest, opts ...grpc.CallOption) (*RotateGroupKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateGroupKeysResponse)
+	err := c.cc.Invoke(ctx, SecurityService_RotateGroupKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *securityServiceClient) SetMinDecryptionVersion(ctx context.Context, in *SetMinDecryptionVersionRequest, opts ...grpc.CallOption) (*SetMinDecryptionVersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetMinDecryptionVersionResponse)
+	err := c.cc.Invoke(ctx, SecurityService_SetMinDecryptionVersion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *securityServiceClient) DestroyKeyVersion(ctx context.Context, in *DestroyKeyVersionRequest, opts ...grpc.CallOption) (*DestroyKeyVersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DestroyKeyVersionResponse)
+	err := c.cc.Invoke(ctx, SecurityService_DestroyKeyVersion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *securityServiceClient) StartJob(ctx context.Context, in *StartJobRequest, opts ...grpc.CallOption) (*StartJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartJobResponse)
+	err := c.cc.Invoke(ctx, SecurityService_StartJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *securityServiceClient) ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJobsResponse)
+	err := c.cc.Invoke(ctx, SecurityService_ListJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *securityServiceClient) CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelJobResponse)
+	err := c.cc.Invoke(ctx, SecurityService_CancelJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *securityServiceClient) DestroyKEK(ctx context.Context, in *DestroyKEKRequest, opts ...grpc.CallOption) (*DestroyKEKResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DestroyKEKResponse)
+	err := c.cc.Invoke(ctx, SecurityService_DestroyKEK_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SecurityServiceServer is the server API for SecurityService service.
 // All implementations must embed UnimplementedSecurityServiceServer
 // for forward compatibility.
@@ -556,6 +700,25 @@ type SecurityServiceServer interface {
 	// operator can check that their number does not grow with the fleet and
 	// that every key object is sensitive.
 	ListHSMObjects(context.Context, *ListHSMObjectsRequest) (*ListHSMObjectsResponse, error)
+	// RotateGroupKeys adds a new version of a group's escrow key, unlock key
+	// or both. Older versions keep working until retired.
+	RotateGroupKeys(context.Context, *RotateGroupKeysRequest) (*RotateGroupKeysResponse, error)
+	// SetMinDecryptionVersion retires the versions below the given minimum:
+	// they are never opened again (FAILED_PRECONDITION naming the versions).
+	SetMinDecryptionVersion(context.Context, *SetMinDecryptionVersionRequest) (*SetMinDecryptionVersionResponse, error)
+	// DestroyKeyVersion crypto-shreds a retired key version: its wrapped
+	// private key is erased from the store.
+	DestroyKeyVersion(context.Context, *DestroyKeyVersionRequest) (*DestroyKeyVersionResponse, error)
+	// StartJob starts a job over every group: a master KEK rotation or a bulk
+	// rotation of group keys. One replica runs it; it survives restarts.
+	StartJob(context.Context, *StartJobRequest) (*StartJobResponse, error)
+	// ListJobs reports every job and its progress.
+	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
+	// CancelJob stops a running job at its next checkpoint.
+	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
+	// DestroyKEK destroys an old master KEK version on the token, once no
+	// stored key is wrapped under it (FAILED_PRECONDITION otherwise).
+	DestroyKEK(context.Context, *DestroyKEKRequest) (*DestroyKEKResponse, error)
 	mustEmbedUnimplementedSecurityServiceServer()
 }
 
@@ -571,6 +734,27 @@ func (UnimplementedSecurityServiceServer) GetGroup(context.Context, *GetGroupReq
 }
 func (UnimplementedSecurityServiceServer) ListHSMObjects(context.Context, *ListHSMObjectsRequest) (*ListHSMObjectsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListHSMObjects not implemented")
+}
+func (UnimplementedSecurityServiceServer) RotateGroupKeys(context.Context, *RotateGroupKeysRequest) (*RotateGroupKeysResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RotateGroupKeys not implemented")
+}
+func (UnimplementedSecurityServiceServer) SetMinDecryptionVersion(context.Context, *SetMinDecryptionVersionRequest) (*SetMinDecryptionVersionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetMinDecryptionVersion not implemented")
+}
+func (UnimplementedSecurityServiceServer) DestroyKeyVersion(context.Context, *DestroyKeyVersionRequest) (*DestroyKeyVersionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DestroyKeyVersion not implemented")
+}
+func (UnimplementedSecurityServiceServer) StartJob(context.Context, *StartJobRequest) (*StartJobResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartJob not implemented")
+}
+func (UnimplementedSecurityServiceServer) ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListJobs not implemented")
+}
+func (UnimplementedSecurityServiceServer) CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CancelJob not implemented")
+}
+func (UnimplementedSecurityServiceServer) DestroyKEK(context.Context, *DestroyKEKRequest) (*DestroyKEKResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DestroyKEK not implemented")
 }
 func (UnimplementedSecurityServiceServer) mustEmbedUnimplementedSecurityServiceServer() {}
 func (UnimplementedSecurityServiceServer) testEmbeddedByValue()                         {}
@@ -629,6 +813,132 @@ func _SecurityService_ListHSMObjects_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecurityService_RotateGroupKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateGroupKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecurityServiceServer).RotateGroupKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecurityService_RotateGroupKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecurityServiceServer).RotateGroupKeys(ctx, req.(*RotateGroupKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SecurityService_SetMinDecryptionVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetMinDecryptionVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecurityServiceServer).SetMinDecryptionVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecurityService_SetMinDecryptionVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecurityServiceServer).SetMinDecryptionVersion(ctx, req.(*SetMinDecryptionVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SecurityService_DestroyKeyVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DestroyKeyVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecurityServiceServer).DestroyKeyVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecurityService_DestroyKeyVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecurityServiceServer).DestroyKeyVersion(ctx, req.(*DestroyKeyVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SecurityService_StartJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecurityServiceServer).StartJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecurityService_StartJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecurityServiceServer).StartJob(ctx, req.(*StartJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SecurityService_ListJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecurityServiceServer).ListJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecurityService_ListJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecurityServiceServer).ListJobs(ctx, req.(*ListJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SecurityService_CancelJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecurityServiceServer).CancelJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecurityService_CancelJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecurityServiceServer).CancelJob(ctx, req.(*CancelJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SecurityService_DestroyKEK_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DestroyKEKRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecurityServiceServer).DestroyKEK(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecurityService_DestroyKEK_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecurityServiceServer).DestroyKEK(ctx, req.(*DestroyKEKRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SecurityService_ServiceDesc is the grpc.ServiceDesc for SecurityService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -643,6 +953,34 @@ var SecurityService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListHSMObjects",
 			Handler:    _SecurityService_ListHSMObjects_Handler,
+		},
+		{
+			MethodName: "RotateGroupKeys",
+			Handler:    _SecurityService_RotateGroupKeys_Handler,
+		},
+		{
+			MethodName: "SetMinDecryptionVersion",
+			Handler:    _SecurityService_SetMinDecryptionVersion_Handler,
+		},
+		{
+			MethodName: "DestroyKeyVersion",
+			Handler:    _SecurityService_DestroyKeyVersion_Handler,
+		},
+		{
+			MethodName: "StartJob",
+			Handler:    _SecurityService_StartJob_Handler,
+		},
+		{
+			MethodName: "ListJobs",
+			Handler:    _SecurityService_ListJobs_Handler,
+		},
+		{
+			MethodName: "CancelJob",
+			Handler:    _SecurityService_CancelJob_Handler,
+		},
+		{
+			MethodName: "DestroyKEK",
+			Handler:    _SecurityService_DestroyKEK_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,219 @@
+package hsm
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Master KEK versions. The token holds one KEK object per version
+// (KEKLabel+"-vN"); a WrappedKey names the version it needs. Rotation:
+// the SO makes version N+1 (InitKEKVersion), the daemon wraps new keys
+// under it (UseKEK) and re-wraps every stored key from the old version to
+// the new one inside the token (RewrapKEK); once no stored key names the
+// old version, DestroyKEK removes it.
+
+// KeyKind says which kind of group key a wrapped key holds.
+type KeyKind int
+
+const (
+	// KeyEscrow is an escrow private key (RSA, PKCS#8 inside AES-KWP).
+	KeyEscrow KeyKind = iota + 1
+	// KeyUnlock is an unlock key (32-byte generic secret).
+	KeyUnlock
+)
+
+func (k KeyKind) String() string {
+	switch k {
+	case KeyEscrow:
+		return "escrow key"
+	case KeyUnlock:
+		return "unlock key"
+	}
+	return fmt.Sprintf("KeyKind(%d)", int(k))
+}
+
+// kekFor returns the handle of KEK version v, looking it up on the token
+// (once) if this HSM value has not seen it yet: another process may have
+// made it after Open.
+func (h *HSM) kekFor(s session, v uint32) (pkcs11.ObjectHandle, error) {
+	if k, ok := s.keks[v]; ok {
+		return k, nil
+	}
+	h.mu.Lock()
+	k, ok := h.keks[v]
+	h.mu.Unlock()
+	if ok {
+		return k, nil
+	}
+	k, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v))
+	if err != nil {
+		return 0, fmt.Errorf("hsm: KEK version %d: %w", v, err)
+	}
+	h.mu.Lock()
+	next := maps.Clone(h.keks)
+	next[v] = k
+	h.keks = next
+	h.mu.Unlock()
+	return k, nil
+}
+
+// CurrentKEK is the KEK version new keys are wrapped under.
+func (h *HSM) CurrentKEK() uint32 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.current
+}
+
+// KEKVersions lists the KEK versions on the token now, ascending.
+func (h *HSM) KEKVersions(ctx context.Context) ([]uint32, error) {
+	var out []uint32
+	err := h.do(ctx, func(s session) error {
+		keks, err := findKEKs(h.mod.ctx, s.h, h.cfg.KEKLabel)
+		if err != nil {
+			return err
+		}
+		out = slices.Sorted(maps.Keys(keks))
+		return nil
+	})
+	return out, err
+}
+
+// UseKEK makes KEK version v, which must be on the token, the one new keys
+// are wrapped under.
+func (h *HSM) UseKEK(ctx context.Context, v uint32) error {
+	err := h.do(ctx, func(s session) error {
+		_, err := h.kekFor(s, v)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.current = v
+	h.mu.Unlock()
+	return nil
+}
+
+// rotationTemplate is the template a stored key is unwrapped with to be
+// re-wrapped under another KEK: extractable, but only under a trusted key
+// (CKA_WRAP_WITH_TRUSTED), sensitive, private, and usable for nothing else.
+// It contains everything the KEK's CKA_UNWRAP_TEMPLATE forces.
+func rotationTemplate(kind KeyKind) []*pkcs11.Attribute {
+	t := []*pkcs11.Attribute{
+		boolAttr(pkcs11.CKA_TOKEN, false),
+		boolAttr(pkcs11.CKA_PRIVATE, true),
+		boolAttr(pkcs11.CKA_SENSITIVE, true),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, true),
+		boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
+	}
+	if kind == KeyEscrow {
+		return append(t,
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+			boolAttr(pkcs11.CKA_DECRYPT, false),
+			boolAttr(pkcs11.CKA_UNWRAP, false),
+			boolAttr(pkcs11.CKA_SIGN, false))
+	}
+	return append(t,
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		boolAttr(pkcs11.CKA_SIGN, false))
+}
+
+// RewrapKEK re-wraps a stored group key from the KEK version it names to
+// KEK version to, inside the token: the key is unwrapped into a session
+// object (extractable only under trusted keys), wrapped under the new KEK
+// and destroyed. A key already under to is returned as is.
+func (h *HSM) RewrapKEK(ctx context.Context, kind KeyKind, w WrappedKey, to uint32) (WrappedKey, error) {
+	if kind != KeyEscrow && kind != KeyUnlock {
+		return WrappedKey{}, fmt.Errorf("hsm: rewrap under KEK: %w: %v", ErrInvalidInput, kind)
+	}
+	if err := checkWrapped(w, kind.String()); err != nil {
+		return WrappedKey{}, err
+	}
+	if w.KEKVersion == to {
+		return w, nil
+	}
+	var out WrappedKey
+	err := h.do(ctx, func(s session) error {
+		from, err := h.kekFor(s, w.KEKVersion)
+		if err != nil {
+			return err
+		}
+		dst, err := h.kekFor(s, to)
+		if err != nil {
+			return err
+		}
+		o, err := h.mod.ctx.UnwrapKey(s.h, kwp, from, w.Blob, rotationTemplate(kind))
+		if err != nil {
+			return kekUnwrapErr("unwrap "+kind.String()+" for KEK rotation", err)
+		}
+		defer h.destroy(s, o)
+		blob, err := h.mod.ctx.WrapKey(s.h, kwp, dst, o)
+		if err != nil {
+			return wrapErr(fmt.Sprintf("wrap %s under KEK version %d", kind, to), err)
+		}
+		out = WrappedKey{KEKVersion: to, Blob: blob}
+		return nil
+	})
+	if err != nil {
+		return WrappedKey{}, err
+	}
+	return out, nil
+}
+
+// CheckKey unwraps a stored group key as the daemon does to use it, and
+// destroys it: nil means the key opens.
+func (h *HSM) CheckKey(ctx context.Context, kind KeyKind, w WrappedKey) error {
+	if err := checkWrapped(w, kind.String()); err != nil {
+		return err
+	}
+	return h.do(ctx, func(s session) error {
+		var (
+			o   pkcs11.ObjectHandle
+			err error
+		)
+		switch kind {
+		case KeyEscrow:
+			o, err = h.unwrapEscrowPrivate(s, w)
+		case KeyUnlock:
+			o, err = h.unwrapUnlock(s, w)
+		default:
+			return fmt.Errorf("hsm: check key: %w: %v", ErrInvalidInput, kind)
+		}
+		if err != nil {
+			return err
+		}
+		h.destroy(s, o)
+		return nil
+	})
+}
+
+// DestroyKEK destroys KEK version v on the token. Every key wrapped under
+// it becomes unopenable, for good: call it only once no stored key names
+// v. The current version cannot be destroyed.
+func (h *HSM) DestroyKEK(ctx context.Context, v uint32) error {
+	if v == h.CurrentKEK() {
+		return fmt.Errorf("hsm: destroy KEK: %w: version %d is the current KEK", ErrInvalidInput, v)
+	}
+	err := h.do(ctx, func(s session) error {
+		k, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v))
+		if err != nil {
+			return fmt.Errorf("hsm: KEK version %d: %w", v, err)
+		}
+		return wrapErr(fmt.Sprintf("destroy KEK version %d", v), h.mod.ctx.DestroyObject(s.h, k))
+	})
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	next := maps.Clone(h.keks)
+	delete(next, v)
+	h.keks = next
+	h.mu.Unlock()
+	return nil
+}

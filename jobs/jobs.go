@@ -1,0 +1,488 @@
+// Package jobs runs escrowd's long operations over every group — master
+// KEK rotation and bulk group-key rotation — so that they survive a crash
+// of the daemon at any point and run on one replica at a time.
+//
+// A job scans the groups in id order, a batch at a time. Each batch's
+// changed groups and the job's checkpoint (cursor, counts) are committed in
+// one store transaction (store.CommitBatch), so a restarted job resumes
+// after the last committed batch and never applies a batch twice. Each
+// group's new wrapped keys replace the old ones atomically, only if the
+// group did not change meanwhile (its Rev); the old master KEK stays on
+// the token until an operator destroys it, which escrowd refuses while any
+// stored key still needs it: no group is ever left without a working key.
+//
+// A job runs on the replica holding its lease (store.Job.Owner until
+// LeaseUntil), renewed by a heartbeat; a replica that dies stops renewing
+// and another takes the job over once the lease has expired. A replica
+// that lost its lease cannot commit (ErrLeaseHeld): it stops.
+//
+// A pass that changed nothing ends the job: a KEK rotation makes a second,
+// checking pass, which also catches groups provisioned under the old KEK by
+// a replica that had not switched yet.
+package jobs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/escrowd/escrowd/escrow"
+	"github.com/escrowd/escrowd/store"
+)
+
+// Job kinds.
+const (
+	// KindKEKRotation re-wraps every stored key under master KEK version
+	// Params["to"].
+	KindKEKRotation = "kek-rotation"
+	// KindGroupRotation adds a new version of every group's escrow key
+	// (Params["escrow"] == "true"), unlock key (Params["unlock"]) or both.
+	KindGroupRotation = "group-rotation"
+)
+
+// Sentinel errors.
+var (
+	ErrInvalid = errors.New("invalid job")
+	// ErrRunning: a job of that kind is running already.
+	ErrRunning = errors.New("a job of this kind is running")
+)
+
+// HSM is what jobs need of the HSM.
+type HSM interface {
+	escrow.KeyVersions
+	UseKEK(ctx context.Context, v uint32) error
+	KEKVersions(ctx context.Context) ([]uint32, error)
+	DestroyKEK(ctx context.Context, v uint32) error
+	CurrentKEK() uint32
+}
+
+// Config tunes a Runner; zero values take the defaults.
+type Config struct {
+	// Owner names this replica in leases; default host-pid-random.
+	Owner string
+	// Lease is how long a lease lasts without a heartbeat (default 15s);
+	// heartbeats come every Lease/3.
+	Lease time.Duration
+	// Poll is how often the runner looks for jobs to run (default 2s).
+	Poll time.Duration
+	// Batch is the number of groups per checkpoint (default 100).
+	Batch int
+	// Workers run a batch's HSM work concurrently (default 2).
+	Workers int
+	Logger  *zap.Logger
+}
+
+// Runner creates jobs and runs those it holds the lease of.
+type Runner struct {
+	store store.Store
+	svc   *escrow.Service
+	hsm   HSM
+	cfg   Config
+	log   *zap.Logger
+	now   func() time.Time
+}
+
+// New returns a runner.
+func New(st store.Store, svc *escrow.Service, h HSM, cfg Config) *Runner {
+	if cfg.Owner == "" {
+		host, _ := os.Hostname()
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		cfg.Owner = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 15 * time.Second
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = 2 * time.Second
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 100
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 2
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	return &Runner{store: st, svc: svc, hsm: h, cfg: cfg, log: cfg.Logger, now: time.Now}
+}
+
+// Owner is this runner's lease owner name.
+func (r *Runner) Owner() string { return r.cfg.Owner }
+
+// Start creates a job; it runs on whichever replica leases it first.
+func (r *Runner) Start(ctx context.Context, kind string, params map[string]string) (store.Job, error) {
+	switch kind {
+	case KindKEKRotation:
+		to, err := strconv.ParseUint(params["to"], 10, 32)
+		if err != nil || to == 0 {
+			return store.Job{}, fmt.Errorf("%w: %s needs a KEK version to rotate to", ErrInvalid, kind)
+		}
+		vs, err := r.hsm.KEKVersions(ctx)
+		if err != nil {
+			return store.Job{}, fmt.Errorf("%w: HSM: %w", escrow.ErrUnavailable, err)
+		}
+		found := false
+		for _, v := range vs {
+			found = found || v == uint32(to)
+		}
+		if !found {
+			return store.Job{}, fmt.Errorf("%w: master KEK version %d is not on the token (have %v): run `escrowctl hsm init -kek-version %d` first", escrow.ErrPrecondition, to, vs, to)
+		}
+		params = map[string]string{"to": strconv.FormatUint(to, 10)}
+	case KindGroupRotation:
+		e, u := params["escrow"] == "true", params["unlock"] == "true"
+		if !e && !u {
+			return store.Job{}, fmt.Errorf("%w: %s needs escrow=true, unlock=true or both", ErrInvalid, kind)
+		}
+		params = map[string]string{"escrow": strconv.FormatBool(e), "unlock": strconv.FormatBool(u)}
+	default:
+		return store.Job{}, fmt.Errorf("%w: unknown kind %q (want %s or %s)", ErrInvalid, kind, KindKEKRotation, KindGroupRotation)
+	}
+	all, err := r.store.Jobs(ctx)
+	if err != nil {
+		return store.Job{}, err
+	}
+	for _, j := range all {
+		if j.Kind == kind && j.State == store.JobRunning {
+			return store.Job{}, fmt.Errorf("%w: job %s", ErrRunning, j.ID)
+		}
+	}
+	total, err := r.store.CountGroups(ctx)
+	if err != nil {
+		return store.Job{}, err
+	}
+	now := r.now().UTC()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	j := store.Job{
+		ID:   fmt.Sprintf("%s-%s-%s", kind, now.Format("20060102T150405Z"), hex.EncodeToString(b[:])),
+		Kind: kind, Params: params, State: store.JobRunning, Pass: 1, Total: total, Created: now, Updated: now,
+	}
+	if err := r.store.CreateJob(ctx, j); err != nil {
+		return store.Job{}, err
+	}
+	return j, nil
+}
+
+// Cancel stops a running job at its next checkpoint.
+func (r *Runner) Cancel(ctx context.Context, id string) (store.Job, error) {
+	return r.store.UpdateJob(ctx, id, func(j *store.Job) error {
+		if j.State != store.JobRunning {
+			return fmt.Errorf("%w: job %s is %s", ErrInvalid, j.ID, j.State)
+		}
+		j.State, j.Updated = store.JobCanceled, r.now().UTC()
+		return nil
+	})
+}
+
+// Run looks for running jobs every Poll and runs those whose lease it can
+// take, until ctx ends.
+func (r *Runner) Run(ctx context.Context) {
+	t := time.NewTicker(r.cfg.Poll)
+	defer t.Stop()
+	for {
+		r.RunOnce(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// RunOnce takes and runs every job it can lease, each until it ends or
+// the lease is lost.
+func (r *Runner) RunOnce(ctx context.Context) {
+	r.followKEK(ctx)
+	all, err := r.store.Jobs(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("jobs: cannot list jobs", zap.Error(err))
+		}
+		return
+	}
+	for _, j := range all {
+		if j.State != store.JobRunning || ctx.Err() != nil {
+			continue
+		}
+		j, err := r.lease(ctx, j.ID)
+		if err != nil {
+			if !errors.Is(err, store.ErrLeaseHeld) && ctx.Err() == nil {
+				r.log.Warn("jobs: cannot lease", zap.String("job", j.ID), zap.Error(err))
+			}
+			continue
+		}
+		r.run(ctx, j)
+	}
+}
+
+// followKEK makes this replica wrap new keys under the newest KEK on the
+// token, so that replicas switch soon after the SO makes a new version.
+func (r *Runner) followKEK(ctx context.Context) {
+	vs, err := r.hsm.KEKVersions(ctx)
+	if err != nil || len(vs) == 0 {
+		return
+	}
+	if newest := vs[len(vs)-1]; newest > r.hsm.CurrentKEK() {
+		if err := r.hsm.UseKEK(ctx, newest); err == nil {
+			r.log.Info("jobs: new keys now go under master KEK version", zap.Uint32("kek_version", newest))
+		}
+	}
+}
+
+var errNotRunning = errors.New("job is not running")
+
+// lease takes or renews the job's lease.
+func (r *Runner) lease(ctx context.Context, id string) (store.Job, error) {
+	return r.store.UpdateJob(ctx, id, func(j *store.Job) error {
+		now := r.now().UTC()
+		if j.State != store.JobRunning {
+			return errNotRunning
+		}
+		if j.Owner != r.cfg.Owner && j.Owner != "" && now.Before(j.LeaseUntil) {
+			return fmt.Errorf("job %s: %w by %s until %s", j.ID, store.ErrLeaseHeld, j.Owner, j.LeaseUntil.Format(time.RFC3339))
+		}
+		if j.Owner != r.cfg.Owner {
+			j.RunStarted, j.RunDone = now, j.Done
+		}
+		j.Owner, j.LeaseUntil = r.cfg.Owner, now.Add(r.cfg.Lease)
+		return nil
+	})
+}
+
+// heartbeat renews the lease every Lease/3 and cancels the job's context
+// once the lease is lost or the job was canceled.
+func (r *Runner) heartbeat(ctx context.Context, cancel context.CancelFunc, id string) {
+	t := time.NewTicker(r.cfg.Lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		_, err := r.store.UpdateJob(ctx, id, func(j *store.Job) error {
+			if j.Owner != r.cfg.Owner {
+				return store.ErrLeaseHeld
+			}
+			if j.State != store.JobRunning {
+				return errNotRunning
+			}
+			j.LeaseUntil = r.now().UTC().Add(r.cfg.Lease)
+			return nil
+		})
+		if errors.Is(err, store.ErrLeaseHeld) || errors.Is(err, errNotRunning) {
+			r.log.Warn("jobs: lost the job", zap.String("job", id), zap.Error(err))
+			cancel()
+			return
+		}
+	}
+}
+
+// step turns one group into its new state.
+type step func(ctx context.Context, g store.Group) (store.Group, bool, error)
+
+func (r *Runner) stepFor(ctx context.Context, j store.Job) (step, error) {
+	switch j.Kind {
+	case KindKEKRotation:
+		to, err := strconv.ParseUint(j.Params["to"], 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("%w: params %v", ErrInvalid, j.Params)
+		}
+		// New keys of this replica go under the new KEK from now on.
+		if err := r.hsm.UseKEK(ctx, uint32(to)); err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, g store.Group) (store.Group, bool, error) {
+			return r.svc.RewrapGroupKEK(ctx, r.hsm, g, uint32(to))
+		}, nil
+	case KindGroupRotation:
+		e, u := j.Params["escrow"] == "true", j.Params["unlock"] == "true"
+		return func(ctx context.Context, g store.Group) (store.Group, bool, error) {
+			return r.svc.RotatedGroup(ctx, g, e, u, j.Created)
+		}, nil
+	}
+	return nil, fmt.Errorf("%w: unknown kind %q", ErrInvalid, j.Kind)
+}
+
+// run works on a leased job until it ends, fails or the lease is lost.
+func (r *Runner) run(ctx context.Context, j store.Job) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go r.heartbeat(ctx, cancel, j.ID)
+	log := r.log.With(zap.String("job", j.ID), zap.String("kind", j.Kind))
+	log.Info("jobs: running", zap.Int("pass", j.Pass), zap.String("cursor", j.Cursor), zap.Int64("done", j.Done))
+	fn, err := r.stepFor(ctx, j)
+	if err == nil {
+		err = r.passes(ctx, j, fn)
+	}
+	switch {
+	case err == nil:
+		log.Info("jobs: done")
+	case ctx.Err() != nil, errors.Is(err, store.ErrLeaseHeld), errors.Is(err, errNotRunning):
+		log.Info("jobs: stopped", zap.Error(err))
+	default:
+		log.Error("jobs: failed", zap.Error(err))
+		_, _ = r.store.UpdateJob(context.WithoutCancel(ctx), j.ID, func(cur *store.Job) error {
+			if cur.Owner != r.cfg.Owner || cur.State != store.JobRunning {
+				return store.ErrLeaseHeld
+			}
+			cur.State, cur.Error, cur.Updated = store.JobFailed, err.Error(), r.now().UTC()
+			return nil
+		})
+	}
+}
+
+func (r *Runner) passes(ctx context.Context, j store.Job, fn step) error {
+	for {
+		page, err := r.store.ListGroups(ctx, j.Cursor, r.cfg.Batch)
+		if err != nil {
+			return err
+		}
+		if len(page) == 0 {
+			// End of a pass: done if it changed nothing, else check again.
+			total, err := r.store.CountGroups(ctx)
+			if err != nil {
+				return err
+			}
+			j, err = r.store.UpdateJob(ctx, j.ID, func(cur *store.Job) error {
+				if cur.Owner != r.cfg.Owner {
+					return store.ErrLeaseHeld
+				}
+				if cur.State != store.JobRunning {
+					return errNotRunning
+				}
+				now := r.now().UTC()
+				cur.Updated = now
+				if cur.Changed == 0 {
+					cur.State, cur.Owner, cur.LeaseUntil = store.JobDone, "", time.Time{}
+					return nil
+				}
+				cur.Pass++
+				cur.Cursor, cur.Done, cur.Changed, cur.Total = "", 0, 0, total
+				cur.RunStarted, cur.RunDone = now, 0
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if j.State == store.JobDone {
+				return nil
+			}
+			continue
+		}
+		out, changed, err := r.work(ctx, page, fn)
+		if err != nil {
+			return err
+		}
+		next, err := r.store.CommitBatch(ctx, store.Batch{
+			JobID: j.ID, Owner: r.cfg.Owner, Groups: out, Cursor: page[len(page)-1].ID,
+			Done: j.Done + int64(len(page)), Changed: j.Changed + int64(changed),
+		})
+		if errors.Is(err, store.ErrConflict) {
+			// A group changed under us (a rotation by a request): read
+			// the batch again and redo it.
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if next.State != store.JobRunning {
+			return errNotRunning
+		}
+		j = next
+	}
+}
+
+// work runs fn on every group of a page with Workers goroutines and returns
+// the groups that changed, in page order.
+func (r *Runner) work(ctx context.Context, page []store.Group, fn step) ([]store.Group, int, error) {
+	res := make([]store.Group, len(page))
+	chg := make([]bool, len(page))
+	errs := make([]error, len(page))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range r.cfg.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				res[i], chg[i], errs[i] = fn(ctx, page[i])
+			}
+		}()
+	}
+	for i := range page {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	var out []store.Group
+	for i := range page {
+		if errs[i] != nil {
+			return nil, 0, errs[i]
+		}
+		if chg[i] {
+			out = append(out, res[i])
+		}
+	}
+	return out, len(out), nil
+}
+
+// Jobs lists every job.
+func (r *Runner) Jobs(ctx context.Context) ([]store.Job, error) { return r.store.Jobs(ctx) }
+
+// DestroyKEK destroys master KEK version v on the token, refusing while a
+// KEK rotation runs, while v is the KEK new keys go under, or while any
+// stored key is still wrapped under v.
+func (r *Runner) DestroyKEK(ctx context.Context, v uint32) error {
+	all, err := r.store.Jobs(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: store: %w", escrow.ErrUnavailable, err)
+	}
+	for _, j := range all {
+		if j.Kind == KindKEKRotation && j.State == store.JobRunning {
+			return fmt.Errorf("%w: KEK rotation %s is running: let it finish", escrow.ErrPrecondition, j.ID)
+		}
+	}
+	vs, err := r.hsm.KEKVersions(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: HSM: %w", escrow.ErrUnavailable, err)
+	}
+	newest := uint32(0)
+	found := false
+	for _, x := range vs {
+		newest = max(newest, x)
+		found = found || x == v
+	}
+	if !found {
+		return fmt.Errorf("%w: master KEK version %d is not on the token (have %v)", escrow.ErrPrecondition, v, vs)
+	}
+	if v == newest {
+		return fmt.Errorf("%w: master KEK version %d is the newest on the token: rotate to a newer one first", escrow.ErrPrecondition, v)
+	}
+	use, err := r.svc.KEKUse(ctx)
+	if err != nil {
+		return err
+	}
+	if n := use[v]; n > 0 {
+		return fmt.Errorf("%w: %d stored keys are still wrapped under master KEK version %d: run a kek-rotation job first", escrow.ErrPrecondition, n, v)
+	}
+	if err := r.hsm.UseKEK(ctx, newest); err != nil {
+		return fmt.Errorf("%w: HSM: %w", escrow.ErrUnavailable, err)
+	}
+	if err := r.hsm.DestroyKEK(ctx, v); err != nil {
+		return fmt.Errorf("%w: HSM: %w", escrow.ErrUnavailable, err)
+	}
+	r.log.Warn("jobs: master KEK version destroyed", zap.Uint32("kek_version", v))
+	return nil
+}

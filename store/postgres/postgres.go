@@ -1,0 +1,539 @@
+// Package postgres is escrowd's PostgreSQL store, for several daemon
+// replicas serving one fleet. Every method is one transaction; updates of a
+// group, a user's codes or a job lock that row (SELECT … FOR UPDATE), so no
+// two replicas ever claim the same unlock code or commit over each other.
+//
+// The schema is created and migrated at Open from the SQL files embedded
+// under migrations/, under a PostgreSQL advisory lock so that replicas
+// starting together migrate once.
+package postgres
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/escrowd/escrowd/store"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// migrationLock is the advisory lock key held while migrating ("escrowd").
+const migrationLock = 0x657363726f7764
+
+// Store is the PostgreSQL back end.
+type Store struct {
+	pool   *pgxpool.Pool
+	now    func() time.Time
+	closed atomic.Bool
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open connects to the database at url (a postgres:// URL or a libpq
+// key=value string) and brings its schema up to date.
+func Open(ctx context.Context, url string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		// The URL may hold a password: do not echo it.
+		return nil, errors.New("postgres: cannot parse the store URL")
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: failed to connect: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: failed to connect to %s:%d: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, err)
+	}
+	if err := migrate(ctx, pool); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return &Store{pool: pool, now: time.Now}, nil
+}
+
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+func loadMigrations() ([]migration, error) {
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return nil, err
+	}
+	var out []migration
+	for _, n := range names {
+		base := strings.TrimPrefix(n, "migrations/")
+		v, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("postgres: migration %s: name must start with a version number", base)
+		}
+		b, err := migrations.ReadFile(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, migration{version: v, name: base, sql: string(b)})
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].version < out[b].version })
+	for i := range out {
+		if out[i].version != i+1 {
+			return nil, fmt.Errorf("postgres: migrations are not numbered 1, 2, 3…: %s", out[i].name)
+		}
+	}
+	return out, nil
+}
+
+// migrate applies the embedded migrations not yet applied, each in its own
+// transaction, holding an advisory lock so concurrent starts migrate once.
+func migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	ms, err := loadMigrations()
+	if err != nil {
+		return err
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres: migrate: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(migrationLock)); err != nil {
+		return fmt.Errorf("postgres: migrate: advisory lock: %w", err)
+	}
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", int64(migrationLock))
+	}()
+	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version integer PRIMARY KEY, name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return fmt.Errorf("postgres: migrate: %w", err)
+	}
+	var have int
+	if err := conn.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM schema_migrations").Scan(&have); err != nil {
+		return fmt.Errorf("postgres: migrate: %w", err)
+	}
+	if have > len(ms) {
+		return fmt.Errorf("postgres: the database's schema is version %d, this build knows %d: upgrade escrowd", have, len(ms))
+	}
+	for _, m := range ms[have:] {
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, m.sql); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("postgres: migration %s: %w", m.name, err)
+		}
+	}
+	return nil
+}
+
+// SchemaVersion returns the version of the database's schema.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.pool.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM schema_migrations").Scan(&v)
+	return v, s.err(err)
+}
+
+// Close closes the connection pool.
+func (s *Store) Close() error {
+	if s.closed.CompareAndSwap(false, true) {
+		s.pool.Close()
+	}
+	return nil
+}
+
+func (s *Store) check(ctx context.Context) error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	return ctx.Err()
+}
+
+func (s *Store) err(err error) error {
+	if err != nil && s.closed.Load() {
+		return store.ErrClosed
+	}
+	return err
+}
+
+// tx runs fn in a transaction.
+func (s *Store) tx(ctx context.Context, fn func(pgx.Tx) error) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	return s.err(pgx.BeginFunc(ctx, s.pool, fn))
+}
+
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+// CreateGroup implements store.Store.
+func (s *Store) CreateGroup(ctx context.Context, g store.Group) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	g.Rev = 1
+	doc, err := json.Marshal(g)
+	if err != nil {
+		return err
+	}
+	tag, err := s.pool.Exec(ctx, "INSERT INTO groups (id, rev, doc) VALUES ($1, 1, $2) ON CONFLICT (id) DO NOTHING", g.ID, doc)
+	if err != nil {
+		return s.err(err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("group %s: %w", g.ID, store.ErrExists)
+	}
+	return nil
+}
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func getGroup(ctx context.Context, q querier, id, suffix string) (store.Group, error) {
+	var (
+		g   store.Group
+		doc []byte
+		rev int64
+	)
+	err := q.QueryRow(ctx, "SELECT rev, doc FROM groups WHERE id = $1"+suffix, id).Scan(&rev, &doc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return g, fmt.Errorf("group %s: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return g, err
+	}
+	if err := json.Unmarshal(doc, &g); err != nil {
+		return g, fmt.Errorf("group %s: %w", id, err)
+	}
+	g.ID, g.Rev = id, uint64(rev)
+	return g, nil
+}
+
+func putGroup(ctx context.Context, tx pgx.Tx, g store.Group) error {
+	doc, err := json.Marshal(g)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, "UPDATE groups SET rev = $2, doc = $3 WHERE id = $1", g.ID, int64(g.Rev), doc)
+	return err
+}
+
+// Group implements store.Store.
+func (s *Store) Group(ctx context.Context, id string) (store.Group, error) {
+	if err := s.check(ctx); err != nil {
+		return store.Group{}, err
+	}
+	g, err := getGroup(ctx, s.pool, id, "")
+	return g, s.err(err)
+}
+
+// UpdateGroup implements store.Store.
+func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(*store.Group) error) (store.Group, error) {
+	var g store.Group
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if g, err = getGroup(ctx, tx, id, " FOR UPDATE"); err != nil {
+			return err
+		}
+		rev := g.Rev
+		if err := fn(&g); err != nil {
+			return err
+		}
+		g.ID, g.Rev = id, rev+1
+		return putGroup(ctx, tx, g)
+	})
+	if err != nil {
+		return store.Group{}, err
+	}
+	return g, nil
+}
+
+// ListGroups implements store.Store.
+func (s *Store) ListGroups(ctx context.Context, after string, limit int) ([]store.Group, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, "SELECT id, rev, doc FROM groups WHERE id > $1 ORDER BY id LIMIT $2", after, limit)
+	if err != nil {
+		return nil, s.err(err)
+	}
+	defer rows.Close()
+	var out []store.Group
+	for rows.Next() {
+		var (
+			id  string
+			rev int64
+			doc []byte
+			g   store.Group
+		)
+		if err := rows.Scan(&id, &rev, &doc); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(doc, &g); err != nil {
+			return nil, fmt.Errorf("group %s: %w", id, err)
+		}
+		g.ID, g.Rev = id, uint64(rev)
+		out = append(out, g)
+	}
+	return out, s.err(rows.Err())
+}
+
+// CountGroups implements store.Store.
+func (s *Store) CountGroups(ctx context.Context) (int64, error) {
+	if err := s.check(ctx); err != nil {
+		return 0, err
+	}
+	var n int64
+	err := s.pool.QueryRow(ctx, "SELECT count(*) FROM groups").Scan(&n)
+	return n, s.err(err)
+}
+
+func getCodes(ctx context.Context, q querier, group, user, suffix string) (store.Codes, error) {
+	c := store.Codes{Group: group, User: user}
+	var epoch, uv int64
+	err := q.QueryRow(ctx, "SELECT epoch, unlock_version, revealed, updated FROM codes WHERE group_id = $1 AND user_id = $2"+suffix,
+		group, user).Scan(&epoch, &uv, &c.Revealed, &c.Updated)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return c, fmt.Errorf("group %s user %s: %w", group, user, store.ErrNoEpoch)
+	}
+	c.Epoch, c.UnlockVersion, c.Updated = uint32(epoch), uint32(uv), c.Updated.UTC()
+	return c, err
+}
+
+// Codes implements store.Store.
+func (s *Store) Codes(ctx context.Context, group, user string) (store.Codes, error) {
+	if err := s.check(ctx); err != nil {
+		return store.Codes{}, err
+	}
+	c, err := getCodes(ctx, s.pool, group, user, "")
+	return c, s.err(err)
+}
+
+// StartEpoch implements store.Store.
+func (s *Store) StartEpoch(ctx context.Context, group, user string, prevEpoch, unlockVersion uint32, n int) (store.Codes, error) {
+	var c store.Codes
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		var one int
+		err := tx.QueryRow(ctx, "SELECT 1 FROM groups WHERE id = $1", group).Scan(&one)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("group %s: %w", group, store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		cur, err := getCodes(ctx, tx, group, user, " FOR UPDATE")
+		exists := err == nil
+		if err != nil && !errors.Is(err, store.ErrNoEpoch) {
+			return err
+		}
+		if cur.Epoch != prevEpoch {
+			return fmt.Errorf("epoch is %d, not %d: %w", cur.Epoch, prevEpoch, store.ErrConflict)
+		}
+		c = store.Codes{Group: group, User: user, Epoch: prevEpoch + 1, UnlockVersion: unlockVersion,
+			Revealed: make([]bool, n), Updated: s.now().UTC().Truncate(time.Microsecond)}
+		if exists {
+			_, err = tx.Exec(ctx, `UPDATE codes SET epoch = $3, unlock_version = $4, revealed = $5, updated = $6
+				WHERE group_id = $1 AND user_id = $2`, group, user, int64(c.Epoch), int64(unlockVersion), c.Revealed, c.Updated)
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO codes (group_id, user_id, epoch, unlock_version, revealed, updated)
+			VALUES ($1, $2, $3, $4, $5, $6)`, group, user, int64(c.Epoch), int64(unlockVersion), c.Revealed, c.Updated)
+		if isUniqueViolation(err) {
+			return fmt.Errorf("epoch started concurrently: %w", store.ErrConflict)
+		}
+		return err
+	})
+	if err != nil {
+		return store.Codes{}, err
+	}
+	return c, nil
+}
+
+// ClaimCode implements store.Store. The row is locked for the transaction,
+// so concurrent claims, from this process or another replica, queue on it
+// and each sees the claims before it.
+func (s *Store) ClaimCode(ctx context.Context, group, user string) (int, store.Codes, error) {
+	var c store.Codes
+	index := -1
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		var err error
+		c, err = getCodes(ctx, tx, group, user, " FOR UPDATE")
+		if err != nil {
+			return err
+		}
+		for i, r := range c.Revealed {
+			if !r {
+				index = i
+				break
+			}
+		}
+		if index < 0 {
+			return fmt.Errorf("group %s user %s epoch %d: %w", group, user, c.Epoch, store.ErrExhausted)
+		}
+		c.Revealed[index] = true
+		c.Updated = s.now().UTC().Truncate(time.Microsecond)
+		_, err = tx.Exec(ctx, "UPDATE codes SET revealed = $3, updated = $4 WHERE group_id = $1 AND user_id = $2",
+			group, user, c.Revealed, c.Updated)
+		return err
+	})
+	if err != nil {
+		return -1, store.Codes{}, err
+	}
+	return index, c, nil
+}
+
+func getJob(ctx context.Context, q querier, id, suffix string) (store.Job, error) {
+	var (
+		j   store.Job
+		doc []byte
+	)
+	err := q.QueryRow(ctx, "SELECT doc FROM jobs WHERE id = $1"+suffix, id).Scan(&doc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return j, fmt.Errorf("job %s: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return j, err
+	}
+	err = json.Unmarshal(doc, &j)
+	j.ID = id
+	return j, err
+}
+
+func putJob(ctx context.Context, tx pgx.Tx, j store.Job) error {
+	doc, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, "UPDATE jobs SET doc = $2 WHERE id = $1", j.ID, doc)
+	return err
+}
+
+// CreateJob implements store.Store.
+func (s *Store) CreateJob(ctx context.Context, j store.Job) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	doc, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	tag, err := s.pool.Exec(ctx, "INSERT INTO jobs (id, created, doc) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING", j.ID, j.Created, doc)
+	if err != nil {
+		return s.err(err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("job %s: %w", j.ID, store.ErrExists)
+	}
+	return nil
+}
+
+// Job implements store.Store.
+func (s *Store) Job(ctx context.Context, id string) (store.Job, error) {
+	if err := s.check(ctx); err != nil {
+		return store.Job{}, err
+	}
+	j, err := getJob(ctx, s.pool, id, "")
+	return j, s.err(err)
+}
+
+// Jobs implements store.Store.
+func (s *Store) Jobs(ctx context.Context) ([]store.Job, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, "SELECT doc FROM jobs ORDER BY created, id")
+	if err != nil {
+		return nil, s.err(err)
+	}
+	defer rows.Close()
+	var out []store.Job
+	for rows.Next() {
+		var (
+			doc []byte
+			j   store.Job
+		)
+		if err := rows.Scan(&doc); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(doc, &j); err != nil {
+			return nil, err
+		}
+		out = append(out, j)
+	}
+	return out, s.err(rows.Err())
+}
+
+// UpdateJob implements store.Store.
+func (s *Store) UpdateJob(ctx context.Context, id string, fn func(*store.Job) error) (store.Job, error) {
+	var j store.Job
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if j, err = getJob(ctx, tx, id, " FOR UPDATE"); err != nil {
+			return err
+		}
+		if err := fn(&j); err != nil {
+			return err
+		}
+		j.ID = id
+		return putJob(ctx, tx, j)
+	})
+	if err != nil {
+		return store.Job{}, err
+	}
+	return j, nil
+}
+
+// CommitBatch implements store.Store. The job row is locked first, so a
+// replica taking the job over waits for a batch in flight and the batch
+// after sees the new owner.
+func (s *Store) CommitBatch(ctx context.Context, b store.Batch) (store.Job, error) {
+	var j store.Job
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if j, err = getJob(ctx, tx, b.JobID, " FOR UPDATE"); err != nil {
+			return err
+		}
+		if j.Owner != b.Owner {
+			return fmt.Errorf("job %s is held by %q: %w", b.JobID, j.Owner, store.ErrLeaseHeld)
+		}
+		for _, g := range b.Groups {
+			doc, err := json.Marshal(g)
+			if err != nil {
+				return err
+			}
+			tag, err := tx.Exec(ctx, "UPDATE groups SET rev = rev + 1, doc = $3 WHERE id = $1 AND rev = $2", g.ID, int64(g.Rev), doc)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 0 {
+				return fmt.Errorf("group %s changed since revision %d: %w", g.ID, g.Rev, store.ErrConflict)
+			}
+		}
+		j.Cursor, j.Done, j.Changed, j.Updated = b.Cursor, b.Done, b.Changed, s.now().UTC()
+		return putJob(ctx, tx, j)
+	})
+	if err != nil {
+		return store.Job{}, err
+	}
+	return j, nil
+}
