@@ -3,6 +3,7 @@ package hsm
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
@@ -41,13 +42,17 @@ type WrappedKey struct {
 	Blob       []byte
 }
 
-// Target is where Rewrap wraps a GDK to: exactly one of PublicKeyDER (an RSA
-// public key, PKIX SubjectPublicKeyInfo DER, with Suite) or AESKey (16, 24 or
-// 32 raw bytes; the GDK is wrapped with AES-KW, RFC 3394) is set.
+// Target is where Rewrap wraps a GDK to: exactly one of PublicKeyDER (a
+// PKIX SubjectPublicKeyInfo DER public key with Suite: RSA for the
+// rsa-oaep suites, P-256 for ecdh-p256) or AESKey (16, 24 or 32 raw bytes;
+// the GDK is wrapped with AES-KW, RFC 3394) is set.
 type Target struct {
 	PublicKeyDER []byte
 	Suite        Suite
 	AESKey       []byte
+	// Kind is the slot kind the output goes into ("member", "device",
+	// "escrow"); ecdh-p256 binds it into the KDF.
+	Kind string
 }
 
 func oaepMechanism(s Suite) ([]*pkcs11.Mechanism, error) {
@@ -184,18 +189,24 @@ func (h *HSM) suiteKnownUnsupported(suite Suite) error {
 	return nil
 }
 
-// GenerateEscrowKey generates an RSA-3072 escrow key pair for suite as
+// GenerateEscrowKey generates an escrow key pair for suite (ecdh-p256: a
+// P-256 pair, see generateECEscrowKey) or an RSA-3072 escrow key pair as
 // session objects, checks that the pair works with the suite, wraps the
 // private key under the current KEK and destroys both objects. The private
 // key is generated sensitive, extractable only under a trusted key
 // (CKA_WRAP_WITH_TRUSTED), for decrypt/unwrap only.
 func (h *HSM) GenerateEscrowKey(ctx context.Context, suite Suite) (publicKeyDER []byte, private WrappedKey, err error) {
-	mech, err := oaepMechanism(suite)
-	if err != nil {
-		return nil, WrappedKey{}, err
+	var mech []*pkcs11.Mechanism
+	if suite != SuiteECDHP256 {
+		if mech, err = oaepMechanism(suite); err != nil {
+			return nil, WrappedKey{}, err
+		}
 	}
 	if err := h.suiteKnownUnsupported(suite); err != nil {
 		return nil, WrappedKey{}, err
+	}
+	if suite == SuiteECDHP256 {
+		return h.generateECEscrowKey(ctx)
 	}
 	err = h.do(ctx, func(s session) error {
 		pubT := []*pkcs11.Attribute{
@@ -365,6 +376,8 @@ type target struct {
 	mech   []*pkcs11.Mechanism
 	suite  Suite
 	aesKey []byte // a copy, zeroed after use
+	ecdh   *ecdh.PublicKey
+	kind   string
 }
 
 func parseTargets(ts []Target) ([]target, error) {
@@ -377,6 +390,15 @@ func parseTargets(ts []Target) ([]target, error) {
 		switch {
 		case len(t.PublicKeyDER) > 0 && len(t.AESKey) > 0:
 			return fail(i, "both a public key and an AES key are set")
+		case len(t.PublicKeyDER) > 0 && t.Suite == SuiteECDHP256:
+			pub, err := ParseP256(t.PublicKeyDER)
+			if err != nil {
+				return fail(i, "%v", err)
+			}
+			if t.Kind == "" {
+				return fail(i, "an ecdh-p256 target needs the slot kind")
+			}
+			out = append(out, target{ecdh: pub, suite: t.Suite, kind: t.Kind})
 		case len(t.PublicKeyDER) > 0:
 			mech, err := oaepMechanism(t.Suite)
 			if err != nil {
@@ -422,67 +444,21 @@ func zeroTargets(ts []target) {
 // before Rewrap returns. A ciphertext that does not decrypt, or does not
 // hold 32 bytes, gives ErrBadCiphertext.
 func (h *HSM) Rewrap(ctx context.Context, escrowPrivate WrappedKey, suite Suite, ciphertext []byte, targets []Target) ([][]byte, error) {
-	mech, err := oaepMechanism(suite)
+	if _, err := oaepMechanism(suite); err != nil {
+		return nil, err
+	}
+	for i, t := range targets {
+		if t.Suite == SuiteECDHP256 {
+			return nil, fmt.Errorf("hsm: rewrap: target %d: %w: ecdh-p256 targets need RewrapSlot, which returns their ephemeral keys", i, ErrInvalidInput)
+		}
+	}
+	sealed, err := h.RewrapSlot(ctx, Source{EscrowPrivate: escrowPrivate, Suite: suite, Wrapped: ciphertext}, targets)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkWrapped(escrowPrivate, "escrow key"); err != nil {
-		return nil, err
-	}
-	if len(ciphertext) == 0 {
-		return nil, fmt.Errorf("hsm: rewrap: %w: empty ciphertext", ErrBadCiphertext)
-	}
-	if len(targets) == 0 {
-		return nil, fmt.Errorf("hsm: rewrap: %w: no targets", ErrInvalidInput)
-	}
-	ts, err := parseTargets(targets)
-	if err != nil {
-		return nil, err
-	}
-	defer zeroTargets(ts)
-
-	var out [][]byte
-	err = h.do(ctx, func(s session) error {
-		out = nil
-		priv, err := h.unwrapEscrowPrivate(s, escrowPrivate)
-		if err != nil {
-			return err
-		}
-		defer h.destroy(s, priv)
-		gdk, err := h.mod.ctx.UnwrapKey(s.h, mech, priv, ciphertext, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-			boolAttr(pkcs11.CKA_TOKEN, false),
-			boolAttr(pkcs11.CKA_PRIVATE, true),
-			boolAttr(pkcs11.CKA_SENSITIVE, true),
-			// Extractable, and not only under trusted keys: the GDK must be
-			// wrapped to member and device public keys the daemon imports,
-			// which cannot be trusted. See docs/HSM.md.
-			boolAttr(pkcs11.CKA_EXTRACTABLE, true),
-			boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, false),
-			boolAttr(pkcs11.CKA_ENCRYPT, false),
-			boolAttr(pkcs11.CKA_DECRYPT, false),
-			boolAttr(pkcs11.CKA_WRAP, false),
-			boolAttr(pkcs11.CKA_UNWRAP, false),
-		})
-		if err != nil {
-			return h.gdkUnwrapErr(suite, err)
-		}
-		defer h.destroy(s, gdk)
-		if err := h.checkGDKSize(s, gdk); err != nil {
-			return err
-		}
-		res := make([][]byte, len(ts))
-		for i, t := range ts {
-			if res[i], err = h.wrapToTarget(s, gdk, t, fmt.Sprintf("rewrap: target %d: ", i)); err != nil {
-				return err
-			}
-		}
-		out = res
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	out := make([][]byte, len(sealed))
+	for i, s := range sealed {
+		out[i] = s.Wrapped
 	}
 	return out, nil
 }
