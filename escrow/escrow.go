@@ -10,6 +10,8 @@ package escrow
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/escrowd/escrowd/escrow/bundle"
+	"github.com/escrowd/escrowd/escrow/kdf"
 	"github.com/escrowd/escrowd/escrow/unlockcode"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/store"
@@ -41,6 +44,11 @@ var (
 	// ErrExhausted: every code of the user's epoch has been revealed; the
 	// sync backend must issue a new epoch.
 	ErrExhausted = errors.New("every unlock code of this epoch has been revealed")
+	// ErrStale: the request names an epoch that is no longer current.
+	ErrStale = errors.New("stale epoch")
+	// ErrNotRevealed: a code reported used was never revealed: it leaked or
+	// was guessed.
+	ErrNotRevealed = errors.New("unlock code reported used but never revealed")
 	// ErrConflict: a concurrent request changed the state; retry.
 	ErrConflict = errors.New("concurrent update, retry")
 	// ErrUnsupported: the HSM cannot do what the suite needs (SoftHSM and
@@ -64,12 +72,15 @@ type HSM interface {
 	GenerateEscrowKey(ctx context.Context, suite hsm.Suite) (publicKeyDER []byte, private hsm.WrappedKey, err error)
 	GenerateUnlockKey(ctx context.Context) (hsm.WrappedKey, error)
 	HMAC(ctx context.Context, key hsm.WrappedKey, msg []byte) ([]byte, error)
-	Rewrap(ctx context.Context, private hsm.WrappedKey, suite hsm.Suite, ciphertext []byte, targets []hsm.Target) ([][]byte, error)
+	RewrapSlot(ctx context.Context, src hsm.Source, targets []hsm.Target) ([]hsm.Sealed, error)
+	Rotate(ctx context.Context, src hsm.Source, targets []hsm.Target) (chain []byte, out []hsm.Sealed, err error)
 }
 
 // Config tunes the service; zero values take the defaults.
 type Config struct {
-	// DefaultSuite is the escrow key suite of new groups.
+	// DefaultSuite is the escrow key suite of new groups: ecdh-p256 unless
+	// set (a P-256 pair costs milliseconds in SoftHSM, RSA-3072 about a
+	// second; see docs/FORMAT.md).
 	DefaultSuite string
 	// CodesPerEpoch defaults to 5.
 	CodesPerEpoch int
@@ -94,9 +105,9 @@ type Service struct {
 // New returns a service over an opened HSM and store.
 func New(h HSM, s store.Store, cfg Config) (*Service, error) {
 	if cfg.DefaultSuite == "" {
-		cfg.DefaultSuite = bundle.SuiteRSAOAEPSHA1
+		cfg.DefaultSuite = DefaultSuite
 	}
-	if !rsaSuite(cfg.DefaultSuite) {
+	if !bundle.PublicKeySuite(cfg.DefaultSuite) {
 		return nil, fmt.Errorf("escrow: unknown default suite %q", cfg.DefaultSuite)
 	}
 	if cfg.CodesPerEpoch == 0 {
@@ -114,9 +125,11 @@ func New(h HSM, s store.Store, cfg Config) (*Service, error) {
 	return &Service{hsm: h, store: s, cfg: cfg, now: time.Now}, nil
 }
 
-func rsaSuite(s string) bool {
-	return s == bundle.SuiteRSAOAEPSHA1 || s == bundle.SuiteRSAOAEPSHA256
-}
+// DefaultSuite is the escrow key suite of new groups when Config leaves it
+// empty.
+const DefaultSuite = bundle.SuiteECDHP256
+
+var suiteList = bundle.SuiteECDHP256 + ", " + bundle.SuiteRSAOAEPSHA1 + ", " + bundle.SuiteRSAOAEPSHA256
 
 // EscrowPublic is a group's escrow public key, as devices need it.
 type EscrowPublic struct {
@@ -134,10 +147,10 @@ func (s *Service) Provision(ctx context.Context, group, suite string) (EscrowPub
 	if suite == "" {
 		suite = s.cfg.DefaultSuite
 	}
-	if !rsaSuite(suite) {
-		return EscrowPublic{}, fmt.Errorf("%w: suite %q is not one of %s, %s", ErrInvalid, suite, bundle.SuiteRSAOAEPSHA1, bundle.SuiteRSAOAEPSHA256)
+	if !bundle.PublicKeySuite(suite) {
+		return EscrowPublic{}, fmt.Errorf("%w: suite %q is not one of %s", ErrInvalid, suite, suiteList)
 	}
-	// Key generation takes about a second; refuse early when the group
+	// RSA key generation takes about a second; refuse early when the group
 	// exists. CreateGroup checks again inside its transaction.
 	if _, err := s.store.Group(ctx, group); err == nil {
 		return EscrowPublic{}, fmt.Errorf("%w: %s", ErrExists, group)
@@ -191,13 +204,15 @@ type Recipient struct {
 	ID         string
 	KeyVersion uint32
 	Suite      string
-	PublicKey  []byte // PKIX DER, RSA 2048 to 4096 bits
+	PublicKey  []byte // PKIX DER: RSA 2048 to 4096 bits, or P-256 for ecdh-p256
 }
 
 // Used reports the key versions an operation used, for the audit record.
 type Used struct {
 	EscrowVersion uint32
 	UnlockVersion uint32
+	// TargetEscrowVersion is the escrow key version a slot was wrapped to.
+	TargetEscrowVersion uint32
 }
 
 // Rewrap opens escrowSlot in the HSM and wraps its GDK to r.
@@ -205,22 +220,59 @@ func (s *Service) Rewrap(ctx context.Context, group string, escrowSlot []byte, r
 	if err := checkRecipient(r); err != nil {
 		return nil, Used{}, err
 	}
-	_, slot, key, err := s.escrowSlot(ctx, group, escrowSlot)
+	_, src, key, err := s.escrowSlot(ctx, group, escrowSlot)
 	if err != nil {
 		return nil, Used{}, err
 	}
 	used := Used{EscrowVersion: key.Version}
-	out, err := s.hsm.Rewrap(ctx, hsmKey(key.Private), hsm.Suite(key.Suite), slot.Wrapped,
-		[]hsm.Target{{PublicKeyDER: r.PublicKey, Suite: hsm.Suite(r.Suite)}})
+	out, err := s.hsm.RewrapSlot(ctx, src, []hsm.Target{r.target()})
 	if err != nil {
 		return nil, used, hsmErr(err)
 	}
-	ms := bundle.Slot{V: bundle.Version, Kind: r.Kind, KeyVersion: r.KeyVersion, Suite: r.Suite, ID: r.ID, Wrapped: out[0]}
+	b, err := r.slot(out[0])
+	return b, used, err
+}
+
+func (r Recipient) target() hsm.Target {
+	return hsm.Target{PublicKeyDER: r.PublicKey, Suite: hsm.Suite(r.Suite), Kind: string(r.Kind)}
+}
+
+// slot encodes the recipient's slot around what the HSM sealed.
+func (r Recipient) slot(out hsm.Sealed) ([]byte, error) {
+	ms := bundle.Slot{V: bundle.Version, Kind: r.Kind, KeyVersion: r.KeyVersion, Suite: r.Suite, ID: r.ID, EPK: out.EPK, Wrapped: out.Wrapped}
 	b, err := ms.Marshal()
 	if err != nil {
-		return nil, used, fmt.Errorf("escrow: failed to encode the %s slot: %w", r.Kind, err)
+		return nil, fmt.Errorf("escrow: failed to encode the %s slot: %w", r.Kind, err)
 	}
-	return b, used, nil
+	return b, nil
+}
+
+// RewrapToEscrow opens escrowSlot and wraps its GDK to the group's newest
+// escrow key version, giving the group's new escrow slot. version names
+// the version the caller expects (0: the newest); any other version than
+// the newest is refused with ErrKeyVersion, so a caller working from a
+// stale key list learns it.
+func (s *Service) RewrapToEscrow(ctx context.Context, group string, escrowSlot []byte, version uint32) ([]byte, Used, error) {
+	g, src, key, err := s.escrowSlot(ctx, group, escrowSlot)
+	if err != nil {
+		return nil, Used{}, err
+	}
+	newest, _ := g.LatestEscrow()
+	if version != 0 && version != newest.Version {
+		return nil, Used{EscrowVersion: key.Version}, fmt.Errorf("%w: escrow key version %d is not the newest of group %s (%d)", ErrKeyVersion, version, group, newest.Version)
+	}
+	used := Used{EscrowVersion: key.Version, TargetEscrowVersion: newest.Version}
+	r := escrowRecipient(newest)
+	out, err := s.hsm.RewrapSlot(ctx, src, []hsm.Target{r.target()})
+	if err != nil {
+		return nil, used, hsmErr(err)
+	}
+	b, err := r.slot(out[0])
+	return b, used, err
+}
+
+func escrowRecipient(k store.EscrowKey) Recipient {
+	return Recipient{Kind: bundle.KindEscrow, KeyVersion: k.Version, Suite: k.Suite, PublicKey: k.PublicKey}
 }
 
 // Issued is a new unlock-code epoch.
@@ -243,7 +295,7 @@ func (s *Service) IssueCodes(ctx context.Context, group, user string, escrowSlot
 	if n < 1 || n > maxCodes {
 		return Issued{}, fmt.Errorf("%w: count %d outside 1 to %d", ErrInvalid, n, maxCodes)
 	}
-	g, slot, escrowKey, err := s.escrowSlot(ctx, group, escrowSlot)
+	g, src, escrowKey, err := s.escrowSlot(ctx, group, escrowSlot)
 	if err != nil {
 		return Issued{}, err
 	}
@@ -252,63 +304,115 @@ func (s *Service) IssueCodes(ctx context.Context, group, user string, escrowSlot
 		return Issued{}, fmt.Errorf("%w: group %s has no unlock key", ErrNotFound, group)
 	}
 	used := Used{EscrowVersion: escrowKey.Version, UnlockVersion: unlockKey.Version}
-	prev := uint32(0)
-	switch cur, err := s.store.Codes(ctx, group, user); {
-	case err == nil:
-		prev = cur.Epoch
-	case !errors.Is(err, store.ErrNoEpoch):
-		return Issued{}, storeErr(err)
+	prev, err := s.currentEpoch(ctx, group, user)
+	if err != nil {
+		return Issued{}, err
 	}
-	epoch := prev + 1
-
-	targets := make([]hsm.Target, n)
-	salts := make([][]byte, n)
-	defer func() {
-		for _, t := range targets {
-			clear(t.AESKey)
-		}
-	}()
-	for i := range n {
-		code, err := s.deriveCode(ctx, group, user, epoch, uint32(i), unlockKey)
-		if err != nil {
-			return Issued{}, err
-		}
-		salts[i] = make([]byte, bundle.SaltSize)
-		if _, err := rand.Read(salts[i]); err != nil {
-			return Issued{}, fmt.Errorf("escrow: crypto/rand failed: %w", err)
-		}
-		key, err := code.DeriveKey(salts[i], s.cfg.UnlockIterations)
-		code.Clear()
-		if err != nil {
-			return Issued{}, fmt.Errorf("escrow: failed to derive an unlock slot key: %w", err)
-		}
-		targets[i] = hsm.Target{AESKey: key}
+	pending, err := s.prepareCodes(ctx, group, user, prev+1, n, unlockKey)
+	if err != nil {
+		return Issued{}, err
 	}
-	wrapped, err := s.hsm.Rewrap(ctx, hsmKey(escrowKey.Private), hsm.Suite(escrowKey.Suite), slot.Wrapped, targets)
+	defer pending.clear()
+	out, err := s.hsm.RewrapSlot(ctx, src, pending.targets)
 	if err != nil {
 		return Issued{}, hsmErr(err)
 	}
-	out := Issued{Epoch: epoch, Used: used, Slots: make([][]byte, n)}
-	for i := range n {
-		us := bundle.Slot{
-			V: bundle.Version, Kind: bundle.KindUnlock, KeyVersion: unlockKey.Version,
-			Suite: bundle.SuitePBKDF2AESKW, ID: user,
-			KDF:     &bundle.KDF{Salt: salts[i], Iterations: uint32(s.cfg.UnlockIterations)},
-			Unlock:  &bundle.Unlock{Epoch: epoch, Index: uint32(i)},
-			Wrapped: wrapped[i],
-		}
-		if out.Slots[i], err = us.Marshal(); err != nil {
-			return Issued{}, fmt.Errorf("escrow: failed to encode an unlock slot: %w", err)
-		}
+	slots, err := pending.slots(out)
+	if err != nil {
+		return Issued{}, err
 	}
-	// Only now does the new epoch exist: the old codes die with this write.
-	if _, err := s.store.StartEpoch(ctx, group, user, prev, unlockKey.Version, n); err != nil {
-		if errors.Is(err, store.ErrConflict) {
-			return Issued{}, fmt.Errorf("%w: codes for %s were issued concurrently", ErrConflict, user)
+	if err := s.startEpoch(ctx, pending); err != nil {
+		return Issued{}, err
+	}
+	return Issued{Epoch: pending.epoch, Used: used, Slots: slots}, nil
+}
+
+func (s *Service) currentEpoch(ctx context.Context, group, user string) (uint32, error) {
+	switch cur, err := s.store.Codes(ctx, group, user); {
+	case err == nil:
+		return cur.Epoch, nil
+	case !errors.Is(err, store.ErrNoEpoch):
+		return 0, storeErr(err)
+	}
+	return 0, nil
+}
+
+// pendingCodes is a new epoch whose slots are being made: one AES-KW
+// target per code, derived from the code in daemon memory and cleared.
+type pendingCodes struct {
+	group, user   string
+	epoch         uint32
+	unlockVersion uint32
+	iterations    int
+	targets       []hsm.Target
+	salts, checks [][]byte
+}
+
+func (p *pendingCodes) clear() {
+	for _, t := range p.targets {
+		clear(t.AESKey)
+	}
+}
+
+// prepareCodes derives the n codes of epoch in the HSM and their slot keys.
+func (s *Service) prepareCodes(ctx context.Context, group, user string, epoch uint32, n int, unlockKey store.UnlockKey) (*pendingCodes, error) {
+	p := &pendingCodes{group: group, user: user, epoch: epoch, unlockVersion: unlockKey.Version, iterations: s.cfg.UnlockIterations,
+		targets: make([]hsm.Target, n), salts: make([][]byte, n), checks: make([][]byte, n)}
+	for i := range n {
+		code, err := s.deriveCode(ctx, group, user, epoch, uint32(i), unlockKey)
+		if err != nil {
+			p.clear()
+			return nil, err
 		}
-		return Issued{}, storeErr(err)
+		p.salts[i] = make([]byte, bundle.SaltSize)
+		if _, err := rand.Read(p.salts[i]); err != nil {
+			p.clear()
+			return nil, fmt.Errorf("escrow: crypto/rand failed: %w", err)
+		}
+		secret := code.Secret()
+		key, err := kdf.PasswordKey(secret, p.salts[i], s.cfg.UnlockIterations)
+		clear(secret)
+		code.Clear()
+		if err != nil {
+			p.clear()
+			return nil, fmt.Errorf("escrow: failed to derive an unlock slot key: %w", err)
+		}
+		p.checks[i] = kdf.CheckValue(key)
+		p.targets[i] = hsm.Target{AESKey: key}
+	}
+	return p, nil
+}
+
+// slots encodes the unlock slots around what the HSM wrapped.
+func (p *pendingCodes) slots(wrapped []hsm.Sealed) ([][]byte, error) {
+	out := make([][]byte, len(wrapped))
+	for i, w := range wrapped {
+		us := bundle.Slot{
+			V: bundle.Version, Kind: bundle.KindUnlock, KeyVersion: p.unlockVersion,
+			Suite: bundle.SuitePBKDF2AESKW, ID: p.user,
+			KDF:     &bundle.KDF{Salt: p.salts[i], Iterations: uint32(p.iterations)},
+			Unlock:  &bundle.Unlock{Epoch: p.epoch, Index: uint32(i)},
+			Check:   p.checks[i],
+			Wrapped: w.Wrapped,
+		}
+		var err error
+		if out[i], err = us.Marshal(); err != nil {
+			return nil, fmt.Errorf("escrow: failed to encode an unlock slot: %w", err)
+		}
 	}
 	return out, nil
+}
+
+// startEpoch records the new epoch: only now does it exist, and the old
+// codes die with this write.
+func (s *Service) startEpoch(ctx context.Context, p *pendingCodes) error {
+	if _, err := s.store.StartEpoch(ctx, p.group, p.user, p.epoch-1, p.unlockVersion, len(p.targets)); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("%w: codes for %s were issued concurrently", ErrConflict, p.user)
+		}
+		return storeErr(err)
+	}
+	return nil
 }
 
 // Revealed is a code handed to support. Clear it once sent.
@@ -408,30 +512,32 @@ func CodeMessage(group, user string, epoch, index uint32) []byte {
 }
 
 // escrowSlot reads the group and parses the caller's escrow slot, checking
-// it names one of the group's escrow key versions with its suite.
-func (s *Service) escrowSlot(ctx context.Context, group string, raw []byte) (store.Group, *bundle.Slot, store.EscrowKey, error) {
+// it names one of the group's escrow key versions with its suite. It
+// returns what the HSM needs to open it.
+func (s *Service) escrowSlot(ctx context.Context, group string, raw []byte) (store.Group, hsm.Source, store.EscrowKey, error) {
 	g, err := s.group(ctx, group)
 	if err != nil {
-		return g, nil, store.EscrowKey{}, err
+		return g, hsm.Source{}, store.EscrowKey{}, err
 	}
 	slot, err := bundle.ParseSlot(raw)
 	if err != nil {
-		return g, nil, store.EscrowKey{}, fmt.Errorf("%w: escrow_slot: %w", ErrInvalid, err)
+		return g, hsm.Source{}, store.EscrowKey{}, fmt.Errorf("%w: escrow_slot: %w", ErrInvalid, err)
 	}
 	if slot.Kind != bundle.KindEscrow {
-		return g, nil, store.EscrowKey{}, fmt.Errorf("%w: escrow_slot is a %s slot", ErrInvalid, slot.Kind)
+		return g, hsm.Source{}, store.EscrowKey{}, fmt.Errorf("%w: escrow_slot is a %s slot", ErrInvalid, slot.Kind)
 	}
 	key, ok := g.EscrowVersion(slot.KeyVersion)
 	if !ok {
-		return g, nil, store.EscrowKey{}, fmt.Errorf("%w: group %s has no escrow key version %d", ErrKeyVersion, group, slot.KeyVersion)
+		return g, hsm.Source{}, store.EscrowKey{}, fmt.Errorf("%w: group %s has no escrow key version %d", ErrKeyVersion, group, slot.KeyVersion)
 	}
 	if key.Suite != slot.Suite {
-		return g, nil, store.EscrowKey{}, fmt.Errorf("%w: escrow_slot suite %s, but escrow key version %d is %s", ErrInvalid, slot.Suite, key.Version, key.Suite)
+		return g, hsm.Source{}, store.EscrowKey{}, fmt.Errorf("%w: escrow_slot suite %s, but escrow key version %d is %s", ErrInvalid, slot.Suite, key.Version, key.Suite)
 	}
 	if err := usableEscrow(&g, key); err != nil {
-		return g, nil, store.EscrowKey{}, err
+		return g, hsm.Source{}, store.EscrowKey{}, err
 	}
-	return g, slot, key, nil
+	src := hsm.Source{EscrowPrivate: hsmKey(key.Private), EscrowPublicDER: key.PublicKey, Suite: hsm.Suite(key.Suite), Wrapped: slot.Wrapped, EPK: slot.EPK}
+	return g, src, key, nil
 }
 
 func (s *Service) group(ctx context.Context, id string) (store.Group, error) {
@@ -465,14 +571,15 @@ func checkRecipient(r Recipient) error {
 	if r.KeyVersion == 0 {
 		return fmt.Errorf("%w: recipient.key_version must be at least 1", ErrInvalid)
 	}
-	if !rsaSuite(r.Suite) {
-		return fmt.Errorf("%w: recipient.suite %q is not one of %s, %s", ErrInvalid, r.Suite, bundle.SuiteRSAOAEPSHA1, bundle.SuiteRSAOAEPSHA256)
+	if !bundle.PublicKeySuite(r.Suite) {
+		return fmt.Errorf("%w: recipient.suite %q is not one of %s", ErrInvalid, r.Suite, suiteList)
 	}
-	return CheckPublicKey(r.PublicKey)
+	return CheckPublicKey(r.Suite, r.PublicKey)
 }
 
-// CheckPublicKey accepts a PKIX DER RSA public key of 2048 to 4096 bits.
-func CheckPublicKey(der []byte) error {
+// CheckPublicKey accepts a PKIX DER public key fit for suite: RSA of 2048
+// to 4096 bits for the rsa-oaep suites, a P-256 point for ecdh-p256.
+func CheckPublicKey(suite string, der []byte) error {
 	if len(der) == 0 || len(der) > 2048 {
 		return fmt.Errorf("%w: recipient.public_key is %d bytes", ErrInvalid, len(der))
 	}
@@ -480,9 +587,16 @@ func CheckPublicKey(der []byte) error {
 	if err != nil {
 		return fmt.Errorf("%w: recipient.public_key is not a PKIX DER public key", ErrInvalid)
 	}
+	if suite == bundle.SuiteECDHP256 {
+		ek, ok := pk.(*ecdsa.PublicKey)
+		if !ok || ek.Curve != elliptic.P256() {
+			return fmt.Errorf("%w: recipient.public_key is a %T, want EC P-256 for %s", ErrInvalid, pk, suite)
+		}
+		return nil
+	}
 	rk, ok := pk.(*rsa.PublicKey)
 	if !ok {
-		return fmt.Errorf("%w: recipient.public_key is a %T, want RSA", ErrInvalid, pk)
+		return fmt.Errorf("%w: recipient.public_key is a %T, want RSA for %s", ErrInvalid, pk, suite)
 	}
 	if bits := rk.N.BitLen(); bits < 2048 || bits > 4096 {
 		return fmt.Errorf("%w: recipient.public_key is RSA-%d, want 2048 to 4096 bits", ErrInvalid, bits)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/escrowd/escrowd/escrow/bundle"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/store"
 )
@@ -17,7 +16,7 @@ import (
 // slots and epochs use the newest. A group's minimum decryption version
 // retires older versions: they are never opened again, and what names them
 // is refused with ErrRetired (the sync backend re-wraps escrow slots with
-// RewrapEscrowSlot while their version is still allowed). Destroying a
+// RewrapToEscrow while their version is still allowed). Destroying a
 // retired version erases its wrapped key from the store: crypto-shredding.
 
 // KeyKind names a group key: escrow or unlock.
@@ -289,29 +288,6 @@ func (s *Service) DestroyVersion(ctx context.Context, group string, kind KeyKind
 		return g, s.updateErr(group, err)
 	}
 	return g, nil
-}
-
-// RewrapEscrowSlot opens an escrow slot in the HSM and seals its GDK again
-// to the group's newest escrow key version: what the sync backend does to
-// every bundle after a rotation, before the old version is retired.
-func (s *Service) RewrapEscrowSlot(ctx context.Context, group string, escrowSlot []byte) ([]byte, Used, error) {
-	g, slot, key, err := s.escrowSlot(ctx, group, escrowSlot)
-	if err != nil {
-		return nil, Used{}, err
-	}
-	latest, _ := g.LatestEscrow()
-	used := Used{EscrowVersion: key.Version}
-	out, err := s.hsm.Rewrap(ctx, hsmKey(key.Private), hsm.Suite(key.Suite), slot.Wrapped,
-		[]hsm.Target{{PublicKeyDER: latest.PublicKey, Suite: hsm.Suite(latest.Suite)}})
-	if err != nil {
-		return nil, used, hsmErr(err)
-	}
-	ns := bundle.Slot{V: bundle.Version, Kind: bundle.KindEscrow, KeyVersion: latest.Version, Suite: latest.Suite, Wrapped: out[0]}
-	b, err := ns.Marshal()
-	if err != nil {
-		return nil, used, fmt.Errorf("escrow: failed to encode the escrow slot: %w", err)
-	}
-	return b, used, nil
 }
 
 // KEKUse counts the stored keys wrapped under each master KEK version.

@@ -23,7 +23,6 @@ var (
 	ErrExhausted = errors.New("no unrevealed unlock code left in this epoch")
 	// ErrNoEpoch: the user has no unlock codes yet.
 	ErrNoEpoch = errors.New("no unlock codes issued for this user")
-	ErrClosed  = errors.New("store closed")
 	// ErrRateLimited: a rate-limit window is full.
 	ErrRateLimited = errors.New("rate limit reached")
 	// ErrSelfApproval: the requester tried to approve their own request.
@@ -35,6 +34,9 @@ var (
 	// ErrLeaseHeld: another owner holds the job's lease, or the caller's
 	// lease was taken over: stop working on the job.
 	ErrLeaseHeld = errors.New("job lease held by another owner")
+	// ErrNotRevealed: a code was reported used before it was revealed.
+	ErrNotRevealed = errors.New("unlock code was never revealed")
+	ErrClosed      = errors.New("store closed")
 )
 
 // WrappedKey is a group key wrapped under master KEK version KEKVersion.
@@ -125,7 +127,10 @@ type Codes struct {
 	// UnlockVersion is the unlock key version the epoch's codes derive from.
 	UnlockVersion uint32 `json:"unlock_version"`
 	// Revealed has one entry per code of the epoch.
-	Revealed []bool    `json:"revealed"`
+	Revealed []bool `json:"revealed"`
+	// Consumed marks codes a device has used (reported by the sync
+	// backend); a consumed code is revealed. Nil until one is consumed.
+	Consumed []bool    `json:"consumed,omitempty"`
 	Updated  time.Time `json:"updated"`
 }
 
@@ -198,6 +203,11 @@ type Batch struct {
 	Changed int64
 }
 
+// IsConsumed reports whether code i was consumed.
+func (c *Codes) IsConsumed(i int) bool {
+	return i >= 0 && i < len(c.Consumed) && c.Consumed[i]
+}
+
 // Store is implemented by every back end.
 type Store interface {
 	// CreateGroup stores a new group; ErrExists if the id is taken.
@@ -258,6 +268,11 @@ type Store interface {
 	// ErrConflict if a group changed since it was read.
 	CommitBatch(ctx context.Context, b Batch) (Job, error)
 
+	// ConsumeCode marks code index of epoch consumed; consuming it again
+	// is not an error. ErrNoEpoch when no codes were issued, ErrConflict
+	// when epoch is not the current one, ErrNotFound for an index outside
+	// the epoch, ErrNotRevealed for a code never revealed.
+	ConsumeCode(ctx context.Context, group, user string, epoch uint32, index int) (Codes, error)
 	Close() error
 }
 

@@ -10,6 +10,7 @@ package bundle
 
 import (
 	"bytes"
+	"crypto/ecdh"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,9 @@ const (
 	KindMember     Kind = "member"
 	KindUnlock     Kind = "unlock"
 	KindEscrow     Kind = "escrow"
+	// KindChain holds the group's previous GDK wrapped under the GDK of
+	// version key_version (AES-KW), written by a GDK rotation.
+	KindChain Kind = "chain"
 )
 
 // Suites name the algorithms that wrap a slot.
@@ -50,7 +54,18 @@ const (
 	// SuiteHKDFAESKW derives an AES-256 key from high-entropy key material
 	// (a WebAuthn PRF output) with HKDF-SHA256 and wraps with AES-KW.
 	SuiteHKDFAESKW = "hkdf-sha256-aes-kw"
+	// SuiteECDHP256 is ECDH P-256 with an ephemeral sender key; the AES-KW
+	// key is HMAC-SHA256(Z, kdf.ECDHMessage(kind, epk, recipient)).
+	SuiteECDHP256 = "ecdh-p256"
+	// SuiteAESKW wraps with AES-KW directly under another GDK (chain slots).
+	SuiteAESKW = "aes-kw"
 )
+
+// PublicKeySuite reports whether suite wraps to a public key (escrow,
+// member and device slots).
+func PublicKeySuite(suite string) bool {
+	return suite == SuiteRSAOAEPSHA1 || suite == SuiteRSAOAEPSHA256 || suite == SuiteECDHP256
+}
 
 // KDF parameters of password-like slots.
 const (
@@ -61,6 +76,8 @@ const (
 	MinUnlockIterations = 1 << 16
 	MaxIterations       = 10_000_000
 	SaltSize            = 16
+	// CheckSize is the size of a key check value.
+	CheckSize = 8
 )
 
 // ErrMalformed is wrapped by every decoding error.
@@ -79,6 +96,13 @@ type Slot struct {
 	ID     string  `json:"id,omitempty"`
 	KDF    *KDF    `json:"kdf,omitempty"`
 	Unlock *Unlock `json:"unlock,omitempty"`
+	// EPK is the ephemeral public key of an ecdh-p256 slot: an uncompressed
+	// P-256 point, 65 bytes.
+	EPK []byte `json:"epk,omitempty"`
+	// Check is the key check value of a password-like slot
+	// (kdf.CheckValue of its AES-KW key, 8 bytes): it tells a wrong secret
+	// from a damaged slot without weakening the slot.
+	Check []byte `json:"check,omitempty"`
 	// Wrapped is the GDK wrapped under the recipient's key.
 	Wrapped []byte `json:"wrapped"`
 }
@@ -181,15 +205,40 @@ func (s *Slot) Validate() error {
 	}
 	switch s.Kind {
 	case KindEscrow, KindMember, KindDevice:
-		if s.Suite != SuiteRSAOAEPSHA1 && s.Suite != SuiteRSAOAEPSHA256 {
+		switch s.Suite {
+		case SuiteRSAOAEPSHA1, SuiteRSAOAEPSHA256:
+			// RSA-2048 to RSA-4096 ciphertexts.
+			if len(s.Wrapped) < 256 || len(s.Wrapped) > 512 {
+				return bad("wrapped key is %d bytes, want an RSA ciphertext of 256 to 512", len(s.Wrapped))
+			}
+			if s.EPK != nil {
+				return bad("epk belongs to ecdh-p256 slots only")
+			}
+		case SuiteECDHP256:
+			if _, err := ecdh.P256().NewPublicKey(s.EPK); err != nil {
+				return bad("epk is not an uncompressed P-256 point")
+			}
+			if len(s.Wrapped) != 40 {
+				return bad("wrapped key is %d bytes, want 40", len(s.Wrapped))
+			}
+		default:
 			return bad("unknown suite %q", s.Suite)
 		}
-		// RSA-2048 to RSA-4096 ciphertexts.
-		if len(s.Wrapped) < 256 || len(s.Wrapped) > 512 {
-			return bad("wrapped key is %d bytes, want an RSA ciphertext of 256 to 512", len(s.Wrapped))
+		if s.KDF != nil || s.Unlock != nil || s.Check != nil {
+			return bad("unexpected kdf, unlock or check")
 		}
-		if s.KDF != nil || s.Unlock != nil {
-			return bad("unexpected kdf or unlock parameters")
+	case KindChain:
+		if s.Suite != SuiteAESKW {
+			return bad("unknown suite %q, want %q", s.Suite, SuiteAESKW)
+		}
+		if s.KeyVersion < 2 {
+			return bad("key_version %d: a chain slot is wrapped under GDK version 2 or later", s.KeyVersion)
+		}
+		if len(s.Wrapped) != 40 {
+			return bad("wrapped key is %d bytes, want 40", len(s.Wrapped))
+		}
+		if s.KDF != nil || s.Unlock != nil || s.EPK != nil || s.Check != nil {
+			return bad("unexpected kdf, unlock, epk or check")
 		}
 	case KindUnlock, KindPassword, KindPasskeyPRF:
 		want, min := SuitePBKDF2AESKW, uint32(MinUnlockIterations)
@@ -218,15 +267,21 @@ func (s *Slot) Validate() error {
 		if (s.Kind == KindUnlock) != (s.Unlock != nil) {
 			return bad("unlock parameters belong to unlock slots only")
 		}
+		if s.EPK != nil {
+			return bad("epk belongs to ecdh-p256 slots only")
+		}
+		if len(s.Check) != CheckSize {
+			return bad("check is %d bytes, want %d", len(s.Check), CheckSize)
+		}
 	default:
 		return fmt.Errorf("%w: unknown slot kind %q", ErrMalformed, s.Kind)
 	}
-	if s.Kind != KindEscrow {
+	if s.Kind != KindEscrow && s.Kind != KindChain {
 		if err := ValidateID(s.ID); err != nil {
 			return bad("id: %v", err)
 		}
 	} else if s.ID != "" {
-		return bad("escrow slots carry no id")
+		return bad("%s slots carry no id", s.Kind)
 	}
 	return nil
 }
@@ -319,3 +374,5 @@ func checkKeys(b []byte) error {
 		expectKey = len(stack) > 0 && stack[len(stack)-1] != nil
 	}
 }
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }

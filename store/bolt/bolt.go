@@ -342,6 +342,41 @@ func (s *Store) PendingApprovals(ctx context.Context, now time.Time) ([]store.Ap
 	return out, err
 }
 
+// ConsumeCode implements store.Store.
+func (s *Store) ConsumeCode(ctx context.Context, group, user string, epoch uint32, index int) (store.Codes, error) {
+	var c store.Codes
+	if err := ctx.Err(); err != nil {
+		return c, err
+	}
+	err := s.update(func(tx *bbolt.Tx) error {
+		var err error
+		c, err = getCodes(tx, group, user)
+		if err != nil {
+			return err
+		}
+		switch {
+		case c.Epoch != epoch:
+			return fmt.Errorf("epoch is %d, not %d: %w", c.Epoch, epoch, store.ErrConflict)
+		case index < 0 || index >= len(c.Revealed):
+			return fmt.Errorf("epoch %d has %d codes, no index %d: %w", epoch, len(c.Revealed), index, store.ErrNotFound)
+		case !c.Revealed[index]:
+			return fmt.Errorf("epoch %d index %d: %w", epoch, index, store.ErrNotRevealed)
+		case c.IsConsumed(index):
+			return nil
+		}
+		if c.Consumed == nil {
+			c.Consumed = make([]bool, len(c.Revealed))
+		}
+		c.Consumed[index] = true
+		c.Updated = s.now().UTC()
+		return putCodes(tx, c)
+	})
+	if err != nil {
+		return store.Codes{}, err
+	}
+	return c, nil
+}
+
 func (s *Store) update(fn func(*bbolt.Tx) error) error {
 	err := s.db.Update(fn)
 	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {

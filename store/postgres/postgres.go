@@ -311,8 +311,8 @@ func (s *Store) CountGroups(ctx context.Context) (int64, error) {
 func getCodes(ctx context.Context, q querier, group, user, suffix string) (store.Codes, error) {
 	c := store.Codes{Group: group, User: user}
 	var epoch, uv int64
-	err := q.QueryRow(ctx, "SELECT epoch, unlock_version, revealed, updated FROM codes WHERE group_id = $1 AND user_id = $2"+suffix,
-		group, user).Scan(&epoch, &uv, &c.Revealed, &c.Updated)
+	err := q.QueryRow(ctx, "SELECT epoch, unlock_version, revealed, consumed, updated FROM codes WHERE group_id = $1 AND user_id = $2"+suffix,
+		group, user).Scan(&epoch, &uv, &c.Revealed, &c.Consumed, &c.Updated)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return c, fmt.Errorf("group %s user %s: %w", group, user, store.ErrNoEpoch)
 	}
@@ -352,7 +352,7 @@ func (s *Store) StartEpoch(ctx context.Context, group, user string, prevEpoch, u
 		c = store.Codes{Group: group, User: user, Epoch: prevEpoch + 1, UnlockVersion: unlockVersion,
 			Revealed: make([]bool, n), Updated: s.now().UTC().Truncate(time.Microsecond)}
 		if exists {
-			_, err = tx.Exec(ctx, `UPDATE codes SET epoch = $3, unlock_version = $4, revealed = $5, updated = $6
+			_, err = tx.Exec(ctx, `UPDATE codes SET epoch = $3, unlock_version = $4, revealed = $5, consumed = NULL, updated = $6
 				WHERE group_id = $1 AND user_id = $2`, group, user, int64(c.Epoch), int64(unlockVersion), c.Revealed, c.Updated)
 			return err
 		}

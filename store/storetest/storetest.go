@@ -30,6 +30,7 @@ func Run(t *testing.T, open Opener) {
 		{"EpochCompareAndSet", testEpochCAS},
 		{"ClaimInOrderUntilExhausted", testClaimOrder},
 		{"ClaimConcurrentDistinct", testClaimConcurrent},
+		{"ConsumeCode", testConsume},
 		{"SurvivesReopen", testReopen},
 		{"CanceledContext", testCanceled},
 		{"UpdateGroupVersions", testUpdateGroup},
@@ -176,6 +177,46 @@ func testClaimOrder(t *testing.T, open Opener) {
 	c, err := s.Codes(ctx, "g", "u")
 	if err != nil || c.Remaining() != 0 {
 		t.Fatalf("codes after claims: %+v, %v", c, err)
+	}
+}
+
+func testConsume(t *testing.T, open Opener) {
+	s, _ := open(t)
+	ctx := context.Background()
+	if err := s.CreateGroup(ctx, sampleGroup("g")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ConsumeCode(ctx, "g", "u", 1, 0); !errors.Is(err, store.ErrNoEpoch) {
+		t.Fatalf("consume before any epoch: %v, want ErrNoEpoch", err)
+	}
+	if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ConsumeCode(ctx, "g", "u", 1, 0); !errors.Is(err, store.ErrNotRevealed) {
+		t.Fatalf("consume an unrevealed code: %v, want ErrNotRevealed", err)
+	}
+	if _, _, err := s.ClaimCode(ctx, "g", "u"); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // twice: idempotent
+		c, err := s.ConsumeCode(ctx, "g", "u", 1, 0)
+		if err != nil || !c.IsConsumed(0) || c.IsConsumed(1) {
+			t.Fatalf("consume: %+v, %v", c, err)
+		}
+	}
+	if _, err := s.ConsumeCode(ctx, "g", "u", 2, 0); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("consume in another epoch: %v, want ErrConflict", err)
+	}
+	if _, err := s.ConsumeCode(ctx, "g", "u", 1, 3); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("consume index 3 of 3: %v, want ErrNotFound", err)
+	}
+	c, err := s.Codes(ctx, "g", "u")
+	if err != nil || !c.IsConsumed(0) || c.Remaining() != 2 {
+		t.Fatalf("codes after consume: %+v, %v", c, err)
+	}
+	// A new epoch forgets consumption with the old codes.
+	if c, err = s.StartEpoch(ctx, "g", "u", 1, 1, 2); err != nil || c.IsConsumed(0) {
+		t.Fatalf("new epoch: %+v, %v", c, err)
 	}
 }
 

@@ -1,0 +1,188 @@
+package escrow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/escrowd/escrowd/escrow/bundle"
+	"github.com/escrowd/escrowd/hsm"
+	"github.com/escrowd/escrowd/store"
+)
+
+// MaxRotateRecipients bounds the recipients and unlock users of one
+// rotation.
+const MaxRotateRecipients = 64
+
+// Rotation asks for a new GDK when a member leaves.
+type Rotation struct {
+	// EscrowSlot holds the current GDK (version OldGDKVersion).
+	EscrowSlot    []byte
+	OldGDKVersion uint32
+	// Recipients get the new GDK (the remaining members and devices).
+	Recipients []Recipient
+	// UnlockUsers each get a new epoch of unlock codes for the new GDK.
+	UnlockUsers []string
+	// CodesPerUser; 0 selects the default.
+	CodesPerUser int
+}
+
+// UserCodes is one user's new unlock-code epoch.
+type UserCodes struct {
+	User  string
+	Epoch uint32
+	Slots [][]byte
+}
+
+// Rotated is the outcome of a rotation: every slot of the new GDK.
+type Rotated struct {
+	GDKVersion uint32
+	// EscrowSlot wraps the new GDK to the group's newest escrow key.
+	EscrowSlot []byte
+	// Slots wrap the new GDK to the recipients, in request order.
+	Slots  [][]byte
+	Unlock []UserCodes
+	// Chain wraps the old GDK under the new one.
+	Chain []byte
+	Used  Used
+}
+
+// Rotate makes a new GDK in the HSM, wraps it to the recipients, to the
+// group's newest escrow key and to a new unlock-code epoch for each user,
+// and wraps the old GDK (opened from EscrowSlot inside the HSM) under the
+// new one as a chain slot. Neither GDK enters the daemon's memory.
+//
+// The users' new epochs are recorded one by one after the HSM work: if
+// one fails (a concurrent issue for that user), Rotate returns the error,
+// the new GDK is never handed out, and users whose epoch was already
+// started must be issued codes again (their old codes are dead).
+func (s *Service) Rotate(ctx context.Context, group string, r Rotation) (Rotated, error) {
+	if r.OldGDKVersion == 0 {
+		return Rotated{}, fmt.Errorf("%w: old_gdk_version must be at least 1", ErrInvalid)
+	}
+	if r.OldGDKVersion == ^uint32(0) {
+		return Rotated{}, fmt.Errorf("%w: old_gdk_version is the last one", ErrInvalid)
+	}
+	if len(r.Recipients)+len(r.UnlockUsers) > MaxRotateRecipients {
+		return Rotated{}, fmt.Errorf("%w: %d recipients and unlock users, more than %d", ErrInvalid, len(r.Recipients)+len(r.UnlockUsers), MaxRotateRecipients)
+	}
+	for i, rc := range r.Recipients {
+		if err := checkRecipient(rc); err != nil {
+			return Rotated{}, fmt.Errorf("recipients[%d]: %w", i, err)
+		}
+	}
+	seen := map[string]bool{}
+	for _, u := range r.UnlockUsers {
+		if err := checkID("unlock_users", u); err != nil {
+			return Rotated{}, err
+		}
+		if seen[u] {
+			return Rotated{}, fmt.Errorf("%w: unlock_users names %s twice", ErrInvalid, u)
+		}
+		seen[u] = true
+	}
+	n := r.CodesPerUser
+	if n == 0 {
+		n = s.cfg.CodesPerEpoch
+	}
+	if n < 1 || n > maxCodes {
+		return Rotated{}, fmt.Errorf("%w: count %d outside 1 to %d", ErrInvalid, n, maxCodes)
+	}
+	g, src, key, err := s.escrowSlot(ctx, group, r.EscrowSlot)
+	if err != nil {
+		return Rotated{}, err
+	}
+	newest, _ := g.LatestEscrow()
+	used := Used{EscrowVersion: key.Version, TargetEscrowVersion: newest.Version}
+	targets := []hsm.Target{escrowRecipient(newest).target()}
+	for _, rc := range r.Recipients {
+		targets = append(targets, rc.target())
+	}
+	var pending []*pendingCodes
+	defer func() {
+		for _, p := range pending {
+			p.clear()
+		}
+	}()
+	if len(r.UnlockUsers) > 0 {
+		uk, ok := g.LatestUnlock()
+		if !ok {
+			return Rotated{}, fmt.Errorf("%w: group %s has no unlock key", ErrNotFound, group)
+		}
+		used.UnlockVersion = uk.Version
+		for _, u := range r.UnlockUsers {
+			prev, err := s.currentEpoch(ctx, group, u)
+			if err != nil {
+				return Rotated{}, err
+			}
+			p, err := s.prepareCodes(ctx, group, u, prev+1, n, uk)
+			if err != nil {
+				return Rotated{}, err
+			}
+			pending = append(pending, p)
+			targets = append(targets, p.targets...)
+		}
+	}
+	chain, out, err := s.hsm.Rotate(ctx, src, targets)
+	if err != nil {
+		return Rotated{Used: used}, hsmErr(err)
+	}
+	res := Rotated{GDKVersion: r.OldGDKVersion + 1, Used: used}
+	if res.EscrowSlot, err = escrowRecipient(newest).slot(out[0]); err != nil {
+		return Rotated{}, err
+	}
+	out = out[1:]
+	for i, rc := range r.Recipients {
+		b, err := rc.slot(out[i])
+		if err != nil {
+			return Rotated{}, err
+		}
+		res.Slots = append(res.Slots, b)
+	}
+	out = out[len(r.Recipients):]
+	cs := bundle.Slot{V: bundle.Version, Kind: bundle.KindChain, KeyVersion: res.GDKVersion, Suite: bundle.SuiteAESKW, Wrapped: chain}
+	if res.Chain, err = cs.Marshal(); err != nil {
+		return Rotated{}, fmt.Errorf("escrow: failed to encode the chain slot: %w", err)
+	}
+	for _, p := range pending {
+		slots, err := p.slots(out[:len(p.targets)])
+		if err != nil {
+			return Rotated{}, err
+		}
+		out = out[len(p.targets):]
+		res.Unlock = append(res.Unlock, UserCodes{User: p.user, Epoch: p.epoch, Slots: slots})
+	}
+	for _, p := range pending {
+		if err := s.startEpoch(ctx, p); err != nil {
+			return Rotated{}, err
+		}
+	}
+	return res, nil
+}
+
+// ConsumeCode records that a device used code index of the user's epoch.
+func (s *Service) ConsumeCode(ctx context.Context, group, user string, epoch, index uint32) (store.Codes, error) {
+	if err := checkID("user_id", user); err != nil {
+		return store.Codes{}, err
+	}
+	if _, err := s.group(ctx, group); err != nil {
+		return store.Codes{}, err
+	}
+	if index > maxCodes {
+		return store.Codes{}, fmt.Errorf("%w: index %d: an epoch has at most %d codes", ErrInvalid, index, maxCodes)
+	}
+	c, err := s.store.ConsumeCode(ctx, group, user, epoch, int(index))
+	switch {
+	case errors.Is(err, store.ErrNoEpoch):
+		return c, fmt.Errorf("%w: user %s", ErrNoCodes, user)
+	case errors.Is(err, store.ErrConflict):
+		return c, fmt.Errorf("%w: user %s: epoch %d is not the current epoch; its codes are dead already", ErrStale, user, epoch)
+	case errors.Is(err, store.ErrNotFound):
+		return c, fmt.Errorf("%w: user %s epoch %d has no code %d", ErrInvalid, user, epoch, index)
+	case errors.Is(err, store.ErrNotRevealed):
+		return c, fmt.Errorf("%w: user %s epoch %d index %d", ErrNotRevealed, user, epoch, index)
+	case err != nil:
+		return c, storeErr(err)
+	}
+	return c, nil
+}
