@@ -151,8 +151,33 @@ func targets(req any) []string {
 		return nil
 	case *escrowdv1.IssueUnlockCodesRequest:
 		return []string{"unlock"}
-	case *escrowdv1.RewrapEscrowSlotRequest:
+	case *escrowdv1.RewrapToEscrowRequest:
 		return []string{"escrow"}
+	case *escrowdv1.RotateGroupKeyRequest:
+		return []string{"escrow"}
+	case *escrowdv1.BatchRewrapRequest:
+		// Every kind any item asks for; a malformed item is refused alone
+		// by the handler.
+		seen := map[string]bool{}
+		var kinds []string
+		for _, it := range r.GetItems() {
+			var k string
+			switch {
+			case it.GetEscrow() != nil:
+				k = "escrow"
+			case it.GetRecipient().GetKind() == escrowdv1.Recipient_KIND_MEMBER:
+				k = "member"
+			case it.GetRecipient().GetKind() == escrowdv1.Recipient_KIND_DEVICE:
+				k = "device"
+			default:
+				continue
+			}
+			if !seen[k] {
+				seen[k] = true
+				kinds = append(kinds, k)
+			}
+		}
+		return kinds
 	}
 	return nil
 }

@@ -44,12 +44,15 @@ type Escrow interface {
 	RevealCode(ctx context.Context, group, user string) (escrow.Revealed, error)
 	Codes(ctx context.Context, group, user string) (store.Codes, error)
 	Group(ctx context.Context, group string) (store.Group, error)
+	RewrapToEscrow(ctx context.Context, group string, escrowSlot []byte, version uint32) ([]byte, escrow.Used, error)
+	BatchRewrap(ctx context.Context, items []escrow.BatchItem) ([]escrow.BatchResult, error)
+	ConsumeCode(ctx context.Context, group, user string, epoch, index uint32) (store.Codes, error)
+	Rotate(ctx context.Context, group string, r escrow.Rotation) (escrow.Rotated, error)
 }
 
 // Versions manages a group's key versions (SecurityService and
-// SyncService.RewrapEscrowSlot).
+// SyncService.RewrapToEscrow).
 type Versions interface {
-	RewrapEscrowSlot(ctx context.Context, group string, escrowSlot []byte) ([]byte, escrow.Used, error)
 	RotateGroup(ctx context.Context, group string, escrowKey, unlockKey bool) (store.Group, error)
 	SetMinVersions(ctx context.Context, group string, minEscrow, minUnlock uint32) (store.Group, error)
 	DestroyVersion(ctx context.Context, group string, kind escrow.KeyKind, version uint32) (store.Group, error)

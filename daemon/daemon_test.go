@@ -34,9 +34,10 @@ import (
 // real SoftHSM, Vault and bbolt.
 
 type fakeEscrow struct {
-	err    error
-	panics bool
-	code   unlockcode.Code
+	err     error
+	batched int
+	panics  bool
+	code    unlockcode.Code
 }
 
 func (f *fakeEscrow) Provision(ctx context.Context, group, suite string) (escrow.EscrowPublic, error) {
@@ -65,6 +66,27 @@ func (f *fakeEscrow) Codes(ctx context.Context, group, user string) (store.Codes
 }
 func (f *fakeEscrow) Group(ctx context.Context, group string) (store.Group, error) {
 	return store.Group{ID: group}, f.err
+}
+
+func (f *fakeEscrow) RewrapToEscrow(ctx context.Context, group string, slot []byte, v uint32) ([]byte, escrow.Used, error) {
+	return nil, escrow.Used{}, f.err
+}
+func (f *fakeEscrow) BatchRewrap(ctx context.Context, items []escrow.BatchItem) ([]escrow.BatchResult, error) {
+	f.batched += len(items)
+	res := make([]escrow.BatchResult, len(items))
+	for i, it := range items {
+		res[i] = escrow.BatchResult{Ref: it.Ref, Err: f.err}
+		if f.err == nil {
+			res[i].Slot = []byte("slot")
+		}
+	}
+	return res, nil
+}
+func (f *fakeEscrow) ConsumeCode(ctx context.Context, group, user string, epoch, index uint32) (store.Codes, error) {
+	return store.Codes{}, f.err
+}
+func (f *fakeEscrow) Rotate(ctx context.Context, group string, r escrow.Rotation) (escrow.Rotated, error) {
+	return escrow.Rotated{}, f.err
 }
 
 type fakeAuditor struct {
@@ -183,6 +205,8 @@ func TestErrorCodes(t *testing.T) {
 		{escrow.ErrExhausted, codes.FailedPrecondition},
 		{escrow.ErrUnsupported, codes.FailedPrecondition},
 		{escrow.ErrConflict, codes.Aborted},
+		{escrow.ErrStale, codes.FailedPrecondition},
+		{escrow.ErrNotRevealed, codes.FailedPrecondition},
 		{fmt.Errorf("%w: HSM: pool wait", escrow.ErrUnavailable), codes.Unavailable},
 		{context.DeadlineExceeded, codes.DeadlineExceeded},
 		{errors.New("disk on fire at /var/lib/secret-path"), codes.Internal},
@@ -325,5 +349,47 @@ func TestNoCertificate(t *testing.T) {
 	}
 	if len(a.recs) != 1 || a.recs[0].Outcome != audit.OutcomeDenied || !strings.HasPrefix(a.recs[0].Caller, "anonymous@127.0.0.1:") {
 		t.Fatalf("records %+v", a.recs)
+	}
+}
+
+// TestBatchItemErrors: each item's error is its own, internal errors keep
+// their text out of the response, malformed items never reach the service,
+// and a batch over the bound is refused whole before any work.
+func TestBatchItemErrors(t *testing.T) {
+	a := &fakeAuditor{}
+	e := &fakeEscrow{err: errors.New("disk on fire at /var/lib/secret-path")}
+	c := escrowdv1.NewSyncServiceClient(start(t, e, a, nil))
+	rcp := &escrowdv1.BatchRewrapItem_Recipient{Recipient: &escrowdv1.Recipient{Kind: escrowdv1.Recipient_KIND_MEMBER, Id: "m", KeyVersion: 1, Suite: "ecdh-p256"}}
+	resp, err := c.BatchRewrap(context.Background(), &escrowdv1.BatchRewrapRequest{Items: []*escrowdv1.BatchRewrapItem{
+		{Reference: "r0", GroupId: "g", Target: rcp},
+		{Reference: "r1", GroupId: "g"},
+		{Reference: "r2", GroupId: "g", Target: &escrowdv1.BatchRewrapItem_Recipient{Recipient: &escrowdv1.Recipient{Id: "m"}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := resp.GetResults()
+	if len(r) != 3 || codes.Code(r[0].GetError().GetCode()) != codes.Internal || strings.Contains(r[0].GetError().GetMessage(), "disk") ||
+		codes.Code(r[1].GetError().GetCode()) != codes.InvalidArgument || !strings.Contains(r[2].GetError().GetMessage(), "recipient.kind") {
+		t.Fatalf("results %v", r)
+	}
+	if e.batched != 1 {
+		t.Fatalf("%d items reached the service, want 1", e.batched)
+	}
+	if d := strings.Join(a.recs[0].Detail, "\n"); !strings.Contains(d, "item:1 ref:r1 group:g target:none escrow:0 code:InvalidArgument") || !strings.Contains(d, "failed:3") {
+		t.Fatalf("record details:\n%s", d)
+	}
+	big := make([]*escrowdv1.BatchRewrapItem, 257)
+	for i := range big {
+		big[i] = &escrowdv1.BatchRewrapItem{GroupId: "g", Target: rcp}
+	}
+	if _, err := c.BatchRewrap(context.Background(), &escrowdv1.BatchRewrapRequest{Items: big}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("257 items: %v", err)
+	}
+	if e.batched != 1 {
+		t.Fatal("an over-bound batch reached the service")
+	}
+	if _, err := c.BatchRewrap(context.Background(), &escrowdv1.BatchRewrapRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("empty batch: %v", err)
 	}
 }

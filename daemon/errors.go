@@ -33,6 +33,8 @@ var errorCodes = []struct {
 	{jobs.ErrInvalid, codes.InvalidArgument},
 	{jobs.ErrRunning, codes.FailedPrecondition},
 	{store.ErrNotFound, codes.NotFound},
+	{escrow.ErrStale, codes.FailedPrecondition},
+	{escrow.ErrNotRevealed, codes.FailedPrecondition},
 	{escrow.ErrConflict, codes.Aborted},
 	{escrow.ErrUnavailable, codes.Unavailable},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},

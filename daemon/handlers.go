@@ -42,6 +42,9 @@ func noteVersions(ctx context.Context, u escrow.Used) {
 	if u.UnlockVersion != 0 {
 		rec.KeyVersions = append(rec.KeyVersions, fmt.Sprintf("unlock:%d", u.UnlockVersion))
 	}
+	if u.TargetEscrowVersion != 0 {
+		rec.KeyVersions = append(rec.KeyVersions, fmt.Sprintf("target-escrow:%d", u.TargetEscrowVersion))
+	}
 }
 
 func (h *syncService) ProvisionGroup(ctx context.Context, req *escrowdv1.ProvisionGroupRequest) (*escrowdv1.ProvisionGroupResponse, error) {
@@ -134,15 +137,22 @@ func (h *supportService) ListUnlockCodes(ctx context.Context, req *escrowdv1.Lis
 	if err != nil {
 		return nil, err
 	}
-	resp := &escrowdv1.ListUnlockCodesResponse{Epoch: c.Epoch}
+	return &escrowdv1.ListUnlockCodesResponse{Epoch: c.Epoch, Codes: codeStates(c)}, nil
+}
+
+func codeStates(c store.Codes) []*escrowdv1.UnlockCodeState {
+	var out []*escrowdv1.UnlockCodeState
 	for i, r := range c.Revealed {
 		st := escrowdv1.UnlockCodeState_STATE_UNREVEALED
-		if r {
+		switch {
+		case c.IsConsumed(i):
+			st = escrowdv1.UnlockCodeState_STATE_CONSUMED
+		case r:
 			st = escrowdv1.UnlockCodeState_STATE_REVEALED
 		}
-		resp.Codes = append(resp.Codes, &escrowdv1.UnlockCodeState{Index: uint32(i), State: st})
+		out = append(out, &escrowdv1.UnlockCodeState{Index: uint32(i), State: st})
 	}
-	return resp, nil
+	return out
 }
 
 func pendingMsg(a store.Approval) *escrowdv1.PendingReveal {

@@ -25,20 +25,6 @@ func (s *Server) jobs() (Jobs, error) {
 	return s.cfg.Jobs, nil
 }
 
-func (h *syncService) RewrapEscrowSlot(ctx context.Context, req *escrowdv1.RewrapEscrowSlotRequest) (*escrowdv1.RewrapEscrowSlotResponse, error) {
-	record(ctx).Group = req.GetGroupId()
-	v, err := h.s.versions()
-	if err != nil {
-		return nil, err
-	}
-	slot, used, err := v.RewrapEscrowSlot(ctx, req.GetGroupId(), req.GetEscrowSlot())
-	noteVersions(ctx, used)
-	if err != nil {
-		return nil, err
-	}
-	return &escrowdv1.RewrapEscrowSlotResponse{EscrowSlot: slot}, nil
-}
-
 func (h *securityService) RotateGroupKeys(ctx context.Context, req *escrowdv1.RotateGroupKeysRequest) (*escrowdv1.RotateGroupKeysResponse, error) {
 	rec := record(ctx)
 	rec.Group = req.GetGroupId()

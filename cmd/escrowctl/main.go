@@ -438,11 +438,11 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		r, err := sync.RewrapEscrowSlot(ctx, &escrowdv1.RewrapEscrowSlotRequest{GroupId: *group, EscrowSlot: slot}, withID)
+		r, err := sync.RewrapToEscrow(ctx, &escrowdv1.RewrapToEscrowRequest{GroupId: *group, EscrowSlot: slot}, withID)
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(*outPath, r.GetEscrowSlot(), 0o600); err != nil {
+		if err := os.WriteFile(*outPath, r.GetSlot(), 0o600); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "wrote an escrow slot sealed to the newest escrow key to %s (request %s)\n", *outPath, requestID())

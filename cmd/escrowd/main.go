@@ -97,7 +97,7 @@ func main() {
 	fs.StringVar(&o.auditMount, "audit-mount", "secret", "Vault KV v2 mount for audit records")
 	fs.StringVar(&o.auditPrefix, "audit-prefix", "escrowd/audit", "folder under the mount for audit records")
 	fs.DurationVar(&o.auditTimeout, "audit-timeout", 5*time.Second, "bound on one audit commit; past it the request fails closed")
-	fs.StringVar(&o.defaultSuite, "default-suite", "rsa-oaep-sha1", "escrow key suite of new groups (rsa-oaep-sha1 for SoftHSM, rsa-oaep-sha256 for hardware HSMs)")
+	fs.StringVar(&o.defaultSuite, "default-suite", "ecdh-p256", "escrow key suite of new groups: ecdh-p256 (milliseconds to provision), rsa-oaep-sha1 (SoftHSM) or rsa-oaep-sha256 (hardware HSMs), about a second each")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long running requests may finish on SIGTERM")
 	fs.DurationVar(&o.jobLease, "job-lease", 15*time.Second, "lease of a running job: another replica takes it over this long after its runner died")

@@ -83,6 +83,8 @@ const (
 	UnlockCodeState_STATE_UNSPECIFIED UnlockCodeState_State = 0
 	UnlockCodeState_STATE_UNREVEALED  UnlockCodeState_State = 1
 	UnlockCodeState_STATE_REVEALED    UnlockCodeState_State = 2
+	// Revealed, and reported used by a device.
+	UnlockCodeState_STATE_CONSUMED UnlockCodeState_State = 3
 )
 
 // Enum value maps for UnlockCodeState_State.
@@ -91,11 +93,13 @@ var (
 		0: "STATE_UNSPECIFIED",
 		1: "STATE_UNREVEALED",
 		2: "STATE_REVEALED",
+		3: "STATE_CONSUMED",
 	}
 	UnlockCodeState_State_value = map[string]int32{
 		"STATE_UNSPECIFIED": 0,
 		"STATE_UNREVEALED":  1,
 		"STATE_REVEALED":    2,
+		"STATE_CONSUMED":    3,
 	}
 )
 
@@ -1639,103 +1643,6 @@ func (x *ApproveRevealResponse) GetReveal() *PendingReveal {
 	return nil
 }
 
-type RewrapEscrowSlotRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
-	EscrowSlot    []byte                 `protobuf:"bytes,2,opt,name=escrow_slot,json=escrowSlot,proto3" json:"escrow_slot,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RewrapEscrowSlotRequest) Reset() {
-	*x = RewrapEscrowSlotRequest{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[26]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RewrapEscrowSlotRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RewrapEscrowSlotRequest) ProtoMessage() {}
-
-func (x *RewrapEscrowSlotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[26]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RewrapEscrowSlotRequest.ProtoReflect.Descriptor instead.
-func (*RewrapEscrowSlotRequest) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{26}
-}
-
-func (x *RewrapEscrowSlotRequest) GetGroupId() string {
-	if x != nil {
-		return x.GroupId
-	}
-	return ""
-}
-
-func (x *RewrapEscrowSlotRequest) GetEscrowSlot() []byte {
-	if x != nil {
-		return x.EscrowSlot
-	}
-	return nil
-}
-
-type RewrapEscrowSlotResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// An escrow slot sealed to the group's newest escrow key version.
-	EscrowSlot    []byte `protobuf:"bytes,1,opt,name=escrow_slot,json=escrowSlot,proto3" json:"escrow_slot,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RewrapEscrowSlotResponse) Reset() {
-	*x = RewrapEscrowSlotResponse{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[27]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RewrapEscrowSlotResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RewrapEscrowSlotResponse) ProtoMessage() {}
-
-func (x *RewrapEscrowSlotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[27]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RewrapEscrowSlotResponse.ProtoReflect.Descriptor instead.
-func (*RewrapEscrowSlotResponse) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{27}
-}
-
-func (x *RewrapEscrowSlotResponse) GetEscrowSlot() []byte {
-	if x != nil {
-		return x.EscrowSlot
-	}
-	return nil
-}
-
 type RotateGroupKeysRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
@@ -1747,7 +1654,7 @@ type RotateGroupKeysRequest struct {
 
 func (x *RotateGroupKeysRequest) Reset() {
 	*x = RotateGroupKeysRequest{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[28]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1666,7 @@ func (x *RotateGroupKeysRequest) String() string {
 func (*RotateGroupKeysRequest) ProtoMessage() {}
 
 func (x *RotateGroupKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[28]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1679,7 @@ func (x *RotateGroupKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateGroupKeysRequest.ProtoReflect.Descriptor instead.
 func (*RotateGroupKeysRequest) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{28}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RotateGroupKeysRequest) GetGroupId() string {
@@ -1805,7 +1712,7 @@ type RotateGroupKeysResponse struct {
 
 func (x *RotateGroupKeysResponse) Reset() {
 	*x = RotateGroupKeysResponse{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[29]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1724,7 @@ func (x *RotateGroupKeysResponse) String() string {
 func (*RotateGroupKeysResponse) ProtoMessage() {}
 
 func (x *RotateGroupKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[29]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +1737,7 @@ func (x *RotateGroupKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateGroupKeysResponse.ProtoReflect.Descriptor instead.
 func (*RotateGroupKeysResponse) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{29}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RotateGroupKeysResponse) GetGroup() *GetGroupResponse {
@@ -1852,7 +1759,7 @@ type SetMinDecryptionVersionRequest struct {
 
 func (x *SetMinDecryptionVersionRequest) Reset() {
 	*x = SetMinDecryptionVersionRequest{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[30]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1864,7 +1771,7 @@ func (x *SetMinDecryptionVersionRequest) String() string {
 func (*SetMinDecryptionVersionRequest) ProtoMessage() {}
 
 func (x *SetMinDecryptionVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[30]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1877,7 +1784,7 @@ func (x *SetMinDecryptionVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMinDecryptionVersionRequest.ProtoReflect.Descriptor instead.
 func (*SetMinDecryptionVersionRequest) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{30}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetMinDecryptionVersionRequest) GetGroupId() string {
@@ -1910,7 +1817,7 @@ type SetMinDecryptionVersionResponse struct {
 
 func (x *SetMinDecryptionVersionResponse) Reset() {
 	*x = SetMinDecryptionVersionResponse{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[31]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +1829,7 @@ func (x *SetMinDecryptionVersionResponse) String() string {
 func (*SetMinDecryptionVersionResponse) ProtoMessage() {}
 
 func (x *SetMinDecryptionVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[31]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +1842,7 @@ func (x *SetMinDecryptionVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMinDecryptionVersionResponse.ProtoReflect.Descriptor instead.
 func (*SetMinDecryptionVersionResponse) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{31}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetMinDecryptionVersionResponse) GetGroup() *GetGroupResponse {
@@ -1957,7 +1864,7 @@ type DestroyKeyVersionRequest struct {
 
 func (x *DestroyKeyVersionRequest) Reset() {
 	*x = DestroyKeyVersionRequest{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[32]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +1876,7 @@ func (x *DestroyKeyVersionRequest) String() string {
 func (*DestroyKeyVersionRequest) ProtoMessage() {}
 
 func (x *DestroyKeyVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[32]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +1889,7 @@ func (x *DestroyKeyVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyKeyVersionRequest.ProtoReflect.Descriptor instead.
 func (*DestroyKeyVersionRequest) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{32}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DestroyKeyVersionRequest) GetGroupId() string {
@@ -2015,7 +1922,7 @@ type DestroyKeyVersionResponse struct {
 
 func (x *DestroyKeyVersionResponse) Reset() {
 	*x = DestroyKeyVersionResponse{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[33]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2027,7 +1934,7 @@ func (x *DestroyKeyVersionResponse) String() string {
 func (*DestroyKeyVersionResponse) ProtoMessage() {}
 
 func (x *DestroyKeyVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[33]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2040,7 +1947,7 @@ func (x *DestroyKeyVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyKeyVersionResponse.ProtoReflect.Descriptor instead.
 func (*DestroyKeyVersionResponse) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{33}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DestroyKeyVersionResponse) GetGroup() *GetGroupResponse {
@@ -2061,7 +1968,7 @@ type StartJobRequest struct {
 
 func (x *StartJobRequest) Reset() {
 	*x = StartJobRequest{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[34]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2073,7 +1980,7 @@ func (x *StartJobRequest) String() string {
 func (*StartJobRequest) ProtoMessage() {}
 
 func (x *StartJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[34]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2086,7 +1993,7 @@ func (x *StartJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJobRequest.ProtoReflect.Descriptor instead.
 func (*StartJobRequest) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{34}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StartJobRequest) GetKind() string {
@@ -2112,7 +2019,7 @@ type StartJobResponse struct {
 
 func (x *StartJobResponse) Reset() {
 	*x = StartJobResponse{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[35]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2124,7 +2031,7 @@ func (x *StartJobResponse) String() string {
 func (*StartJobResponse) ProtoMessage() {}
 
 func (x *StartJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[35]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2044,7 @@ func (x *StartJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJobResponse.ProtoReflect.Descriptor instead.
 func (*StartJobResponse) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{35}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StartJobResponse) GetJob() *Job {
@@ -2155,7 +2062,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[36]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2167,7 +2074,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[36]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2180,7 +2087,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{36}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{34}
 }
 
 type ListJobsResponse struct {
@@ -2192,7 +2099,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[37]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2111,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[37]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2124,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{37}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -2236,7 +2143,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[38]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2248,7 +2155,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[38]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2261,7 +2168,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{38}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CancelJobRequest) GetId() string {
@@ -2280,7 +2187,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[39]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2292,7 +2199,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[39]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2305,7 +2212,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{39}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -2341,7 +2248,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[40]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2260,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[40]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2273,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{40}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Job) GetId() string {
@@ -2483,7 +2390,7 @@ type DestroyKEKRequest struct {
 
 func (x *DestroyKEKRequest) Reset() {
 	*x = DestroyKEKRequest{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[41]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2495,7 +2402,7 @@ func (x *DestroyKEKRequest) String() string {
 func (*DestroyKEKRequest) ProtoMessage() {}
 
 func (x *DestroyKEKRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[41]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2508,7 +2415,7 @@ func (x *DestroyKEKRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyKEKRequest.ProtoReflect.Descriptor instead.
 func (*DestroyKEKRequest) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{41}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DestroyKEKRequest) GetVersion() uint32 {
@@ -2527,7 +2434,7 @@ type DestroyKEKResponse struct {
 
 func (x *DestroyKEKResponse) Reset() {
 	*x = DestroyKEKResponse{}
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[42]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2446,7 @@ func (x *DestroyKEKResponse) String() string {
 func (*DestroyKEKResponse) ProtoMessage() {}
 
 func (x *DestroyKEKResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_escrowd_v1_escrowd_proto_msgTypes[42]
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2459,7 @@ func (x *DestroyKEKResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyKEKResponse.ProtoReflect.Descriptor instead.
 func (*DestroyKEKResponse) Descriptor() ([]byte, []int) {
-	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{42}
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DestroyKEKResponse) GetVersion() uint32 {
@@ -2560,6 +2467,838 @@ func (x *DestroyKEKResponse) GetVersion() uint32 {
 		return x.Version
 	}
 	return 0
+}
+
+type RewrapToEscrowRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	GroupId    string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	EscrowSlot []byte                 `protobuf:"bytes,2,opt,name=escrow_slot,json=escrowSlot,proto3" json:"escrow_slot,omitempty"`
+	// The escrow key version the caller expects to wrap to; 0 means the
+	// newest. Anything but the newest is refused.
+	EscrowKeyVersion uint32 `protobuf:"varint,3,opt,name=escrow_key_version,json=escrowKeyVersion,proto3" json:"escrow_key_version,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RewrapToEscrowRequest) Reset() {
+	*x = RewrapToEscrowRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapToEscrowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapToEscrowRequest) ProtoMessage() {}
+
+func (x *RewrapToEscrowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapToEscrowRequest.ProtoReflect.Descriptor instead.
+func (*RewrapToEscrowRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RewrapToEscrowRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *RewrapToEscrowRequest) GetEscrowSlot() []byte {
+	if x != nil {
+		return x.EscrowSlot
+	}
+	return nil
+}
+
+func (x *RewrapToEscrowRequest) GetEscrowKeyVersion() uint32 {
+	if x != nil {
+		return x.EscrowKeyVersion
+	}
+	return 0
+}
+
+type RewrapToEscrowResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An escrow slot for escrow_key_version (docs/FORMAT.md).
+	Slot             []byte `protobuf:"bytes,1,opt,name=slot,proto3" json:"slot,omitempty"`
+	EscrowKeyVersion uint32 `protobuf:"varint,2,opt,name=escrow_key_version,json=escrowKeyVersion,proto3" json:"escrow_key_version,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RewrapToEscrowResponse) Reset() {
+	*x = RewrapToEscrowResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapToEscrowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapToEscrowResponse) ProtoMessage() {}
+
+func (x *RewrapToEscrowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapToEscrowResponse.ProtoReflect.Descriptor instead.
+func (*RewrapToEscrowResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *RewrapToEscrowResponse) GetSlot() []byte {
+	if x != nil {
+		return x.Slot
+	}
+	return nil
+}
+
+func (x *RewrapToEscrowResponse) GetEscrowKeyVersion() uint32 {
+	if x != nil {
+		return x.EscrowKeyVersion
+	}
+	return 0
+}
+
+type BatchRewrapRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 256.
+	Items         []*BatchRewrapItem `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRewrapRequest) Reset() {
+	*x = BatchRewrapRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRewrapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRewrapRequest) ProtoMessage() {}
+
+func (x *BatchRewrapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRewrapRequest.ProtoReflect.Descriptor instead.
+func (*BatchRewrapRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *BatchRewrapRequest) GetItems() []*BatchRewrapItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+type BatchRewrapItem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's reference, echoed in the result: printable ASCII, at most
+	// 128 bytes, no spaces; may be empty.
+	Reference  string `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	GroupId    string `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	EscrowSlot []byte `protobuf:"bytes,3,opt,name=escrow_slot,json=escrowSlot,proto3" json:"escrow_slot,omitempty"`
+	// Types that are valid to be assigned to Target:
+	//
+	//	*BatchRewrapItem_Recipient
+	//	*BatchRewrapItem_Escrow
+	Target        isBatchRewrapItem_Target `protobuf_oneof:"target"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRewrapItem) Reset() {
+	*x = BatchRewrapItem{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRewrapItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRewrapItem) ProtoMessage() {}
+
+func (x *BatchRewrapItem) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRewrapItem.ProtoReflect.Descriptor instead.
+func (*BatchRewrapItem) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *BatchRewrapItem) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *BatchRewrapItem) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *BatchRewrapItem) GetEscrowSlot() []byte {
+	if x != nil {
+		return x.EscrowSlot
+	}
+	return nil
+}
+
+func (x *BatchRewrapItem) GetTarget() isBatchRewrapItem_Target {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *BatchRewrapItem) GetRecipient() *Recipient {
+	if x != nil {
+		if x, ok := x.Target.(*BatchRewrapItem_Recipient); ok {
+			return x.Recipient
+		}
+	}
+	return nil
+}
+
+func (x *BatchRewrapItem) GetEscrow() *EscrowTarget {
+	if x != nil {
+		if x, ok := x.Target.(*BatchRewrapItem_Escrow); ok {
+			return x.Escrow
+		}
+	}
+	return nil
+}
+
+type isBatchRewrapItem_Target interface {
+	isBatchRewrapItem_Target()
+}
+
+type BatchRewrapItem_Recipient struct {
+	Recipient *Recipient `protobuf:"bytes,4,opt,name=recipient,proto3,oneof"`
+}
+
+type BatchRewrapItem_Escrow struct {
+	Escrow *EscrowTarget `protobuf:"bytes,5,opt,name=escrow,proto3,oneof"`
+}
+
+func (*BatchRewrapItem_Recipient) isBatchRewrapItem_Target() {}
+
+func (*BatchRewrapItem_Escrow) isBatchRewrapItem_Target() {}
+
+// EscrowTarget asks for a slot of the group's escrow key.
+type EscrowTarget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 0 means the newest; anything but the newest is refused.
+	KeyVersion    uint32 `protobuf:"varint,1,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EscrowTarget) Reset() {
+	*x = EscrowTarget{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EscrowTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EscrowTarget) ProtoMessage() {}
+
+func (x *EscrowTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EscrowTarget.ProtoReflect.Descriptor instead.
+func (*EscrowTarget) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *EscrowTarget) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+type BatchRewrapResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per item, in request order.
+	Results       []*BatchRewrapResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRewrapResponse) Reset() {
+	*x = BatchRewrapResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRewrapResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRewrapResponse) ProtoMessage() {}
+
+func (x *BatchRewrapResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRewrapResponse.ProtoReflect.Descriptor instead.
+func (*BatchRewrapResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *BatchRewrapResponse) GetResults() []*BatchRewrapResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type BatchRewrapResult struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Reference string                 `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	// Set on success.
+	Slot []byte `protobuf:"bytes,2,opt,name=slot,proto3" json:"slot,omitempty"`
+	// Set on failure.
+	Error         *ItemError `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRewrapResult) Reset() {
+	*x = BatchRewrapResult{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRewrapResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRewrapResult) ProtoMessage() {}
+
+func (x *BatchRewrapResult) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRewrapResult.ProtoReflect.Descriptor instead.
+func (*BatchRewrapResult) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *BatchRewrapResult) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *BatchRewrapResult) GetSlot() []byte {
+	if x != nil {
+		return x.Slot
+	}
+	return nil
+}
+
+func (x *BatchRewrapResult) GetError() *ItemError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+// ItemError is the status a single call would have returned.
+type ItemError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A google.rpc.Code value (e.g. 3 INVALID_ARGUMENT, 5 NOT_FOUND).
+	Code          int32  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ItemError) Reset() {
+	*x = ItemError{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ItemError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ItemError) ProtoMessage() {}
+
+func (x *ItemError) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
+func (*ItemError) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ItemError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ItemError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type MarkUnlockCodeConsumedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Epoch         uint32                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Index         uint32                 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkUnlockCodeConsumedRequest) Reset() {
+	*x = MarkUnlockCodeConsumedRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkUnlockCodeConsumedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkUnlockCodeConsumedRequest) ProtoMessage() {}
+
+func (x *MarkUnlockCodeConsumedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkUnlockCodeConsumedRequest.ProtoReflect.Descriptor instead.
+func (*MarkUnlockCodeConsumedRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *MarkUnlockCodeConsumedRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *MarkUnlockCodeConsumedRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *MarkUnlockCodeConsumedRequest) GetEpoch() uint32 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *MarkUnlockCodeConsumedRequest) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type MarkUnlockCodeConsumedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint32                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Codes         []*UnlockCodeState     `protobuf:"bytes,2,rep,name=codes,proto3" json:"codes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkUnlockCodeConsumedResponse) Reset() {
+	*x = MarkUnlockCodeConsumedResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkUnlockCodeConsumedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkUnlockCodeConsumedResponse) ProtoMessage() {}
+
+func (x *MarkUnlockCodeConsumedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkUnlockCodeConsumedResponse.ProtoReflect.Descriptor instead.
+func (*MarkUnlockCodeConsumedResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *MarkUnlockCodeConsumedResponse) GetEpoch() uint32 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *MarkUnlockCodeConsumedResponse) GetCodes() []*UnlockCodeState {
+	if x != nil {
+		return x.Codes
+	}
+	return nil
+}
+
+type RotateGroupKeyRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// An escrow slot of the current group data key.
+	EscrowSlot []byte `protobuf:"bytes,2,opt,name=escrow_slot,json=escrowSlot,proto3" json:"escrow_slot,omitempty"`
+	// Version of the current group data key (1 for a group's first); the new
+	// key is this plus one.
+	OldGdkVersion uint32 `protobuf:"varint,3,opt,name=old_gdk_version,json=oldGdkVersion,proto3" json:"old_gdk_version,omitempty"`
+	// The members and devices that keep access.
+	Recipients []*Recipient `protobuf:"bytes,4,rep,name=recipients,proto3" json:"recipients,omitempty"`
+	// Users who get a new unlock-code epoch for the new key.
+	UnlockUserIds []string `protobuf:"bytes,5,rep,name=unlock_user_ids,json=unlockUserIds,proto3" json:"unlock_user_ids,omitempty"`
+	// Codes per user; 0 selects the default (5).
+	CodesPerUser  uint32 `protobuf:"varint,6,opt,name=codes_per_user,json=codesPerUser,proto3" json:"codes_per_user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateGroupKeyRequest) Reset() {
+	*x = RotateGroupKeyRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateGroupKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateGroupKeyRequest) ProtoMessage() {}
+
+func (x *RotateGroupKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateGroupKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateGroupKeyRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *RotateGroupKeyRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *RotateGroupKeyRequest) GetEscrowSlot() []byte {
+	if x != nil {
+		return x.EscrowSlot
+	}
+	return nil
+}
+
+func (x *RotateGroupKeyRequest) GetOldGdkVersion() uint32 {
+	if x != nil {
+		return x.OldGdkVersion
+	}
+	return 0
+}
+
+func (x *RotateGroupKeyRequest) GetRecipients() []*Recipient {
+	if x != nil {
+		return x.Recipients
+	}
+	return nil
+}
+
+func (x *RotateGroupKeyRequest) GetUnlockUserIds() []string {
+	if x != nil {
+		return x.UnlockUserIds
+	}
+	return nil
+}
+
+func (x *RotateGroupKeyRequest) GetCodesPerUser() uint32 {
+	if x != nil {
+		return x.CodesPerUser
+	}
+	return 0
+}
+
+type RotateGroupKeyResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	GdkVersion uint32                 `protobuf:"varint,1,opt,name=gdk_version,json=gdkVersion,proto3" json:"gdk_version,omitempty"`
+	// The new key wrapped to the group's newest escrow key.
+	EscrowSlot       []byte `protobuf:"bytes,2,opt,name=escrow_slot,json=escrowSlot,proto3" json:"escrow_slot,omitempty"`
+	EscrowKeyVersion uint32 `protobuf:"varint,3,opt,name=escrow_key_version,json=escrowKeyVersion,proto3" json:"escrow_key_version,omitempty"`
+	// One slot per recipient, in request order.
+	RecipientSlots [][]byte `protobuf:"bytes,4,rep,name=recipient_slots,json=recipientSlots,proto3" json:"recipient_slots,omitempty"`
+	// The old key wrapped under the new one (docs/FORMAT.md, chain slots).
+	ChainSlot     []byte             `protobuf:"bytes,5,opt,name=chain_slot,json=chainSlot,proto3" json:"chain_slot,omitempty"`
+	Unlock        []*UserUnlockSlots `protobuf:"bytes,6,rep,name=unlock,proto3" json:"unlock,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateGroupKeyResponse) Reset() {
+	*x = RotateGroupKeyResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateGroupKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateGroupKeyResponse) ProtoMessage() {}
+
+func (x *RotateGroupKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateGroupKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateGroupKeyResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *RotateGroupKeyResponse) GetGdkVersion() uint32 {
+	if x != nil {
+		return x.GdkVersion
+	}
+	return 0
+}
+
+func (x *RotateGroupKeyResponse) GetEscrowSlot() []byte {
+	if x != nil {
+		return x.EscrowSlot
+	}
+	return nil
+}
+
+func (x *RotateGroupKeyResponse) GetEscrowKeyVersion() uint32 {
+	if x != nil {
+		return x.EscrowKeyVersion
+	}
+	return 0
+}
+
+func (x *RotateGroupKeyResponse) GetRecipientSlots() [][]byte {
+	if x != nil {
+		return x.RecipientSlots
+	}
+	return nil
+}
+
+func (x *RotateGroupKeyResponse) GetChainSlot() []byte {
+	if x != nil {
+		return x.ChainSlot
+	}
+	return nil
+}
+
+func (x *RotateGroupKeyResponse) GetUnlock() []*UserUnlockSlots {
+	if x != nil {
+		return x.Unlock
+	}
+	return nil
+}
+
+type UserUnlockSlots struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Epoch         uint32                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Slots         [][]byte               `protobuf:"bytes,3,rep,name=slots,proto3" json:"slots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserUnlockSlots) Reset() {
+	*x = UserUnlockSlots{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserUnlockSlots) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserUnlockSlots) ProtoMessage() {}
+
+func (x *UserUnlockSlots) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserUnlockSlots.ProtoReflect.Descriptor instead.
+func (*UserUnlockSlots) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *UserUnlockSlots) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UserUnlockSlots) GetEpoch() uint32 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *UserUnlockSlots) GetSlots() [][]byte {
+	if x != nil {
+		return x.Slots
+	}
+	return nil
 }
 
 var File_escrowd_v1_escrowd_proto protoreflect.FileDescriptor
@@ -2629,14 +3368,15 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"b\n" +
 	"\x17ListUnlockCodesResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\rR\x05epoch\x121\n" +
-	"\x05codes\x18\x02 \x03(\v2\x1b.escrowd.v1.UnlockCodeStateR\x05codes\"\xaa\x01\n" +
+	"\x05codes\x18\x02 \x03(\v2\x1b.escrowd.v1.UnlockCodeStateR\x05codes\"\xbe\x01\n" +
 	"\x0fUnlockCodeState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x127\n" +
-	"\x05state\x18\x02 \x01(\x0e2!.escrowd.v1.UnlockCodeState.StateR\x05state\"H\n" +
+	"\x05state\x18\x02 \x01(\x0e2!.escrowd.v1.UnlockCodeState.StateR\x05state\"\\\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10STATE_UNREVEALED\x10\x01\x12\x12\n" +
-	"\x0eSTATE_REVEALED\x10\x02\",\n" +
+	"\x0eSTATE_REVEALED\x10\x02\x12\x12\n" +
+	"\x0eSTATE_CONSUMED\x10\x03\",\n" +
 	"\x0fGetGroupRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\"\xa7\x01\n" +
 	"\n" +
@@ -2683,14 +3423,7 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\x14ApproveRevealRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
 	"\x15ApproveRevealResponse\x121\n" +
-	"\x06reveal\x18\x01 \x01(\v2\x19.escrowd.v1.PendingRevealR\x06reveal\"U\n" +
-	"\x17RewrapEscrowSlotRequest\x12\x19\n" +
-	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x1f\n" +
-	"\vescrow_slot\x18\x02 \x01(\fR\n" +
-	"escrowSlot\";\n" +
-	"\x18RewrapEscrowSlotResponse\x12\x1f\n" +
-	"\vescrow_slot\x18\x01 \x01(\fR\n" +
-	"escrowSlot\"c\n" +
+	"\x06reveal\x18\x01 \x01(\v2\x19.escrowd.v1.PendingRevealR\x06reveal\"c\n" +
 	"\x16RotateGroupKeysRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x16\n" +
 	"\x06escrow\x18\x02 \x01(\bR\x06escrow\x12\x16\n" +
@@ -2747,13 +3480,78 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\x11DestroyKEKRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\".\n" +
 	"\x12DestroyKEKResponse\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\rR\aversion2\xb8\x03\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\"\x81\x01\n" +
+	"\x15RewrapToEscrowRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x1f\n" +
+	"\vescrow_slot\x18\x02 \x01(\fR\n" +
+	"escrowSlot\x12,\n" +
+	"\x12escrow_key_version\x18\x03 \x01(\rR\x10escrowKeyVersion\"Z\n" +
+	"\x16RewrapToEscrowResponse\x12\x12\n" +
+	"\x04slot\x18\x01 \x01(\fR\x04slot\x12,\n" +
+	"\x12escrow_key_version\x18\x02 \x01(\rR\x10escrowKeyVersion\"G\n" +
+	"\x12BatchRewrapRequest\x121\n" +
+	"\x05items\x18\x01 \x03(\v2\x1b.escrowd.v1.BatchRewrapItemR\x05items\"\xe0\x01\n" +
+	"\x0fBatchRewrapItem\x12\x1c\n" +
+	"\treference\x18\x01 \x01(\tR\treference\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x1f\n" +
+	"\vescrow_slot\x18\x03 \x01(\fR\n" +
+	"escrowSlot\x125\n" +
+	"\trecipient\x18\x04 \x01(\v2\x15.escrowd.v1.RecipientH\x00R\trecipient\x122\n" +
+	"\x06escrow\x18\x05 \x01(\v2\x18.escrowd.v1.EscrowTargetH\x00R\x06escrowB\b\n" +
+	"\x06target\"/\n" +
+	"\fEscrowTarget\x12\x1f\n" +
+	"\vkey_version\x18\x01 \x01(\rR\n" +
+	"keyVersion\"N\n" +
+	"\x13BatchRewrapResponse\x127\n" +
+	"\aresults\x18\x01 \x03(\v2\x1d.escrowd.v1.BatchRewrapResultR\aresults\"r\n" +
+	"\x11BatchRewrapResult\x12\x1c\n" +
+	"\treference\x18\x01 \x01(\tR\treference\x12\x12\n" +
+	"\x04slot\x18\x02 \x01(\fR\x04slot\x12+\n" +
+	"\x05error\x18\x03 \x01(\v2\x15.escrowd.v1.ItemErrorR\x05error\"9\n" +
+	"\tItemError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x7f\n" +
+	"\x1dMarkUnlockCodeConsumedRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\rR\x05epoch\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\rR\x05index\"i\n" +
+	"\x1eMarkUnlockCodeConsumedResponse\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\rR\x05epoch\x121\n" +
+	"\x05codes\x18\x02 \x03(\v2\x1b.escrowd.v1.UnlockCodeStateR\x05codes\"\x80\x02\n" +
+	"\x15RotateGroupKeyRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x1f\n" +
+	"\vescrow_slot\x18\x02 \x01(\fR\n" +
+	"escrowSlot\x12&\n" +
+	"\x0fold_gdk_version\x18\x03 \x01(\rR\roldGdkVersion\x125\n" +
+	"\n" +
+	"recipients\x18\x04 \x03(\v2\x15.escrowd.v1.RecipientR\n" +
+	"recipients\x12&\n" +
+	"\x0funlock_user_ids\x18\x05 \x03(\tR\runlockUserIds\x12$\n" +
+	"\x0ecodes_per_user\x18\x06 \x01(\rR\fcodesPerUser\"\x85\x02\n" +
+	"\x16RotateGroupKeyResponse\x12\x1f\n" +
+	"\vgdk_version\x18\x01 \x01(\rR\n" +
+	"gdkVersion\x12\x1f\n" +
+	"\vescrow_slot\x18\x02 \x01(\fR\n" +
+	"escrowSlot\x12,\n" +
+	"\x12escrow_key_version\x18\x03 \x01(\rR\x10escrowKeyVersion\x12'\n" +
+	"\x0frecipient_slots\x18\x04 \x03(\fR\x0erecipientSlots\x12\x1d\n" +
+	"\n" +
+	"chain_slot\x18\x05 \x01(\fR\tchainSlot\x123\n" +
+	"\x06unlock\x18\x06 \x03(\v2\x1b.escrowd.v1.UserUnlockSlotsR\x06unlock\"V\n" +
+	"\x0fUserUnlockSlots\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\rR\x05epoch\x12\x14\n" +
+	"\x05slots\x18\x03 \x03(\fR\x05slots2\xcc\x05\n" +
 	"\vSyncService\x12W\n" +
 	"\x0eProvisionGroup\x12!.escrowd.v1.ProvisionGroupRequest\x1a\".escrowd.v1.ProvisionGroupResponse\x12Q\n" +
 	"\fGetEscrowKey\x12\x1f.escrowd.v1.GetEscrowKeyRequest\x1a .escrowd.v1.GetEscrowKeyResponse\x12?\n" +
 	"\x06Rewrap\x12\x19.escrowd.v1.RewrapRequest\x1a\x1a.escrowd.v1.RewrapResponse\x12]\n" +
-	"\x10IssueUnlockCodes\x12#.escrowd.v1.IssueUnlockCodesRequest\x1a$.escrowd.v1.IssueUnlockCodesResponse\x12]\n" +
-	"\x10RewrapEscrowSlot\x12#.escrowd.v1.RewrapEscrowSlotRequest\x1a$.escrowd.v1.RewrapEscrowSlotResponse2\x86\x03\n" +
+	"\x10IssueUnlockCodes\x12#.escrowd.v1.IssueUnlockCodesRequest\x1a$.escrowd.v1.IssueUnlockCodesResponse\x12W\n" +
+	"\x0eRewrapToEscrow\x12!.escrowd.v1.RewrapToEscrowRequest\x1a\".escrowd.v1.RewrapToEscrowResponse\x12N\n" +
+	"\vBatchRewrap\x12\x1e.escrowd.v1.BatchRewrapRequest\x1a\x1f.escrowd.v1.BatchRewrapResponse\x12o\n" +
+	"\x16MarkUnlockCodeConsumed\x12).escrowd.v1.MarkUnlockCodeConsumedRequest\x1a*.escrowd.v1.MarkUnlockCodeConsumedResponse\x12W\n" +
+	"\x0eRotateGroupKey\x12!.escrowd.v1.RotateGroupKeyRequest\x1a\".escrowd.v1.RotateGroupKeyResponse2\x86\x03\n" +
 	"\x0eSupportService\x12]\n" +
 	"\x10RevealUnlockCode\x12#.escrowd.v1.RevealUnlockCodeRequest\x1a$.escrowd.v1.RevealUnlockCodeResponse\x12Z\n" +
 	"\x0fListUnlockCodes\x12\".escrowd.v1.ListUnlockCodesRequest\x1a#.escrowd.v1.ListUnlockCodesResponse\x12c\n" +
@@ -2784,7 +3582,7 @@ func file_escrowd_v1_escrowd_proto_rawDescGZIP() []byte {
 }
 
 var file_escrowd_v1_escrowd_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_escrowd_v1_escrowd_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_escrowd_v1_escrowd_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_escrowd_v1_escrowd_proto_goTypes = []any{
 	(Recipient_Kind)(0),                     // 0: escrowd.v1.Recipient.Kind
 	(UnlockCodeState_State)(0),              // 1: escrowd.v1.UnlockCodeState.State
@@ -2814,25 +3612,36 @@ var file_escrowd_v1_escrowd_proto_goTypes = []any{
 	(*ListPendingRevealsResponse)(nil),      // 25: escrowd.v1.ListPendingRevealsResponse
 	(*ApproveRevealRequest)(nil),            // 26: escrowd.v1.ApproveRevealRequest
 	(*ApproveRevealResponse)(nil),           // 27: escrowd.v1.ApproveRevealResponse
-	(*RewrapEscrowSlotRequest)(nil),         // 28: escrowd.v1.RewrapEscrowSlotRequest
-	(*RewrapEscrowSlotResponse)(nil),        // 29: escrowd.v1.RewrapEscrowSlotResponse
-	(*RotateGroupKeysRequest)(nil),          // 30: escrowd.v1.RotateGroupKeysRequest
-	(*RotateGroupKeysResponse)(nil),         // 31: escrowd.v1.RotateGroupKeysResponse
-	(*SetMinDecryptionVersionRequest)(nil),  // 32: escrowd.v1.SetMinDecryptionVersionRequest
-	(*SetMinDecryptionVersionResponse)(nil), // 33: escrowd.v1.SetMinDecryptionVersionResponse
-	(*DestroyKeyVersionRequest)(nil),        // 34: escrowd.v1.DestroyKeyVersionRequest
-	(*DestroyKeyVersionResponse)(nil),       // 35: escrowd.v1.DestroyKeyVersionResponse
-	(*StartJobRequest)(nil),                 // 36: escrowd.v1.StartJobRequest
-	(*StartJobResponse)(nil),                // 37: escrowd.v1.StartJobResponse
-	(*ListJobsRequest)(nil),                 // 38: escrowd.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),                // 39: escrowd.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),                // 40: escrowd.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),               // 41: escrowd.v1.CancelJobResponse
-	(*Job)(nil),                             // 42: escrowd.v1.Job
-	(*DestroyKEKRequest)(nil),               // 43: escrowd.v1.DestroyKEKRequest
-	(*DestroyKEKResponse)(nil),              // 44: escrowd.v1.DestroyKEKResponse
-	nil,                                     // 45: escrowd.v1.StartJobRequest.ParamsEntry
-	nil,                                     // 46: escrowd.v1.Job.ParamsEntry
+	(*RotateGroupKeysRequest)(nil),          // 28: escrowd.v1.RotateGroupKeysRequest
+	(*RotateGroupKeysResponse)(nil),         // 29: escrowd.v1.RotateGroupKeysResponse
+	(*SetMinDecryptionVersionRequest)(nil),  // 30: escrowd.v1.SetMinDecryptionVersionRequest
+	(*SetMinDecryptionVersionResponse)(nil), // 31: escrowd.v1.SetMinDecryptionVersionResponse
+	(*DestroyKeyVersionRequest)(nil),        // 32: escrowd.v1.DestroyKeyVersionRequest
+	(*DestroyKeyVersionResponse)(nil),       // 33: escrowd.v1.DestroyKeyVersionResponse
+	(*StartJobRequest)(nil),                 // 34: escrowd.v1.StartJobRequest
+	(*StartJobResponse)(nil),                // 35: escrowd.v1.StartJobResponse
+	(*ListJobsRequest)(nil),                 // 36: escrowd.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),                // 37: escrowd.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),                // 38: escrowd.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),               // 39: escrowd.v1.CancelJobResponse
+	(*Job)(nil),                             // 40: escrowd.v1.Job
+	(*DestroyKEKRequest)(nil),               // 41: escrowd.v1.DestroyKEKRequest
+	(*DestroyKEKResponse)(nil),              // 42: escrowd.v1.DestroyKEKResponse
+	(*RewrapToEscrowRequest)(nil),           // 43: escrowd.v1.RewrapToEscrowRequest
+	(*RewrapToEscrowResponse)(nil),          // 44: escrowd.v1.RewrapToEscrowResponse
+	(*BatchRewrapRequest)(nil),              // 45: escrowd.v1.BatchRewrapRequest
+	(*BatchRewrapItem)(nil),                 // 46: escrowd.v1.BatchRewrapItem
+	(*EscrowTarget)(nil),                    // 47: escrowd.v1.EscrowTarget
+	(*BatchRewrapResponse)(nil),             // 48: escrowd.v1.BatchRewrapResponse
+	(*BatchRewrapResult)(nil),               // 49: escrowd.v1.BatchRewrapResult
+	(*ItemError)(nil),                       // 50: escrowd.v1.ItemError
+	(*MarkUnlockCodeConsumedRequest)(nil),   // 51: escrowd.v1.MarkUnlockCodeConsumedRequest
+	(*MarkUnlockCodeConsumedResponse)(nil),  // 52: escrowd.v1.MarkUnlockCodeConsumedResponse
+	(*RotateGroupKeyRequest)(nil),           // 53: escrowd.v1.RotateGroupKeyRequest
+	(*RotateGroupKeyResponse)(nil),          // 54: escrowd.v1.RotateGroupKeyResponse
+	(*UserUnlockSlots)(nil),                 // 55: escrowd.v1.UserUnlockSlots
+	nil,                                     // 56: escrowd.v1.StartJobRequest.ParamsEntry
+	nil,                                     // 57: escrowd.v1.Job.ParamsEntry
 }
 var file_escrowd_v1_escrowd_proto_depIdxs = []int32{
 	4,  // 0: escrowd.v1.ProvisionGroupResponse.escrow_key:type_name -> escrowd.v1.EscrowKey
@@ -2849,52 +3658,66 @@ var file_escrowd_v1_escrowd_proto_depIdxs = []int32{
 	19, // 11: escrowd.v1.RotateGroupKeysResponse.group:type_name -> escrowd.v1.GetGroupResponse
 	19, // 12: escrowd.v1.SetMinDecryptionVersionResponse.group:type_name -> escrowd.v1.GetGroupResponse
 	19, // 13: escrowd.v1.DestroyKeyVersionResponse.group:type_name -> escrowd.v1.GetGroupResponse
-	45, // 14: escrowd.v1.StartJobRequest.params:type_name -> escrowd.v1.StartJobRequest.ParamsEntry
-	42, // 15: escrowd.v1.StartJobResponse.job:type_name -> escrowd.v1.Job
-	42, // 16: escrowd.v1.ListJobsResponse.jobs:type_name -> escrowd.v1.Job
-	42, // 17: escrowd.v1.CancelJobResponse.job:type_name -> escrowd.v1.Job
-	46, // 18: escrowd.v1.Job.params:type_name -> escrowd.v1.Job.ParamsEntry
-	2,  // 19: escrowd.v1.SyncService.ProvisionGroup:input_type -> escrowd.v1.ProvisionGroupRequest
-	5,  // 20: escrowd.v1.SyncService.GetEscrowKey:input_type -> escrowd.v1.GetEscrowKeyRequest
-	8,  // 21: escrowd.v1.SyncService.Rewrap:input_type -> escrowd.v1.RewrapRequest
-	10, // 22: escrowd.v1.SyncService.IssueUnlockCodes:input_type -> escrowd.v1.IssueUnlockCodesRequest
-	28, // 23: escrowd.v1.SyncService.RewrapEscrowSlot:input_type -> escrowd.v1.RewrapEscrowSlotRequest
-	12, // 24: escrowd.v1.SupportService.RevealUnlockCode:input_type -> escrowd.v1.RevealUnlockCodeRequest
-	14, // 25: escrowd.v1.SupportService.ListUnlockCodes:input_type -> escrowd.v1.ListUnlockCodesRequest
-	24, // 26: escrowd.v1.SupportService.ListPendingReveals:input_type -> escrowd.v1.ListPendingRevealsRequest
-	26, // 27: escrowd.v1.SupportService.ApproveReveal:input_type -> escrowd.v1.ApproveRevealRequest
-	17, // 28: escrowd.v1.SecurityService.GetGroup:input_type -> escrowd.v1.GetGroupRequest
-	20, // 29: escrowd.v1.SecurityService.ListHSMObjects:input_type -> escrowd.v1.ListHSMObjectsRequest
-	30, // 30: escrowd.v1.SecurityService.RotateGroupKeys:input_type -> escrowd.v1.RotateGroupKeysRequest
-	32, // 31: escrowd.v1.SecurityService.SetMinDecryptionVersion:input_type -> escrowd.v1.SetMinDecryptionVersionRequest
-	34, // 32: escrowd.v1.SecurityService.DestroyKeyVersion:input_type -> escrowd.v1.DestroyKeyVersionRequest
-	36, // 33: escrowd.v1.SecurityService.StartJob:input_type -> escrowd.v1.StartJobRequest
-	38, // 34: escrowd.v1.SecurityService.ListJobs:input_type -> escrowd.v1.ListJobsRequest
-	40, // 35: escrowd.v1.SecurityService.CancelJob:input_type -> escrowd.v1.CancelJobRequest
-	43, // 36: escrowd.v1.SecurityService.DestroyKEK:input_type -> escrowd.v1.DestroyKEKRequest
-	3,  // 37: escrowd.v1.SyncService.ProvisionGroup:output_type -> escrowd.v1.ProvisionGroupResponse
-	6,  // 38: escrowd.v1.SyncService.GetEscrowKey:output_type -> escrowd.v1.GetEscrowKeyResponse
-	9,  // 39: escrowd.v1.SyncService.Rewrap:output_type -> escrowd.v1.RewrapResponse
-	11, // 40: escrowd.v1.SyncService.IssueUnlockCodes:output_type -> escrowd.v1.IssueUnlockCodesResponse
-	29, // 41: escrowd.v1.SyncService.RewrapEscrowSlot:output_type -> escrowd.v1.RewrapEscrowSlotResponse
-	13, // 42: escrowd.v1.SupportService.RevealUnlockCode:output_type -> escrowd.v1.RevealUnlockCodeResponse
-	15, // 43: escrowd.v1.SupportService.ListUnlockCodes:output_type -> escrowd.v1.ListUnlockCodesResponse
-	25, // 44: escrowd.v1.SupportService.ListPendingReveals:output_type -> escrowd.v1.ListPendingRevealsResponse
-	27, // 45: escrowd.v1.SupportService.ApproveReveal:output_type -> escrowd.v1.ApproveRevealResponse
-	19, // 46: escrowd.v1.SecurityService.GetGroup:output_type -> escrowd.v1.GetGroupResponse
-	22, // 47: escrowd.v1.SecurityService.ListHSMObjects:output_type -> escrowd.v1.ListHSMObjectsResponse
-	31, // 48: escrowd.v1.SecurityService.RotateGroupKeys:output_type -> escrowd.v1.RotateGroupKeysResponse
-	33, // 49: escrowd.v1.SecurityService.SetMinDecryptionVersion:output_type -> escrowd.v1.SetMinDecryptionVersionResponse
-	35, // 50: escrowd.v1.SecurityService.DestroyKeyVersion:output_type -> escrowd.v1.DestroyKeyVersionResponse
-	37, // 51: escrowd.v1.SecurityService.StartJob:output_type -> escrowd.v1.StartJobResponse
-	39, // 52: escrowd.v1.SecurityService.ListJobs:output_type -> escrowd.v1.ListJobsResponse
-	41, // 53: escrowd.v1.SecurityService.CancelJob:output_type -> escrowd.v1.CancelJobResponse
-	44, // 54: escrowd.v1.SecurityService.DestroyKEK:output_type -> escrowd.v1.DestroyKEKResponse
-	37, // [37:55] is the sub-list for method output_type
-	19, // [19:37] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	56, // 14: escrowd.v1.StartJobRequest.params:type_name -> escrowd.v1.StartJobRequest.ParamsEntry
+	40, // 15: escrowd.v1.StartJobResponse.job:type_name -> escrowd.v1.Job
+	40, // 16: escrowd.v1.ListJobsResponse.jobs:type_name -> escrowd.v1.Job
+	40, // 17: escrowd.v1.CancelJobResponse.job:type_name -> escrowd.v1.Job
+	57, // 18: escrowd.v1.Job.params:type_name -> escrowd.v1.Job.ParamsEntry
+	46, // 19: escrowd.v1.BatchRewrapRequest.items:type_name -> escrowd.v1.BatchRewrapItem
+	7,  // 20: escrowd.v1.BatchRewrapItem.recipient:type_name -> escrowd.v1.Recipient
+	47, // 21: escrowd.v1.BatchRewrapItem.escrow:type_name -> escrowd.v1.EscrowTarget
+	49, // 22: escrowd.v1.BatchRewrapResponse.results:type_name -> escrowd.v1.BatchRewrapResult
+	50, // 23: escrowd.v1.BatchRewrapResult.error:type_name -> escrowd.v1.ItemError
+	16, // 24: escrowd.v1.MarkUnlockCodeConsumedResponse.codes:type_name -> escrowd.v1.UnlockCodeState
+	7,  // 25: escrowd.v1.RotateGroupKeyRequest.recipients:type_name -> escrowd.v1.Recipient
+	55, // 26: escrowd.v1.RotateGroupKeyResponse.unlock:type_name -> escrowd.v1.UserUnlockSlots
+	2,  // 27: escrowd.v1.SyncService.ProvisionGroup:input_type -> escrowd.v1.ProvisionGroupRequest
+	5,  // 28: escrowd.v1.SyncService.GetEscrowKey:input_type -> escrowd.v1.GetEscrowKeyRequest
+	8,  // 29: escrowd.v1.SyncService.Rewrap:input_type -> escrowd.v1.RewrapRequest
+	10, // 30: escrowd.v1.SyncService.IssueUnlockCodes:input_type -> escrowd.v1.IssueUnlockCodesRequest
+	43, // 31: escrowd.v1.SyncService.RewrapToEscrow:input_type -> escrowd.v1.RewrapToEscrowRequest
+	45, // 32: escrowd.v1.SyncService.BatchRewrap:input_type -> escrowd.v1.BatchRewrapRequest
+	51, // 33: escrowd.v1.SyncService.MarkUnlockCodeConsumed:input_type -> escrowd.v1.MarkUnlockCodeConsumedRequest
+	53, // 34: escrowd.v1.SyncService.RotateGroupKey:input_type -> escrowd.v1.RotateGroupKeyRequest
+	12, // 35: escrowd.v1.SupportService.RevealUnlockCode:input_type -> escrowd.v1.RevealUnlockCodeRequest
+	14, // 36: escrowd.v1.SupportService.ListUnlockCodes:input_type -> escrowd.v1.ListUnlockCodesRequest
+	24, // 37: escrowd.v1.SupportService.ListPendingReveals:input_type -> escrowd.v1.ListPendingRevealsRequest
+	26, // 38: escrowd.v1.SupportService.ApproveReveal:input_type -> escrowd.v1.ApproveRevealRequest
+	17, // 39: escrowd.v1.SecurityService.GetGroup:input_type -> escrowd.v1.GetGroupRequest
+	20, // 40: escrowd.v1.SecurityService.ListHSMObjects:input_type -> escrowd.v1.ListHSMObjectsRequest
+	28, // 41: escrowd.v1.SecurityService.RotateGroupKeys:input_type -> escrowd.v1.RotateGroupKeysRequest
+	30, // 42: escrowd.v1.SecurityService.SetMinDecryptionVersion:input_type -> escrowd.v1.SetMinDecryptionVersionRequest
+	32, // 43: escrowd.v1.SecurityService.DestroyKeyVersion:input_type -> escrowd.v1.DestroyKeyVersionRequest
+	34, // 44: escrowd.v1.SecurityService.StartJob:input_type -> escrowd.v1.StartJobRequest
+	36, // 45: escrowd.v1.SecurityService.ListJobs:input_type -> escrowd.v1.ListJobsRequest
+	38, // 46: escrowd.v1.SecurityService.CancelJob:input_type -> escrowd.v1.CancelJobRequest
+	41, // 47: escrowd.v1.SecurityService.DestroyKEK:input_type -> escrowd.v1.DestroyKEKRequest
+	3,  // 48: escrowd.v1.SyncService.ProvisionGroup:output_type -> escrowd.v1.ProvisionGroupResponse
+	6,  // 49: escrowd.v1.SyncService.GetEscrowKey:output_type -> escrowd.v1.GetEscrowKeyResponse
+	9,  // 50: escrowd.v1.SyncService.Rewrap:output_type -> escrowd.v1.RewrapResponse
+	11, // 51: escrowd.v1.SyncService.IssueUnlockCodes:output_type -> escrowd.v1.IssueUnlockCodesResponse
+	44, // 52: escrowd.v1.SyncService.RewrapToEscrow:output_type -> escrowd.v1.RewrapToEscrowResponse
+	48, // 53: escrowd.v1.SyncService.BatchRewrap:output_type -> escrowd.v1.BatchRewrapResponse
+	52, // 54: escrowd.v1.SyncService.MarkUnlockCodeConsumed:output_type -> escrowd.v1.MarkUnlockCodeConsumedResponse
+	54, // 55: escrowd.v1.SyncService.RotateGroupKey:output_type -> escrowd.v1.RotateGroupKeyResponse
+	13, // 56: escrowd.v1.SupportService.RevealUnlockCode:output_type -> escrowd.v1.RevealUnlockCodeResponse
+	15, // 57: escrowd.v1.SupportService.ListUnlockCodes:output_type -> escrowd.v1.ListUnlockCodesResponse
+	25, // 58: escrowd.v1.SupportService.ListPendingReveals:output_type -> escrowd.v1.ListPendingRevealsResponse
+	27, // 59: escrowd.v1.SupportService.ApproveReveal:output_type -> escrowd.v1.ApproveRevealResponse
+	19, // 60: escrowd.v1.SecurityService.GetGroup:output_type -> escrowd.v1.GetGroupResponse
+	22, // 61: escrowd.v1.SecurityService.ListHSMObjects:output_type -> escrowd.v1.ListHSMObjectsResponse
+	29, // 62: escrowd.v1.SecurityService.RotateGroupKeys:output_type -> escrowd.v1.RotateGroupKeysResponse
+	31, // 63: escrowd.v1.SecurityService.SetMinDecryptionVersion:output_type -> escrowd.v1.SetMinDecryptionVersionResponse
+	33, // 64: escrowd.v1.SecurityService.DestroyKeyVersion:output_type -> escrowd.v1.DestroyKeyVersionResponse
+	35, // 65: escrowd.v1.SecurityService.StartJob:output_type -> escrowd.v1.StartJobResponse
+	37, // 66: escrowd.v1.SecurityService.ListJobs:output_type -> escrowd.v1.ListJobsResponse
+	39, // 67: escrowd.v1.SecurityService.CancelJob:output_type -> escrowd.v1.CancelJobResponse
+	42, // 68: escrowd.v1.SecurityService.DestroyKEK:output_type -> escrowd.v1.DestroyKEKResponse
+	48, // [48:69] is the sub-list for method output_type
+	27, // [27:48] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_escrowd_v1_escrowd_proto_init() }
@@ -2902,13 +3725,17 @@ func file_escrowd_v1_escrowd_proto_init() {
 	if File_escrowd_v1_escrowd_proto != nil {
 		return
 	}
+	file_escrowd_v1_escrowd_proto_msgTypes[44].OneofWrappers = []any{
+		(*BatchRewrapItem_Recipient)(nil),
+		(*BatchRewrapItem_Escrow)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_escrowd_v1_escrowd_proto_rawDesc), len(file_escrowd_v1_escrowd_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   45,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

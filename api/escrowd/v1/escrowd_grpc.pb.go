@@ -26,11 +26,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SyncService_ProvisionGroup_FullMethodName   = "/escrowd.v1.SyncService/ProvisionGroup"
-	SyncService_GetEscrowKey_FullMethodName     = "/escrowd.v1.SyncService/GetEscrowKey"
-	SyncService_Rewrap_FullMethodName           = "/escrowd.v1.SyncService/Rewrap"
-	SyncService_IssueUnlockCodes_FullMethodName = "/escrowd.v1.SyncService/IssueUnlockCodes"
-	SyncService_RewrapEscrowSlot_FullMethodName = "/escrowd.v1.SyncService/RewrapEscrowSlot"
+	SyncService_ProvisionGroup_FullMethodName         = "/escrowd.v1.SyncService/ProvisionGroup"
+	SyncService_GetEscrowKey_FullMethodName           = "/escrowd.v1.SyncService/GetEscrowKey"
+	SyncService_Rewrap_FullMethodName                 = "/escrowd.v1.SyncService/Rewrap"
+	SyncService_IssueUnlockCodes_FullMethodName       = "/escrowd.v1.SyncService/IssueUnlockCodes"
+	SyncService_RewrapToEscrow_FullMethodName         = "/escrowd.v1.SyncService/RewrapToEscrow"
+	SyncService_BatchRewrap_FullMethodName            = "/escrowd.v1.SyncService/BatchRewrap"
+	SyncService_MarkUnlockCodeConsumed_FullMethodName = "/escrowd.v1.SyncService/MarkUnlockCodeConsumed"
+	SyncService_RotateGroupKey_FullMethodName         = "/escrowd.v1.SyncService/RotateGroupKey"
 )
 
 // SyncServiceClient is the client API for SyncService service.
@@ -53,12 +56,25 @@ type SyncServiceClient interface {
 	// IssueUnlockCodes starts a new unlock-code epoch for a user: it returns
 	// one unlock slot per code. The codes of earlier epochs are dead.
 	IssueUnlockCodes(ctx context.Context, in *IssueUnlockCodesRequest, opts ...grpc.CallOption) (*IssueUnlockCodesResponse, error)
-	// RewrapEscrowSlot opens an escrow slot inside the HSM and seals its group
-	// data key again to the group's newest escrow key version: what the sync
-	// backend does to every bundle after a rotation, before the old version is
-	// retired. Fails with FAILED_PRECONDITION when the slot's version is
-	// retired or destroyed.
-	RewrapEscrowSlot(ctx context.Context, in *RewrapEscrowSlotRequest, opts ...grpc.CallOption) (*RewrapEscrowSlotResponse, error)
+	// RewrapToEscrow opens an escrow slot inside the HSM and wraps its group
+	// data key to the group's newest escrow key version: the group's new
+	// escrow slot. A key version other than the newest is INVALID_ARGUMENT.
+	RewrapToEscrow(ctx context.Context, in *RewrapToEscrowRequest, opts ...grpc.CallOption) (*RewrapToEscrowResponse, error)
+	// BatchRewrap runs up to 256 re-wraps in one call. Each item carries the
+	// caller's reference and gets its own result or error; one item's
+	// failure does not fail the call. More than 256 items: INVALID_ARGUMENT,
+	// nothing done.
+	BatchRewrap(ctx context.Context, in *BatchRewrapRequest, opts ...grpc.CallOption) (*BatchRewrapResponse, error)
+	// MarkUnlockCodeConsumed records that a device used a revealed code. It
+	// is idempotent. A code never revealed is FAILED_PRECONDITION (it leaked
+	// or was guessed); an epoch that is not current is FAILED_PRECONDITION.
+	MarkUnlockCodeConsumed(ctx context.Context, in *MarkUnlockCodeConsumedRequest, opts ...grpc.CallOption) (*MarkUnlockCodeConsumedResponse, error)
+	// RotateGroupKey makes a new group data key in the HSM when a member
+	// leaves: wrapped to the given recipients, to the group's newest escrow
+	// key and to a new unlock-code epoch per given user, with the old key
+	// (opened from escrow_slot in the HSM) wrapped under the new one as a
+	// chain slot. Neither key leaves the HSM in clear.
+	RotateGroupKey(ctx context.Context, in *RotateGroupKeyRequest, opts ...grpc.CallOption) (*RotateGroupKeyResponse, error)
 }
 
 type syncServiceClient struct {
@@ -109,10 +125,40 @@ func (c *syncServiceClient) IssueUnlockCodes(ctx context.Context, in *IssueUnloc
 	return out, nil
 }
 
-func (c *syncServiceClient) RewrapEscrowSlot(ctx context.Context, in *RewrapEscrowSlotRequest, opts ...grpc.CallOption) (*RewrapEscrowSlotResponse, error) {
+func (c *syncServiceClient) RewrapToEscrow(ctx context.Context, in *RewrapToEscrowRequest, opts ...grpc.CallOption) (*RewrapToEscrowResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(RewrapEscrowSlotResponse)
-	err := c.cc.Invoke(ctx, SyncService_RewrapEscrowSlot_FullMethodName, in, out, cOpts...)
+	out := new(RewrapToEscrowResponse)
+	err := c.cc.Invoke(ctx, SyncService_RewrapToEscrow_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *syncServiceClient) BatchRewrap(ctx context.Context, in *BatchRewrapRequest, opts ...grpc.CallOption) (*BatchRewrapResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchRewrapResponse)
+	err := c.cc.Invoke(ctx, SyncService_BatchRewrap_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *syncServiceClient) MarkUnlockCodeConsumed(ctx context.Context, in *MarkUnlockCodeConsumedRequest, opts ...grpc.CallOption) (*MarkUnlockCodeConsumedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MarkUnlockCodeConsumedResponse)
+	err := c.cc.Invoke(ctx, SyncService_MarkUnlockCodeConsumed_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *syncServiceClient) RotateGroupKey(ctx context.Context, in *RotateGroupKeyRequest, opts ...grpc.CallOption) (*RotateGroupKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateGroupKeyResponse)
+	err := c.cc.Invoke(ctx, SyncService_RotateGroupKey_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -139,12 +185,25 @@ type SyncServiceServer interface {
 	// IssueUnlockCodes starts a new unlock-code epoch for a user: it returns
 	// one unlock slot per code. The codes of earlier epochs are dead.
 	IssueUnlockCodes(context.Context, *IssueUnlockCodesRequest) (*IssueUnlockCodesResponse, error)
-	// RewrapEscrowSlot opens an escrow slot inside the HSM and seals its group
-	// data key again to the group's newest escrow key version: what the sync
-	// backend does to every bundle after a rotation, before the old version is
-	// retired. Fails with FAILED_PRECONDITION when the slot's version is
-	// retired or destroyed.
-	RewrapEscrowSlot(context.Context, *RewrapEscrowSlotRequest) (*RewrapEscrowSlotResponse, error)
+	// RewrapToEscrow opens an escrow slot inside the HSM and wraps its group
+	// data key to the group's newest escrow key version: the group's new
+	// escrow slot. A key version other than the newest is INVALID_ARGUMENT.
+	RewrapToEscrow(context.Context, *RewrapToEscrowRequest) (*RewrapToEscrowResponse, error)
+	// BatchRewrap runs up to 256 re-wraps in one call. Each item carries the
+	// caller's reference and gets its own result or error; one item's
+	// failure does not fail the call. More than 256 items: INVALID_ARGUMENT,
+	// nothing done.
+	BatchRewrap(context.Context, *BatchRewrapRequest) (*BatchRewrapResponse, error)
+	// MarkUnlockCodeConsumed records that a device used a revealed code. It
+	// is idempotent. A code never revealed is FAILED_PRECONDITION (it leaked
+	// or was guessed); an epoch that is not current is FAILED_PRECONDITION.
+	MarkUnlockCodeConsumed(context.Context, *MarkUnlockCodeConsumedRequest) (*MarkUnlockCodeConsumedResponse, error)
+	// RotateGroupKey makes a new group data key in the HSM when a member
+	// leaves: wrapped to the given recipients, to the group's newest escrow
+	// key and to a new unlock-code epoch per given user, with the old key
+	// (opened from escrow_slot in the HSM) wrapped under the new one as a
+	// chain slot. Neither key leaves the HSM in clear.
+	RotateGroupKey(context.Context, *RotateGroupKeyRequest) (*RotateGroupKeyResponse, error)
 	mustEmbedUnimplementedSyncServiceServer()
 }
 
@@ -167,8 +226,17 @@ func (UnimplementedSyncServiceServer) Rewrap(context.Context, *RewrapRequest) (*
 func (UnimplementedSyncServiceServer) IssueUnlockCodes(context.Context, *IssueUnlockCodesRequest) (*IssueUnlockCodesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method IssueUnlockCodes not implemented")
 }
-func (UnimplementedSyncServiceServer) RewrapEscrowSlot(context.Context, *RewrapEscrowSlotRequest) (*RewrapEscrowSlotResponse, error) {
-	return nil, status.Errorf(codes.Unimplemented, "method RewrapEscrowSlot not implemented")
+func (UnimplementedSyncServiceServer) RewrapToEscrow(context.Context, *RewrapToEscrowRequest) (*RewrapToEscrowResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RewrapToEscrow not implemented")
+}
+func (UnimplementedSyncServiceServer) BatchRewrap(context.Context, *BatchRewrapRequest) (*BatchRewrapResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method BatchRewrap not implemented")
+}
+func (UnimplementedSyncServiceServer) MarkUnlockCodeConsumed(context.Context, *MarkUnlockCodeConsumedRequest) (*MarkUnlockCodeConsumedResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method MarkUnlockCodeConsumed not implemented")
+}
+func (UnimplementedSyncServiceServer) RotateGroupKey(context.Context, *RotateGroupKeyRequest) (*RotateGroupKeyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RotateGroupKey not implemented")
 }
 func (UnimplementedSyncServiceServer) mustEmbedUnimplementedSyncServiceServer() {}
 func (UnimplementedSyncServiceServer) testEmbeddedByValue()                     {}
@@ -263,20 +331,74 @@ func _SyncService_IssueUnlockCodes_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
-func _SyncService_RewrapEscrowSlot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(RewrapEscrowSlotRequest)
+func _SyncService_RewrapToEscrow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RewrapToEscrowRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(SyncServiceServer).RewrapEscrowSlot(ctx, in)
+		return srv.(SyncServiceServer).RewrapToEscrow(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: SyncService_RewrapEscrowSlot_FullMethodName,
+		FullMethod: SyncService_RewrapToEscrow_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(SyncServiceServer).RewrapEscrowSlot(ctx, req.(*RewrapEscrowSlotRequest))
+		return srv.(SyncServiceServer).RewrapToEscrow(ctx, req.(*RewrapToEscrowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SyncService_BatchRewrap_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchRewrapRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SyncServiceServer).BatchRewrap(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SyncService_BatchRewrap_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SyncServiceServer).BatchRewrap(ctx, req.(*BatchRewrapRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SyncService_MarkUnlockCodeConsumed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MarkUnlockCodeConsumedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SyncServiceServer).MarkUnlockCodeConsumed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SyncService_MarkUnlockCodeConsumed_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SyncServiceServer).MarkUnlockCodeConsumed(ctx, req.(*MarkUnlockCodeConsumedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SyncService_RotateGroupKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateGroupKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SyncServiceServer).RotateGroupKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SyncService_RotateGroupKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SyncServiceServer).RotateGroupKey(ctx, req.(*RotateGroupKeyRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -305,8 +427,20 @@ var SyncService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _SyncService_IssueUnlockCodes_Handler,
 		},
 		{
-			MethodName: "RewrapEscrowSlot",
-			Handler:    _SyncService_RewrapEscrowSlot_Handler,
+			MethodName: "RewrapToEscrow",
+			Handler:    _SyncService_RewrapToEscrow_Handler,
+		},
+		{
+			MethodName: "BatchRewrap",
+			Handler:    _SyncService_BatchRewrap_Handler,
+		},
+		{
+			MethodName: "MarkUnlockCodeConsumed",
+			Handler:    _SyncService_MarkUnlockCodeConsumed_Handler,
+		},
+		{
+			MethodName: "RotateGroupKey",
+			Handler:    _SyncService_RotateGroupKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
