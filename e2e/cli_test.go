@@ -168,7 +168,7 @@ func TestCLI(t *testing.T) {
 	}
 
 	out := ctl("sync-backend", "group", "provision", "-group", "cli-family")
-	if !strings.Contains(out, "group cli-family provisioned: escrow key v1 (rsa-oaep-sha1)") {
+	if !strings.Contains(out, "group cli-family provisioned: escrow key v1 (ecdh-p256)") {
 		t.Fatalf("provision: %s", out)
 	}
 	out = ctlFails("sync-backend", "group", "provision", "-group", "cli-family")
@@ -205,7 +205,7 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("codes list: %s", out)
 	}
 	out = ctl("carol", "group", "show", "-group", "cli-family")
-	if !strings.Contains(out, "escrow v1  rsa-oaep-sha1") || !strings.Contains(out, "unlock v1  hmac-sha256") {
+	if !strings.Contains(out, "escrow v1  ecdh-p256") || !strings.Contains(out, "unlock v1  hmac-sha256") {
 		t.Fatalf("group show: %s", out)
 	}
 	out = ctl("carol", "hsm", "objects")

@@ -273,7 +273,7 @@ func ctxT(t *testing.T) context.Context {
 func (s *stack) provisionAndSeal(ctx context.Context, group string, ids *[]string) (gdk, escrowSlot []byte) {
 	s.t.Helper()
 	var hdr metadata.MD
-	r, err := s.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: group}, grpc.Header(&hdr))
+	r, err := s.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: group, Suite: bundle.SuiteRSAOAEPSHA1}, grpc.Header(&hdr))
 	if err != nil {
 		s.t.Fatalf("ProvisionGroup: %v", err)
 	}

@@ -43,7 +43,10 @@ var matrixRequests = map[string]proto.Message{
 	"ApproveReveal":           &escrowdv1.ApproveRevealRequest{Id: "no-such-request"},
 	"GetGroup":                &escrowdv1.GetGroupRequest{GroupId: "matrix-none"},
 	"ListHSMObjects":          &escrowdv1.ListHSMObjectsRequest{},
-	"RewrapEscrowSlot":        &escrowdv1.RewrapEscrowSlotRequest{GroupId: "matrix-none"},
+	"RewrapToEscrow":          &escrowdv1.RewrapToEscrowRequest{GroupId: "matrix-none"},
+	"BatchRewrap":             &escrowdv1.BatchRewrapRequest{Items: []*escrowdv1.BatchRewrapItem{{Reference: "r", GroupId: "matrix-none"}}},
+	"MarkUnlockCodeConsumed":  &escrowdv1.MarkUnlockCodeConsumedRequest{GroupId: "matrix-none", UserId: "u", Epoch: 1},
+	"RotateGroupKey":          &escrowdv1.RotateGroupKeyRequest{GroupId: "matrix-none"},
 	"RotateGroupKeys":         &escrowdv1.RotateGroupKeysRequest{GroupId: "matrix-none", Escrow: true},
 	"SetMinDecryptionVersion": &escrowdv1.SetMinDecryptionVersionRequest{GroupId: "matrix-none", MinEscrowVersion: 1},
 	"DestroyKeyVersion":       &escrowdv1.DestroyKeyVersionRequest{GroupId: "matrix-none", Kind: "escrow", Version: 1},
@@ -55,9 +58,10 @@ var matrixRequests = map[string]proto.Message{
 
 // grants is testdata/policy.yaml as a table: which caller may call what.
 var grants = map[string][]string{
-	"sync-backend": {"ProvisionGroup", "GetEscrowKey", "Rewrap", "IssueUnlockCodes", "RewrapEscrowSlot"},
-	"alice":        {"RevealUnlockCode", "ListUnlockCodes", "ListPendingReveals", "ApproveReveal"},
-	"bob":          {"RevealUnlockCode", "ListUnlockCodes", "ListPendingReveals", "ApproveReveal"},
+	"sync-backend": {"ProvisionGroup", "GetEscrowKey", "Rewrap", "IssueUnlockCodes", "RewrapToEscrow", "BatchRewrap",
+		"MarkUnlockCodeConsumed", "RotateGroupKey"},
+	"alice": {"RevealUnlockCode", "ListUnlockCodes", "ListPendingReveals", "ApproveReveal"},
+	"bob":   {"RevealUnlockCode", "ListUnlockCodes", "ListPendingReveals", "ApproveReveal"},
 	"carol": {"GetGroup", "ListHSMObjects", "RotateGroupKeys", "SetMinDecryptionVersion", "DestroyKeyVersion",
 		"StartJob", "ListJobs", "CancelJob", "DestroyKEK"},
 }

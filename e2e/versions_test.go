@@ -108,11 +108,11 @@ func testVersionLifecycle(t *testing.T, s *stack) {
 		t.Fatalf("reveal of an epoch under unlock v1 after rotation: %v", err)
 	}
 	// The sync backend moves the bundle to v2.
-	nr, err := s.sync.RewrapEscrowSlot(ctx, &escrowdv1.RewrapEscrowSlotRequest{GroupId: group, EscrowSlot: slot1})
+	nr, err := s.sync.RewrapToEscrow(ctx, &escrowdv1.RewrapToEscrowRequest{GroupId: group, EscrowSlot: slot1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	slot2 := nr.GetEscrowSlot()
+	slot2 := nr.GetSlot()
 	if ps, err := bundle.ParseSlot(slot2); err != nil || ps.KeyVersion != 2 || ps.Kind != bundle.KindEscrow {
 		t.Fatalf("re-sealed slot %+v, %v", ps, err)
 	}
@@ -131,7 +131,7 @@ func testVersionLifecycle(t *testing.T, s *stack) {
 	_, err = rewrap(slot1)
 	wantCode(t, err, codes.FailedPrecondition, "escrow key version 1", "minimum decryption version 2")
 	t.Logf("retired: %v", err)
-	_, err = s.sync.RewrapEscrowSlot(ctx, &escrowdv1.RewrapEscrowSlotRequest{GroupId: group, EscrowSlot: slot1})
+	_, err = s.sync.RewrapToEscrow(ctx, &escrowdv1.RewrapToEscrowRequest{GroupId: group, EscrowSlot: slot1})
 	wantCode(t, err, codes.FailedPrecondition, "version 1")
 	_, err = s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: group, UserId: "v", EscrowSlot: slot1})
 	wantCode(t, err, codes.FailedPrecondition, "version 1")
@@ -184,7 +184,7 @@ func testVersionLifecycle(t *testing.T, s *stack) {
 	// Every path is refused, and the minimum cannot go back.
 	_, err = rewrap(slot1)
 	wantCode(t, err, codes.FailedPrecondition, "destroyed")
-	_, err = s.sync.RewrapEscrowSlot(ctx, &escrowdv1.RewrapEscrowSlotRequest{GroupId: group, EscrowSlot: slot1})
+	_, err = s.sync.RewrapToEscrow(ctx, &escrowdv1.RewrapToEscrowRequest{GroupId: group, EscrowSlot: slot1})
 	wantCode(t, err, codes.FailedPrecondition, "destroyed")
 	_, err = s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: group, UserId: "w", EscrowSlot: slot1})
 	wantCode(t, err, codes.FailedPrecondition, "destroyed")
