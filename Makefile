@@ -7,12 +7,14 @@ CACHE     := $(CURDIR)/.cache
 BIN       := $(CURDIR)/bin
 VAULTDEV  := $(CACHE)/bin/vaultdev
 SOFTHSM   := /usr/lib/softhsm/libsofthsm2.so
+CHROMIUM  := /usr/bin/chromium
 PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
 STATICCHECK        := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TEST_TIMEOUT       ?= 30m
 
 export ESCROWD_VAULTDEV := $(VAULTDEV)
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: all build deps postgres vaultdev test lint run proto fuzz clean
 
@@ -22,11 +24,13 @@ build:
 	$(GO) build -o $(BIN)/escrowd ./cmd/escrowd
 	$(GO) build -o $(BIN)/escrowctl ./cmd/escrowctl
 
-# deps installs what the tests and `make run` need from Debian's packages,
-# and makes sure a PostgreSQL answers on 127.0.0.1:5432 for the store tests
-# (trust authentication for user postgres on the loopback, as the tests'
-# harness expects; set ESCROWD_PG_URL to use another server).
-deps: $(SOFTHSM) postgres
+# deps installs what the tests and `make run` need: SoftHSM and Chromium
+# from Debian's packages, playwright-core (which drives Chromium in the
+# browser test) from npm's lock file — no tool may download a browser — and
+# a PostgreSQL answering on 127.0.0.1:5432 for the store tests (trust
+# authentication for user postgres on the loopback, as the tests' harness
+# expects; set ESCROWD_PG_URL to use another server).
+deps: $(SOFTHSM) $(CHROMIUM) web/node_modules postgres
 
 postgres:
 	@if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then exit 0; fi; \
@@ -46,6 +50,14 @@ $(SOFTHSM):
 	@echo "installing SoftHSM from Debian's packages"
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2
+
+$(CHROMIUM):
+	@echo "installing Chromium from Debian's packages (for the browser test)"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+web/node_modules:
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix web --no-audit --no-fund
 
 # The Vault dev server is its own module (tools/vaultdev) so that Vault's
 # dependencies never reach the daemon's go.mod. A cold build takes minutes.
