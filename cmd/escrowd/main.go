@@ -24,7 +24,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/escrowd/escrowd/audit"
 	"github.com/escrowd/escrowd/daemon"
 	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/hsm"
@@ -70,6 +69,7 @@ type options struct {
 	auditMount      string
 	auditPrefix     string
 	auditTimeout    time.Duration
+	auditMaxBatch   int
 	defaultSuite    string
 	logLevel        string
 	shutdownTimeout time.Duration
@@ -97,6 +97,7 @@ func main() {
 	fs.StringVar(&o.auditMount, "audit-mount", "secret", "Vault KV v2 mount for audit records")
 	fs.StringVar(&o.auditPrefix, "audit-prefix", "escrowd/audit", "folder under the mount for audit records")
 	fs.DurationVar(&o.auditTimeout, "audit-timeout", 5*time.Second, "bound on one audit commit; past it the request fails closed")
+	fs.IntVar(&o.auditMaxBatch, "audit-max-batch", 512, "most records in one Vault write (group commit); 1 makes one write per request")
 	fs.StringVar(&o.defaultSuite, "default-suite", "ecdh-p256", "escrow key suite of new groups: ecdh-p256 (milliseconds to provision), rsa-oaep-sha1 (SoftHSM) or rsa-oaep-sha256 (hardware HSMs), about a second each")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long running requests may finish on SIGTERM")
@@ -191,9 +192,8 @@ func run(o options) error {
 	}
 	defer st.Close()
 
-	aud, err := audit.NewVault(audit.VaultConfig{
-		Address: o.vaultAddr, Token: vaultToken, Mount: o.auditMount, Prefix: o.auditPrefix, Timeout: o.auditTimeout,
-	})
+	aud, err := newAuditor(o, vaultToken, log)
+	vaultToken = ""
 	if err != nil {
 		return err
 	}
