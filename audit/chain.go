@@ -1,11 +1,14 @@
 package audit
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 )
 
 // Chained is a record in the trail: its position n (1, 2, 3, … across the
@@ -26,6 +29,45 @@ type Chained struct {
 type Batch struct {
 	Seq     uint64    `json:"seq"`
 	Records []Chained `json:"records"`
+}
+
+// errBadBatch: a chain position holds something that is not a batch.
+var errBadBatch = errors.New("not an audit batch")
+
+// maxBatchBytes bounds what ParseBatch reads: a batch of the largest group
+// commit is well under it, and a verifier must not be made to hold more.
+const maxBatchBytes = 64 << 20
+
+// ParseBatch decodes a batch as read back from Vault. The trail is outside
+// input to the verifier (whoever can write Vault can write anything there),
+// so it is decoded strictly: unknown fields, trailing data, a batch
+// position of 0 and hashes that are not 32 bytes of hex are refused as
+// "not an audit batch" rather than left for the chain check to misread.
+// Every error wraps errBadBatch.
+func ParseBatch(raw []byte) (*Batch, error) {
+	if len(raw) > maxBatchBytes {
+		return nil, fmt.Errorf("%w: %d bytes, more than %d", errBadBatch, len(raw), maxBatchBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	var b Batch
+	if err := dec.Decode(&b); err != nil {
+		return nil, fmt.Errorf("%w: %v", errBadBatch, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: data after the batch", errBadBatch)
+	}
+	if b.Seq == 0 {
+		return nil, fmt.Errorf("%w: no batch position", errBadBatch)
+	}
+	for i, c := range b.Records {
+		for _, h := range []string{c.Prev, c.Hash} {
+			if d, err := hex.DecodeString(h); err != nil || len(d) != sha256.Size {
+				return nil, fmt.Errorf("%w: entry %d: a hash is not 32 bytes of hex", errBadBatch, i)
+			}
+		}
+	}
+	return &b, nil
 }
 
 // Genesis is the prev of the first record.

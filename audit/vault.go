@@ -349,15 +349,12 @@ func (v *Vault) readBatch(ctx context.Context, seq uint64) (*Batch, error) {
 	if err != nil {
 		return nil, err
 	}
-	var b Batch
-	if err := json.Unmarshal(raw, &b); err != nil {
-		return nil, fmt.Errorf("%w: batch %d: %v", errBadBatch, seq, err)
+	b, err := ParseBatch(raw)
+	if err != nil {
+		return nil, fmt.Errorf("batch %d: %w", seq, err)
 	}
-	return &b, nil
+	return b, nil
 }
-
-// errBadBatch: a chain position holds something that is not a batch.
-var errBadBatch = errors.New("not an audit batch")
 
 // Walk calls fn for every batch position in the trail, in order. A batch
 // that is listed but cannot be read is passed as nil.
