@@ -208,6 +208,28 @@ func (c *Codes) IsConsumed(i int) bool {
 	return i >= 0 && i < len(c.Consumed) && c.Consumed[i]
 }
 
+// Consume marks code index of epoch consumed. It reports false, with no
+// error, when the code was consumed already: consuming is idempotent, so a
+// sync backend may repeat the call after a lost answer. Every back end
+// calls it inside its own transaction, so the rules are the same on all.
+func (c *Codes) Consume(epoch uint32, index int) (bool, error) {
+	switch {
+	case c.Epoch != epoch:
+		return false, fmt.Errorf("epoch is %d, not %d: %w", c.Epoch, epoch, ErrConflict)
+	case index < 0 || index >= len(c.Revealed):
+		return false, fmt.Errorf("epoch %d has %d codes, no index %d: %w", epoch, len(c.Revealed), index, ErrNotFound)
+	case !c.Revealed[index]:
+		return false, fmt.Errorf("epoch %d index %d: %w", epoch, index, ErrNotRevealed)
+	case c.IsConsumed(index):
+		return false, nil
+	}
+	if c.Consumed == nil {
+		c.Consumed = make([]bool, len(c.Revealed))
+	}
+	c.Consumed[index] = true
+	return true, nil
+}
+
 // Store is implemented by every back end.
 type Store interface {
 	// CreateGroup stores a new group; ErrExists if the id is taken.

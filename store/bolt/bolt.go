@@ -354,20 +354,9 @@ func (s *Store) ConsumeCode(ctx context.Context, group, user string, epoch uint3
 		if err != nil {
 			return err
 		}
-		switch {
-		case c.Epoch != epoch:
-			return fmt.Errorf("epoch is %d, not %d: %w", c.Epoch, epoch, store.ErrConflict)
-		case index < 0 || index >= len(c.Revealed):
-			return fmt.Errorf("epoch %d has %d codes, no index %d: %w", epoch, len(c.Revealed), index, store.ErrNotFound)
-		case !c.Revealed[index]:
-			return fmt.Errorf("epoch %d index %d: %w", epoch, index, store.ErrNotRevealed)
-		case c.IsConsumed(index):
-			return nil
+		if changed, err := c.Consume(epoch, index); err != nil || !changed {
+			return err
 		}
-		if c.Consumed == nil {
-			c.Consumed = make([]bool, len(c.Revealed))
-		}
-		c.Consumed[index] = true
 		c.Updated = s.now().UTC()
 		return putCodes(tx, c)
 	})

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -19,20 +18,9 @@ func (s *Store) ConsumeCode(ctx context.Context, group, user string, epoch uint3
 		if err != nil {
 			return err
 		}
-		switch {
-		case c.Epoch != epoch:
-			return fmt.Errorf("epoch is %d, not %d: %w", c.Epoch, epoch, store.ErrConflict)
-		case index < 0 || index >= len(c.Revealed):
-			return fmt.Errorf("epoch %d has %d codes, no index %d: %w", epoch, len(c.Revealed), index, store.ErrNotFound)
-		case !c.Revealed[index]:
-			return fmt.Errorf("epoch %d index %d: %w", epoch, index, store.ErrNotRevealed)
-		case c.IsConsumed(index):
-			return nil
+		if changed, err := c.Consume(epoch, index); err != nil || !changed {
+			return err
 		}
-		if c.Consumed == nil {
-			c.Consumed = make([]bool, len(c.Revealed))
-		}
-		c.Consumed[index] = true
 		c.Updated = s.now().UTC().Truncate(time.Microsecond)
 		_, err = tx.Exec(ctx, "UPDATE codes SET consumed = $3, updated = $4 WHERE group_id = $1 AND user_id = $2",
 			group, user, c.Consumed, c.Updated)
