@@ -174,7 +174,7 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	escrowdv1.RegisterSyncServiceServer(s.grpc, &syncService{s: s})
 	escrowdv1.RegisterSupportServiceServer(s.grpc, &supportService{s: s})
 	escrowdv1.RegisterSecurityServiceServer(s.grpc, &securityService{s: s})
-	healthpb.RegisterHealthServer(s.grpc, s.health)
+	healthpb.RegisterHealthServer(s.grpc, drainingHealth{Server: s.health, stop: s.stop})
 	reflection.Register(s.grpc)
 	s.setServing(false)
 	return s, nil
@@ -214,10 +214,12 @@ func (s *Server) Serve(lis net.Listener) error {
 }
 
 // Shutdown stops accepting requests, lets running ones finish until ctx
-// ends, then cuts the rest.
+// ends, then cuts the rest. Health reports NOT_SERVING from its first
+// moment, and health Watch streams end with that status, so that load
+// balancers stop sending traffic while the requests drain.
 func (s *Server) Shutdown(ctx context.Context) {
-	s.stopOnce.Do(func() { close(s.stop) })
 	s.health.Shutdown()
+	s.stopOnce.Do(func() { close(s.stop) })
 	done := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
