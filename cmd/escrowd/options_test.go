@@ -212,3 +212,45 @@ func TestSecretFileFromEnvNotShown(t *testing.T) {
 		t.Fatalf("empty PIN file: %v", err)
 	}
 }
+
+// TestContribExample: the example configuration of contrib/systemd holds
+// only real settings with valid values, and the unit gives a drain more
+// time than the example's shutdown-timeout.
+func TestContribExample(t *testing.T) {
+	o := &options{from: map[string]config.Setting{}}
+	fs := newFlagSet(o) // sets every field to its default
+	o.configPath = "../../contrib/systemd/escrowd.yaml"
+	lookup := func(name string) (string, bool) {
+		if name == "CREDENTIALS_DIRECTORY" {
+			return "/run/credentials/escrowd.service", true
+		}
+		return "", false
+	}
+	if err := o.applyFile(fs, lookup); err != nil {
+		t.Fatal(err)
+	}
+	if o.hsmPINFile != "/run/credentials/escrowd.service/hsm.pin" || o.metricsListen == "" {
+		t.Fatalf("example: %+v", o)
+	}
+	unit, err := os.ReadFile("../../contrib/systemd/escrowd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stop time.Duration
+	for _, line := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(line, "TimeoutStopSec="); ok {
+			if stop, err = time.ParseDuration(v); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if stop <= o.shutdownTimeout+5*time.Second {
+		t.Fatalf("TimeoutStopSec %s leaves no room after shutdown-timeout %s", stop, o.shutdownTimeout)
+	}
+	for _, want := range []string{"NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/lib/escrowd", "PrivateTmp=yes",
+		"Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID", "LoadCredential=hsm.pin:"} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("the unit lacks %s", want)
+		}
+	}
+}
