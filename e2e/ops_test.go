@@ -101,7 +101,7 @@ shutdown-timeout: 10s
 		t.Fatal(err)
 	}
 	out, err = exec.Command(escrowd, "-config", bad, "-check-config").CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "bad.yaml:12: audit-max-batches: unknown setting") {
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "bad.yaml:12: audit-max-batches: unknown setting") {
 		t.Fatalf("-check-config of a bad file: %v\n%s", err, out)
 	}
 

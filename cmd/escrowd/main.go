@@ -68,9 +68,13 @@ func main() {
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
-	if err != nil {
+	if errors.Is(err, errUsage) {
 		fmt.Fprintln(os.Stderr, "escrowd:", err)
 		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "escrowd:", err)
+		os.Exit(1)
 	}
 	if o.checkConfig {
 		if err := checkOnly(o); err != nil {
@@ -269,7 +273,8 @@ func run(o *options) error {
 				log.Error("metrics listener stopped", zap.Error(err))
 			}
 		}()
-		// Closed last: the drain stays visible to the scraper.
+		// Closed once the drain and the jobs are done, before the audit
+		// writer and the HSM close: a scrape still sees the drain.
 		defer msrv.Close()
 		log.Info("metrics serving", zap.String("addr", metricsLn.Addr().String()), zap.String("path", "/metrics"))
 	}

@@ -58,6 +58,10 @@ type options struct {
 	from map[string]config.Setting
 }
 
+// errUsage: the command line itself is malformed (exit status 2, as the
+// flag package has it). Every other refusal to start exits 1.
+var errUsage = errors.New("usage")
+
 // notInFile are the flags the configuration file cannot set.
 var notInFile = map[string]bool{"config": true, "check-config": true}
 
@@ -100,10 +104,13 @@ func parseOptions(args []string, stderr io.Writer, lookupEnv func(string) (strin
 	fs := newFlagSet(o)
 	fs.SetOutput(stderr)
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q: every setting is a flag", fs.Arg(0))
+		return nil, fmt.Errorf("%w: unexpected argument %q: every setting is a flag", errUsage, fs.Arg(0))
 	}
 	if o.configPath != "" {
 		if err := o.applyFile(fs, lookupEnv); err != nil {
