@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -130,4 +131,44 @@ func BenchmarkObserveRPC(b *testing.B) {
 			m.ObserveRPC("/escrowd.v1.SyncService/Rewrap", "OK", time.Millisecond)
 		}
 	})
+}
+
+// TestDocumented: docs/OPERATIONS.md names every metric with each of its
+// labels, every HSM operation and every denial reason, so the page an
+// operator reads cannot fall behind the code.
+func TestDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../docs/OPERATIONS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMetrics()
+	m.ObserveDenial("Rewrap", daemon.DenialRole)
+	m.ObserveAuditBatch(1, time.Millisecond, nil)
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range fams {
+		if !strings.HasPrefix(f.GetName(), metrics.Namespace+"_") {
+			continue
+		}
+		n++
+		if !strings.Contains(string(doc), "`"+f.GetName()+"`") {
+			t.Errorf("docs/OPERATIONS.md does not name %s", f.GetName())
+		}
+		for _, l := range f.GetMetric()[0].GetLabel() {
+			if !strings.Contains(string(doc), "`"+l.GetName()+"`") {
+				t.Errorf("docs/OPERATIONS.md does not name label %s of %s", l.GetName(), f.GetName())
+			}
+		}
+	}
+	if n != 8 {
+		t.Errorf("%d escrowd metrics; the test and the docs know 8", n)
+	}
+	for _, v := range append(hsm.Ops(), daemon.DenialReasons()...) {
+		if !strings.Contains(string(doc), "`"+v+"`") {
+			t.Errorf("docs/OPERATIONS.md does not name %q", v)
+		}
+	}
 }
