@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/escrowd/escrowd/escrow/bundle"
 	"github.com/escrowd/escrowd/internal/config"
 )
 
@@ -239,6 +240,9 @@ func (o *options) check() error {
 		if d.val <= 0 {
 			add(o.invalid(d.key, "must be more than zero"))
 		}
+	}
+	if o.defaultSuite != "" && !bundle.PublicKeySuite(o.defaultSuite) {
+		add(o.invalid("default-suite", "%s is not ecdh-p256, rsa-oaep-sha1 or rsa-oaep-sha256", o.quote("default-suite", o.defaultSuite)))
 	}
 	var l zapcore.Level
 	if err := l.UnmarshalText([]byte(o.logLevel)); err != nil {

@@ -164,6 +164,7 @@ func TestConfigErrors(t *testing.T) {
 			`bad-values.yaml:10: job-poll: invalid configuration: must be more than zero`,
 			`bad-values.yaml:11: log-level: invalid configuration: "loud" is not debug`,
 			`bad-values.yaml:12: vault-token-file: invalid configuration: "/nonexistent/vault.token": no such file or directory`,
+			`bad-values.yaml:13: default-suite: invalid configuration: "rsa-4096" is not ecdh-p256`,
 		}},
 		{"one port for both", []string{"-config", "testdata/same-port.yaml"},
 			[]string{"same-port.yaml:8: metrics-listen: invalid configuration: is the gRPC address"}},
