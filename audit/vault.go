@@ -32,6 +32,9 @@ type VaultConfig struct {
 	// Linger is how long a batch waits for more records once it has one
 	// (default 0: a batch takes what queued while the last write ran).
 	Linger time.Duration
+	// Observer, if set, learns batch sizes, write times and Vault errors
+	// (metrics).
+	Observer Observer
 }
 
 func (c VaultConfig) withDefaults() VaultConfig {
@@ -46,6 +49,9 @@ func (c VaultConfig) withDefaults() VaultConfig {
 	}
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = 512
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 	return c
 }
@@ -190,8 +196,10 @@ func (v *Vault) writer() {
 		if timer != nil {
 			timer.Stop()
 		}
+		start := time.Now()
 		err := v.write(batch)
 		now := time.Now()
+		v.cfg.Observer.ObserveAuditBatch(len(batch), now.Sub(start), err)
 		for _, p := range batch {
 			if err == nil {
 				v.waitNanos.Add(int64(now.Sub(p.at)))
@@ -437,7 +445,8 @@ func (v *Vault) Find(ctx context.Context, id string) (*Chained, error) {
 }
 
 // Healthy reports whether Vault is unsealed and answering.
-func (v *Vault) Healthy(ctx context.Context) error {
+func (v *Vault) Healthy(ctx context.Context) (err error) {
+	defer func() { v.cfg.Observer.ObserveVaultHealth(err) }()
 	h, err := v.client.Sys().HealthWithContext(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUnavailable, firstLine(err))

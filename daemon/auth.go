@@ -113,6 +113,18 @@ func Operations() []string {
 	return ops
 }
 
+// Methods lists the full method names of the API ("/service/Method"), the
+// values Observer.ObserveRPC reports for them.
+func Methods() []string {
+	var ms []string
+	for _, sd := range []grpc.ServiceDesc{escrowdv1.SyncService_ServiceDesc, escrowdv1.SupportService_ServiceDesc, escrowdv1.SecurityService_ServiceDesc} {
+		for _, m := range sd.Methods {
+			ms = append(ms, "/"+sd.ServiceName+"/"+m.MethodName)
+		}
+	}
+	return ms
+}
+
 func operation(fullMethod string) string {
 	return fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]
 }

@@ -115,6 +115,9 @@ type Config struct {
 	Logger        *zap.Logger
 	// AuditTimeout bounds the audit commit of one request.
 	AuditTimeout time.Duration
+	// Observer, if set, learns RPC latencies, denials and health checks
+	// (metrics).
+	Observer Observer
 }
 
 // Server is escrowd's gRPC server.
@@ -157,6 +160,9 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	if cfg.CheckInterval <= 0 {
 		cfg.CheckInterval = 5 * time.Second
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, health: health.NewServer(), now: time.Now, stop: make(chan struct{})}
 	s.policy.Store(cfg.Policy)
 	tc := cfg.TLS.Clone()
@@ -168,7 +174,7 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	escrowdv1.RegisterSyncServiceServer(s.grpc, &syncService{s: s})
 	escrowdv1.RegisterSupportServiceServer(s.grpc, &supportService{s: s})
 	escrowdv1.RegisterSecurityServiceServer(s.grpc, &securityService{s: s})
-	healthpb.RegisterHealthServer(s.grpc, s.health)
+	healthpb.RegisterHealthServer(s.grpc, drainingHealth{Server: s.health, stop: s.stop})
 	reflection.Register(s.grpc)
 	s.setServing(false)
 	return s, nil
@@ -208,10 +214,12 @@ func (s *Server) Serve(lis net.Listener) error {
 }
 
 // Shutdown stops accepting requests, lets running ones finish until ctx
-// ends, then cuts the rest.
+// ends, then cuts the rest. Health reports NOT_SERVING from its first
+// moment, and health Watch streams end with that status, so that load
+// balancers stop sending traffic while the requests drain.
 func (s *Server) Shutdown(ctx context.Context) {
-	s.stopOnce.Do(func() { close(s.stop) })
 	s.health.Shutdown()
+	s.stopOnce.Do(func() { close(s.stop) })
 	done := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -246,6 +254,7 @@ func (s *Server) checkHealth() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		err := c.Healthy(ctx)
 		cancel()
+		s.cfg.Observer.ObserveCheck(name, err == nil)
 		if err != nil {
 			ok = false
 			s.log.Warn("dependency unhealthy", zap.String("dependency", name), zap.Error(err))
@@ -281,7 +290,10 @@ func isReflection(method string) bool {
 // request, and releases a result only once its record is committed.
 func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if unaudited(info.FullMethod) {
-		return handler(ctx, req)
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		s.cfg.Observer.ObserveRPC(info.FullMethod, status.Code(err).String(), time.Since(start))
+		return resp, err
 	}
 	start := s.now()
 	pol := s.policy.Load()
@@ -311,6 +323,7 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 type pendingRecord struct {
 	audit.Record
 	approver string
+	denial   string // a Denial* reason if the rules refused the request
 }
 
 // admit decides whether the request may run: a verified certificate, a
@@ -318,9 +331,11 @@ type pendingRecord struct {
 // second identity's approval.
 func (s *Server) admit(ctx context.Context, req any, method string, pol *policy.Policy, id identity, rec *pendingRecord) error {
 	if len(id.ids) == 0 {
+		rec.denial = DenialCertificate
 		return status.Error(codes.Unauthenticated, "a client certificate is required")
 	}
 	if id.err != nil {
+		rec.denial = DenialCertificate
 		return status.Error(codes.Unauthenticated, id.err.Error())
 	}
 	if isReflection(method) {
@@ -332,6 +347,7 @@ func (s *Server) admit(ctx context.Context, req any, method string, pol *policy.
 		Group: rec.Group, User: rec.User, Ticket: rec.Ticket, Targets: targets(req),
 	})
 	if !d.Allow {
+		rec.denial = denialFor(d.Rule)
 		return status.Error(codes.PermissionDenied, d.Reason)
 	}
 	if len(d.Limits) > 0 {
@@ -341,6 +357,7 @@ func (s *Server) admit(ctx context.Context, req any, method string, pol *policy.
 		}
 		i, err := s.cfg.State.TakeRate(ctx, s.now(), limits)
 		if errors.Is(err, store.ErrRateLimited) {
+			rec.denial = DenialRateLimit
 			l := d.Limits[i]
 			return status.Errorf(codes.ResourceExhausted, "rate limit %s reached: at most %d per %s", l.Name, l.Max, l.Window)
 		}
@@ -351,12 +368,27 @@ func (s *Server) admit(ctx context.Context, req any, method string, pol *policy.
 	if d.DualControl {
 		approver, err := s.awaitApproval(ctx, op, id.match(pol), d.ApprovalTimeout, rec)
 		if err != nil {
+			if status.Code(err) == codes.PermissionDenied {
+				rec.denial = DenialApproval
+			}
 			return err
 		}
 		rec.approver = pol.Name(approver)
 		rec.Detail = append(rec.Detail, "approved-by:"+approver)
 	}
 	return nil
+}
+
+// denialFor maps the policy rule that refused a request to its Denial*
+// reason.
+func denialFor(rule string) string {
+	switch rule {
+	case policy.RuleRole:
+		return DenialRole
+	case policy.RuleTicket:
+		return DenialTicket
+	}
+	return DenialIdentity
 }
 
 // awaitApproval records a pending request and waits for a second identity
@@ -415,8 +447,12 @@ func (s *Server) finish(ctx context.Context, start time.Time, rec *pendingRecord
 	if rec.Group != "" {
 		fields = append(fields, zap.String("group", rec.Group))
 	}
+	if rec.denial != "" {
+		s.cfg.Observer.ObserveDenial(operation(method), rec.denial)
+	}
 	if aerr != nil {
 		s.log.Error("audit commit failed; result withheld", append(fields, zap.Error(aerr))...)
+		s.cfg.Observer.ObserveRPC(method, codes.Unavailable.String(), s.now().Sub(start))
 		return nil, status.Errorf(codes.Unavailable,
 			"the audit trail cannot record this request, so its result is withheld; retry later (request %s)", rec.ID)
 	}
@@ -428,6 +464,7 @@ func (s *Server) finish(ctx context.Context, start time.Time, rec *pendingRecord
 	default:
 		s.log.Info("request", fields...)
 	}
+	s.cfg.Observer.ObserveRPC(method, rec.Code, s.now().Sub(start))
 	if st.Code() != codes.OK {
 		return nil, st.Err()
 	}

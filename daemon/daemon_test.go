@@ -38,11 +38,19 @@ type fakeEscrow struct {
 	batched int
 	panics  bool
 	code    unlockcode.Code
+	// entered, if set, receives a value when Provision starts, which then
+	// waits for release.
+	entered chan struct{}
+	release chan struct{}
 }
 
 func (f *fakeEscrow) Provision(ctx context.Context, group, suite string) (escrow.EscrowPublic, error) {
 	if f.panics {
 		panic("boom")
+	}
+	if f.entered != nil {
+		f.entered <- struct{}{}
+		<-f.release
 	}
 	return escrow.EscrowPublic{Group: group, Version: 1, Suite: "rsa-oaep-sha1"}, f.err
 }
@@ -156,14 +164,25 @@ func allowAll(t *testing.T) *policy.Policy {
 
 func start(t *testing.T, e *fakeEscrow, a *fakeAuditor, checks map[string]Checker) *grpc.ClientConn {
 	t.Helper()
+	conn, _ := startWith(t, e, a, checks, nil)
+	return conn
+}
+
+// startWith is start with the Config changed by mod, and the server.
+func startWith(t *testing.T, e *fakeEscrow, a *fakeAuditor, checks map[string]Checker, mod func(*Config)) (*grpc.ClientConn, *Server) {
+	t.Helper()
 	pki := newPKI(t)
 	st, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	s, err := New(Config{Escrow: e, Auditor: a, Checks: checks, State: st, Policy: allowAll(t),
-		TLS: &tls.Config{Certificates: []tls.Certificate{pki.server}}, ClientCAs: pki.ca.Pool()})
+	cfg := Config{Escrow: e, Auditor: a, Checks: checks, State: st, Policy: allowAll(t),
+		TLS: &tls.Config{Certificates: []tls.Certificate{pki.server}}, ClientCAs: pki.ca.Pool()}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +202,7 @@ func start(t *testing.T, e *fakeEscrow, a *fakeAuditor, checks map[string]Checke
 		return conn
 	}
 	anonymous = dial()
-	return dial(pki.client)
+	return dial(pki.client), s
 }
 
 // anonymous is a connection without a client certificate to the server

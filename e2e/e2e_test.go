@@ -171,6 +171,10 @@ type stackOpts struct {
 	storePath string
 	prefix    string
 	policy    string
+	// token, if set, is used instead of the shared one.
+	token *softhsm.Token
+	// checkInterval, if set, is how often health checks the HSM and Vault.
+	checkInterval time.Duration
 }
 
 func newStack(t *testing.T, v *vaulttest.Server) *stack { return newStackWith(t, v, stackOpts{}) }
@@ -183,7 +187,11 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	if o.policy == "" {
 		o.policy = "testdata/policy.yaml"
 	}
-	h, err := hsm.Open(token.HSMConfig())
+	tok := token
+	if o.token != nil {
+		tok = o.token
+	}
+	h, err := hsm.Open(tok.HSMConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +217,8 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	srv, err := daemon.New(daemon.Config{
 		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, State: st, Policy: loadPolicy(t, o.policy),
 		TLS: &tls.Config{Certificates: []tls.Certificate{pki.certs["server"]}}, ClientCAs: pki.ca.Pool(),
-		Checks: map[string]daemon.Checker{"hsm": h, "vault": aud},
+		Checks:        map[string]daemon.Checker{"hsm": h, "vault": aud},
+		CheckInterval: o.checkInterval,
 	})
 	if err != nil {
 		t.Fatal(err)

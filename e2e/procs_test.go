@@ -57,6 +57,15 @@ func startReplica(t *testing.T, bin string, tok *softhsm.Token, storeSpec string
 		"-tls-cert", filepath.Join(pki.dir, "server.crt"), "-tls-key", filepath.Join(pki.dir, "server.key"),
 		"-client-ca", filepath.Join(pki.dir, "ca.crt"), "-policy", "testdata/policy.yaml"}, extra...)
 	r.start()
+	r.connect()
+	t.Cleanup(func() { r.kill() })
+	return r
+}
+
+// connect makes the clients: carol (security), alice (support) and the
+// sync backend.
+func (r *replica) connect() {
+	t := r.t
 	dial := func(name string) *grpc.ClientConn {
 		creds := credentials.NewTLS(&tls.Config{RootCAs: pki.ca.Pool(), Certificates: []tls.Certificate{pki.certs[name]}, MinVersion: tls.VersionTLS13})
 		conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(creds))
@@ -69,8 +78,6 @@ func startReplica(t *testing.T, bin string, tok *softhsm.Token, storeSpec string
 	r.sec = escrowdv1.NewSecurityServiceClient(dial("carol"))
 	r.sup = escrowdv1.NewSupportServiceClient(dial("alice"))
 	r.sync = escrowdv1.NewSyncServiceClient(dial("sync-backend"))
-	t.Cleanup(func() { r.kill() })
-	return r
 }
 
 func (r *replica) start() {

@@ -26,6 +26,8 @@ type Config struct {
 	Sessions    int           // session pool size, default 4
 	WaitTimeout time.Duration // max wait for a pooled session, default 5s, then ErrUnavailable
 	KEKLabel    string        // default "escrowd-kek"; version N object label is KEKLabel+"-vN"
+	// Observer, if set, learns operation and session-wait times (metrics).
+	Observer Observer `json:"-"`
 }
 
 func (c Config) withDefaults() Config {
@@ -37,6 +39,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.KEKLabel == "" {
 		c.KEKLabel = DefaultKEKLabel
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 	return c
 }

@@ -242,13 +242,19 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 	select {
 	case h.sem <- struct{}{}:
 	default:
+		// Only a caller that has to wait is observed: the fast path stays
+		// free of clock reads.
+		start := time.Now()
 		t := time.NewTimer(h.cfg.WaitTimeout)
 		defer t.Stop()
 		select {
 		case h.sem <- struct{}{}:
+			h.cfg.Observer.ObserveSessionWait(time.Since(start), true)
 		case <-t.C:
+			h.cfg.Observer.ObserveSessionWait(time.Since(start), false)
 			return session{}, fmt.Errorf("hsm: %w: no session free after %s (pool size %d)", ErrUnavailable, h.cfg.WaitTimeout, h.cfg.Sessions)
 		case <-ctx.Done():
+			h.cfg.Observer.ObserveSessionWait(time.Since(start), false)
 			return session{}, fmt.Errorf("hsm: %w: waiting for a session: %w", ErrUnavailable, ctx.Err())
 		}
 	}
@@ -323,8 +329,10 @@ func (h *HSM) recover() error {
 
 // do runs fn on a pooled session. If fn (or getting a session) fails in a
 // way that means the session, login or KEK handle is gone, the pool is
-// rebuilt and fn retried once.
-func (h *HSM) do(ctx context.Context, fn func(s session) error) error {
+// rebuilt and fn retried once. op names the operation to the Observer.
+func (h *HSM) do(ctx context.Context, op string, fn func(s session) error) (err error) {
+	start := time.Now()
+	defer func() { h.cfg.Observer.ObserveHSMOp(op, time.Since(start), err) }()
 	for attempt := 0; ; attempt++ {
 		s, err := h.acquire(ctx)
 		if err == nil {
@@ -346,16 +354,22 @@ func (h *HSM) do(ctx context.Context, fn func(s session) error) error {
 }
 
 // Healthy is a cheap liveness check: a pooled session reports a logged-in
-// user state. A lost session or login is recovered once, as for any
-// operation.
+// user state, and the current master KEK's handle still names an object.
+// The second half matters: a token that went away (SoftHSM: its directory
+// removed) leaves the session looking logged in while every operation
+// fails. A lost session, login or handle is recovered once, as for any
+// operation; when recovery fails the HSM is unhealthy.
 func (h *HSM) Healthy(ctx context.Context) error {
-	return h.do(ctx, func(s session) error {
+	return h.do(ctx, OpHealthy, func(s session) error {
 		info, err := h.mod.ctx.GetSessionInfo(s.h)
 		if err != nil {
 			return wrapErr("session info", err)
 		}
 		if info.State != pkcs11.CKS_RW_USER_FUNCTIONS && info.State != pkcs11.CKS_RO_USER_FUNCTIONS {
 			return errNotLoggedIn
+		}
+		if _, err := h.mod.ctx.GetAttributeValue(s.h, s.kek, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)}); err != nil {
+			return wrapErr("read master KEK", err)
 		}
 		return nil
 	})

@@ -71,7 +71,7 @@ func (h *HSM) CurrentKEK() uint32 {
 // KEKVersions lists the KEK versions on the token now, ascending.
 func (h *HSM) KEKVersions(ctx context.Context) ([]uint32, error) {
 	var out []uint32
-	err := h.do(ctx, func(s session) error {
+	err := h.do(ctx, OpKEKVersions, func(s session) error {
 		keks, err := findKEKs(h.mod.ctx, s.h, h.cfg.KEKLabel)
 		if err != nil {
 			return err
@@ -85,7 +85,7 @@ func (h *HSM) KEKVersions(ctx context.Context) ([]uint32, error) {
 // UseKEK makes KEK version v, which must be on the token, the one new keys
 // are wrapped under.
 func (h *HSM) UseKEK(ctx context.Context, v uint32) error {
-	err := h.do(ctx, func(s session) error {
+	err := h.do(ctx, OpUseKEK, func(s session) error {
 		_, err := h.kekFor(s, v)
 		return err
 	})
@@ -139,7 +139,7 @@ func (h *HSM) RewrapKEK(ctx context.Context, kind KeyKind, w WrappedKey, to uint
 		return w, nil
 	}
 	var out WrappedKey
-	err := h.do(ctx, func(s session) error {
+	err := h.do(ctx, OpRewrapKEK, func(s session) error {
 		from, err := h.kekFor(s, w.KEKVersion)
 		if err != nil {
 			return err
@@ -172,7 +172,7 @@ func (h *HSM) CheckKey(ctx context.Context, kind KeyKind, w WrappedKey) error {
 	if err := checkWrapped(w, kind.String()); err != nil {
 		return err
 	}
-	return h.do(ctx, func(s session) error {
+	return h.do(ctx, OpCheckKey, func(s session) error {
 		var (
 			o   pkcs11.ObjectHandle
 			err error
@@ -200,7 +200,7 @@ func (h *HSM) DestroyKEK(ctx context.Context, v uint32) error {
 	if v == h.CurrentKEK() {
 		return fmt.Errorf("hsm: destroy KEK: %w: version %d is the current KEK", ErrInvalidInput, v)
 	}
-	err := h.do(ctx, func(s session) error {
+	err := h.do(ctx, OpDestroyKEK, func(s session) error {
 		k, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v))
 		if err != nil {
 			return fmt.Errorf("hsm: KEK version %d: %w", v, err)

@@ -44,7 +44,7 @@ func enumName(names map[uint]string, v uint) string {
 // and the session objects of every session of this process.
 func (h *HSM) Objects(ctx context.Context) ([]ObjectInfo, error) {
 	var out []ObjectInfo
-	err := h.do(ctx, func(s session) error {
+	err := h.do(ctx, OpObjects, func(s session) error {
 		out = nil
 		hs, err := findObjects(h.mod.ctx, s.h, nil)
 		if err != nil {

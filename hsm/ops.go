@@ -208,7 +208,7 @@ func (h *HSM) GenerateEscrowKey(ctx context.Context, suite Suite) (publicKeyDER 
 	if suite == SuiteECDHP256 {
 		return h.generateECEscrowKey(ctx)
 	}
-	err = h.do(ctx, func(s session) error {
+	err = h.do(ctx, OpGenerateEscrowKey, func(s session) error {
 		pubT := []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
@@ -318,7 +318,7 @@ func marshalRSAPublic(modulus, exponent []byte) ([]byte, error) {
 // under the current KEK and destroys it.
 func (h *HSM) GenerateUnlockKey(ctx context.Context) (WrappedKey, error) {
 	var out WrappedKey
-	err := h.do(ctx, func(s session) error {
+	err := h.do(ctx, OpGenerateUnlockKey, func(s session) error {
 		k, err := h.mod.ctx.GenerateKey(s.h,
 			[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
 			[]*pkcs11.Attribute{
@@ -352,7 +352,7 @@ func (h *HSM) HMAC(ctx context.Context, unlockKey WrappedKey, msg []byte) ([]byt
 		return nil, err
 	}
 	var mac []byte
-	err := h.do(ctx, func(s session) error {
+	err := h.do(ctx, OpHMAC, func(s session) error {
 		k, err := h.unwrapUnlock(s, unlockKey)
 		if err != nil {
 			return err

@@ -116,7 +116,11 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, targets []Target, rot
 
 	var chain []byte
 	var out []Sealed
-	err = h.do(ctx, func(s session) error {
+	op := OpRewrap
+	if rotate {
+		op = OpRotate
+	}
+	err = h.do(ctx, op, func(s session) error {
 		chain, out = nil, nil
 		gdk, err := h.openGDK(s, src, escrowPoint)
 		if err != nil {
@@ -371,7 +375,7 @@ func (h *HSM) unwrapEscrowEC(s session, w WrappedKey) (pkcs11.ObjectHandle, erro
 func (h *HSM) generateECEscrowKey(ctx context.Context) ([]byte, WrappedKey, error) {
 	var der []byte
 	var private WrappedKey
-	err := h.do(ctx, func(s session) error {
+	err := h.do(ctx, OpGenerateEscrowKey, func(s session) error {
 		pubT := []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),

@@ -84,6 +84,9 @@ type Decision struct {
 	// Reason explains a denial in words a caller can act on; it names no
 	// secret and no other identity.
 	Reason string
+	// Rule names the rule that denied the request (one of the Rule*
+	// values): unlike Reason it is a fixed set, fit for a metric label.
+	Rule string
 	// Name is the identity's display name from the policy, for the audit.
 	Name  string
 	Roles []string
@@ -94,6 +97,18 @@ type Decision struct {
 	DualControl     bool
 	ApprovalTimeout time.Duration
 }
+
+// The rules a denial names in Decision.Rule.
+const (
+	// RuleIdentity: no identity, or one the policy does not list.
+	RuleIdentity = "identity"
+	// RuleRole: no role of the identity grants the operation (for the
+	// target kinds asked for).
+	RuleRole = "role"
+	// RuleTicket: the operation needs a ticket reference matching the
+	// policy's pattern.
+	RuleTicket = "ticket"
+)
 
 // Policy is a parsed, checked policy. It is immutable.
 type Policy struct {
@@ -140,7 +155,7 @@ var TargetKinds = []string{"member", "device", "unlock", "escrow"}
 // Decide answers one request. It is safe for concurrent use.
 func (p *Policy) Decide(r Request) Decision {
 	deny := func(format string, args ...any) Decision {
-		return Decision{Reason: fmt.Sprintf(format, args...)}
+		return Decision{Reason: fmt.Sprintf(format, args...), Rule: RuleIdentity}
 	}
 	if r.Identity == "" {
 		return deny("no valid client certificate")
@@ -171,14 +186,14 @@ func (p *Policy) Decide(r Request) Decision {
 		break
 	}
 	if grant == nil {
-		d.Reason = fmt.Sprintf("%s may not call %s", id.name, r.Operation)
+		d.Reason, d.Rule = fmt.Sprintf("%s may not call %s", id.name, r.Operation), RuleRole
 		if len(r.Targets) > 0 {
 			d.Reason += " for target kinds " + strings.Join(r.Targets, ", ")
 		}
 		return d
 	}
 	if t := p.tickets; t != nil && t.ops[r.Operation] && !t.pattern.MatchString(r.Ticket) {
-		d.Reason = fmt.Sprintf("%s needs a ticket reference matching %s", r.Operation, t.pattern)
+		d.Reason, d.Rule = fmt.Sprintf("%s needs a ticket reference matching %s", r.Operation, t.pattern), RuleTicket
 		return d
 	}
 	for _, l := range p.limits {

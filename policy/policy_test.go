@@ -40,21 +40,22 @@ func TestDecide(t *testing.T) {
 		reason string
 		limits int
 		dual   bool
+		rule   string
 	}{
-		{"sync provisions", Request{Identity: syncID, Operation: "ProvisionGroup", Group: "g"}, true, "", 0, false},
-		{"sync rewraps to a member", Request{Identity: syncID, Operation: "Rewrap", Targets: []string{"member"}}, true, "", 0, false},
-		{"sync rewraps to escrow: not its target", Request{Identity: syncID, Operation: "Rewrap", Targets: []string{"escrow"}}, false, "target kinds escrow", 0, false},
-		{"sync may not reveal", Request{Identity: syncID, Operation: "RevealUnlockCode", Ticket: "SUP-1"}, false, "may not call RevealUnlockCode", 0, false},
-		{"support reveals", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u", Ticket: "SUP-12"}, true, "", 3, false},
-		{"support reveals in a flagged group", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "vip-ceo", User: "u", Ticket: "INC-7"}, true, "", 3, true},
-		{"reveal without a ticket", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u"}, false, "ticket reference", 0, false},
-		{"reveal with a bad ticket", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u", Ticket: "SUP-1; DROP"}, false, "ticket reference", 0, false},
-		{"support may not provision", Request{Identity: alice, Operation: "ProvisionGroup"}, false, "alice may not call ProvisionGroup", 0, false},
-		{"spki identity with two roles", Request{Identity: carolID, Operation: "ListHSMObjects"}, true, "", 0, false},
-		{"spki identity's second role", Request{Identity: carolID, Operation: "ListUnlockCodes"}, true, "", 0, false},
-		{"unknown identity", Request{Identity: "spiffe://escrowd.dev/mallory", Operation: "GetGroup"}, false, "not in the policy", 0, false},
-		{"no certificate", Request{Operation: "GetGroup"}, false, "no valid client certificate", 0, false},
-		{"operation nobody has", Request{Identity: carolID, Operation: "DeleteEverything"}, false, "may not call", 0, false},
+		{"sync provisions", Request{Identity: syncID, Operation: "ProvisionGroup", Group: "g"}, true, "", 0, false, ""},
+		{"sync rewraps to a member", Request{Identity: syncID, Operation: "Rewrap", Targets: []string{"member"}}, true, "", 0, false, ""},
+		{"sync rewraps to escrow: not its target", Request{Identity: syncID, Operation: "Rewrap", Targets: []string{"escrow"}}, false, "target kinds escrow", 0, false, RuleRole},
+		{"sync may not reveal", Request{Identity: syncID, Operation: "RevealUnlockCode", Ticket: "SUP-1"}, false, "may not call RevealUnlockCode", 0, false, RuleRole},
+		{"support reveals", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u", Ticket: "SUP-12"}, true, "", 3, false, ""},
+		{"support reveals in a flagged group", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "vip-ceo", User: "u", Ticket: "INC-7"}, true, "", 3, true, ""},
+		{"reveal without a ticket", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u"}, false, "ticket reference", 0, false, RuleTicket},
+		{"reveal with a bad ticket", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u", Ticket: "SUP-1; DROP"}, false, "ticket reference", 0, false, RuleTicket},
+		{"support may not provision", Request{Identity: alice, Operation: "ProvisionGroup"}, false, "alice may not call ProvisionGroup", 0, false, RuleRole},
+		{"spki identity with two roles", Request{Identity: carolID, Operation: "ListHSMObjects"}, true, "", 0, false, ""},
+		{"spki identity's second role", Request{Identity: carolID, Operation: "ListUnlockCodes"}, true, "", 0, false, ""},
+		{"unknown identity", Request{Identity: "spiffe://escrowd.dev/mallory", Operation: "GetGroup"}, false, "not in the policy", 0, false, RuleIdentity},
+		{"no certificate", Request{Operation: "GetGroup"}, false, "no valid client certificate", 0, false, RuleIdentity},
+		{"operation nobody has", Request{Identity: carolID, Operation: "DeleteEverything"}, false, "may not call", 0, false, RuleRole},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,6 +65,9 @@ func TestDecide(t *testing.T) {
 			}
 			if !strings.Contains(d.Reason, tt.reason) {
 				t.Fatalf("reason %q, want it to say %q", d.Reason, tt.reason)
+			}
+			if d.Rule != tt.rule {
+				t.Fatalf("rule %q, want %q", d.Rule, tt.rule)
 			}
 			if len(d.Limits) != tt.limits || d.DualControl != tt.dual {
 				t.Fatalf("limits %v dual %v", d.Limits, d.DualControl)

@@ -18,11 +18,15 @@ type auditor interface {
 	Close() error
 }
 
+// auditNeedsVault: this build writes the audit trail to Vault, so
+// -vault-addr is required.
+const auditNeedsVault = true
+
 // newAuditor opens the Vault audit trail. Every build that operators run
 // uses this one; the escrowd_noaudit build tag (benchmarks only) swaps it.
-func newAuditor(o options, token string, _ *zap.Logger) (auditor, error) {
+func newAuditor(o *options, token string, _ *zap.Logger, obs audit.Observer) (auditor, error) {
 	return audit.NewVault(audit.VaultConfig{
 		Address: o.vaultAddr, Token: token, Mount: o.auditMount, Prefix: o.auditPrefix,
-		Timeout: o.auditTimeout, MaxBatch: o.auditMaxBatch,
+		Timeout: o.auditTimeout, MaxBatch: o.auditMaxBatch, Observer: obs,
 	})
 }

@@ -1,7 +1,13 @@
 // Command escrowd is the key escrow daemon: it serves escrowd's gRPC API
 // over an HSM, a store and a Vault audit trail.
 //
-// Secrets come from files or the environment, never from flags:
+// Settings are flags, or keys of a YAML file named by -config (each key a
+// flag's name; a flag given on the command line overrides the file; see
+// options). -check-config checks them and the files they name, then exits.
+// -metrics-listen serves Prometheus metrics on a listener of its own.
+//
+// Secrets come from files or the environment, never from flags or the
+// configuration file:
 //
 //	ESCROWD_HSM_PIN or -hsm-pin-file     the HSM user PIN
 //	VAULT_TOKEN or -vault-token-file     the token that writes audit records
@@ -11,9 +17,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -24,11 +32,14 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/escrowd/escrowd/audit"
 	"github.com/escrowd/escrowd/daemon"
 	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/hsm"
+	"github.com/escrowd/escrowd/internal/config"
 	"github.com/escrowd/escrowd/internal/secret"
 	"github.com/escrowd/escrowd/jobs"
+	"github.com/escrowd/escrowd/metrics"
 	"github.com/escrowd/escrowd/policy"
 	"github.com/escrowd/escrowd/store"
 	"github.com/escrowd/escrowd/store/bolt"
@@ -52,60 +63,27 @@ func openStore(spec string) (store.Store, string, error) {
 	return st, spec, err
 }
 
-type options struct {
-	listen          string
-	tlsCert         string
-	tlsKey          string
-	clientCA        string
-	policyPath      string
-	storePath       string
-	hsmModule       string
-	hsmToken        string
-	hsmPINFile      string
-	hsmSessions     int
-	kekLabel        string
-	vaultAddr       string
-	vaultTokenFile  string
-	auditMount      string
-	auditPrefix     string
-	auditTimeout    time.Duration
-	auditMaxBatch   int
-	defaultSuite    string
-	logLevel        string
-	shutdownTimeout time.Duration
-	jobLease        time.Duration
-	jobPoll         time.Duration
-	jobBatch        int
-}
-
 func main() {
-	var o options
-	fs := flag.NewFlagSet("escrowd", flag.ExitOnError)
-	fs.StringVar(&o.listen, "listen", "127.0.0.1:7420", "gRPC listen address")
-	fs.StringVar(&o.tlsCert, "tls-cert", "", "server certificate, PEM (required)")
-	fs.StringVar(&o.tlsKey, "tls-key", "", "server private key, PEM (required)")
-	fs.StringVar(&o.clientCA, "client-ca", "", "CA certificates that sign client certificates, PEM (required)")
-	fs.StringVar(&o.policyPath, "policy", "", "policy file (required); SIGHUP reloads it")
-	fs.StringVar(&o.storePath, "store", "escrowd.db", "embedded store file, or a postgres:// URL for the PostgreSQL store (several replicas)")
-	fs.StringVar(&o.hsmModule, "hsm-module", "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module path")
-	fs.StringVar(&o.hsmToken, "hsm-token", "", "HSM token label (required)")
-	fs.StringVar(&o.hsmPINFile, "hsm-pin-file", "", "file holding the HSM user PIN (else $ESCROWD_HSM_PIN)")
-	fs.IntVar(&o.hsmSessions, "hsm-sessions", 4, "HSM session pool size")
-	fs.StringVar(&o.kekLabel, "kek-label", "escrowd-kek", "master KEK label on the token")
-	fs.StringVar(&o.vaultAddr, "vault-addr", os.Getenv("VAULT_ADDR"), "Vault address (default $VAULT_ADDR)")
-	fs.StringVar(&o.vaultTokenFile, "vault-token-file", "", "file holding the Vault token (else $VAULT_TOKEN)")
-	fs.StringVar(&o.auditMount, "audit-mount", "secret", "Vault KV v2 mount for audit records")
-	fs.StringVar(&o.auditPrefix, "audit-prefix", "escrowd/audit", "folder under the mount for audit records")
-	fs.DurationVar(&o.auditTimeout, "audit-timeout", 5*time.Second, "bound on one audit commit; past it the request fails closed")
-	fs.IntVar(&o.auditMaxBatch, "audit-max-batch", 512, "most records in one Vault write (group commit); 1 makes one write per request")
-	fs.StringVar(&o.defaultSuite, "default-suite", "ecdh-p256", "escrow key suite of new groups: ecdh-p256 (milliseconds to provision), rsa-oaep-sha1 (SoftHSM) or rsa-oaep-sha256 (hardware HSMs), about a second each")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long running requests may finish on SIGTERM")
-	fs.DurationVar(&o.jobLease, "job-lease", 15*time.Second, "lease of a running job: another replica takes it over this long after its runner died")
-	fs.DurationVar(&o.jobPoll, "job-poll", 2*time.Second, "how often to look for jobs to run")
-	fs.IntVar(&o.jobBatch, "job-batch", 100, "groups per job checkpoint")
-	_ = fs.Parse(os.Args[1:])
-
+	o, err := parseOptions(os.Args[1:], os.Stderr, os.LookupEnv)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if errors.Is(err, errUsage) {
+		fmt.Fprintln(os.Stderr, "escrowd:", err)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "escrowd:", err)
+		os.Exit(1)
+	}
+	if o.checkConfig {
+		if err := checkOnly(o); err != nil {
+			fmt.Fprintln(os.Stderr, "escrowd:", err)
+			os.Exit(1)
+		}
+		fmt.Println("escrowd: configuration OK")
+		return
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "escrowd:", err)
 		os.Exit(1)
@@ -124,6 +102,13 @@ func newLogger(level string) (*zap.Logger, error) {
 	return cfg.Build()
 }
 
+// metricsMux serves /metrics and nothing else.
+func metricsMux(m *metrics.Metrics) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	return mux
+}
+
 // loadPolicy reads and checks the policy file.
 func loadPolicy(path string) (*policy.Policy, error) {
 	b, err := os.ReadFile(path)
@@ -133,52 +118,104 @@ func loadPolicy(path string) (*policy.Policy, error) {
 	return policy.Parse(path, b, daemon.Operations())
 }
 
-func run(o options) error {
+// prepared is what start-up reads from the files the settings name.
+type prepared struct {
+	policy     *policy.Policy
+	cert       tls.Certificate
+	clientCAs  *x509.CertPool
+	pin        string
+	vaultToken string
+}
+
+// prepare loads the policy, the server certificate, the client CAs and
+// the secrets. Errors name the setting; none quotes a secret.
+func prepare(o *options) (*prepared, error) {
+	p := &prepared{}
+	var err error
+	if p.policy, err = loadPolicy(o.policyPath); err != nil {
+		return nil, err
+	}
+	if p.cert, err = tls.LoadX509KeyPair(o.tlsCert, o.tlsKey); err != nil {
+		return nil, fmt.Errorf("failed to load the server certificate (-tls-cert, -tls-key): %w", err)
+	}
+	caPEM, err := os.ReadFile(o.clientCA)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read -client-ca: %w", err)
+	}
+	p.clientCAs = x509.NewCertPool()
+	if !p.clientCAs.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s: %s holds no PEM certificate", o.where("client-ca"), o.quote("client-ca", o.clientCA))
+	}
+	if p.pin, err = o.loadSecret("HSM user PIN", "hsm-pin-file", o.hsmPINFile, "ESCROWD_HSM_PIN"); err != nil {
+		return nil, err
+	}
+	if p.vaultToken, err = o.loadSecret("Vault token", "vault-token-file", o.vaultTokenFile, "VAULT_TOKEN"); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// loadSecret reads a secret from the file the setting key names, else the
+// environment. A file name the environment made is not printed.
+func (o *options) loadSecret(what, key, path, env string) (string, error) {
+	s, err := secret.Load(what, path, env)
+	if err != nil && path != "" && o.from[key].FromEnv {
+		return "", fmt.Errorf("%s: %w: the %s file cannot be read (its name came from the environment, so it is not shown)", o.where(key), config.ErrInvalid, what)
+	}
+	return s, err
+}
+
+// checkOnly is -check-config: everything start-up checks before it opens
+// the HSM, the store and Vault.
+func checkOnly(o *options) error {
+	p, err := prepare(o)
+	if err != nil {
+		return err
+	}
+	p.pin, p.vaultToken = "", ""
+	if _, err := newLogger(o.logLevel); err != nil {
+		return err
+	}
+	return nil
+}
+
+func run(o *options) error {
 	log, err := newLogger(o.logLevel)
 	if err != nil {
 		return err
 	}
 	defer log.Sync() //nolint:errcheck
 
-	for _, f := range []struct{ name, val string }{
-		{"-hsm-token", o.hsmToken}, {"-tls-cert", o.tlsCert}, {"-tls-key", o.tlsKey},
-		{"-client-ca", o.clientCA}, {"-policy", o.policyPath},
-	} {
-		if f.val == "" {
-			return fmt.Errorf("%s is required", f.name)
-		}
-	}
-	pol, err := loadPolicy(o.policyPath)
+	p, err := prepare(o)
 	if err != nil {
 		return err
 	}
-	cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
-	if err != nil {
-		return fmt.Errorf("failed to load the server certificate: %w", err)
-	}
-	caPEM, err := os.ReadFile(o.clientCA)
-	if err != nil {
-		return fmt.Errorf("failed to read -client-ca: %w", err)
-	}
-	clientCAs := x509.NewCertPool()
-	if !clientCAs.AppendCertsFromPEM(caPEM) {
-		return fmt.Errorf("-client-ca %s holds no PEM certificate", o.clientCA)
-	}
-	pin, err := secret.Load("HSM user PIN", o.hsmPINFile, "ESCROWD_HSM_PIN")
-	if err != nil {
-		return err
-	}
-	vaultToken, err := secret.Load("Vault token", o.vaultTokenFile, "VAULT_TOKEN")
-	if err != nil {
-		return err
-	}
+	pin, vaultToken := p.pin, p.vaultToken
+	p.pin, p.vaultToken = "", ""
 	// Children of this process have no business with these.
 	os.Unsetenv("ESCROWD_HSM_PIN")
 	os.Unsetenv("VAULT_TOKEN")
 
+	// Metrics are off unless -metrics-listen is given; the observers stay
+	// nil then (each package has its own no-op).
+	var (
+		hsmObs    hsm.Observer
+		auditObs  audit.Observer
+		daemonObs daemon.Observer
+		metricsLn net.Listener
+		mtr       *metrics.Metrics
+	)
+	if o.metricsListen != "" {
+		if metricsLn, err = net.Listen("tcp", o.metricsListen); err != nil {
+			return fmt.Errorf("failed to listen on -metrics-listen: %w", err)
+		}
+		mtr = metrics.New(metrics.Labels{Methods: daemon.Methods(), HSMOps: hsm.Ops(), Dependencies: []string{"hsm", "vault"}})
+		hsmObs, auditObs, daemonObs = mtr, mtr, mtr
+	}
+
 	h, err := hsm.Open(hsm.Config{
 		Module: o.hsmModule, TokenLabel: o.hsmToken, PIN: pin,
-		Sessions: o.hsmSessions, KEKLabel: o.kekLabel,
+		Sessions: o.hsmSessions, KEKLabel: o.kekLabel, Observer: hsmObs,
 	})
 	pin = ""
 	if err != nil {
@@ -192,7 +229,7 @@ func run(o options) error {
 	}
 	defer st.Close()
 
-	aud, err := newAuditor(o, vaultToken, log)
+	aud, err := newAuditor(o, vaultToken, log, auditObs)
 	vaultToken = ""
 	if err != nil {
 		return err
@@ -212,11 +249,12 @@ func run(o options) error {
 	defer aud.Close()
 	runner := jobs.New(st, svc, h, jobs.Config{Lease: o.jobLease, Poll: o.jobPoll, Batch: o.jobBatch, Logger: log})
 	srv, err := daemon.New(daemon.Config{
-		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, Jobs: runner, State: st, Policy: pol,
-		TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, ClientCAs: clientCAs,
+		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, Jobs: runner, State: st, Policy: p.policy,
+		TLS: &tls.Config{Certificates: []tls.Certificate{p.cert}}, ClientCAs: p.clientCAs,
 		Checks:       map[string]daemon.Checker{"hsm": h, "vault": aud},
 		Logger:       log,
 		AuditTimeout: o.auditTimeout,
+		Observer:     daemonObs,
 	})
 	if err != nil {
 		return err
@@ -227,6 +265,19 @@ func run(o options) error {
 	}
 	log.Info("escrowd serving", zap.String("addr", lis.Addr().String()), zap.String("hsm_token", o.hsmToken),
 		zap.String("store", storeName), zap.String("vault", o.vaultAddr), zap.String("job_owner", runner.Owner()))
+
+	if metricsLn != nil {
+		msrv := &http.Server{Handler: metricsMux(mtr), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := msrv.Serve(metricsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics listener stopped", zap.Error(err))
+			}
+		}()
+		// Closed once the drain and the jobs are done, before the audit
+		// writer and the HSM close: a scrape still sees the drain.
+		defer msrv.Close()
+		log.Info("metrics serving", zap.String("addr", metricsLn.Addr().String()), zap.String("path", "/metrics"))
+	}
 
 	jctx, jcancel := context.WithCancel(context.Background())
 	jdone := make(chan struct{})

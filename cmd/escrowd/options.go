@@ -1,0 +1,285 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/escrowd/escrowd/escrow/bundle"
+	"github.com/escrowd/escrowd/internal/config"
+)
+
+// options are escrowd's settings. Every one is a flag, and every flag but
+// -config and -check-config is also a key of the configuration file, with
+// the flag's name as the key.
+//
+// Precedence, highest first: a flag given on the command line, the
+// configuration file, the environment default of -vault-addr ($VAULT_ADDR),
+// the built-in default.
+type options struct {
+	listen          string
+	metricsListen   string
+	tlsCert         string
+	tlsKey          string
+	clientCA        string
+	policyPath      string
+	storePath       string
+	hsmModule       string
+	hsmToken        string
+	hsmPINFile      string
+	hsmSessions     int
+	kekLabel        string
+	vaultAddr       string
+	vaultTokenFile  string
+	auditMount      string
+	auditPrefix     string
+	auditTimeout    time.Duration
+	auditMaxBatch   int
+	defaultSuite    string
+	logLevel        string
+	shutdownTimeout time.Duration
+	jobLease        time.Duration
+	jobPoll         time.Duration
+	jobBatch        int
+
+	configPath  string
+	checkConfig bool
+
+	// from says where a setting read from the file came from; settings
+	// absent from it came from a flag or a default.
+	from map[string]config.Setting
+}
+
+// errUsage: the command line itself is malformed (exit status 2, as the
+// flag package has it). Every other refusal to start exits 1.
+var errUsage = errors.New("usage")
+
+// notInFile are the flags the configuration file cannot set.
+var notInFile = map[string]bool{"config": true, "check-config": true}
+
+func newFlagSet(o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("escrowd", flag.ContinueOnError)
+	fs.StringVar(&o.configPath, "config", "", "YAML configuration file; its keys are these flags' names, and a flag given here overrides the file (docs/OPERATIONS.md)")
+	fs.BoolVar(&o.checkConfig, "check-config", false, "check the flags, the configuration file and the files they name, then exit: 0 if all is well")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:7420", "gRPC listen address")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "address of the Prometheus /metrics listener, plain HTTP, e.g. 127.0.0.1:9420 (default off)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "server certificate, PEM (required)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "server private key, PEM (required)")
+	fs.StringVar(&o.clientCA, "client-ca", "", "CA certificates that sign client certificates, PEM (required)")
+	fs.StringVar(&o.policyPath, "policy", "", "policy file (required); SIGHUP reloads it")
+	fs.StringVar(&o.storePath, "store", "escrowd.db", "embedded store file, or a postgres:// URL for the PostgreSQL store (several replicas)")
+	fs.StringVar(&o.hsmModule, "hsm-module", "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module path")
+	fs.StringVar(&o.hsmToken, "hsm-token", "", "HSM token label (required)")
+	fs.StringVar(&o.hsmPINFile, "hsm-pin-file", "", "file holding the HSM user PIN (else $ESCROWD_HSM_PIN)")
+	fs.IntVar(&o.hsmSessions, "hsm-sessions", 4, "HSM session pool size")
+	fs.StringVar(&o.kekLabel, "kek-label", "escrowd-kek", "master KEK label on the token")
+	fs.StringVar(&o.vaultAddr, "vault-addr", os.Getenv("VAULT_ADDR"), "Vault address (default $VAULT_ADDR)")
+	fs.StringVar(&o.vaultTokenFile, "vault-token-file", "", "file holding the Vault token (else $VAULT_TOKEN)")
+	fs.StringVar(&o.auditMount, "audit-mount", "secret", "Vault KV v2 mount for audit records")
+	fs.StringVar(&o.auditPrefix, "audit-prefix", "escrowd/audit", "folder under the mount for audit records")
+	fs.DurationVar(&o.auditTimeout, "audit-timeout", 5*time.Second, "bound on one audit commit; past it the request fails closed")
+	fs.IntVar(&o.auditMaxBatch, "audit-max-batch", 512, "most records in one Vault write (group commit); 1 makes one write per request")
+	fs.StringVar(&o.defaultSuite, "default-suite", "ecdh-p256", "escrow key suite of new groups: ecdh-p256 (milliseconds to provision), rsa-oaep-sha1 (SoftHSM) or rsa-oaep-sha256 (hardware HSMs), about a second each")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long running requests may finish on SIGTERM")
+	fs.DurationVar(&o.jobLease, "job-lease", 15*time.Second, "lease of a running job: another replica takes it over this long after its runner died")
+	fs.DurationVar(&o.jobPoll, "job-poll", 2*time.Second, "how often to look for jobs to run")
+	fs.IntVar(&o.jobBatch, "job-batch", 100, "groups per job checkpoint")
+	return fs
+}
+
+// parseOptions reads the command line and, if -config names one, the
+// configuration file, then checks every setting. lookupEnv resolves the
+// file's ${NAME} references. Usage and flag errors go to stderr.
+func parseOptions(args []string, stderr io.Writer, lookupEnv func(string) (string, bool)) (*options, error) {
+	o := &options{from: map[string]config.Setting{}}
+	fs := newFlagSet(o)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("%w: unexpected argument %q: every setting is a flag", errUsage, fs.Arg(0))
+	}
+	if o.configPath != "" {
+		if err := o.applyFile(fs, lookupEnv); err != nil {
+			return nil, err
+		}
+	}
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// applyFile sets every flag the file names and the command line did not.
+func (o *options) applyFile(fs *flag.FlagSet, lookupEnv func(string) (string, bool)) error {
+	data, err := os.ReadFile(o.configPath)
+	if err != nil {
+		return fmt.Errorf("-config: %w", err)
+	}
+	known := func(k string) bool { return !notInFile[k] && fs.Lookup(k) != nil }
+	settings, err := config.Parse(o.configPath, data, known, lookupEnv)
+	if err != nil {
+		return err
+	}
+	explicit := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	for _, s := range settings {
+		if explicit[s.Key] {
+			continue
+		}
+		o.from[s.Key] = s
+		if err := fs.Set(s.Key, s.Value); err != nil {
+			return &config.Error{File: o.configPath, Line: s.Line, Key: s.Key, Reason: "not " + kindOf(fs.Lookup(s.Key))}
+		}
+	}
+	return nil
+}
+
+// kindOf describes the values a flag takes.
+func kindOf(f *flag.Flag) string {
+	switch f.Value.(flag.Getter).Get().(type) {
+	case time.Duration:
+		return "a duration (such as 5s, 2m or 1h30m)"
+	case int:
+		return "a whole number"
+	case bool:
+		return "true or false"
+	}
+	return "a valid value"
+}
+
+// where names a setting in an error: the file and line it came from, or
+// its flag.
+func (o *options) where(key string) string {
+	if s, ok := o.from[key]; ok {
+		return fmt.Sprintf("%s:%d: %s", o.configPath, s.Line, key)
+	}
+	return "-" + key
+}
+
+// quote shows a setting's value in an error, unless the environment made
+// it: then it may hold a secret someone referenced by mistake.
+func (o *options) quote(key, val string) string {
+	if o.from[key].FromEnv {
+		return "(value from the environment, not shown)"
+	}
+	return strconv.Quote(val)
+}
+
+func (o *options) invalid(key, format string, args ...any) error {
+	return fmt.Errorf("%s: %w: %s", o.where(key), config.ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// check validates every setting and reports every problem, each naming its
+// key: required settings present, addresses, numbers and durations in
+// range, and the files they name readable.
+func (o *options) check() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, r := range []struct{ key, val string }{
+		{"tls-cert", o.tlsCert}, {"tls-key", o.tlsKey}, {"client-ca", o.clientCA},
+		{"policy", o.policyPath}, {"hsm-token", o.hsmToken}, {"store", o.storePath},
+	} {
+		if r.val == "" {
+			add(o.invalid(r.key, "is required"))
+		}
+	}
+	if auditNeedsVault && o.vaultAddr == "" {
+		add(o.invalid("vault-addr", "is required (or set $VAULT_ADDR)"))
+	}
+	add(o.checkAddr("listen", o.listen))
+	if o.metricsListen != "" {
+		add(o.checkAddr("metrics-listen", o.metricsListen))
+		if o.metricsListen == o.listen {
+			add(o.invalid("metrics-listen", "is the gRPC address (-listen); give it a port of its own"))
+		}
+	}
+	if o.vaultAddr != "" {
+		if u, err := url.Parse(o.vaultAddr); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add(o.invalid("vault-addr", "%s is not an http:// or https:// URL", o.quote("vault-addr", o.vaultAddr)))
+		}
+	}
+	for _, f := range []struct{ key, path string }{
+		{"tls-cert", o.tlsCert}, {"tls-key", o.tlsKey}, {"client-ca", o.clientCA}, {"policy", o.policyPath},
+		{"hsm-module", o.hsmModule}, {"hsm-pin-file", o.hsmPINFile}, {"vault-token-file", o.vaultTokenFile},
+	} {
+		if f.path != "" {
+			add(o.checkReadable(f.key, f.path))
+		}
+	}
+	for _, n := range []struct {
+		key string
+		val int
+	}{{"hsm-sessions", o.hsmSessions}, {"audit-max-batch", o.auditMaxBatch}, {"job-batch", o.jobBatch}} {
+		if n.val < 1 {
+			add(o.invalid(n.key, "must be at least 1"))
+		}
+	}
+	for _, d := range []struct {
+		key string
+		val time.Duration
+	}{{"audit-timeout", o.auditTimeout}, {"shutdown-timeout", o.shutdownTimeout}, {"job-lease", o.jobLease}, {"job-poll", o.jobPoll}} {
+		if d.val <= 0 {
+			add(o.invalid(d.key, "must be more than zero"))
+		}
+	}
+	if o.defaultSuite != "" && !bundle.PublicKeySuite(o.defaultSuite) {
+		add(o.invalid("default-suite", "%s is not ecdh-p256, rsa-oaep-sha1 or rsa-oaep-sha256", o.quote("default-suite", o.defaultSuite)))
+	}
+	var l zapcore.Level
+	if err := l.UnmarshalText([]byte(o.logLevel)); err != nil {
+		add(o.invalid("log-level", "%s is not debug, info, warn or error", o.quote("log-level", o.logLevel)))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *options) checkAddr(key, addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return o.invalid(key, "%s is not host:port", o.quote(key, addr))
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return o.invalid(key, "%s does not end in a port number", o.quote(key, addr))
+	}
+	if host != "" && net.ParseIP(host) == nil && strings.ContainsAny(host, " /\\") {
+		return o.invalid(key, "%s has no valid host", o.quote(key, addr))
+	}
+	return nil
+}
+
+// checkReadable opens and closes a file. The error names the key and the
+// path (unless the environment made it) and the reason, never contents.
+func (o *options) checkReadable(key, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		reason := "cannot be read"
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			reason = pe.Err.Error()
+		}
+		return o.invalid(key, "%s: %s", o.quote(key, path), reason)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		return o.invalid(key, "%s is a directory", o.quote(key, path))
+	}
+	return nil
+}
