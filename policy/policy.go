@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -252,7 +253,31 @@ type located[T any] struct {
 
 func (l *located[T]) UnmarshalYAML(n *yaml.Node) error {
 	l.Line = n.Line
+	// Node.Decode does not inherit the file decoder's KnownFields, so a
+	// misspelt key inside a section (tickets: {requird_for: …}) would drop
+	// the constraint it meant to set without a word: check keys here.
+	if err := knownKeys(n, reflect.TypeFor[T]()); err != nil {
+		return err
+	}
 	return n.Decode(&l.V)
+}
+
+// knownKeys refuses a mapping key that names no field of struct type t.
+func knownKeys(n *yaml.Node, t reflect.Type) error {
+	if n.Kind != yaml.MappingNode || t.Kind() != reflect.Struct {
+		return nil
+	}
+	fields := map[string]bool{}
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		fields[name] = true
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; !fields[k.Value] {
+			return fmt.Errorf("line %d: field %s not found in type %s", k.Line, k.Value, t)
+		}
+	}
+	return nil
 }
 
 type fileFormat struct {

@@ -111,6 +111,11 @@ func TestParseErrors(t *testing.T) {
 		{"syntax error", replace("roles:\n  sync-backend:", "roles:\n  sync-backend: [\n"), 4, "expected ',' or ']'"},
 		{"bad indentation", replace("    name: alice", "   name: alice"), 13, "expected '-'"},
 		{"unknown field", replace("    name: bob", "    nmae: bob"), 20, "nmae"},
+		// A misspelt key inside a section must not drop its constraint.
+		{"unknown field in role", replace("    rewrap_targets: [member, device]", "    rewrap_target: [member, device]"), 6, "field rewrap_target not found"},
+		{"unknown field in tickets", replace("  required_for: [RevealUnlockCode]", "  requird_for: [RevealUnlockCode]"), 27, "field requird_for not found"},
+		{"unknown field in dual control", replace("  timeout: 5m", "  timeuot: 5m"), 33, "field timeuot not found"},
+		{"unknown field in a rate limit", replace("  - name: reveals-per-user", "  - nam: reveals-per-user"), 36, "field nam not found"},
 		{"wrong version", replace("version: 1", "version: 2"), 1, "version must be 1"},
 		{"unknown role", replace("    roles: [support]\n  - id: spiffe://escrowd.dev/support/bob", "    roles: [suport]\n  - id: spiffe://escrowd.dev/support/bob"), 18, `unknown role "suport"`},
 		{"unknown operation", replace("[GetGroup, ListHSMObjects]", "[GetGroup, ListHSMObject]"), 10, `unknown operation "ListHSMObject"`},
