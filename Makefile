@@ -76,6 +76,17 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
+# fuzz runs every fuzz target for FUZZTIME each. Plain `go test` (and so
+# `make test`) already runs each target's seed corpus as a test.
+FUZZTIME ?= 30s
+fuzz:
+	@set -e; for f in $$(git ls-files -- '*_test.go' ':!tools' | xargs grep -l '^func Fuzz'); do \
+		pkg=./$$(dirname $$f); \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "$$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
 run: deps vaultdev build
 	./scripts/run-dev.sh
 
