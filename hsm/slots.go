@@ -358,7 +358,11 @@ func (h *HSM) unwrapEscrowEC(s session, w WrappedKey) (pkcs11.ObjectHandle, erro
 	if err := checkWrapped(w, "escrow key"); err != nil {
 		return 0, err
 	}
-	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, s.kek, w.Blob, escrowECUnwrapTemplate())
+	kek, err := h.kekFor(s, w.KEKVersion)
+	if err != nil {
+		return 0, err
+	}
+	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, escrowECUnwrapTemplate())
 	if err != nil {
 		return 0, kekUnwrapErr("unwrap EC escrow key", err)
 	}
