@@ -376,6 +376,19 @@ func (h *HSM) generateECEscrowKey(ctx context.Context) ([]byte, WrappedKey, erro
 	var der []byte
 	var private WrappedKey
 	err := h.do(ctx, func(s session) error {
+		var err error
+		der, private, err = h.genECEscrowKey(s)
+		return err
+	})
+	if err != nil {
+		return nil, WrappedKey{}, err
+	}
+	return der, private, nil
+}
+
+// genECEscrowKey is generateECEscrowKey on a session the caller holds.
+func (h *HSM) genECEscrowKey(s session) (der []byte, private WrappedKey, err error) {
+	err = func() error {
 		pubT := []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
@@ -445,7 +458,7 @@ func (h *HSM) generateECEscrowKey(ctx context.Context) ([]byte, WrappedKey, erro
 			return err
 		}
 		return nil
-	})
+	}()
 	if err != nil {
 		return nil, WrappedKey{}, err
 	}
