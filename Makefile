@@ -16,7 +16,7 @@ TEST_TIMEOUT       ?= 30m
 export ESCROWD_VAULTDEV := $(VAULTDEV)
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: all build deps postgres vaultdev test lint run proto fuzz clean
+.PHONY: all build deps postgres vaultdev test lint run proto fuzz clean bench
 
 all: build
 
@@ -75,6 +75,17 @@ lint:
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+
+# bench measures the real stack (docs/BENCHMARKS.md): a fresh SoftHSM
+# token, the Vault dev server, escrowd over mutual TLS. It prints a markdown
+# table and writes bench/results.json. BENCH_* variables shorten it, e.g.
+# `make bench BENCH_GROUPS=10000 BENCH_SECONDS=2` for a smoke run.
+bench: deps vaultdev
+	$(GO) build -o $(BIN)/escrowd ./cmd/escrowd
+	$(GO) build -tags escrowd_noaudit -o $(BIN)/escrowd-noaudit ./cmd/escrowd
+	$(GO) build -o $(BIN)/escrowctl ./cmd/escrowctl
+	$(GO) build -o $(BIN)/escrowbench ./cmd/escrowbench
+	BENCH_BIN=$(BIN) $(BIN)/escrowbench
 
 run: deps vaultdev build
 	./scripts/run-dev.sh
