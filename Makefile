@@ -81,8 +81,8 @@ lint:
 # table and writes bench/results.json. BENCH_* variables shorten it, e.g.
 # `make bench BENCH_GROUPS=10000 BENCH_SECONDS=2` for a smoke run.
 bench: deps vaultdev
-	$(GO) build -o $(BIN)/escrowd ./cmd/escrowd
-	$(GO) build -tags escrowd_noaudit -o $(BIN)/escrowd-noaudit ./cmd/escrowd
+	$(GO) build -tags escrowd_pprof -o $(BIN)/escrowd-bench ./cmd/escrowd
+	$(GO) build -tags escrowd_pprof,escrowd_noaudit -o $(BIN)/escrowd-noaudit ./cmd/escrowd
 	$(GO) build -o $(BIN)/escrowctl ./cmd/escrowctl
 	$(GO) build -o $(BIN)/escrowbench ./cmd/escrowbench
 	BENCH_BIN=$(BIN) $(BIN)/escrowbench

@@ -46,6 +46,7 @@ type Config struct {
 	Bin         string        // BENCH_BIN: escrowd, escrowd-noaudit, escrowctl (default bin)
 	Dir         string        // BENCH_DIR: scratch directory (default .run/bench), removed after
 	Commit      string        // BENCH_COMMIT: the commit measured (default git rev-parse --short HEAD)
+	Profile     string        // BENCH_PROFILE: a directory for CPU profiles of escrowd (default none)
 }
 
 func envInt(name string, def int) (int, error) {
@@ -97,6 +98,7 @@ func FromEnv() (Config, error) {
 	c.Bin = envStr("BENCH_BIN", "bin")
 	c.Dir = envStr("BENCH_DIR", ".run/bench")
 	c.Commit = os.Getenv("BENCH_COMMIT")
+	c.Profile = os.Getenv("BENCH_PROFILE")
 	return c, nil
 }
 
@@ -564,7 +566,7 @@ func (r *runner) small(ctx context.Context) error {
 	}
 	n := r.cfg.SmallGroups
 	sec := r.sectionSmall()
-	d, err := r.env.startDaemon("escrowd", path, "escrowd-small.log")
+	d, err := r.env.startDaemon("escrowd-bench", path, "escrowd-small.log")
 	if err != nil {
 		return err
 	}
@@ -581,16 +583,23 @@ func (r *runner) small(ctx context.Context) error {
 	r.add(sec, "rewrap ecdh-p256 @ half peak", 0, RunOpen(ctx, rate, r.cfg.Duration, 256, d.pid(), r.rewrapECDH(d, n)),
 		fmt.Sprintf("open loop, %.0f req/s", rate))
 	r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("escrowd peak RSS (VmHWM) with %s groups: %s.", thousands(n), mib(d.peakRSS())))
+	if r.cfg.Profile != "" {
+		r.profile(ctx, d, "rewrap", p.Conc, r.rewrapECDH(d, n))
+		r.profile(ctx, d, "reveal", peak(r.rows(sec, "reveal")).Conc, r.reveal(d, n))
+	}
 	d.stop()
 
 	d, err = r.env.startDaemon("escrowd-noaudit", path, "escrowd-noaudit.log")
 	if err != nil {
 		return err
 	}
-	r.sweep(ctx, d, sec+", audit off", "reveal", r.reveal(d, n), "escrowd_noaudit build")
+	off := r.sweep(ctx, d, sec+", audit off", "reveal", r.reveal(d, n), "escrowd_noaudit build")
+	if r.cfg.Profile != "" {
+		r.profile(ctx, d, "reveal-noaudit", peak(off).Conc, r.reveal(d, n))
+	}
 	d.stop()
 
-	d, err = r.env.startDaemon("escrowd", path, "escrowd-batch1.log", "-audit-max-batch", "1")
+	d, err = r.env.startDaemon("escrowd-bench", path, "escrowd-batch1.log", "-audit-max-batch", "1")
 	if err != nil {
 		return err
 	}
@@ -608,7 +617,7 @@ func (r *runner) large(ctx context.Context) error {
 	}
 	n := r.cfg.Groups
 	sec := r.sectionLarge()
-	d, err := r.env.startDaemon("escrowd", path, "escrowd-large.log")
+	d, err := r.env.startDaemon("escrowd-bench", path, "escrowd-large.log")
 	if err != nil {
 		return err
 	}
@@ -746,4 +755,40 @@ func (r *runner) targets() {
 		r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("Provisioning (ecdh-p256) peaks at %s groups/s (%d callers): 1,000,000 groups take %s at that rate.",
 			fmtRate(pv.OpsPerSec), pv.Conc, (time.Duration(1e6/pv.OpsPerSec) * time.Second).Round(time.Second)))
 	}
+}
+
+// profile loads d with op at conc callers while it takes a CPU profile of
+// the daemon into cfg.Profile/name.pprof (`go tool pprof -top` reads it).
+func (r *runner) profile(ctx context.Context, d *daemon, name string, conc int, op Op) {
+	if err := os.MkdirAll(r.cfg.Profile, 0o755); err != nil {
+		r.logf("profile %s: %v", name, err)
+		return
+	}
+	secs := max(int(r.cfg.Duration.Seconds()), 2)
+	done := make(chan error, 1)
+	path := filepath.Join(r.cfg.Profile, name+".pprof")
+	go func() {
+		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", d.pprof, secs))
+		if err != nil {
+			done <- err
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(path)
+		if err != nil {
+			done <- err
+			return
+		}
+		_, err = io.Copy(f, resp.Body)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		done <- err
+	}()
+	RunClosed(ctx, max(conc, 1), time.Duration(secs)*time.Second+500*time.Millisecond, 0, op)
+	if err := <-done; err != nil {
+		r.logf("profile %s: %v", name, err)
+		return
+	}
+	r.logf("profile %s at %d callers: %s", name, conc, path)
 }

@@ -128,6 +128,7 @@ type daemon struct {
 	cmd    *exec.Cmd
 	exited chan error
 	addr   string
+	pprof  string // host:port of net/http/pprof
 	conns  []*grpc.ClientConn
 	sync   escrowdv1.SyncServiceClient
 	sup    escrowdv1.SupportServiceClient
@@ -157,7 +158,11 @@ func (e *env) startDaemon(name, storePath, logName string, extra ...string) (*da
 		"-vault-addr", e.vault.Addr, "-vault-token-file", filepath.Join(e.dir, "vault.token"), "-log-level", "warn",
 		"-tls-cert", filepath.Join(pki, "server.crt"), "-tls-key", filepath.Join(pki, "server.key"),
 		"-client-ca", filepath.Join(pki, "ca.crt"), "-policy", e.policy, "-job-poll", "200ms"}, extra...)
-	d := &daemon{addr: addr, log: filepath.Join(e.dir, logName)}
+	pprof, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	d := &daemon{addr: addr, pprof: pprof, log: filepath.Join(e.dir, logName)}
 	lf, err := os.Create(d.log)
 	if err != nil {
 		return nil, err
@@ -165,6 +170,7 @@ func (e *env) startDaemon(name, storePath, logName string, extra ...string) (*da
 	defer lf.Close()
 	d.cmd = exec.Command(filepath.Join(e.bin, name), args...)
 	d.cmd.Stdout, d.cmd.Stderr = lf, lf
+	d.cmd.Env = append(os.Environ(), "ESCROWD_PPROF="+pprof)
 	if err := d.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: start %s: %w", name, err)
 	}
@@ -248,7 +254,7 @@ func (e *env) ctl(ctx context.Context, args ...string) (string, error) {
 var errNoBinary = errors.New("bench: binary missing: run `make bench`, which builds them")
 
 func checkBinaries(bin string) error {
-	for _, n := range []string{"escrowd", "escrowd-noaudit", "escrowctl"} {
+	for _, n := range []string{"escrowd-bench", "escrowd-noaudit", "escrowctl"} {
 		if _, err := os.Stat(filepath.Join(bin, n)); err != nil {
 			return fmt.Errorf("%w: %s", errNoBinary, filepath.Join(bin, n))
 		}
