@@ -98,7 +98,9 @@ func (s *Store) CreateGroup(ctx context.Context, g store.Group) error {
 	if err != nil {
 		return err
 	}
-	return s.update(func(tx *bbolt.Tx) error {
+	// Shared: provisioning at a few hundred groups per second would
+	// otherwise wait for one fsync per group.
+	return s.shared(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketGroups)
 		if b.Get([]byte(g.ID)) != nil {
 			return fmt.Errorf("group %s: %w", g.ID, store.ErrExists)

@@ -10,7 +10,7 @@ import (
 )
 
 // Group commit for the hot write paths (ClaimCode, TakeRate: two writes
-// per reveal). bbolt fsyncs every write transaction and runs one at a
+// per reveal; CreateGroup: one per provisioning). bbolt fsyncs every write transaction and runs one at a
 // time, so without sharing, reveals were capped at one fsync each, whatever
 // the number of callers. One writer goroutine runs every call that queued
 // while the previous transaction committed in one transaction: a lone call
