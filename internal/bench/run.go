@@ -47,11 +47,11 @@ type Config struct {
 	// so a million take longer than `make bench` may: past the bound the
 	// job's rate so far gives the projected time, and the job is canceled.
 	KEKTime time.Duration
-	Out         string        // BENCH_OUT: the JSON file (default bench/results.json)
-	Bin         string        // BENCH_BIN: escrowd, escrowd-noaudit, escrowctl (default bin)
-	Dir         string        // BENCH_DIR: scratch directory (default .run/bench), removed after
-	Commit      string        // BENCH_COMMIT: the commit measured (default git rev-parse --short HEAD)
-	Profile     string        // BENCH_PROFILE: a directory for CPU profiles of escrowd (default none)
+	Out     string // BENCH_OUT: the JSON file (default bench/results.json)
+	Bin     string // BENCH_BIN: escrowd, escrowd-noaudit, escrowctl (default bin)
+	Dir     string // BENCH_DIR: scratch directory (default .run/bench), removed after
+	Commit  string // BENCH_COMMIT: the commit measured (default git rev-parse --short HEAD)
+	Profile string // BENCH_PROFILE: a directory for CPU profiles of escrowd (default none)
 	// HSMSessions is escrowd's -hsm-sessions (BENCH_HSM_SESSIONS); 0, the
 	// default, takes the session count of the best raw re-wrap ceiling.
 	HSMSessions int
