@@ -32,15 +32,6 @@ func procCPU(pid int) (uint64, error) {
 	return ParseProcStatCPU(string(b))
 }
 
-// procHWM is a process's peak RSS in bytes.
-func procHWM(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, err
-	}
-	return ParseVmHWM(string(b))
-}
-
 // clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on every
 // Linux architecture Go supports (it is fixed by the kernel's ABI, not
 // by CONFIG_HZ).

@@ -36,13 +36,13 @@ import (
 type Config struct {
 	Groups      int           // BENCH_GROUPS: the large store (default 1,000,000)
 	SmallGroups int           // BENCH_SMALL_GROUPS: the small store (default 1,000)
-	Duration    time.Duration // BENCH_SECONDS: each measured point (default 4)
+	Duration    time.Duration // BENCH_SECONDS: each measured point (default 5)
 	Conc        []int         // BENCH_CONC: caller concurrencies (default 1,4,16,64)
 	Sessions    []int         // BENCH_SESSIONS: raw-ceiling sessions (default 1,2,4)
 	Batch       int           // BENCH_BATCH: items per BatchRewrap (default 32)
 	RSA         bool          // BENCH_RSA: also the rsa-oaep-sha1 suite (default 1)
 	KEK         bool          // BENCH_KEK: the KEK rotation job on the large store (default 1)
-	// KEKTime bounds the KEK rotation job (BENCH_KEK_SECONDS, default 120;
+	// KEKTime bounds the KEK rotation job (BENCH_KEK_SECONDS, default 180;
 	// 0: until done). SoftHSM re-wraps about a thousand groups a second,
 	// so a million take longer than `make bench` may: past the bound the
 	// job's rate so far gives the projected time, and the job is canceled.
@@ -86,7 +86,7 @@ func FromEnv() (Config, error) {
 	if c.SmallGroups, err = envInt("BENCH_SMALL_GROUPS", 1000); err != nil {
 		return c, err
 	}
-	secs, err := strconv.ParseFloat(envStr("BENCH_SECONDS", "4"), 64)
+	secs, err := strconv.ParseFloat(envStr("BENCH_SECONDS", "5"), 64)
 	if err != nil || secs <= 0 {
 		return c, fmt.Errorf("bench: BENCH_SECONDS=%q is not a positive number", os.Getenv("BENCH_SECONDS"))
 	}
@@ -102,7 +102,7 @@ func FromEnv() (Config, error) {
 	}
 	c.RSA = envStr("BENCH_RSA", "1") != "0"
 	c.KEK = envStr("BENCH_KEK", "1") != "0"
-	ks, err := strconv.ParseFloat(envStr("BENCH_KEK_SECONDS", "120"), 64)
+	ks, err := strconv.ParseFloat(envStr("BENCH_KEK_SECONDS", "180"), 64)
 	if err != nil || ks < 0 {
 		return c, fmt.Errorf("bench: BENCH_KEK_SECONDS=%q is not a number of seconds", os.Getenv("BENCH_KEK_SECONDS"))
 	}
@@ -609,7 +609,7 @@ func (r *runner) small(ctx context.Context) error {
 	rate := p.OpsPerSec / 2
 	r.add(sec, "rewrap ecdh-p256 @ half peak", 0, RunOpen(ctx, rate, r.cfg.Duration, 256, d.pid(), r.rewrapECDH(d, n)),
 		fmt.Sprintf("open loop, %.0f req/s", rate))
-	r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("escrowd peak RSS (VmHWM) with %s groups: %s.", thousands(n), mib(d.peakRSS())))
+	r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("escrowd memory with %s groups: %s.", thousands(n), d.memory()))
 	if r.cfg.Profile != "" {
 		r.profile(ctx, d, "rewrap", p.Conc, r.rewrapECDH(d, n))
 		r.profile(ctx, d, "reveal", peak(r.rows(sec, "reveal")).Conc, r.reveal(d, n))
@@ -651,7 +651,7 @@ func (r *runner) large(ctx context.Context) error {
 	defer d.stop()
 	r.sweep(ctx, d, sec, "rewrap ecdh-p256", r.rewrapECDH(d, n), "")
 	r.sweep(ctx, d, sec, "reveal", r.reveal(d, n), "")
-	r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("escrowd peak RSS (VmHWM) with %s groups: %s.", thousands(n), mib(d.peakRSS())))
+	r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("escrowd memory with %s groups: %s.", thousands(n), d.memory()))
 	if !r.cfg.KEK {
 		return nil
 	}
@@ -711,6 +711,7 @@ func (r *runner) large(ctx context.Context) error {
 		r.add(sec, "KEK rotation job", 2, res, fmt.Sprintf("groups/s over the first %s of pass 1, then canceled; job workers", el.Round(time.Second)))
 		r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("Master KEK rotation over %s groups: %s groups re-wrapped in %s (%.0f/s); the whole job would take about %s for the first pass, plus a checking pass that reads every group again without HSM work.",
 			thousands(n), thousands(int(processed)), el.Round(time.Second), rate, (time.Duration(float64(n)/rate)*time.Second).Round(time.Second)))
+		r.rep.Facts = append(r.rep.Facts, "escrowd memory after the KEK rotation: "+d.memory()+".")
 		return nil
 	}
 	if job.State != "done" {
@@ -719,6 +720,7 @@ func (r *runner) large(ctx context.Context) error {
 	res := Result{Stats: Stats{Ops: n, Elapsed: el, OpsPerSec: float64(n) / el.Seconds()}, CPU: pct}
 	r.add(sec, "KEK rotation job", 2, res, fmt.Sprintf("groups/s over %s incl. the checking pass; job workers", el.Round(100*time.Millisecond)))
 	r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("Master KEK rotation over %s groups: %s (%d passes), measured to the end.", thousands(n), el.Round(100*time.Millisecond), job.Pass))
+	r.rep.Facts = append(r.rep.Facts, "escrowd memory after the KEK rotation: "+d.memory()+".")
 	return nil
 }
 

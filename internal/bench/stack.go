@@ -218,10 +218,18 @@ func (e *env) startDaemon(name, storePath, logName string, extra ...string) (*da
 
 func (d *daemon) pid() int { return d.cmd.Process.Pid }
 
-// peakRSS is the daemon's VmHWM in bytes (0 if unreadable).
-func (d *daemon) peakRSS() uint64 {
-	v, _ := procHWM(d.pid())
-	return v
+// memory describes the daemon's peak RSS (VmHWM) and what its resident
+// set is now: anonymous memory (heap, stacks) and file pages (bbolt's
+// memory map of the store, which the kernel can drop).
+func (d *daemon) memory() string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.pid()))
+	if err != nil {
+		return "unreadable"
+	}
+	hwm, _ := ParseVmHWM(string(b))
+	anon, _ := ParseStatusKB(string(b), "RssAnon")
+	file, _ := ParseStatusKB(string(b), "RssFile")
+	return fmt.Sprintf("%s peak (VmHWM); now %s anonymous + %s file pages (the store's memory map)", mib(hwm), mib(anon), mib(file))
 }
 
 // stop sends SIGTERM, waits for the drain, and kills after 20 s.

@@ -77,23 +77,26 @@ func ParseProcStatCPU(stat string) (uint64, error) {
 
 // ParseVmHWM reads the peak resident set size, in bytes, from the text of
 // /proc/PID/status.
-func ParseVmHWM(status string) (uint64, error) {
+func ParseVmHWM(status string) (uint64, error) { return ParseStatusKB(status, "VmHWM") }
+
+// ParseStatusKB reads a "Key:  N kB" line of /proc/PID/status, in bytes.
+func ParseStatusKB(status, key string) (uint64, error) {
 	for line := range strings.Lines(status) {
-		rest, ok := strings.CutPrefix(line, "VmHWM:")
+		rest, ok := strings.CutPrefix(line, key+":")
 		if !ok {
 			continue
 		}
 		f := strings.Fields(rest)
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("bench: /proc status: VmHWM line %q", strings.TrimSpace(line))
+			return 0, fmt.Errorf("bench: /proc status: %s line %q", key, strings.TrimSpace(line))
 		}
 		kb, err := strconv.ParseUint(f[0], 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("bench: /proc status VmHWM: %w", err)
+			return 0, fmt.Errorf("bench: /proc status %s: %w", key, err)
 		}
 		return kb * 1024, nil
 	}
-	return 0, errors.New("bench: /proc status: no VmHWM line")
+	return 0, fmt.Errorf("bench: /proc status: no %s line", key)
 }
 
 // ParseInts parses a comma-separated list of positive integers ("1,4,16").

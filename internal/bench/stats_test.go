@@ -99,6 +99,18 @@ func TestParseVmHWM(t *testing.T) {
 	}
 }
 
+func TestParseStatusKB(t *testing.T) {
+	st := "VmHWM:\t 100 kB\nRssAnon:\t  40 kB\nRssFile:\t  60 kB\n"
+	for key, want := range map[string]uint64{"RssAnon": 40 * 1024, "RssFile": 60 * 1024} {
+		if got, err := ParseStatusKB(st, key); err != nil || got != want {
+			t.Errorf("%s: %d, %v", key, got, err)
+		}
+	}
+	if _, err := ParseStatusKB(st, "RssShmem"); err == nil {
+		t.Error("missing key: no error")
+	}
+}
+
 func TestParseInts(t *testing.T) {
 	for _, c := range []struct {
 		in   string
