@@ -21,7 +21,13 @@ type Result struct {
 	// CPU is the measured process's CPU time over the run, in percent of
 	// one core (200 = both cores of this machine); -1 when not measured.
 	CPU float64
+	// VaultCPU is the Vault server's, likewise.
+	VaultCPU float64
 }
+
+// vaultPID is the Vault server's process, measured alongside every run
+// (0: not found).
+var vaultPID int
 
 // procCPU is a process's utime+stime in clock ticks, or an error.
 func procCPU(pid int) (uint64, error) {
@@ -74,7 +80,7 @@ func RunClosed(ctx context.Context, conc int, d time.Duration, pid int, op Op) R
 		first     error
 	}
 	accs := make([]acc, conc)
-	cpu := startCPU(pid)
+	cpu, vcpu := startCPU(pid), startCPU(vaultPID)
 	start := time.Now()
 	deadline := start.Add(d)
 	var wg sync.WaitGroup
@@ -100,7 +106,7 @@ func RunClosed(ctx context.Context, conc int, d time.Duration, pid int, op Op) R
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	pct := cpu.percent()
+	pct, vpct := cpu.percent(), vcpu.percent()
 	var lats []time.Duration
 	ops, errs := 0, 0
 	var first error
@@ -112,7 +118,7 @@ func RunClosed(ctx context.Context, conc int, d time.Duration, pid int, op Op) R
 			first = a.first
 		}
 	}
-	return Result{Stats: Summarize(lats, ops, errs, elapsed), FirstErr: first, CPU: pct}
+	return Result{Stats: Summarize(lats, ops, errs, elapsed), FirstErr: first, CPU: pct, VaultCPU: vpct}
 }
 
 // RunOpen issues op at a fixed rate (per second) for d, whatever the
@@ -132,7 +138,7 @@ func RunOpen(ctx context.Context, rate float64, d time.Duration, maxInFlight, pi
 	ops, errs := 0, 0
 	var first error
 	var wg sync.WaitGroup
-	cpu := startCPU(pid)
+	cpu, vcpu := startCPU(pid), startCPU(vaultPID)
 	start := time.Now()
 	for i := range n {
 		due := start.Add(time.Duration(i) * interval)
@@ -167,5 +173,5 @@ func RunOpen(ctx context.Context, rate float64, d time.Duration, maxInFlight, pi
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	return Result{Stats: Summarize(lats, ops, errs, elapsed), FirstErr: first, CPU: cpu.percent()}
+	return Result{Stats: Summarize(lats, ops, errs, elapsed), FirstErr: first, CPU: cpu.percent(), VaultCPU: vcpu.percent()}
 }

@@ -22,8 +22,10 @@ type Row struct {
 	Conc int `json:"concurrency"`
 	Stats
 	// CPU of the escrowd process in percent of one core; -1: not measured.
-	CPU  float64 `json:"escrowd_cpu_pct"`
-	Note string  `json:"note,omitempty"`
+	CPU float64 `json:"escrowd_cpu_pct"`
+	// VaultCPU is the Vault server's CPU likewise.
+	VaultCPU float64 `json:"vault_cpu_pct"`
+	Note     string  `json:"note,omitempty"`
 }
 
 // Report is one run of `make bench`.
@@ -82,11 +84,11 @@ func (r *Report) Markdown(w io.Writer) {
 		slices.Sort(keys)
 		fmt.Fprintf(w, "Settings: `%s`.\n\n", strings.Join(keys, " "))
 	}
-	fmt.Fprintln(w, "| section | operation | conc. | ops/s | p50 ms | p99 ms | escrowd CPU % | errors | note |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|---|")
+	fmt.Fprintln(w, "| section | operation | conc. | ops/s | p50 ms | p99 ms | escrowd CPU % | Vault CPU % | errors | note |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|---|")
 	for _, x := range r.Rows {
-		fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %s | %d | %s |\n", x.Section, x.Op, x.Conc,
-			fmtRate(x.OpsPerSec), fmtMS(x.Stats, true), fmtMS(x.Stats, false), fmtCPU(x.CPU), x.Errors, x.Note)
+		fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %s | %s | %d | %s |\n", x.Section, x.Op, x.Conc,
+			fmtRate(x.OpsPerSec), fmtMS(x.Stats, true), fmtMS(x.Stats, false), fmtCPU(x.CPU), fmtCPU(x.VaultCPU), x.Errors, x.Note)
 	}
 	if len(r.Ratios) > 0 {
 		fmt.Fprintln(w, "\n| ratio | value | how |")

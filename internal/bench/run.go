@@ -170,14 +170,14 @@ func (r *runner) logf(format string, args ...any) {
 }
 
 func (r *runner) add(section, op string, conc int, res Result, note string) Row {
-	row := Row{Section: section, Op: op, Conc: conc, Stats: res.Stats, CPU: res.CPU, Note: note}
+	row := Row{Section: section, Op: op, Conc: conc, Stats: res.Stats, CPU: res.CPU, VaultCPU: res.VaultCPU, Note: note}
 	r.rep.Rows = append(r.rep.Rows, row)
 	msg := ""
 	if res.FirstErr != nil {
 		msg = " first error: " + res.FirstErr.Error()
 	}
-	r.logf("%-22s %-22s c=%-3d %8.1f ops/s p50 %6.2f ms p99 %6.2f ms cpu %4.0f%% err %d%s", section, op, conc,
-		res.OpsPerSec, float64(res.P50.Microseconds())/1000, float64(res.P99.Microseconds())/1000, res.CPU, res.Errors, msg)
+	r.logf("%-22s %-22s c=%-3d %8.1f ops/s p50 %6.2f ms p99 %6.2f ms cpu %4.0f%% vault %4.0f%% err %d%s", section, op, conc,
+		res.OpsPerSec, float64(res.P50.Microseconds())/1000, float64(res.P99.Microseconds())/1000, res.CPU, res.VaultCPU, res.Errors, msg)
 	return row
 }
 
@@ -233,6 +233,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 		return err
 	}
 	defer r.env.close()
+	vaultPID = r.env.vaultPID
 	if err := r.bases(ctx); err != nil {
 		return err
 	}
@@ -364,7 +365,7 @@ func (r *runner) ceiling(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			r.add(sectionRaw, o.name, n, Result{Stats: Summarize(res.Latencies, len(res.Latencies), 0, res.Elapsed), CPU: -1}, "sessions")
+			r.add(sectionRaw, o.name, n, Result{Stats: Summarize(res.Latencies, len(res.Latencies), 0, res.Elapsed), CPU: -1, VaultCPU: -1}, "sessions")
 		}
 	}
 	return nil
@@ -412,7 +413,7 @@ func (r *runner) transit(ctx context.Context) error {
 				_, err := c.Logical().WriteWithContext(ctx, path, map[string]any{"ciphertext": ct})
 				return 1, err
 			})
-			res.CPU = -1
+			res.CPU = -1 // no escrowd runs
 			r.add(sectionVault, k.op, n, res, "file audit device on")
 		}
 	}
@@ -663,7 +664,7 @@ func (r *runner) large(ctx context.Context) error {
 	if err := r.kekCeiling(ctx); err != nil {
 		return err
 	}
-	cpu := startCPU(d.pid())
+	cpu, vcpu := startCPU(d.pid()), startCPU(vaultPID)
 	t0 := time.Now()
 	resp, err := d.sec.StartJob(ctx, &escrowdv1.StartJobRequest{Kind: "kek-rotation", Params: map[string]string{"to": "2"}})
 	if err != nil {
@@ -700,14 +701,14 @@ func (r *runner) large(ctx context.Context) error {
 		}
 	}
 	el := time.Since(t0)
-	pct := cpu.percent()
+	pct, vpct := cpu.percent(), vcpu.percent()
 	if bounded {
 		if _, err := d.sec.CancelJob(ctx, &escrowdv1.CancelJobRequest{Id: id}); err != nil {
 			return fmt.Errorf("bench: cancel the KEK rotation: %w", err)
 		}
 		processed := int64(job.Pass-1)*job.Total + job.Done
 		rate := float64(processed) / el.Seconds()
-		res := Result{Stats: Stats{Ops: int(processed), Elapsed: el, OpsPerSec: rate}, CPU: pct}
+		res := Result{Stats: Stats{Ops: int(processed), Elapsed: el, OpsPerSec: rate}, CPU: pct, VaultCPU: vpct}
 		r.add(sec, "KEK rotation job", 2, res, fmt.Sprintf("groups/s over the first %s of pass 1, then canceled; job workers", el.Round(time.Second)))
 		r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("Master KEK rotation over %s groups: %s groups re-wrapped in %s (%.0f/s); the whole job would take about %s for the first pass, plus a checking pass that reads every group again without HSM work.",
 			thousands(n), thousands(int(processed)), el.Round(time.Second), rate, (time.Duration(float64(n)/rate)*time.Second).Round(time.Second)))
@@ -717,7 +718,7 @@ func (r *runner) large(ctx context.Context) error {
 	if job.State != "done" {
 		return fmt.Errorf("bench: KEK rotation %s: %s: %s", id, job.State, job.Error)
 	}
-	res := Result{Stats: Stats{Ops: n, Elapsed: el, OpsPerSec: float64(n) / el.Seconds()}, CPU: pct}
+	res := Result{Stats: Stats{Ops: n, Elapsed: el, OpsPerSec: float64(n) / el.Seconds()}, CPU: pct, VaultCPU: vpct}
 	r.add(sec, "KEK rotation job", 2, res, fmt.Sprintf("groups/s over %s incl. the checking pass; job workers", el.Round(100*time.Millisecond)))
 	r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("Master KEK rotation over %s groups: %s (%d passes), measured to the end.", thousands(n), el.Round(100*time.Millisecond), job.Pass))
 	r.rep.Facts = append(r.rep.Facts, "escrowd memory after the KEK rotation: "+d.memory()+".")
@@ -741,7 +742,7 @@ func (r *runner) kekCeiling(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		r.add(sectionRaw, "KEK re-wrap (per group)", n, Result{Stats: Summarize(res.Latencies, len(res.Latencies), 0, res.Elapsed), CPU: -1},
+		r.add(sectionRaw, "KEK re-wrap (per group)", n, Result{Stats: Summarize(res.Latencies, len(res.Latencies), 0, res.Elapsed), CPU: -1, VaultCPU: -1},
 			"sessions; EC escrow key + unlock key")
 	}
 	return nil

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -63,13 +65,14 @@ rate_limits:
 
 // env is the stack every daemon of a run shares.
 type env struct {
-	dir    string
-	tok    *softhsm.Token
-	vault  *vaulttest.Server
-	ca     *devpki.CA
-	certs  map[string]tls.Certificate
-	policy string
-	bin    string
+	vaultPID int // 0 if not found
+	dir      string
+	tok      *softhsm.Token
+	vault    *vaulttest.Server
+	ca       *devpki.CA
+	certs    map[string]tls.Certificate
+	policy   string
+	bin      string
 }
 
 func newEnv(dir, bin string) (*env, error) {
@@ -114,6 +117,7 @@ func newEnv(dir, bin string) (*env, error) {
 	if err := os.WriteFile(filepath.Join(dir, "vault.token"), []byte(e.vault.Token+"\n"), 0o600); err != nil {
 		return nil, err
 	}
+	e.vaultPID = findPID(filepath.Join(e.vault.Dir, "addr"))
 	return e, nil
 }
 
@@ -268,4 +272,29 @@ func checkBinaries(bin string) error {
 		}
 	}
 	return nil
+}
+
+// findPID finds the process whose command line holds arg (the Vault
+// server's address file, unique to this run), for its CPU figures.
+func findPID(arg string) int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		for _, a := range strings.Split(string(b), "\x00") {
+			if a == arg {
+				return pid
+			}
+		}
+	}
+	return 0
 }

@@ -155,11 +155,11 @@ func TestNewTarget(t *testing.T) {
 
 func TestMarkdown(t *testing.T) {
 	r := &Report{Date: "d", Commit: "c", Machine: "m", Load: "l", Wall: "w", Config: map[string]string{"B": "2", "A": "1"},
-		Rows:    []Row{{Section: "raw", Op: "reveal", Conc: 1, Stats: Stats{Ops: 10, OpsPerSec: 1234.5, P50: 1500 * time.Microsecond, P99: 3 * time.Millisecond}, CPU: -1}},
+		Rows:    []Row{{Section: "raw", Op: "reveal", Conc: 1, Stats: Stats{Ops: 10, OpsPerSec: 1234.5, P50: 1500 * time.Microsecond, P99: 3 * time.Millisecond}, CPU: -1, VaultCPU: 12}},
 		Targets: []Target{NewTarget("t", 1, 2, 0.9, false, "x")}}
 	var b strings.Builder
 	r.Markdown(&b)
-	for _, want := range []string{"`A=1 B=2`", "| raw | reveal | 1 | 1234 | 1.50 | 3.00 | — | 0 |  |", "| t | 0.50 | ≥ 0.90 | **MISS** | x |"} {
+	for _, want := range []string{"`A=1 B=2`", "| raw | reveal | 1 | 1234 | 1.50 | 3.00 | — | 12 | 0 |  |", "| t | 0.50 | ≥ 0.90 | **MISS** | x |"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("markdown lacks %q:\n%s", want, b.String())
 		}
