@@ -76,9 +76,13 @@ func (h *HSM) Ceiling(ctx context.Context, op CeilingOp, in CeilingInput, sessio
 		return CeilingResult{}, err
 	}
 	ss := make([]session, 0, sessions)
+	errs := make([]error, sessions)
 	defer func() {
-		for _, s := range ss {
-			h.release(s, false)
+		// A session whose sequence failed in the module is closed, as
+		// h.do does, never pooled.
+		for i, s := range ss {
+			_, failed := ckrCode(errs[i])
+			h.release(s, failed)
 		}
 	}()
 	for range sessions {
@@ -89,7 +93,6 @@ func (h *HSM) Ceiling(ctx context.Context, op CeilingOp, in CeilingInput, sessio
 		ss = append(ss, s)
 	}
 	lats := make([][]time.Duration, sessions)
-	errs := make([]error, sessions)
 	start := time.Now()
 	deadline := start.Add(d)
 	var wg sync.WaitGroup
