@@ -16,7 +16,7 @@ TEST_TIMEOUT       ?= 30m
 export ESCROWD_VAULTDEV := $(VAULTDEV)
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: all build deps postgres vaultdev test lint run proto fuzz clean
+.PHONY: all build deps postgres vaultdev test lint run proto fuzz bench clean bench
 
 all: build
 
@@ -86,6 +86,17 @@ fuzz:
 			echo "$$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
 		done; \
 	done
+
+# bench measures the real stack (docs/BENCHMARKS.md): a fresh SoftHSM
+# token, the Vault dev server, escrowd over mutual TLS. It prints a markdown
+# table and writes bench/results.json. BENCH_* variables shorten it, e.g.
+# `make bench BENCH_GROUPS=10000 BENCH_SECONDS=2` for a smoke run.
+bench: deps vaultdev
+	$(GO) build -tags escrowd_pprof -o $(BIN)/escrowd-bench ./cmd/escrowd
+	$(GO) build -tags escrowd_pprof,escrowd_noaudit -o $(BIN)/escrowd-noaudit ./cmd/escrowd
+	$(GO) build -o $(BIN)/escrowctl ./cmd/escrowctl
+	$(GO) build -o $(BIN)/escrowbench ./cmd/escrowbench
+	BENCH_BIN=$(BIN) $(BIN)/escrowbench
 
 run: deps vaultdev build
 	./scripts/run-dev.sh

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/escrowd/escrowd/escrow/bundle"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/store"
 )
@@ -165,7 +166,7 @@ func (s *Service) RewrapGroupKEK(ctx context.Context, h KeyVersions, g store.Gro
 		if !k.Destroyed.IsZero() || k.Private.KEKVersion == to {
 			continue
 		}
-		w, err := h.RewrapKEK(ctx, hsm.KeyEscrow, hsmKey(k.Private), to)
+		w, err := h.RewrapKEK(ctx, EscrowKeyKind(k.Suite), hsmKey(k.Private), to)
 		if err != nil {
 			return g, false, fmt.Errorf("group %s escrow key version %d: %w", g.ID, k.Version, hsmErr(err))
 		}
@@ -182,6 +183,15 @@ func (s *Service) RewrapGroupKEK(ctx context.Context, h KeyVersions, g store.Gro
 		out.Unlock[i].Key, changed = storeKey(w), true
 	}
 	return out, changed, nil
+}
+
+// EscrowKeyKind is the HSM key kind of an escrow key of suite: the HSM
+// must know the key type to unwrap it.
+func EscrowKeyKind(suite string) hsm.KeyKind {
+	if suite == bundle.SuiteECDHP256 {
+		return hsm.KeyEscrowEC
+	}
+	return hsm.KeyEscrow
 }
 
 func cloneGroup(g store.Group) store.Group {

@@ -24,6 +24,10 @@ const (
 	KeyEscrow KeyKind = iota + 1
 	// KeyUnlock is an unlock key (32-byte generic secret).
 	KeyUnlock
+	// KeyEscrowEC is an ecdh-p256 escrow private key (P-256, PKCS#8 inside
+	// AES-KWP). It is its own kind because an unwrap template must name the
+	// key type: unwrapping an EC key with an RSA template fails.
+	KeyEscrowEC
 )
 
 func (k KeyKind) String() string {
@@ -32,6 +36,8 @@ func (k KeyKind) String() string {
 		return "escrow key"
 	case KeyUnlock:
 		return "unlock key"
+	case KeyEscrowEC:
+		return "EC escrow key"
 	}
 	return fmt.Sprintf("KeyKind(%d)", int(k))
 }
@@ -110,12 +116,19 @@ func rotationTemplate(kind KeyKind) []*pkcs11.Attribute {
 		boolAttr(pkcs11.CKA_EXTRACTABLE, true),
 		boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
 	}
-	if kind == KeyEscrow {
+	switch kind {
+	case KeyEscrow:
 		return append(t,
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
 			boolAttr(pkcs11.CKA_DECRYPT, false),
 			boolAttr(pkcs11.CKA_UNWRAP, false),
+			boolAttr(pkcs11.CKA_SIGN, false))
+	case KeyEscrowEC:
+		return append(t,
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+			boolAttr(pkcs11.CKA_DERIVE, false),
 			boolAttr(pkcs11.CKA_SIGN, false))
 	}
 	return append(t,
@@ -129,7 +142,7 @@ func rotationTemplate(kind KeyKind) []*pkcs11.Attribute {
 // object (extractable only under trusted keys), wrapped under the new KEK
 // and destroyed. A key already under to is returned as is.
 func (h *HSM) RewrapKEK(ctx context.Context, kind KeyKind, w WrappedKey, to uint32) (WrappedKey, error) {
-	if kind != KeyEscrow && kind != KeyUnlock {
+	if kind != KeyEscrow && kind != KeyEscrowEC && kind != KeyUnlock {
 		return WrappedKey{}, fmt.Errorf("hsm: rewrap under KEK: %w: %v", ErrInvalidInput, kind)
 	}
 	if err := checkWrapped(w, kind.String()); err != nil {
@@ -180,6 +193,8 @@ func (h *HSM) CheckKey(ctx context.Context, kind KeyKind, w WrappedKey) error {
 		switch kind {
 		case KeyEscrow:
 			o, err = h.unwrapEscrowPrivate(s, w)
+		case KeyEscrowEC:
+			o, err = h.unwrapEscrowEC(s, w)
 		case KeyUnlock:
 			o, err = h.unwrapUnlock(s, w)
 		default:

@@ -319,6 +319,20 @@ func marshalRSAPublic(modulus, exponent []byte) ([]byte, error) {
 func (h *HSM) GenerateUnlockKey(ctx context.Context) (WrappedKey, error) {
 	var out WrappedKey
 	err := h.do(ctx, OpGenerateUnlockKey, func(s session) error {
+		var err error
+		out, err = h.genUnlockKey(s)
+		return err
+	})
+	if err != nil {
+		return WrappedKey{}, err
+	}
+	return out, nil
+}
+
+// genUnlockKey is GenerateUnlockKey on a session the caller holds.
+func (h *HSM) genUnlockKey(s session) (WrappedKey, error) {
+	var out WrappedKey
+	err := func() error {
 		k, err := h.mod.ctx.GenerateKey(s.h,
 			[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
 			[]*pkcs11.Attribute{
@@ -339,7 +353,7 @@ func (h *HSM) GenerateUnlockKey(ctx context.Context) (WrappedKey, error) {
 		defer h.destroy(s, k)
 		out, err = h.wrapUnderKEK(s, k, "unlock key")
 		return err
-	})
+	}()
 	if err != nil {
 		return WrappedKey{}, err
 	}

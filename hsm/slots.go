@@ -362,7 +362,11 @@ func (h *HSM) unwrapEscrowEC(s session, w WrappedKey) (pkcs11.ObjectHandle, erro
 	if err := checkWrapped(w, "escrow key"); err != nil {
 		return 0, err
 	}
-	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, s.kek, w.Blob, escrowECUnwrapTemplate())
+	kek, err := h.kekFor(s, w.KEKVersion)
+	if err != nil {
+		return 0, err
+	}
+	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, escrowECUnwrapTemplate())
 	if err != nil {
 		return 0, kekUnwrapErr("unwrap EC escrow key", err)
 	}
@@ -376,6 +380,19 @@ func (h *HSM) generateECEscrowKey(ctx context.Context) ([]byte, WrappedKey, erro
 	var der []byte
 	var private WrappedKey
 	err := h.do(ctx, OpGenerateEscrowKey, func(s session) error {
+		var err error
+		der, private, err = h.genECEscrowKey(s)
+		return err
+	})
+	if err != nil {
+		return nil, WrappedKey{}, err
+	}
+	return der, private, nil
+}
+
+// genECEscrowKey is generateECEscrowKey on a session the caller holds.
+func (h *HSM) genECEscrowKey(s session) (der []byte, private WrappedKey, err error) {
+	err = func() error {
 		pubT := []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
@@ -445,7 +462,7 @@ func (h *HSM) generateECEscrowKey(ctx context.Context) ([]byte, WrappedKey, erro
 			return err
 		}
 		return nil
-	})
+	}()
 	if err != nil {
 		return nil, WrappedKey{}, err
 	}

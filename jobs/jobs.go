@@ -343,12 +343,45 @@ func (r *Runner) run(ctx context.Context, j store.Job) {
 	}
 }
 
+// prepared is a page worked on ahead: the groups after cursor after, and
+// what fn made of them.
+type prepared struct {
+	after   string
+	page    []store.Group
+	out     []store.Group
+	changed int
+	err     error
+}
+
+// prepare lists the page after cursor and runs fn on it.
+func (r *Runner) prepare(ctx context.Context, after string, fn step) *prepared {
+	p := &prepared{after: after}
+	if p.page, p.err = r.store.ListGroups(ctx, after, r.cfg.Batch); p.err == nil && len(p.page) > 0 {
+		p.out, p.changed, p.err = r.work(ctx, p.page, fn)
+	}
+	return p
+}
+
+// passes scans the groups a batch at a time. The next batch's HSM work
+// runs while the current batch commits (its fsync, its records' encoding),
+// so the HSM does not wait for the store; batches still commit one after
+// the other, each with its own checkpoint, and a batch worked on ahead is
+// committed only through its own CommitBatch, which rejects it if a group
+// changed meanwhile.
 func (r *Runner) passes(ctx context.Context, j store.Job, fn step) error {
+	var ahead *prepared
 	for {
-		page, err := r.store.ListGroups(ctx, j.Cursor, r.cfg.Batch)
-		if err != nil {
-			return err
+		var cur *prepared
+		if ahead != nil && ahead.after == j.Cursor && ahead.err == nil && len(ahead.page) > 0 {
+			cur = ahead
+		} else {
+			cur = r.prepare(ctx, j.Cursor, fn)
 		}
+		ahead = nil
+		if cur.err != nil {
+			return cur.err
+		}
+		page := cur.page
 		if len(page) == 0 {
 			// End of a pass: done if it changed nothing, else check again.
 			total, err := r.store.CountGroups(ctx)
@@ -381,26 +414,27 @@ func (r *Runner) passes(ctx context.Context, j store.Job, fn step) error {
 			}
 			continue
 		}
-		out, changed, err := r.work(ctx, page, fn)
-		if err != nil {
-			return err
-		}
-		next, err := r.store.CommitBatch(ctx, store.Batch{
-			JobID: j.ID, Owner: r.cfg.Owner, Groups: out, Cursor: page[len(page)-1].ID,
-			Done: j.Done + int64(len(page)), Changed: j.Changed + int64(changed),
+		last := page[len(page)-1].ID
+		next := make(chan *prepared, 1)
+		go func() { next <- r.prepare(ctx, last, fn) }()
+		committed, err := r.store.CommitBatch(ctx, store.Batch{
+			JobID: j.ID, Owner: r.cfg.Owner, Groups: cur.out, Cursor: last,
+			Done: j.Done + int64(len(page)), Changed: j.Changed + int64(cur.changed),
 		})
+		ahead = <-next
 		if errors.Is(err, store.ErrConflict) {
 			// A group changed under us (a rotation by a request): read
 			// the batch again and redo it.
+			ahead = nil
 			continue
 		}
 		if err != nil {
 			return err
 		}
-		if next.State != store.JobRunning {
+		if committed.State != store.JobRunning {
 			return errNotRunning
 		}
-		j = next
+		j = committed
 	}
 }
 
