@@ -128,6 +128,8 @@ type Server struct {
 	health *health.Server
 	now    func() time.Time
 	policy atomic.Pointer[policy.Policy]
+	// verified remembers client certificate chains that verified.
+	verified verifyCache
 
 	stopOnce sync.Once
 	stop     chan struct{}
