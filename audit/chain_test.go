@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// validBatch is batch 1 of a fresh trail holding two records.
-func validBatch(t testing.TB) []byte {
+// testRecords are the two records of batch 1 of a fresh trail.
+func testRecords(t testing.TB) []Chained {
 	t.Helper()
 	recs := []*Record{
 		{ID: "r1", Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Caller: "spiffe://example.org/sync", Operation: "Rewrap", Outcome: "allowed", Code: "OK"},
@@ -21,17 +21,29 @@ func validBatch(t testing.TB) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := json.Marshal(Batch{Seq: 1, Records: chained})
+	return chained
+}
+
+// validBatch is batch 1 as stored in Vault.
+func validBatch(t testing.TB) []byte {
+	t.Helper()
+	b, err := encodeBatch(&Batch{Seq: 1, Records: testRecords(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
 }
 
+// doc is a Vault document with the given seq and records text.
+func doc(seq, records string) string {
+	r, _ := json.Marshal(records)
+	return `{"seq":` + seq + `,"records":` + string(r) + `}`
+}
+
 func TestParseBatch(t *testing.T) {
 	good := validBatch(t)
-	// testdata/batch-1.json pins the chain's hash definition: a change to
-	// how records are hashed breaks every trail already in Vault.
+	// testdata/batch-1.json pins the document and the chain's hash
+	// definition: a change to either breaks every trail already in Vault.
 	pinned, err := os.ReadFile(filepath.Join("testdata", "batch-1.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -39,6 +51,7 @@ func TestParseBatch(t *testing.T) {
 	if string(pinned) != string(good) {
 		t.Fatalf("the chain of the same records changed:\n got %s\nwant %s", good, pinned)
 	}
+	recs, _ := json.Marshal(testRecords(t))
 	tests := []struct {
 		name string
 		raw  string
@@ -48,12 +61,16 @@ func TestParseBatch(t *testing.T) {
 		{"empty", ``, "EOF"},
 		{"not json", `{`, "unexpected EOF"},
 		{"array", `[]`, "cannot unmarshal"},
-		{"no seq", `{"records":[]}`, "no batch position"},
-		{"unknown field", `{"seq":1,"records":[],"extra":1}`, "unknown field"},
-		{"trailing data", string(good) + `{}`, "data after the batch"},
-		{"seq as string", `{"seq":"1","records":[]}`, "cannot unmarshal"},
-		{"short hash", strings.Replace(string(good), `"hash":"`, `"hash":"ab`, 1), "not 32 bytes of hex"},
-		{"hash not hex", strings.Replace(string(good), `"prev":"0`, `"prev":"z`, 1), "not 32 bytes of hex"},
+		{"no seq", `{"records":"[]"}`, "no batch position"},
+		{"unknown field", `{"seq":1,"records":"[]","extra":1}`, "unknown field"},
+		{"trailing data", string(good) + `{}`, "data after the value"},
+		{"seq as string", `{"seq":"1","records":"[]"}`, "cannot unmarshal"},
+		{"records as a structure", `{"seq":1,"records":[]}`, "cannot unmarshal"},
+		{"records not json", doc("1", "[{"), "records: unexpected EOF"},
+		{"records with trailing data", doc("1", string(recs)+"[]"), "records: data after the value"},
+		{"unknown field in a record", doc("1", strings.Replace(string(recs), `"id":"r2"`, `"id":"r2","secret":"x"`, 1)), "records: json: unknown field"},
+		{"short hash", doc("1", strings.Replace(string(recs), `"hash":"`, `"hash":"ab`, 1)), "not 32 bytes of hex"},
+		{"hash not hex", doc("1", strings.Replace(string(recs), `"prev":"0`, `"prev":"z`, 1)), "not 32 bytes of hex"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,8 +100,8 @@ func TestParseBatch(t *testing.T) {
 // thing after a round trip.
 func FuzzParseBatch(f *testing.F) {
 	f.Add(validBatch(f))
-	f.Add([]byte(`{"seq":1,"records":[]}`))
-	f.Add([]byte(`{"seq":2,"records":[{"n":1,"prev":"","hash":""}]}`))
+	f.Add([]byte(doc("1", "[]")))
+	f.Add([]byte(doc("2", `[{"n":1,"prev":"","hash":""}]`)))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		b, err := ParseBatch(raw)
 		if err != nil {
@@ -94,7 +111,7 @@ func FuzzParseBatch(f *testing.F) {
 			return
 		}
 		NewVerifier().Add(b.Seq, b)
-		again, err := json.Marshal(b)
+		again, err := encodeBatch(b)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -242,7 +243,7 @@ func (v *Vault) write(batch []*pending) error {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 		b := Batch{Seq: v.seq + 1, Records: chained}
-		data, err := toMap(&b)
+		data, err := batchData(&b)
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
@@ -461,17 +462,22 @@ func isCASConflict(err error) bool {
 	return strings.Contains(err.Error(), "check-and-set")
 }
 
-func toMap(v any) (map[string]any, error) {
-	b, err := json.Marshal(v)
+// batchData is b as the data of a KV write.
+func batchData(b *Batch) (map[string]any, error) {
+	raw, err := encodeBatch(b)
 	if err != nil {
 		return nil, err
 	}
+	return toMap(raw)
+}
+
+func toMap(b []byte) (map[string]any, error) {
 	// Numbers stay json.Number: through float64, 1000000 would come back
 	// as 1e+06 and no longer decode as an integer.
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	var m map[string]any
-	err = dec.Decode(&m)
+	err := dec.Decode(&m)
 	return m, err
 }
 

@@ -134,7 +134,7 @@ func tamper(t *testing.T, v *Vault, seq uint64, fn func(b *Batch)) {
 		t.Fatal(err)
 	}
 	fn(b)
-	data, err := toMap(b)
+	data, err := batchData(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +240,7 @@ func regroup(t *testing.T, v *Vault, n, k int) {
 			t.Fatal(err)
 		}
 		num, prev = nn, head
-		data, _ := toMap(&Batch{Seq: uint64(s + 1), Records: chained})
+		data, _ := batchData(&Batch{Seq: uint64(s + 1), Records: chained})
 		if _, err := v.kv.Put(ctx, v.batchPath(uint64(s+1)), data, vault.WithCheckAndSet(0)); err != nil {
 			t.Fatal(err)
 		}

@@ -396,7 +396,12 @@ func TestAuditVerifyCLI(t *testing.T) {
 		raw, _ := json.Marshal(orig)
 		var data map[string]any
 		json.Unmarshal(raw, &data)
-		data["records"] = fn(data["records"].([]any))
+		var recs []any
+		if err := json.Unmarshal([]byte(data["records"].(string)), &recs); err != nil {
+			t.Fatal(err)
+		}
+		edited, _ := json.Marshal(fn(recs))
+		data["records"] = string(edited)
 		if _, err := kv.Put(ctx, p, data); err != nil {
 			t.Fatal(err)
 		}
@@ -408,7 +413,11 @@ func TestAuditVerifyCLI(t *testing.T) {
 	}
 	recordID := func(seq int) string {
 		sec, _ := kv.Get(ctx, fmt.Sprintf("%s/chain/%020d", s.prefix, seq))
-		return sec.Data["records"].([]any)[0].(map[string]any)["id"].(string)
+		var recs []map[string]any
+		if err := json.Unmarshal([]byte(sec.Data["records"].(string)), &recs); err != nil {
+			t.Fatal(err)
+		}
+		return recs[0]["id"].(string)
 	}
 	tests := []struct {
 		name   string
