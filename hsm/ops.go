@@ -143,36 +143,31 @@ func unlockUnwrapTemplate() []*pkcs11.Attribute {
 	}
 }
 
-// unwrapEscrowPrivate unwraps an escrow private key into a session object.
-func (h *HSM) unwrapEscrowPrivate(s session, w WrappedKey) (pkcs11.ObjectHandle, error) {
-	if err := checkWrapped(w, "escrow key"); err != nil {
+// unwrapUnderKEK unwraps w, under the KEK version it names, into a session
+// object made from tmpl; what names the key, op the unwrap, in errors.
+func (h *HSM) unwrapUnderKEK(s session, w WrappedKey, what, op string, tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if err := checkWrapped(w, what); err != nil {
 		return 0, err
 	}
 	kek, err := h.kekFor(s, w.KEKVersion)
 	if err != nil {
 		return 0, err
 	}
-	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, escrowPrivateUnwrapTemplate())
+	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, tmpl)
 	if err != nil {
-		return 0, kekUnwrapErr("unwrap escrow key", err)
+		return 0, kekUnwrapErr(op, err)
 	}
 	return o, nil
 }
 
+// unwrapEscrowPrivate unwraps an RSA escrow private key into a session object.
+func (h *HSM) unwrapEscrowPrivate(s session, w WrappedKey) (pkcs11.ObjectHandle, error) {
+	return h.unwrapUnderKEK(s, w, "escrow key", "unwrap escrow key", escrowPrivateUnwrapTemplate())
+}
+
 // unwrapUnlock unwraps an unlock key into a session object.
 func (h *HSM) unwrapUnlock(s session, w WrappedKey) (pkcs11.ObjectHandle, error) {
-	if err := checkWrapped(w, "unlock key"); err != nil {
-		return 0, err
-	}
-	kek, err := h.kekFor(s, w.KEKVersion)
-	if err != nil {
-		return 0, err
-	}
-	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, unlockUnwrapTemplate())
-	if err != nil {
-		return 0, kekUnwrapErr("unwrap unlock key", err)
-	}
-	return o, nil
+	return h.unwrapUnderKEK(s, w, "unlock key", "unwrap unlock key", unlockUnwrapTemplate())
 }
 
 // kekUnwrapErr maps the failure of an AES-KWP unwrap under the KEK.

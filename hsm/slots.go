@@ -359,18 +359,7 @@ func escrowECUnwrapTemplate() []*pkcs11.Attribute {
 
 // unwrapEscrowEC unwraps an EC escrow private key into a session object.
 func (h *HSM) unwrapEscrowEC(s session, w WrappedKey) (pkcs11.ObjectHandle, error) {
-	if err := checkWrapped(w, "escrow key"); err != nil {
-		return 0, err
-	}
-	kek, err := h.kekFor(s, w.KEKVersion)
-	if err != nil {
-		return 0, err
-	}
-	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, escrowECUnwrapTemplate())
-	if err != nil {
-		return 0, kekUnwrapErr("unwrap EC escrow key", err)
-	}
-	return o, nil
+	return h.unwrapUnderKEK(s, w, "escrow key", "unwrap EC escrow key", escrowECUnwrapTemplate())
 }
 
 // generateECEscrowKey generates a P-256 escrow key pair as session objects,
