@@ -70,6 +70,8 @@ $(VAULTDEV): tools/vaultdev/go.mod tools/vaultdev/go.sum $(wildcard tools/vaultd
 
 test: deps vaultdev lint
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	node web/strictjson_node_test.mjs
+	node web/unlockcode_node_test.mjs
 
 lint:
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))"

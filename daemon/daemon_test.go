@@ -217,6 +217,7 @@ func TestErrorCodes(t *testing.T) {
 		{nil, codes.OK},
 		{fmt.Errorf("%w: group_id: empty id", escrow.ErrInvalid), codes.InvalidArgument},
 		{escrow.ErrSlot, codes.InvalidArgument},
+		{escrow.ErrBinding, codes.InvalidArgument},
 		{escrow.ErrKeyVersion, codes.InvalidArgument},
 		{escrow.ErrNotFound, codes.NotFound},
 		{escrow.ErrExists, codes.AlreadyExists},
@@ -262,7 +263,7 @@ func TestErrorCodes(t *testing.T) {
 // TestAuditFailureWithholdsResult: when the audit commit fails, a reveal
 // returns Unavailable and no code.
 func TestAuditFailureWithholdsResult(t *testing.T) {
-	code, _ := unlockcode.FromMaterial([]byte("0123456789"))
+	code, _ := unlockcode.FromMaterial(0, []byte("0123456789"))
 	a := &fakeAuditor{err: fmt.Errorf("%w: connection refused", audit.ErrUnavailable)}
 	conn := start(t, &fakeEscrow{code: code}, a, nil)
 	resp, err := escrowdv1.NewSupportServiceClient(conn).RevealUnlockCode(context.Background(),
@@ -279,7 +280,7 @@ func TestAuditFailureWithholdsResult(t *testing.T) {
 }
 
 func TestRevealRecord(t *testing.T) {
-	code, _ := unlockcode.FromMaterial([]byte("0123456789"))
+	code, _ := unlockcode.FromMaterial(0, []byte("0123456789"))
 	a := &fakeAuditor{}
 	conn := start(t, &fakeEscrow{code: code}, a, nil)
 	var hdr metadata.MD

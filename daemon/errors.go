@@ -21,6 +21,7 @@ var errorCodes = []struct {
 }{
 	{escrow.ErrInvalid, codes.InvalidArgument},
 	{escrow.ErrSlot, codes.InvalidArgument},
+	{escrow.ErrBinding, codes.InvalidArgument},
 	{escrow.ErrKeyVersion, codes.InvalidArgument},
 	{escrow.ErrNotFound, codes.NotFound},
 	{escrow.ErrExists, codes.AlreadyExists},

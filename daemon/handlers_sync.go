@@ -148,7 +148,7 @@ func (h *syncService) RotateGroupKey(ctx context.Context, req *escrowdv1.RotateG
 	}
 	rec.Detail = append(rec.Detail, fmt.Sprintf("gdk:%d->%d", req.GetOldGdkVersion(), out.GDKVersion))
 	resp := &escrowdv1.RotateGroupKeyResponse{GdkVersion: out.GDKVersion, EscrowSlot: out.EscrowSlot,
-		EscrowKeyVersion: out.Used.TargetEscrowVersion, RecipientSlots: out.Slots, ChainSlot: out.Chain}
+		EscrowKeyVersion: out.Used.TargetEscrowVersion, RecipientSlots: out.Slots, ChainSlot: out.Chain, GdkCommitment: out.Commit}
 	for _, u := range out.Unlock {
 		rec.Detail = append(rec.Detail, fmt.Sprintf("unlock:%s epoch:%d codes:%d", u.User, u.Epoch, len(u.Slots)))
 		resp.Unlock = append(resp.Unlock, &escrowdv1.UserUnlockSlots{UserId: u.User, Epoch: u.Epoch, Slots: u.Slots})

@@ -3,10 +3,12 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -21,6 +23,7 @@ import (
 	"github.com/escrowd/escrowd/daemon"
 	"github.com/escrowd/escrowd/escrow/bundle"
 	"github.com/escrowd/escrowd/escrow/device"
+	"github.com/escrowd/escrowd/format"
 )
 
 // provisionSuite provisions a group with suite ("" for the daemon's
@@ -36,7 +39,7 @@ func (s *stack) provisionSuite(ctx context.Context, group, suite string) (gdk, e
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	escrowSlot, err = device.SealEscrow(key.GetPublicKey(), key.GetVersion(), key.GetSuite(), gdk)
+	escrowSlot, err = device.SealEscrow(key.GetPublicKey(), device.To{Group: group, GDKVersion: 1, KeyVersion: key.GetVersion()}, key.GetSuite(), gdk)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -74,22 +77,33 @@ func (k keys) recipient(kind escrowdv1.Recipient_Kind, id, suite string) *escrow
 	return &escrowdv1.Recipient{Kind: kind, Id: id, KeyVersion: 1, Suite: suite, PublicKey: pub}
 }
 
-func (k keys) open(t *testing.T, slot []byte) []byte {
+// open opens a member or device slot as recipient want.ID of group
+// want.Group would: the slot must name them and hold GDK gdkVersion, and
+// its commitment and binding must verify.
+func (k keys) open(t *testing.T, slot []byte, want device.Want, gdkVersion uint32) []byte {
+	t.Helper()
+	gdk, _ := k.openSlot(t, slot, want, gdkVersion)
+	return gdk
+}
+
+func (k keys) openSlot(t *testing.T, slot []byte, want device.Want, gdkVersion uint32) ([]byte, *bundle.Slot) {
 	t.Helper()
 	s, err := bundle.ParseSlot(slot)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var gdk []byte
+	var priv crypto.PrivateKey = k.rsa
 	if s.Suite == bundle.SuiteECDHP256 {
-		gdk, err = device.OpenPublic(slot, k.ec)
-	} else {
-		gdk, err = device.OpenPublic(slot, k.rsa)
+		priv = k.ec
 	}
+	gdk, sl, err := device.OpenPublic(slot, want, priv)
 	if err != nil {
-		t.Fatalf("open %s %s slot: %v", s.Kind, s.Suite, err)
+		t.Fatalf("open %s %s slot as %+v: %v", s.Kind, s.Suite, want, err)
 	}
-	return gdk
+	if sl.GDKVersion != gdkVersion {
+		t.Fatalf("%s %s slot holds GDK version %d, want %d", s.Kind, s.Suite, sl.GDKVersion, gdkVersion)
+	}
+	return gdk, sl
 }
 
 // TestSuites: for each escrow key suite, a GDK sealed by a device is
@@ -121,7 +135,7 @@ func TestSuites(t *testing.T) {
 				if err != nil {
 					t.Fatalf("Rewrap to %v %s: %v", tc.kind, tc.suite, err)
 				}
-				if got := k.open(t, rw.GetSlot()); !bytes.Equal(got, gdk) {
+				if got := k.open(t, rw.GetSlot(), device.Want{Group: group, ID: "r1"}, 1); !bytes.Equal(got, gdk) {
 					t.Fatalf("%v %s slot holds another key", tc.kind, tc.suite)
 				}
 			}
@@ -146,10 +160,14 @@ func TestSuites(t *testing.T) {
 				if bytes.Equal(re.GetSlot(), escrowSlot) {
 					t.Fatal("the new escrow slot is the old one byte for byte")
 				}
+				if es, err := bundle.ParseSlot(re.GetSlot()); err != nil || es.Kind != bundle.KindEscrow || es.Group != group || es.GDKVersion != 1 ||
+					!bytes.Equal(es.Commit, format.Commitment(group, 1, gdk)) {
+					t.Fatalf("the new escrow slot %+v, %v: want an escrow slot of GDK 1 of %s with its commitment", es, err, group)
+				}
 				// The new escrow slot is usable: re-wrap it to a member.
 				rw, err := s.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: group, EscrowSlot: re.GetSlot(),
 					Recipient: k.recipient(escrowdv1.Recipient_KIND_MEMBER, "r2", bundle.SuiteECDHP256)})
-				if err != nil || !bytes.Equal(k.open(t, rw.GetSlot()), gdk) {
+				if err != nil || !bytes.Equal(k.open(t, rw.GetSlot(), device.Want{Group: group, ID: "r2"}, 1), gdk) {
 					t.Fatalf("the new escrow slot: %v", err)
 				}
 			}
@@ -196,7 +214,7 @@ func TestBatchRewrap(t *testing.T) {
 		{codes.OK, "", gdkB},
 		{codes.NotFound, "batch-none", nil},
 		{codes.InvalidArgument, "does not open", nil},
-		{codes.InvalidArgument, "suite", nil},
+		{codes.InvalidArgument, "another group", nil},
 		{codes.InvalidArgument, "target", nil},
 		{codes.OK, "", gdkB},
 		{codes.InvalidArgument, "not the newest", nil},
@@ -221,14 +239,18 @@ func TestBatchRewrap(t *testing.T) {
 				continue
 			}
 			var got []byte
+			group := items[i].GetGroupId()
 			if sl, _ := bundle.ParseSlot(r.GetSlot()); sl != nil && sl.Kind == bundle.KindEscrow {
-				rw, err := s.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: "batch-b", EscrowSlot: r.GetSlot(), Recipient: k.recipient(escrowdv1.Recipient_KIND_DEVICE, "d", bundle.SuiteECDHP256)})
+				if sl.Group != group || sl.GDKVersion != 1 {
+					t.Fatalf("%s: escrow slot of %s GDK %d", r.GetReference(), sl.Group, sl.GDKVersion)
+				}
+				rw, err := s.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: group, EscrowSlot: r.GetSlot(), Recipient: k.recipient(escrowdv1.Recipient_KIND_DEVICE, "d", bundle.SuiteECDHP256)})
 				if err != nil {
 					t.Fatal(err)
 				}
-				got = k.open(t, rw.GetSlot())
+				got = k.open(t, rw.GetSlot(), device.Want{Group: group, ID: "d"}, 1)
 			} else {
-				got = k.open(t, r.GetSlot())
+				got = k.open(t, r.GetSlot(), device.Want{Group: group, ID: "m1"}, 1)
 			}
 			if !bytes.Equal(got, w.gdk) {
 				t.Errorf("%s: slot holds another key", r.GetReference())
@@ -382,33 +404,130 @@ func TestRotateGroupKey(t *testing.T) {
 			if r.GetGdkVersion() != 2 || len(r.GetRecipientSlots()) != 2 || len(r.GetUnlock()) != 1 || r.GetUnlock()[0].GetEpoch() != 2 {
 				t.Fatalf("rotation response: gdk %d, %d slots, unlock %v", r.GetGdkVersion(), len(r.GetRecipientSlots()), r.GetUnlock())
 			}
-			gdk2 := stay.open(t, r.GetRecipientSlots()[0])
+			alice, phone := device.Want{Group: group, ID: "alice"}, device.Want{Group: group, ID: "alice-phone"}
+			gdk2 := stay.open(t, r.GetRecipientSlots()[0], alice, 2)
 			if bytes.Equal(gdk2, gdk1) {
 				t.Fatal("the rotation kept the old GDK")
 			}
-			if !bytes.Equal(stay.open(t, r.GetRecipientSlots()[1]), gdk2) {
+			if !bytes.Equal(stay.open(t, r.GetRecipientSlots()[1], phone, 2), gdk2) {
 				t.Fatal("the device got another key")
 			}
-			old, err := device.OpenChain(r.GetChainSlot(), gdk2)
+			// Every slot of GDK 2 names the group and version 2 and carries
+			// GDK 2's one commitment, the one the response hands the sync
+			// backend for devices to pin.
+			commit2 := format.Commitment(group, 2, gdk2)
+			if !bytes.Equal(r.GetGdkCommitment(), commit2) {
+				t.Fatalf("gdk_commitment %x, want GDK 2's %x", r.GetGdkCommitment(), commit2)
+			}
+			newSlots := map[string][]byte{"escrow": r.GetEscrowSlot(), "member": r.GetRecipientSlots()[0], "device": r.GetRecipientSlots()[1]}
+			for i, u := range r.GetUnlock()[0].GetSlots() {
+				newSlots[fmt.Sprintf("unlock %d", i)] = u
+			}
+			for name, raw := range newSlots {
+				ns, err := bundle.ParseSlot(raw)
+				if err != nil || ns.Group != group || ns.GDKVersion != 2 || !bytes.Equal(ns.Commit, commit2) {
+					t.Fatalf("%s slot of the rotation %+v, %v: want GDK 2 of %s with commitment %x", name, ns, err, group, commit2)
+				}
+			}
+			// The chain slot holds GDK 1 under GDK 2, bound to the group.
+			old, cs, err := device.OpenChain(r.GetChainSlot(), group, gdk2)
 			if err != nil || !bytes.Equal(old, gdk1) {
 				t.Fatalf("chain: %v", err)
+			}
+			if cs.GDKVersion != 1 || cs.KeyVersion != 2 || !bytes.Equal(cs.Commit, format.Commitment(group, 1, gdk1)) {
+				t.Fatalf("chain slot %+v: want GDK 1 under GDK 2 with GDK 1's commitment", cs)
+			}
+			if _, _, err := device.OpenChain(r.GetChainSlot(), "another-group", gdk2); !errors.Is(err, device.ErrBinding) {
+				t.Fatalf("chain opened for another group: %v, want ErrBinding", err)
 			}
 			if _, pt, err := device.OpenRecord(rec1, old); err != nil || string(pt) != "written before the rotation" {
 				t.Fatalf("old record through the chain: %v", err)
 			}
+			// A device that holds GDK 1 (pinned when it made it) adopts GDK 2
+			// through the chain, and no other key for version 2.
+			kr := device.NewKeyring(group)
+			s1, err := bundle.ParseSlot(slot1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := kr.Pin(1, s1.Commit); err != nil {
+				t.Fatal(err)
+			}
+			if err := kr.Add(s1, gdk1); err != nil {
+				t.Fatalf("keyring: GDK 1: %v", err)
+			}
+			_, ms := stay.openSlot(t, r.GetRecipientSlots()[0], alice, 2)
+			other, _ := device.NewGDK()
+			if err := kr.AdoptNewer(ms, other, r.GetChainSlot()); err == nil {
+				t.Fatal("keyring adopted a GDK 2 the chain does not lead from")
+			}
+			if err := kr.AdoptNewer(ms, gdk2, r.GetChainSlot()); err != nil {
+				t.Fatalf("keyring: adopt GDK 2 through the chain: %v", err)
+			}
+			if g, ok := kr.GDK(2); !ok || !bytes.Equal(g, gdk2) {
+				t.Fatal("keyring does not hold GDK 2")
+			}
 			// The new escrow slot holds GDK 2.
 			rw, err := s.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: group, EscrowSlot: r.GetEscrowSlot(), Recipient: stay.recipient(escrowdv1.Recipient_KIND_MEMBER, "alice", bundle.SuiteECDHP256)})
-			if err != nil || !bytes.Equal(stay.open(t, rw.GetSlot()), gdk2) {
+			if err != nil || !bytes.Equal(stay.open(t, rw.GetSlot(), alice, 2), gdk2) {
 				t.Fatalf("new escrow slot: %v", err)
+			}
+			// The old escrow slot no longer rotates as GDK 2, nor the new one
+			// as GDK 1.
+			for _, bad := range []struct {
+				slot []byte
+				old  uint32
+			}{{slot1, 2}, {r.GetEscrowSlot(), 1}} {
+				_, err := s.sync.RotateGroupKey(ctx, &escrowdv1.RotateGroupKeyRequest{GroupId: group, EscrowSlot: bad.slot, OldGdkVersion: bad.old,
+					Recipients: []*escrowdv1.Recipient{stay.recipient(escrowdv1.Recipient_KIND_MEMBER, "alice", bundle.SuiteECDHP256)}})
+				wantCode(t, err, codes.InvalidArgument, fmt.Sprintf("old_gdk_version is %d", bad.old))
 			}
 			// Bob's new epoch opens GDK 2.
 			rv, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: group, UserId: "bob", Ticket: "SUP-2"})
 			if err != nil || rv.GetEpoch() != 2 {
 				t.Fatalf("reveal after rotation: %v, %v", rv, err)
 			}
-			got, err := device.OpenUnlock(r.GetUnlock()[0].GetSlots()[rv.GetIndex()], strings.ToLower(rv.GetCode()))
-			if err != nil || !bytes.Equal(got, gdk2) {
+			got, us, err := device.OpenUnlock(r.GetUnlock()[0].GetSlots(), device.Want{Group: group, ID: "bob"}, strings.ToLower(rv.GetCode()))
+			if err != nil || !bytes.Equal(got, gdk2) || us.Unlock.Index != rv.GetIndex() || us.Unlock.Epoch != 2 {
 				t.Fatalf("unlock slot after rotation: %v", err)
+			}
+			// Rotating on from the new escrow slot: GDK 2 to 3, chained to 2.
+			r3, err := s.sync.RotateGroupKey(ctx, &escrowdv1.RotateGroupKeyRequest{GroupId: group, EscrowSlot: r.GetEscrowSlot(), OldGdkVersion: 2,
+				Recipients: []*escrowdv1.Recipient{stay.recipient(escrowdv1.Recipient_KIND_MEMBER, "alice", bundle.SuiteECDHP256)}})
+			if err != nil {
+				t.Fatalf("RotateGroupKey 2 to 3: %v", err)
+			}
+			gdk3 := stay.open(t, r3.GetRecipientSlots()[0], alice, 3)
+			if r3.GetGdkVersion() != 3 || !bytes.Equal(r3.GetGdkCommitment(), format.Commitment(group, 3, gdk3)) {
+				t.Fatalf("rotation 2 to 3: GDK %d, commitment %x; want 3 and GDK 3's", r3.GetGdkVersion(), r3.GetGdkCommitment())
+			}
+			for name, raw := range map[string][]byte{"escrow": r3.GetEscrowSlot(), "member": r3.GetRecipientSlots()[0]} {
+				if ns, err := bundle.ParseSlot(raw); err != nil || !bytes.Equal(ns.Commit, r3.GetGdkCommitment()) || ns.GDKVersion != 3 {
+					t.Fatalf("%s slot of rotation 2 to 3: %+v, %v: want the response's commitment", name, ns, err)
+				}
+			}
+			if old, cs, err := device.OpenChain(r3.GetChainSlot(), group, gdk3); err != nil || !bytes.Equal(old, gdk2) || !bytes.Equal(cs.Commit, r.GetGdkCommitment()) {
+				t.Fatalf("chain of rotation 2 to 3: %v", err)
+			}
+			if _, err := kr.AdoptOlder(r3.GetChainSlot()); err == nil {
+				t.Fatal("keyring opened the chain of GDK 3 without holding GDK 3")
+			}
+			// A device enrolled after the rotations pins GDK 3's commitment
+			// from the response and reaches GDK 2 and GDK 1 down the chain.
+			late := device.NewKeyring(group)
+			if err := late.Pin(3, r3.GetGdkCommitment()); err != nil {
+				t.Fatal(err)
+			}
+			if _, ms3 := stay.openSlot(t, r3.GetRecipientSlots()[0], alice, 3); late.Add(ms3, gdk3) != nil {
+				t.Fatal("keyring: GDK 3 with its pinned commitment refused")
+			}
+			for _, c := range []struct {
+				chain []byte
+				want  []byte
+			}{{r3.GetChainSlot(), gdk2}, {r.GetChainSlot(), gdk1}} {
+				if got, err := late.AdoptOlder(c.chain); err != nil || !bytes.Equal(got, c.want) {
+					t.Fatalf("keyring: down the chain: %v", err)
+				}
 			}
 			after, err := s.sec.ListHSMObjects(ctx, &escrowdv1.ListHSMObjectsRequest{})
 			if err != nil || len(after.GetObjects()) != len(before.GetObjects()) {
@@ -419,10 +538,12 @@ func TestRotateGroupKey(t *testing.T) {
 	// Bad requests.
 	_, slot, _ := s.provisionSuite(ctx, "rotate-bad", "")
 	k := newKeys(t)
+	member := []*escrowdv1.Recipient{k.recipient(escrowdv1.Recipient_KIND_MEMBER, "a", bundle.SuiteECDHP256)}
 	for name, req := range map[string]*escrowdv1.RotateGroupKeyRequest{
-		"no version":   {GroupId: "rotate-bad", EscrowSlot: slot, Recipients: []*escrowdv1.Recipient{k.recipient(escrowdv1.Recipient_KIND_MEMBER, "a", bundle.SuiteECDHP256)}},
-		"twice a user": {GroupId: "rotate-bad", EscrowSlot: slot, OldGdkVersion: 1, UnlockUserIds: []string{"u", "u"}},
-		"bad key":      {GroupId: "rotate-bad", EscrowSlot: slot, OldGdkVersion: 1, Recipients: []*escrowdv1.Recipient{{Kind: escrowdv1.Recipient_KIND_MEMBER, Id: "a", KeyVersion: 1, Suite: bundle.SuiteECDHP256, PublicKey: []byte{1}}}},
+		"no version":      {GroupId: "rotate-bad", EscrowSlot: slot, Recipients: member},
+		"twice a user":    {GroupId: "rotate-bad", EscrowSlot: slot, OldGdkVersion: 1, UnlockUserIds: []string{"u", "u"}},
+		"bad key":         {GroupId: "rotate-bad", EscrowSlot: slot, OldGdkVersion: 1, Recipients: []*escrowdv1.Recipient{{Kind: escrowdv1.Recipient_KIND_MEMBER, Id: "a", KeyVersion: 1, Suite: bundle.SuiteECDHP256, PublicKey: []byte{1}}}},
+		"another version": {GroupId: "rotate-bad", EscrowSlot: slot, OldGdkVersion: 2, Recipients: member},
 	} {
 		if _, err := s.sync.RotateGroupKey(ctx, req); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)

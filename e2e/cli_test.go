@@ -3,11 +3,18 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"sync"
@@ -196,7 +203,7 @@ func TestCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	gdk, _ := os.ReadFile(gdkPath)
-	opened, err := device.OpenUnlock(slot0, code)
+	opened, _, err := device.OpenUnlock([][]byte{slot0}, device.Want{Group: "cli-family", ID: "alice"}, code)
 	if err != nil || !bytes.Equal(opened, gdk) {
 		t.Fatalf("the revealed code does not open its slot: %v", err)
 	}
@@ -208,6 +215,9 @@ func TestCLI(t *testing.T) {
 	if !strings.Contains(out, "escrow v1  ecdh-p256") || !strings.Contains(out, "unlock v1  hmac-sha256") {
 		t.Fatalf("group show: %s", out)
 	}
+	checkGroupKey(t, escrowctl, append(os.Environ(), "ESCROWD_ADDR="+addr, "ESCROWCTL_PKI="+pki.dir), "cli-family", "ecdh-p256")
+	ctl("sync-backend", "group", "provision", "-group", "cli-rsa", "-suite", "rsa-oaep-sha1")
+	checkGroupKey(t, escrowctl, append(os.Environ(), "ESCROWD_ADDR="+addr, "ESCROWCTL_PKI="+pki.dir), "cli-rsa", "rsa-oaep-sha1")
 	out = ctl("carol", "hsm", "objects")
 	if !strings.Contains(out, `"label": "escrowd-kek-v1"`) {
 		t.Fatalf("hsm objects: %s", out)
@@ -285,6 +295,78 @@ func TestCLI(t *testing.T) {
 	if !strings.Contains(log, `"method":"/escrowd.v1.SupportService/RevealUnlockCode"`) {
 		t.Fatalf("escrowd's log has no line for the reveal:\n%s", log)
 	}
+}
+
+// checkGroupKey: `group key` prints a PEM that other tools read (the
+// metadata as "# " lines before the block, none inside), the DER alone on
+// stdout, or a JWK; an unknown -format is a usage error, exit status 2.
+func checkGroupKey(t *testing.T, escrowctl string, env []string, group, suite string) {
+	t.Helper()
+	key := func(format ...string) (stdout []byte, stderr string, err error) {
+		cmd := exec.Command(escrowctl, append([]string{"group", "key", "-as", "sync-backend", "-group", group}, format...)...)
+		cmd.Env = env
+		var o, e bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err = cmd.Run()
+		return o.Bytes(), e.String(), err
+	}
+	mustKey := func(format ...string) ([]byte, string) {
+		t.Helper()
+		o, e, err := key(format...)
+		if err != nil {
+			t.Fatalf("escrowctl group key %s: %v\n%s", strings.Join(format, " "), err, e)
+		}
+		return o, e
+	}
+	lines := "# group: " + group + "\n# key version: 1\n# suite: " + suite + "\n"
+
+	pemOut, pemErr := mustKey()
+	if again, _ := mustKey("-format", "pem"); !bytes.Equal(again, pemOut) {
+		t.Fatalf("-format pem differs from the default:\n%s\n%s", again, pemOut)
+	}
+	block, rest := pem.Decode(pemOut)
+	if !bytes.HasPrefix(pemOut, []byte(lines+"-----BEGIN PUBLIC KEY-----\n")) || block == nil || block.Type != "PUBLIC KEY" ||
+		len(block.Headers) != 0 || len(rest) != 0 || pemErr != "" {
+		t.Fatalf("group key: want the metadata lines, then a PUBLIC KEY block without headers:\n%s%s", pemOut, pemErr)
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		t.Fatalf("group key: the block is not PKIX: %v", err)
+	}
+	t.Logf("group key -group %s:\n%s", group, pemOut)
+
+	derOut, derErr := mustKey("-format", "der")
+	if !bytes.Equal(derOut, block.Bytes) || derErr != lines {
+		t.Fatalf("group key -format der: stdout %x, stderr %q\nwant stdout %x, stderr %q", derOut, derErr, block.Bytes, lines)
+	}
+	t.Logf("group key -group %s -format der: stdout (hex) %x\nstderr:\n%s", group, derOut, derErr)
+
+	jwkOut, jwkErr := mustKey("-format", "jwk")
+	var jwk map[string]string
+	if err := json.Unmarshal(jwkOut, &jwk); err != nil || jwkErr != "" {
+		t.Fatalf("group key -format jwk: %v\n%s%s", err, jwkOut, jwkErr)
+	}
+	want := map[string]string{"kid": group + "/1", "use": "enc", "escrowd_suite": suite}
+	switch pub.(type) {
+	case *ecdsa.PublicKey:
+		want["kty"], want["crv"], want["x"], want["y"] = "EC", "P-256", jwk["x"], jwk["y"]
+		if len(jwk["x"]) != 43 || len(jwk["y"]) != 43 {
+			t.Fatalf("group key -format jwk: coordinates not of 32 bytes: %s", jwkOut)
+		}
+	case *rsa.PublicKey:
+		want["kty"], want["n"], want["e"], want["alg"] = "RSA", jwk["n"], jwk["e"], map[string]string{"rsa-oaep-sha1": "RSA-OAEP", "rsa-oaep-sha256": "RSA-OAEP-256"}[suite]
+	}
+	if !reflect.DeepEqual(jwk, want) {
+		t.Fatalf("group key -format jwk: %s\nwant %v", jwkOut, want)
+	}
+	t.Logf("group key -group %s -format jwk:\n%s", group, jwkOut)
+
+	o, e, err := key("-format", "xml")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || len(o) != 0 || !strings.Contains(e, "pem, der, jwk") {
+		t.Fatalf("group key -format xml: %v, want exit status 2 naming the formats\n%s%s", err, o, e)
+	}
+	t.Logf("group key -group %s -format xml: %v: %s", group, err, strings.TrimSpace(e))
 }
 
 // syncBuffer is a bytes.Buffer safe for a process to write while the

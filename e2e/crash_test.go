@@ -251,7 +251,7 @@ func TestKEKRotationCrash(t *testing.T) {
 	memberPub, _ := x509.MarshalPKIXPublicKey(&member.PublicKey)
 	for i := 0; i < crashGroups; i += crashGroups / 10 {
 		gdk, _ := device.NewGDK()
-		slot, err := device.SealEscrow(bases[i%len(bases)].pub, 1, bundle.SuiteRSAOAEPSHA1, gdk)
+		slot, err := device.SealEscrow(bases[i%len(bases)].pub, device.To{Group: crashGroupID(i), GDKVersion: 1, KeyVersion: 1}, bundle.SuiteRSAOAEPSHA1, gdk)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -260,7 +260,7 @@ func TestKEKRotationCrash(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Rewrap for %s after the rotation: %v", crashGroupID(i), err)
 		}
-		if got, err := device.OpenRSA(r.GetSlot(), member); err != nil || !bytes.Equal(got, gdk) {
+		if got, _, err := device.OpenPublic(r.GetSlot(), device.Want{Group: crashGroupID(i), ID: "d"}, member); err != nil || !bytes.Equal(got, gdk) {
 			t.Fatalf("%s: the re-wrapped GDK does not open: %v", crashGroupID(i), err)
 		}
 	}
@@ -279,7 +279,7 @@ func TestKEKRotationCrash(t *testing.T) {
 		t.Fatalf("KEK versions after destroy: %v, %v", vs, err)
 	}
 	gdk, _ := device.NewGDK()
-	slot, _ := device.SealEscrow(bases[1].pub, 1, bundle.SuiteRSAOAEPSHA1, gdk)
+	slot, _ := device.SealEscrow(bases[1].pub, device.To{Group: crashGroupID(1), GDKVersion: 1, KeyVersion: 1}, bundle.SuiteRSAOAEPSHA1, gdk)
 	if _, err := reps[0].sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: crashGroupID(1), EscrowSlot: slot,
 		Recipient: &escrowdv1.Recipient{Kind: escrowdv1.Recipient_KIND_DEVICE, Id: "d", KeyVersion: 1, Suite: bundle.SuiteRSAOAEPSHA1, PublicKey: memberPub}}); err != nil {
 		t.Fatalf("Rewrap after destroying KEK v1: %v", err)

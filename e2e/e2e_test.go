@@ -4,6 +4,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -32,6 +33,7 @@ import (
 	"github.com/escrowd/escrowd/escrow/bundle"
 	"github.com/escrowd/escrowd/escrow/device"
 	"github.com/escrowd/escrowd/escrow/unlockcode"
+	"github.com/escrowd/escrowd/format"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/devpki"
 	"github.com/escrowd/escrowd/internal/vaulttest"
@@ -302,7 +304,7 @@ func (s *stack) provisionAndSeal(ctx context.Context, group string, ids *[]strin
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	escrowSlot, err = device.SealEscrow(k.GetPublicKey(), k.GetVersion(), k.GetSuite(), gdk)
+	escrowSlot, err = device.SealEscrow(k.GetPublicKey(), device.To{Group: group, GDKVersion: 1, KeyVersion: k.GetVersion()}, k.GetSuite(), gdk)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -341,12 +343,22 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("Rewrap: %v", err)
 	}
 	slot, err := bundle.ParseSlot(rw.GetSlot())
-	if err != nil || slot.Kind != bundle.KindMember || slot.ID != "alice" {
+	if err != nil || slot.Kind != bundle.KindMember || slot.ID != "alice" || slot.Group != "family-42" || slot.GDKVersion != 1 {
 		t.Fatalf("member slot %+v, %v", slot, err)
 	}
-	got, err := device.OpenRSA(rw.GetSlot(), member)
+	got, ms, err := device.OpenPublic(rw.GetSlot(), device.Want{Group: "family-42", ID: "alice"}, member)
 	if err != nil || string(got) != string(gdk) {
 		t.Fatalf("member opened %x, %v; want the device's GDK", got, err)
+	}
+	if !bytes.Equal(ms.Commit, format.Commitment("family-42", 1, gdk)) {
+		t.Fatal("the member slot does not carry the commitment of GDK 1")
+	}
+	// The member's slot is bound to its group and recipient: a device
+	// opening another group, or another recipient, refuses it.
+	for _, w := range []device.Want{{Group: "family-43", ID: "alice"}, {Group: "family-42", ID: "bob"}} {
+		if _, _, err := device.OpenPublic(rw.GetSlot(), w, member); !errors.Is(err, device.ErrBinding) {
+			t.Fatalf("member slot opened as %+v: %v, want ErrBinding", w, err)
+		}
 	}
 
 	// Issue unlock codes, reveal one, open its slot with it.
@@ -372,13 +384,19 @@ func TestEndToEnd(t *testing.T) {
 		}
 		// Typed as a person would: lower case, dashes kept.
 		typed := strings.ToLower(rv.GetCode())
-		opened, err := device.OpenUnlock(is.GetSlots()[i], typed)
-		if err != nil || string(opened) != string(gdk) {
-			t.Fatalf("code %d opened %x, %v", i, opened, err)
+		bob := device.Want{Group: "family-42", ID: "bob"}
+		// Among all of bob's slots, the code picks its own by its index.
+		opened, us, err := device.OpenUnlock(is.GetSlots(), bob, typed)
+		if err != nil || string(opened) != string(gdk) || us.Unlock.Index != uint32(i) || us.Unlock.Epoch != 1 {
+			t.Fatalf("code %d opened %x (slot %+v), %v", i, opened, us, err)
 		}
 		// The code opens no other slot.
-		if _, err := device.OpenUnlock(is.GetSlots()[(i+1)%5], typed); !errors.Is(err, device.ErrWrongCode) {
+		if _, _, err := device.OpenUnlock([][]byte{is.GetSlots()[(i+1)%5]}, bob, typed); !errors.Is(err, device.ErrWrongCode) {
 			t.Fatalf("code %d on slot %d: %v, want ErrWrongCode", i, (i+1)%5, err)
+		}
+		// Bob's slots are not another user's.
+		if _, _, err := device.OpenUnlock(is.GetSlots(), device.Want{Group: "family-42", ID: "alice"}, typed); !errors.Is(err, device.ErrBinding) {
+			t.Fatalf("bob's unlock slots opened for alice: %v, want ErrBinding", err)
 		}
 		revealed = append(revealed, rv.GetCode())
 	}
@@ -388,7 +406,7 @@ func TestEndToEnd(t *testing.T) {
 	// A mistyped character is caught by the check symbol.
 	bad := []byte(revealed[0])
 	bad[0] = map[bool]byte{true: 'X', false: 'Y'}[bad[0] != 'X']
-	if _, err := device.OpenUnlock(is.GetSlots()[0], string(bad)); !errors.Is(err, unlockcode.ErrCheck) {
+	if _, _, err := device.OpenUnlock(is.GetSlots(), device.Want{Group: "family-42", ID: "bob"}, string(bad)); !errors.Is(err, unlockcode.ErrCheck) {
 		t.Fatalf("mistyped code: %v, want ErrCheck", err)
 	}
 
@@ -500,9 +518,14 @@ func TestVaultDownFailsClosed(t *testing.T) {
 	if rv.GetIndex() != 1 {
 		t.Fatalf("reveal after Vault returned gave index %d, want 1: the code claimed while Vault was down is burnt", rv.GetIndex())
 	}
-	// The burnt code's slot must not open with the code we got.
-	if _, err := device.OpenUnlock(is.GetSlots()[0], rv.GetCode()); !errors.Is(err, device.ErrWrongCode) {
+	// The burnt code's slot must not open with the code we got; its own
+	// slot does.
+	want := device.Want{Group: "g-failclosed", ID: "u"}
+	if _, _, err := device.OpenUnlock(is.GetSlots()[:1], want, rv.GetCode()); !errors.Is(err, device.ErrWrongCode) {
 		t.Fatalf("code 1 on slot 0: %v", err)
+	}
+	if _, us, err := device.OpenUnlock(is.GetSlots(), want, rv.GetCode()); err != nil || us.Unlock.Index != 1 {
+		t.Fatalf("code 1 on its own slot: %v", err)
 	}
 }
 
@@ -572,9 +595,15 @@ func TestBadRequests(t *testing.T) {
 	small, _ := rsa.GenerateKey(rand.Reader, 1024)
 	smallPub, _ := x509.MarshalPKIXPublicKey(&small.PublicKey)
 	okRecipient := &escrowdv1.Recipient{Kind: escrowdv1.Recipient_KIND_MEMBER, Id: "m", KeyVersion: 1, Suite: bundle.SuiteRSAOAEPSHA1, PublicKey: memberPub}
-	tampered := []byte(strings.Replace(string(escrowSlot), `"wrapped":"`, `"wrapped":"AAAA`, 1))
-	tampered = tampered[:len(tampered)-6]
-	tampered = append(tampered, []byte(`AAA="}`)...)
+	ts, err := bundle.ParseSlot(escrowSlot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.Wrapped[len(ts.Wrapped)/2] ^= 0x40
+	tampered, err := ts.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
 	otherVersion := []byte(strings.Replace(string(escrowSlot), `"key_version":1`, `"key_version":7`, 1))
 
 	tests := []struct {
@@ -622,7 +651,7 @@ func TestBadRequests(t *testing.T) {
 	if _, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "SUP-5"}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "SUP-5"})
+	_, err = s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g-bad", UserId: "u", Ticket: "SUP-5"})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "revealed") {
 		t.Fatalf("reveal past the last code: %v", err)
 	}

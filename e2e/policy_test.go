@@ -261,7 +261,7 @@ func TestDualControl(t *testing.T) {
 	if r.err != nil || r.resp.GetApprovedBy() != "bob" {
 		t.Fatalf("approved reveal: %v, %v", r.resp, r.err)
 	}
-	if _, err := device.OpenUnlock(is.GetSlots()[r.resp.GetIndex()], r.resp.GetCode()); err != nil {
+	if _, _, err := device.OpenUnlock(is.GetSlots(), device.Want{Group: "vip-ceo", ID: "u"}, r.resp.GetCode()); err != nil {
 		t.Fatalf("the approved code does not open its slot: %v", err)
 	}
 

@@ -11,9 +11,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
-	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/escrow/bundle"
 	"github.com/escrowd/escrowd/escrow/unlockcode"
+	"github.com/escrowd/escrowd/format"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/pgtest"
 	"github.com/escrowd/escrowd/store"
@@ -114,11 +114,11 @@ func TestTwoReplicasReveal(t *testing.T) {
 			codesSeen[r.code] = true
 			indexes[[2]int{r.user, int(r.index)}]++
 			// The code is the one derived for (group, user, epoch 1, index).
-			mac, err := h.HMAC(ctx, uk, escrow.CodeMessage(group, user(r.user), 1, r.index))
+			mac, err := h.HMAC(ctx, uk, format.CodeMessage(group, user(r.user), 1, r.index))
 			if err != nil {
 				t.Fatal(err)
 			}
-			want, err := unlockcode.FromMaterial(mac)
+			want, err := unlockcode.FromMaterial(r.index, mac)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -82,7 +82,8 @@ func testVersionLifecycle(t *testing.T, s *stack) {
 		if err != nil {
 			return nil, err
 		}
-		return device.OpenRSA(r.GetSlot(), member)
+		gdk, _, err := device.OpenPublic(r.GetSlot(), device.Want{Group: group, ID: "alice"}, member)
+		return gdk, err
 	}
 	// Codes of epoch 1 derive from unlock key v1.
 	if _, err := s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: group, UserId: "u", EscrowSlot: slot1, Count: 3}); err != nil {

@@ -15,14 +15,13 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/escrowd/escrowd/escrow/bundle"
-	"github.com/escrowd/escrowd/escrow/kdf"
 	"github.com/escrowd/escrowd/escrow/unlockcode"
+	"github.com/escrowd/escrowd/format"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/store"
 )
@@ -39,6 +38,11 @@ var (
 	ErrKeyVersion = errors.New("unknown key version")
 	// ErrSlot: the escrow slot does not open under the group's escrow key.
 	ErrSlot = errors.New("escrow slot does not open with the group's escrow key")
+	// ErrBinding: the escrow slot opens, but it is not the slot made for
+	// this group and GDK version: its GDK does not match its commitment or
+	// its binding does not verify (moved, relabelled, altered, or holding a
+	// substituted key).
+	ErrBinding = errors.New("escrow slot is not bound to this group and GDK version")
 	// ErrNoCodes: no unlock codes were issued for the user.
 	ErrNoCodes = errors.New("no unlock codes issued for this user")
 	// ErrExhausted: every code of the user's epoch has been revealed; the
@@ -73,7 +77,7 @@ type HSM interface {
 	GenerateUnlockKey(ctx context.Context) (hsm.WrappedKey, error)
 	HMAC(ctx context.Context, key hsm.WrappedKey, msg []byte) ([]byte, error)
 	RewrapSlot(ctx context.Context, src hsm.Source, targets []hsm.Target) ([]hsm.Sealed, error)
-	Rotate(ctx context.Context, src hsm.Source, targets []hsm.Target) (chain []byte, out []hsm.Sealed, err error)
+	Rotate(ctx context.Context, src hsm.Source, chain *format.SlotContext, targets []hsm.Target) (hsm.Sealed, []hsm.Sealed, error)
 }
 
 // Config tunes the service; zero values take the defaults.
@@ -225,24 +229,35 @@ func (s *Service) Rewrap(ctx context.Context, group string, escrowSlot []byte, r
 		return nil, Used{}, err
 	}
 	used := Used{EscrowVersion: key.Version}
-	out, err := s.hsm.RewrapSlot(ctx, src, []hsm.Target{r.target()})
+	t := r.target(group, src.Context.GDKVersion)
+	out, err := s.hsm.RewrapSlot(ctx, src, []hsm.Target{t})
 	if err != nil {
 		return nil, used, hsmErr(err)
 	}
-	b, err := r.slot(out[0])
+	b, err := encodeSealed(t.Context, out[0])
 	return b, used, err
 }
 
-func (r Recipient) target() hsm.Target {
-	return hsm.Target{PublicKeyDER: r.PublicKey, Suite: hsm.Suite(r.Suite), Kind: string(r.Kind)}
+// target is r as an HSM target whose output slot holds GDK gdkVersion of
+// group: the HSM computes the slot's commitment and binding.
+func (r Recipient) target(group string, gdkVersion uint32) hsm.Target {
+	return hsm.Target{PublicKeyDER: r.PublicKey, Suite: hsm.Suite(r.Suite), Context: &format.SlotContext{
+		Kind: string(r.Kind), Suite: r.Suite, Group: group, GDKVersion: gdkVersion, KeyVersion: r.KeyVersion, ID: r.ID}}
 }
 
-// slot encodes the recipient's slot around what the HSM sealed.
-func (r Recipient) slot(out hsm.Sealed) ([]byte, error) {
-	ms := bundle.Slot{V: bundle.Version, Kind: r.Kind, KeyVersion: r.KeyVersion, Suite: r.Suite, ID: r.ID, EPK: out.EPK, Wrapped: out.Wrapped}
-	b, err := ms.Marshal()
+// encodeSealed encodes the slot of context c around what the HSM sealed.
+func encodeSealed(c *format.SlotContext, out hsm.Sealed) ([]byte, error) {
+	sl := bundle.Slot{Kind: bundle.Kind(c.Kind), Suite: c.Suite, Group: c.Group, GDKVersion: c.GDKVersion, KeyVersion: c.KeyVersion,
+		ID: c.ID, EPK: out.EPK, Check: c.Check, Commit: out.Commit, Wrapped: out.Wrapped, Bind: out.Bind}
+	if c.Salt != nil {
+		sl.KDF = &bundle.KDF{Salt: c.Salt, Iterations: c.Iterations}
+	}
+	if c.Kind == string(bundle.KindUnlock) {
+		sl.Unlock = &bundle.Unlock{Epoch: c.Epoch, Index: c.Index}
+	}
+	b, err := sl.Marshal()
 	if err != nil {
-		return nil, fmt.Errorf("escrow: failed to encode the %s slot: %w", r.Kind, err)
+		return nil, fmt.Errorf("escrow: failed to encode the %s slot: %w", c.Kind, err)
 	}
 	return b, nil
 }
@@ -262,12 +277,12 @@ func (s *Service) RewrapToEscrow(ctx context.Context, group string, escrowSlot [
 		return nil, Used{EscrowVersion: key.Version}, fmt.Errorf("%w: escrow key version %d is not the newest of group %s (%d)", ErrKeyVersion, version, group, newest.Version)
 	}
 	used := Used{EscrowVersion: key.Version, TargetEscrowVersion: newest.Version}
-	r := escrowRecipient(newest)
-	out, err := s.hsm.RewrapSlot(ctx, src, []hsm.Target{r.target()})
+	t := escrowRecipient(newest).target(group, src.Context.GDKVersion)
+	out, err := s.hsm.RewrapSlot(ctx, src, []hsm.Target{t})
 	if err != nil {
 		return nil, used, hsmErr(err)
 	}
-	b, err := r.slot(out[0])
+	b, err := encodeSealed(t.Context, out[0])
 	return b, used, err
 }
 
@@ -308,7 +323,7 @@ func (s *Service) IssueCodes(ctx context.Context, group, user string, escrowSlot
 	if err != nil {
 		return Issued{}, err
 	}
-	pending, err := s.prepareCodes(ctx, group, user, prev+1, n, unlockKey)
+	pending, err := s.prepareCodes(ctx, group, user, src.Context.GDKVersion, prev+1, n, unlockKey)
 	if err != nil {
 		return Issued{}, err
 	}
@@ -345,7 +360,7 @@ type pendingCodes struct {
 	unlockVersion uint32
 	iterations    int
 	targets       []hsm.Target
-	salts, checks [][]byte
+	salts         [][]byte
 }
 
 func (p *pendingCodes) clear() {
@@ -354,10 +369,11 @@ func (p *pendingCodes) clear() {
 	}
 }
 
-// prepareCodes derives the n codes of epoch in the HSM and their slot keys.
-func (s *Service) prepareCodes(ctx context.Context, group, user string, epoch uint32, n int, unlockKey store.UnlockKey) (*pendingCodes, error) {
+// prepareCodes derives the n codes of epoch in the HSM and their slot keys;
+// the slots will hold GDK gdkVersion.
+func (s *Service) prepareCodes(ctx context.Context, group, user string, gdkVersion, epoch uint32, n int, unlockKey store.UnlockKey) (*pendingCodes, error) {
 	p := &pendingCodes{group: group, user: user, epoch: epoch, unlockVersion: unlockKey.Version, iterations: s.cfg.UnlockIterations,
-		targets: make([]hsm.Target, n), salts: make([][]byte, n), checks: make([][]byte, n)}
+		targets: make([]hsm.Target, n), salts: make([][]byte, n)}
 	for i := range n {
 		code, err := s.deriveCode(ctx, group, user, epoch, uint32(i), unlockKey)
 		if err != nil {
@@ -370,15 +386,17 @@ func (s *Service) prepareCodes(ctx context.Context, group, user string, epoch ui
 			return nil, fmt.Errorf("escrow: crypto/rand failed: %w", err)
 		}
 		secret := code.Secret()
-		key, err := kdf.PasswordKey(secret, p.salts[i], s.cfg.UnlockIterations)
+		key, err := format.PasswordKey(secret, p.salts[i], s.cfg.UnlockIterations)
 		clear(secret)
 		code.Clear()
 		if err != nil {
 			p.clear()
 			return nil, fmt.Errorf("escrow: failed to derive an unlock slot key: %w", err)
 		}
-		p.checks[i] = kdf.CheckValue(key)
-		p.targets[i] = hsm.Target{AESKey: key}
+		p.targets[i] = hsm.Target{AESKey: key, Context: &format.SlotContext{
+			Kind: string(bundle.KindUnlock), Suite: bundle.SuitePBKDF2AESKW, Group: group, GDKVersion: gdkVersion,
+			KeyVersion: unlockKey.Version, ID: user, Salt: p.salts[i], Iterations: uint32(s.cfg.UnlockIterations),
+			Epoch: epoch, Index: uint32(i), Check: format.CheckValue(key)}}
 	}
 	return p, nil
 }
@@ -387,17 +405,9 @@ func (s *Service) prepareCodes(ctx context.Context, group, user string, epoch ui
 func (p *pendingCodes) slots(wrapped []hsm.Sealed) ([][]byte, error) {
 	out := make([][]byte, len(wrapped))
 	for i, w := range wrapped {
-		us := bundle.Slot{
-			V: bundle.Version, Kind: bundle.KindUnlock, KeyVersion: p.unlockVersion,
-			Suite: bundle.SuitePBKDF2AESKW, ID: p.user,
-			KDF:     &bundle.KDF{Salt: p.salts[i], Iterations: uint32(p.iterations)},
-			Unlock:  &bundle.Unlock{Epoch: p.epoch, Index: uint32(i)},
-			Check:   p.checks[i],
-			Wrapped: w.Wrapped,
-		}
 		var err error
-		if out[i], err = us.Marshal(); err != nil {
-			return nil, fmt.Errorf("escrow: failed to encode an unlock slot: %w", err)
+		if out[i], err = encodeSealed(p.targets[i].Context, w); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil
@@ -487,28 +497,12 @@ func (s *Service) Codes(ctx context.Context, group, user string) (store.Codes, e
 
 // deriveCode computes code index of (group, user, epoch) in the HSM.
 func (s *Service) deriveCode(ctx context.Context, group, user string, epoch, index uint32, uk store.UnlockKey) (unlockcode.Code, error) {
-	mac, err := s.hsm.HMAC(ctx, hsmKey(uk.Key), CodeMessage(group, user, epoch, index))
+	mac, err := s.hsm.HMAC(ctx, hsmKey(uk.Key), format.CodeMessage(group, user, epoch, index))
 	if err != nil {
 		return unlockcode.Code{}, hsmErr(err)
 	}
 	defer clear(mac)
-	return unlockcode.FromMaterial(mac)
-}
-
-// CodeMessage is the HMAC input that binds a code to its group, user, epoch
-// and index; docs/FORMAT.md specifies it.
-func CodeMessage(group, user string, epoch, index uint32) []byte {
-	const label = "escrowd unlock code v1"
-	b := make([]byte, 0, len(label)+1+2+len(group)+2+len(user)+8)
-	b = append(b, label...)
-	b = append(b, 0)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(group)))
-	b = append(b, group...)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(user)))
-	b = append(b, user...)
-	b = binary.BigEndian.AppendUint32(b, epoch)
-	b = binary.BigEndian.AppendUint32(b, index)
-	return b
+	return unlockcode.FromMaterial(index, mac)
 }
 
 // escrowSlot reads the group and parses the caller's escrow slot, checking
@@ -526,6 +520,9 @@ func (s *Service) escrowSlot(ctx context.Context, group string, raw []byte) (sto
 	if slot.Kind != bundle.KindEscrow {
 		return g, hsm.Source{}, store.EscrowKey{}, fmt.Errorf("%w: escrow_slot is a %s slot", ErrInvalid, slot.Kind)
 	}
+	if slot.Group != group {
+		return g, hsm.Source{}, store.EscrowKey{}, fmt.Errorf("%w: escrow_slot is a slot of another group than %s", ErrBinding, group)
+	}
 	key, ok := g.EscrowVersion(slot.KeyVersion)
 	if !ok {
 		return g, hsm.Source{}, store.EscrowKey{}, fmt.Errorf("%w: group %s has no escrow key version %d", ErrKeyVersion, group, slot.KeyVersion)
@@ -536,7 +533,8 @@ func (s *Service) escrowSlot(ctx context.Context, group string, raw []byte) (sto
 	if err := usableEscrow(&g, key); err != nil {
 		return g, hsm.Source{}, store.EscrowKey{}, err
 	}
-	src := hsm.Source{EscrowPrivate: hsmKey(key.Private), EscrowPublicDER: key.PublicKey, Suite: hsm.Suite(key.Suite), Wrapped: slot.Wrapped, EPK: slot.EPK}
+	src := hsm.Source{EscrowPrivate: hsmKey(key.Private), EscrowPublicDER: key.PublicKey, Suite: hsm.Suite(key.Suite),
+		Wrapped: slot.Wrapped, EPK: slot.EPK, Context: slot.Context(), Bind: slot.Bind}
 	return g, src, key, nil
 }
 
@@ -616,6 +614,8 @@ func hsmErr(err error) error {
 	switch {
 	case errors.Is(err, hsm.ErrBadCiphertext):
 		return fmt.Errorf("%w: %w", ErrSlot, err)
+	case errors.Is(err, hsm.ErrBinding):
+		return fmt.Errorf("%w: %w", ErrBinding, err)
 	case errors.Is(err, hsm.ErrUnavailable), errors.Is(err, hsm.ErrClosed):
 		return fmt.Errorf("%w: HSM: %w", ErrUnavailable, err)
 	case errors.Is(err, hsm.ErrUnsupported):

@@ -52,16 +52,16 @@ func FuzzCheckPublicKey(f *testing.F) {
 	})
 }
 
-// TestUnlockCost: docs/FORMAT.md's claim, 75 bits × 2^16 PBKDF2 iterations
+// TestUnlockCost: docs/FORMAT.md's claim, 70 bits × 2^16 PBKDF2 iterations
 // ≥ 2^80 work per unlock slot, holds for the constants the code enforces,
 // and the service refuses a configuration below the floor.
 func TestUnlockCost(t *testing.T) {
-	bits := unlockcode.EntropyBits
+	bits := unlockcode.DataBits
 	for n := bundle.MinUnlockIterations; n > 1; n >>= 1 {
 		bits++
 	}
-	if unlockcode.EntropyBits != 75 || bits != 91 || bits < 80 {
-		t.Fatalf("entropy %d bits, cost 2^%d", unlockcode.EntropyBits, bits)
+	if unlockcode.DataBits != 70 || bits != 86 || bits < 80 {
+		t.Fatalf("entropy %d bits, cost 2^%d", unlockcode.DataBits, bits)
 	}
 	if _, err := New(nil, nil, Config{UnlockIterations: bundle.MinUnlockIterations - 1}); err == nil {
 		t.Fatal("New accepted fewer unlock iterations than the floor")

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/escrowd/escrowd/escrow/bundle"
+	"github.com/escrowd/escrowd/format"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/store/bolt"
 )
@@ -29,17 +30,33 @@ func (stubHSM) HMAC(context.Context, hsm.WrappedKey, []byte) ([]byte, error) {
 	return make([]byte, 32), nil
 }
 func (stubHSM) RewrapSlot(_ context.Context, _ hsm.Source, ts []hsm.Target) ([]hsm.Sealed, error) {
-	return make([]hsm.Sealed, len(ts)), nil
+	return stubSealed(ts), nil
 }
-func (stubHSM) Rotate(_ context.Context, _ hsm.Source, ts []hsm.Target) ([]byte, []hsm.Sealed, error) {
-	return make([]byte, 40), make([]hsm.Sealed, len(ts)), nil
+func (stubHSM) Rotate(_ context.Context, _ hsm.Source, _ *format.SlotContext, ts []hsm.Target) (hsm.Sealed, []hsm.Sealed, error) {
+	return hsm.Sealed{Wrapped: make([]byte, 40), Commit: make([]byte, 32), Bind: make([]byte, 32)}, stubSealed(ts), nil
+}
+
+// stubSealed gives each target output of the shape its suite has.
+func stubSealed(ts []hsm.Target) []hsm.Sealed {
+	out := make([]hsm.Sealed, len(ts))
+	for i, t := range ts {
+		out[i] = hsm.Sealed{Wrapped: make([]byte, 40), Commit: make([]byte, 32), Bind: make([]byte, 32)}
+		switch {
+		case t.Suite == hsm.SuiteECDHP256:
+			k, _ := ecdh.P256().GenerateKey(rand.Reader)
+			out[i].EPK = k.PublicKey().Bytes()
+		case len(t.PublicKeyDER) > 0:
+			out[i].Wrapped = make([]byte, 256)
+		}
+	}
+	return out
 }
 
 // sentinels are the errors the daemon maps to status codes; a request
 // error that wraps none of them would reach a caller as INTERNAL.
 var sentinels = []error{ErrInvalid, ErrNotFound, ErrExists, ErrKeyVersion, ErrSlot, ErrNoCodes,
 	ErrExhausted, ErrStale, ErrNotRevealed, ErrConflict, ErrUnsupported, ErrUnavailable,
-	ErrRetired, ErrDestroyed, ErrPrecondition}
+	ErrRetired, ErrDestroyed, ErrPrecondition, ErrBinding}
 
 func checkErr(t *testing.T, op string, err error) {
 	t.Helper()
@@ -80,6 +97,7 @@ func requestService(t testing.TB) (*Service, []byte) {
 // sentinels, and never panics.
 func FuzzRequests(f *testing.F) {
 	f.Add("g", []byte(`{"v":1,"kind":"escrow","key_version":1,"suite":"ecdh-p256","epk":"","wrapped":""}`), uint8(0), "alice", uint32(1), "ecdh-p256", []byte{0x30}, uint32(1), uint32(0))
+	f.Add("g", []byte(`{"v":2,"kind":"escrow","suite":"ecdh-p256","group":"g","gdk_version":1,"key_version":1,"epk":"BGsX0fLhLEJH+Lzm5WOkQPJ3A32BLeszoPShOUXYmMKWT+NC4v4af5uO5+tKfA+eFivOM1drMV7Oy7ZAaDe/UfU=","commit":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","wrapped":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==","bind":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}`), uint8(0), "alice", uint32(1), "ecdh-p256", []byte{0x30}, uint32(1), uint32(0))
 	f.Add("", []byte("{"), uint8(1), "", uint32(0), "", []byte{}, uint32(0), uint32(9))
 	f.Add("g\x00", []byte(`{"v":1}`), uint8(2), "d 1", uint32(7), "rsa-oaep-sha1", []byte{}, uint32(2), uint32(4))
 	f.Fuzz(func(t *testing.T, group string, slot []byte, kind uint8, id string, version uint32, suite string, pub []byte, epoch, index uint32) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/escrowd/escrowd/escrow/bundle"
+	"github.com/escrowd/escrowd/format"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/store"
 )
@@ -42,9 +43,13 @@ type Rotated struct {
 	// Slots wrap the new GDK to the recipients, in request order.
 	Slots  [][]byte
 	Unlock []UserCodes
-	// Chain wraps the old GDK under the new one.
+	// Chain wraps the old GDK under the new one's chain key.
 	Chain []byte
-	Used  Used
+	// Commit is the new GDK's commitment (format.Commitment), which every
+	// slot of the new GDK carries: the sync backend hands it to devices as
+	// the commitment to pin for the new version.
+	Commit []byte
+	Used   Used
 }
 
 // Rotate makes a new GDK in the HSM, wraps it to the recipients, to the
@@ -92,11 +97,15 @@ func (s *Service) Rotate(ctx context.Context, group string, r Rotation) (Rotated
 	if err != nil {
 		return Rotated{}, err
 	}
+	if src.Context.GDKVersion != r.OldGDKVersion {
+		return Rotated{}, fmt.Errorf("%w: old_gdk_version is %d, but the escrow slot holds GDK version %d", ErrInvalid, r.OldGDKVersion, src.Context.GDKVersion)
+	}
+	next := r.OldGDKVersion + 1
 	newest, _ := g.LatestEscrow()
 	used := Used{EscrowVersion: key.Version, TargetEscrowVersion: newest.Version}
-	targets := []hsm.Target{escrowRecipient(newest).target()}
+	targets := []hsm.Target{escrowRecipient(newest).target(group, next)}
 	for _, rc := range r.Recipients {
-		targets = append(targets, rc.target())
+		targets = append(targets, rc.target(group, next))
 	}
 	var pending []*pendingCodes
 	defer func() {
@@ -115,7 +124,7 @@ func (s *Service) Rotate(ctx context.Context, group string, r Rotation) (Rotated
 			if err != nil {
 				return Rotated{}, err
 			}
-			p, err := s.prepareCodes(ctx, group, u, prev+1, n, uk)
+			p, err := s.prepareCodes(ctx, group, u, next, prev+1, n, uk)
 			if err != nil {
 				return Rotated{}, err
 			}
@@ -123,26 +132,25 @@ func (s *Service) Rotate(ctx context.Context, group string, r Rotation) (Rotated
 			targets = append(targets, p.targets...)
 		}
 	}
-	chain, out, err := s.hsm.Rotate(ctx, src, targets)
+	chainCtx := &format.SlotContext{Kind: string(bundle.KindChain), Suite: bundle.SuiteAESKW, Group: group, GDKVersion: r.OldGDKVersion, KeyVersion: next}
+	chain, out, err := s.hsm.Rotate(ctx, src, chainCtx, targets)
 	if err != nil {
 		return Rotated{Used: used}, hsmErr(err)
 	}
-	res := Rotated{GDKVersion: r.OldGDKVersion + 1, Used: used}
-	if res.EscrowSlot, err = escrowRecipient(newest).slot(out[0]); err != nil {
+	res := Rotated{GDKVersion: next, Used: used, Commit: out[0].Commit}
+	if res.EscrowSlot, err = encodeSealed(targets[0].Context, out[0]); err != nil {
 		return Rotated{}, err
 	}
-	out = out[1:]
-	for i, rc := range r.Recipients {
-		b, err := rc.slot(out[i])
+	for i := range r.Recipients {
+		b, err := encodeSealed(targets[1+i].Context, out[1+i])
 		if err != nil {
 			return Rotated{}, err
 		}
 		res.Slots = append(res.Slots, b)
 	}
-	out = out[len(r.Recipients):]
-	cs := bundle.Slot{V: bundle.Version, Kind: bundle.KindChain, KeyVersion: res.GDKVersion, Suite: bundle.SuiteAESKW, Wrapped: chain}
-	if res.Chain, err = cs.Marshal(); err != nil {
-		return Rotated{}, fmt.Errorf("escrow: failed to encode the chain slot: %w", err)
+	out = out[1+len(r.Recipients):]
+	if res.Chain, err = encodeSealed(chainCtx, chain); err != nil {
+		return Rotated{}, err
 	}
 	for _, p := range pending {
 		slots, err := p.slots(out[:len(p.targets)])

@@ -147,16 +147,21 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 				return err
 			}
 			defer h.destroy(s, gdk)
-			if err := h.checkGDKSize(s, gdk); err != nil {
+			kb, err := h.ceilingVerify(s, gdk)
+			if err != nil {
 				return err
 			}
+			defer h.destroy(s, kb)
 			t, err := h.importAES(s, k, true)
 			if err != nil {
 				return wrapErr("import slot key", err)
 			}
 			defer h.destroy(s, t)
-			_, err = h.mod.ctx.WrapKey(s.h, kw, t, gdk)
-			return wrapErr("wrap GDK with AES-KW", err)
+			if _, err = h.mod.ctx.WrapKey(s.h, kw, t, gdk); err != nil {
+				return wrapErr("wrap GDK with AES-KW", err)
+			}
+			_, err = h.mac(s, kb, ceilingMessage[:])
+			return err
 		}, nil
 	case CeilingRewrapRSA:
 		ts, err := parseTargets([]Target{in.Target})
@@ -169,10 +174,15 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 				return err
 			}
 			defer h.destroy(s, gdk)
-			if err := h.checkGDKSize(s, gdk); err != nil {
+			kb, err := h.ceilingVerify(s, gdk)
+			if err != nil {
 				return err
 			}
-			_, err = h.wrapToTarget(s, gdk, ts[0], "")
+			defer h.destroy(s, kb)
+			if _, err = h.wrapToTarget(s, gdk, ts[0], ""); err != nil {
+				return err
+			}
+			_, err = h.mac(s, kb, ceilingMessage[:])
 			return err
 		}, nil
 	case CeilingReveal:
@@ -236,4 +246,28 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 		}, nil
 	}
 	return nil, fmt.Errorf("hsm: ceiling: %w: unknown op %q", ErrInvalidInput, string(op))
+}
+
+// ceilingMessage stands in for a binding message: about the size of an
+// ecdh-p256 slot's.
+var ceilingMessage [220]byte
+
+// ceilingVerify is the v2 check of an opened escrow slot as RewrapSlot
+// makes it: the GDK's length and binding key, its commitment and the
+// binding MAC. The ceiling compares the results with nothing: it measures
+// the calls.
+func (h *HSM) ceilingVerify(s session, gdk pkcs11.ObjectHandle) (pkcs11.ObjectHandle, error) {
+	kb, err := h.gdkBindKey(s, gdk)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := h.commitment(s, gdk, "ceiling", 1); err != nil {
+		h.destroy(s, kb)
+		return 0, err
+	}
+	if _, err := h.mac(s, kb, ceilingMessage[:]); err != nil {
+		h.destroy(s, kb)
+		return 0, err
+	}
+	return kb, nil
 }

@@ -42,7 +42,7 @@ func TestCeiling(t *testing.T) {
 	if _, err := rand.Read(gdk); err != nil {
 		t.Fatal(err)
 	}
-	epk, wrapped := sealECDH(t, ecPub, "escrow", gdk)
+	epk, wrapped := sealECDH(t, ecPub, gdk)
 	rsaKey, err := x509.ParsePKIXPublicKey(rsaPub)
 	if err != nil {
 		t.Fatal(err)

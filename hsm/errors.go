@@ -36,6 +36,10 @@ var (
 	// ErrBadCiphertext: a ciphertext or wrapped key does not decrypt or
 	// unwrap under the given key (wrong key, corrupted, wrong length).
 	ErrBadCiphertext = errors.New("bad ciphertext")
+	// ErrBinding: a slot opened, but its GDK does not match its commitment
+	// or its binding does not verify: it was moved to another group,
+	// recipient, GDK version or kind, altered, or holds a substituted GDK.
+	ErrBinding = errors.New("slot binding does not verify")
 	// ErrUnsupported: the module does not support the requested suite,
 	// mechanism or parameters (SoftHSM: RSA-OAEP with SHA-256).
 	ErrUnsupported = errors.New("not supported by the HSM")

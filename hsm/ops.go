@@ -11,6 +11,8 @@ import (
 	"math/big"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/escrowd/escrowd/format"
 )
 
 // Suite names the RSA-OAEP parameters of an escrow key or of a target key.
@@ -50,9 +52,10 @@ type Target struct {
 	PublicKeyDER []byte
 	Suite        Suite
 	AESKey       []byte
-	// Kind is the slot kind the output goes into ("member", "device",
-	// "escrow"); ecdh-p256 binds it into the KDF.
-	Kind string
+	// Context, when set, is the output slot's context without its EPK,
+	// Commit and Wrapped, which the HSM fills: the HSM then returns the
+	// slot's commitment and binding in Sealed.
+	Context *format.SlotContext
 }
 
 func oaepMechanism(s Suite) ([]*pkcs11.Mechanism, error) {
@@ -386,7 +389,9 @@ type target struct {
 	suite  Suite
 	aesKey []byte // a copy, zeroed after use
 	ecdh   *ecdh.PublicKey
-	kind   string
+	// context is the output slot's context, nil when the caller wants no
+	// binding.
+	context *format.SlotContext
 }
 
 func parseTargets(ts []Target) ([]target, error) {
@@ -404,10 +409,7 @@ func parseTargets(ts []Target) ([]target, error) {
 			if err != nil {
 				return fail(i, "%v", err)
 			}
-			if t.Kind == "" {
-				return fail(i, "an ecdh-p256 target needs the slot kind")
-			}
-			out = append(out, target{ecdh: pub, suite: t.Suite, kind: t.Kind})
+			out = append(out, target{ecdh: pub, suite: t.Suite, context: t.Context})
 		case len(t.PublicKeyDER) > 0:
 			mech, err := oaepMechanism(t.Suite)
 			if err != nil {
@@ -424,14 +426,14 @@ func parseTargets(ts []Target) ([]target, error) {
 			if pub.N.BitLen() < minTargetBits {
 				return fail(i, "RSA key of %d bits, want at least %d", pub.N.BitLen(), minTargetBits)
 			}
-			out = append(out, target{pub: pub, mech: mech, suite: t.Suite})
+			out = append(out, target{pub: pub, mech: mech, suite: t.Suite, context: t.Context})
 		case len(t.AESKey) > 0:
 			switch len(t.AESKey) {
 			case 16, 24, 32:
 			default:
 				return fail(i, "AES key of %d bytes, want 16, 24 or 32", len(t.AESKey))
 			}
-			out = append(out, target{aesKey: bytes.Clone(t.AESKey)})
+			out = append(out, target{aesKey: bytes.Clone(t.AESKey), context: t.Context})
 		default:
 			return fail(i, "neither a public key nor an AES key is set")
 		}
@@ -482,22 +484,6 @@ func (h *HSM) gdkUnwrapErr(suite Suite, err error) error {
 	}
 	code, _ := ckrCode(e)
 	return &ckrError{op: "unwrap GDK", code: code, sentinel: ErrBadCiphertext}
-}
-
-// checkGDKSize checks that the unwrapped GDK holds GDKSize bytes. SoftHSM
-// leaves CKA_VALUE_LEN at 0 on keys unwrapped with RSA-OAEP and refuses it
-// in the unwrap template (CKR_ATTRIBUTE_READ_ONLY), and CKA_VALUE is
-// sensitive; so the length is read off an AES-KWP wrap of the GDK under the
-// KEK (RFC 5649: 8 bytes longer, rounded up to 8), which is then dropped.
-func (h *HSM) checkGDKSize(s session, gdk pkcs11.ObjectHandle) error {
-	w, err := h.mod.ctx.WrapKey(s.h, kwp, s.kek, gdk)
-	if err != nil {
-		return wrapErr("check GDK length", err)
-	}
-	if len(w) != GDKSize+8 {
-		return fmt.Errorf("hsm: rewrap: %w: the ciphertext holds %d to %d bytes, not a %d-byte GDK", ErrBadCiphertext, len(w)-15, len(w)-8, GDKSize)
-	}
-	return nil
 }
 
 func (h *HSM) wrapToTarget(s session, gdk pkcs11.ObjectHandle, t target, op string) ([]byte, error) {

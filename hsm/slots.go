@@ -6,7 +6,9 @@ import (
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/subtle"
 	"crypto/x509"
 	"encoding/asn1"
 	"errors"
@@ -14,15 +16,15 @@ import (
 
 	"github.com/miekg/pkcs11"
 
-	"github.com/escrowd/escrowd/escrow/kdf"
+	"github.com/escrowd/escrowd/format"
 )
 
 // SuiteECDHP256 is ECDH on P-256 with an ephemeral sender key; the slot's
-// AES-KW key is HMAC-SHA256(Z, kdf.ECDHMessage(...)). On SoftHSM, which
-// derives ECDH only with CKD_NULL and has no HKDF, Z stays in the HSM
-// (a non-extractable generic secret), the HMAC runs in the HSM, and the
-// 32-byte HMAC output K is imported back as a short-lived AES key: K is
-// the only secret that passes through Go memory. See docs/HSM.md.
+// AES-KW key is format.ECDHKey: AES-256-ECB under Z of a hash of both
+// public keys. Opening a slot, Z is derived straight into an AES key object
+// and the slot key from it (CKM_AES_ECB_ENCRYPT_DATA), so neither leaves
+// the HSM. Sealing, the ephemeral key is Go's, so Z and the slot key pass
+// through Go memory and are zeroed. See docs/HSM.md.
 const SuiteECDHP256 Suite = "ecdh-p256"
 
 // p256OID is the DER of the namedCurve OID 1.2.840.10045.3.1.7.
@@ -40,12 +42,23 @@ type Source struct {
 	// (ecdh-p256 only, an uncompressed point).
 	Wrapped []byte
 	EPK     []byte
+	// Context is the slot's every field (format.SlotContext) and Bind its
+	// binding. When Context is set, the GDK opened must match Context.Commit
+	// and Bind must verify under it, or the call fails with ErrBinding:
+	// the slot was moved to another group, version or kind, or holds a
+	// substituted GDK. Every output slot is then checked to name the same
+	// group, and the GDK version the HSM actually wraps.
+	Context *format.SlotContext
+	Bind    []byte
 }
 
-// Sealed is a GDK wrapped to one target. EPK is set for ecdh-p256.
+// Sealed is a GDK wrapped to one target. EPK is set for ecdh-p256; Commit
+// and Bind when the target carried a Context.
 type Sealed struct {
 	Wrapped []byte
 	EPK     []byte
+	Commit  []byte
+	Bind    []byte
 }
 
 // ParseP256 parses a PKIX DER P-256 public key into its uncompressed point.
@@ -65,25 +78,36 @@ func ParseP256(der []byte) (*ecdh.PublicKey, error) {
 	return pub, nil
 }
 
-// RewrapSlot opens src inside the HSM (the GDK becomes a session object)
-// and wraps it to every target, in order. On the rsa-oaep suites nothing
-// secret enters Go memory; on ecdh-p256 the per-slot AES-KW keys do (see
-// SuiteECDHP256), never the GDK.
+// RewrapSlot opens src inside the HSM (the GDK becomes a session object),
+// checks its commitment and binding, and wraps it to every target, in
+// order, each with its commitment and binding. On the rsa-oaep suites
+// nothing secret enters Go memory; on ecdh-p256 the slot keys of the
+// targets do (see SuiteECDHP256), never the GDK.
 func (h *HSM) RewrapSlot(ctx context.Context, src Source, targets []Target) ([]Sealed, error) {
-	_, out, err := h.openAndWrap(ctx, src, targets, false)
+	_, out, err := h.openAndWrap(ctx, src, nil, targets)
 	return out, err
 }
 
 // Rotate opens src inside the HSM (the old GDK), generates a new GDK in the
 // HSM, wraps the new GDK to every target, and wraps the old GDK under the
-// new one with AES-KW (RFC 3394): the chain that keeps data encrypted under
-// the old GDK readable to whoever holds the new one. Neither GDK enters Go
-// memory.
-func (h *HSM) Rotate(ctx context.Context, src Source, targets []Target) (chain []byte, out []Sealed, err error) {
-	return h.openAndWrap(ctx, src, targets, true)
+// new one's chain key (format.LabelChain) with AES-KW: the chain that keeps
+// data encrypted under the old GDK readable to whoever holds the new one.
+// chain is the chain slot's context (its Commit and Wrapped are filled
+// here); its binding is made under the old GDK, the one it holds. Neither
+// GDK nor the chain key enters Go memory.
+func (h *HSM) Rotate(ctx context.Context, src Source, chain *format.SlotContext, targets []Target) (Sealed, []Sealed, error) {
+	if chain == nil {
+		return Sealed{}, nil, fmt.Errorf("hsm: rotate: %w: no chain slot context", ErrInvalidInput)
+	}
+	c, out, err := h.openAndWrap(ctx, src, chain, targets)
+	if err != nil {
+		return Sealed{}, nil, err
+	}
+	return *c, out, nil
 }
 
-func (h *HSM) openAndWrap(ctx context.Context, src Source, targets []Target, rotate bool) ([]byte, []Sealed, error) {
+func (h *HSM) openAndWrap(ctx context.Context, src Source, chain *format.SlotContext, targets []Target) (*Sealed, []Sealed, error) {
+	rotate := chain != nil
 	if err := checkWrapped(src.EscrowPrivate, "escrow key"); err != nil {
 		return nil, nil, err
 	}
@@ -108,43 +132,80 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, targets []Target, rot
 	if len(targets) == 0 {
 		return nil, nil, fmt.Errorf("hsm: rewrap: %w: no targets", ErrInvalidInput)
 	}
+	if err := checkContexts(src, chain, targets); err != nil {
+		return nil, nil, err
+	}
 	ts, err := parseTargets(targets)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer zeroTargets(ts)
 
-	var chain []byte
+	var chainOut *Sealed
 	var out []Sealed
 	op := OpRewrap
 	if rotate {
 		op = OpRotate
 	}
 	err = h.do(ctx, op, func(s session) error {
-		chain, out = nil, nil
+		chainOut, out = nil, nil
 		gdk, err := h.openGDK(s, src, escrowPoint)
 		if err != nil {
 			return err
 		}
 		defer h.destroy(s, gdk)
-		if err := h.checkGDKSize(s, gdk); err != nil {
+		kb, err := h.gdkBindKey(s, gdk)
+		if err != nil {
 			return err
 		}
-		wrapped := gdk
+		defer h.destroy(s, kb)
+		var commit []byte
+		if src.Context != nil {
+			if commit, err = h.verifySource(s, gdk, kb, src); err != nil {
+				return err
+			}
+		}
+		wrapped, kbOut, version := gdk, kb, uint32(0)
+		if src.Context != nil {
+			version = src.Context.GDKVersion
+		}
 		if rotate {
+			if commit == nil {
+				if commit, err = h.commitment(s, gdk, chain.Group, chain.GDKVersion); err != nil {
+					return err
+				}
+			}
 			next, err := h.generateGDK(s)
 			if err != nil {
 				return err
 			}
 			defer h.destroy(s, next)
-			if chain, err = h.mod.ctx.WrapKey(s.h, kw, next, gdk); err != nil {
-				return wrapErr("rotate: wrap the old GDK under the new one", err)
+			c, err := h.sealChain(s, next, gdk, kb, chain, commit)
+			if err != nil {
+				return err
 			}
-			wrapped = next
+			chainOut = &c
+			kbNext, err := h.gdkBindKey(s, next)
+			if err != nil {
+				return err
+			}
+			defer h.destroy(s, kbNext)
+			wrapped, kbOut, version, commit = next, kbNext, chain.KeyVersion, nil
 		}
 		res := make([]Sealed, len(ts))
 		for i, t := range ts {
 			if res[i], err = h.sealToTarget(s, wrapped, t, fmt.Sprintf("rewrap: target %d: ", i)); err != nil {
+				return err
+			}
+			if t.context == nil {
+				continue
+			}
+			if commit == nil {
+				if commit, err = h.commitment(s, wrapped, t.context.Group, version); err != nil {
+					return err
+				}
+			}
+			if res[i].Commit, res[i].Bind, err = h.bindOutput(s, kbOut, t.context, commit, res[i]); err != nil {
 				return err
 			}
 		}
@@ -154,7 +215,178 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, targets []Target, rot
 	if err != nil {
 		return nil, nil, err
 	}
-	return chain, out, nil
+	return chainOut, out, nil
+}
+
+// checkContexts refuses output contexts that would label the GDK with
+// another group or version than the one it is: a rewrap keeps the source's
+// GDK version, a rotation's outputs name the next one, and its chain slot
+// holds the source's. Without a source context (tests, the ceiling) output
+// contexts are taken as given.
+func checkContexts(src Source, chain *format.SlotContext, targets []Target) error {
+	if src.Context == nil {
+		if chain != nil && chain.KeyVersion != chain.GDKVersion+1 {
+			return fmt.Errorf("hsm: rotate: %w: the chain slot must be wrapped under the next GDK version", ErrInvalidInput)
+		}
+		return nil
+	}
+	group, want := src.Context.Group, src.Context.GDKVersion
+	if chain != nil {
+		if chain.Group != group || chain.GDKVersion != want || chain.KeyVersion != want+1 {
+			return fmt.Errorf("hsm: rotate: %w: the chain slot must hold GDK %d of group %s under GDK %d", ErrInvalidInput, want, group, want+1)
+		}
+		want++
+	}
+	for i, t := range targets {
+		if t.Context != nil && (t.Context.Group != group || t.Context.GDKVersion != want) {
+			return fmt.Errorf("hsm: rewrap: target %d: %w: the slot must name GDK %d of group %s", i, ErrInvalidInput, want, group)
+		}
+	}
+	return nil
+}
+
+// gdkBindKey checks that gdk is exactly a 32-byte key and derives its
+// binding key, DK(gdk, format.LabelBind), as an HMAC key that never leaves
+// the HSM. The length takes two operations, because SoftHSM leaves
+// CKA_VALUE_LEN at 0 on keys unwrapped with RSA-OAEP (and refuses it in the
+// unwrap template) and CKA_VALUE is sensitive: an AES-KWP wrap under the
+// KEK (RFC 5649, discarded) is 40 bytes only for keys of 25 to 32 bytes
+// and fails for an empty one; the AES-ECB derivation then works only for
+// AES key lengths (16, 24, 32). An OAEP plaintext can have any length: a
+// GDK of any other length is refused, never padded into a different key.
+func (h *HSM) gdkBindKey(s session, gdk pkcs11.ObjectHandle) (pkcs11.ObjectHandle, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("hsm: rewrap: %w: the ciphertext does not hold a %d-byte GDK: %s", ErrBadCiphertext, GDKSize, fmt.Sprintf(format, args...))
+	}
+	w, err := h.mod.ctx.WrapKey(s.h, kwp, s.kek, gdk)
+	if err != nil {
+		e := wrapErr("check GDK length", err)
+		if code, _ := ckrCode(e); code == pkcs11.CKR_KEY_NOT_WRAPPABLE || code == pkcs11.CKR_KEY_SIZE_RANGE {
+			return 0, bad("it is empty")
+		}
+		return 0, e
+	}
+	if len(w) != GDKSize+8 {
+		return 0, bad("it holds %d to %d bytes", len(w)-15, len(w)-8)
+	}
+	kb, err := h.deriveECB(s, gdk, format.LabelBind[:], hmacKeyTemplate())
+	if err != nil {
+		e := wrapErr("derive the binding key", err)
+		if recoverable(e) || errors.Is(e, ErrUnavailable) {
+			return 0, e
+		}
+		// 25 to 31 bytes: not an AES key length.
+		return 0, bad("it holds 25 to 31 bytes")
+	}
+	return kb, nil
+}
+
+func hmacKeyTemplate() []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, format.KeySize),
+		boolAttr(pkcs11.CKA_TOKEN, false),
+		boolAttr(pkcs11.CKA_PRIVATE, true),
+		boolAttr(pkcs11.CKA_SENSITIVE, true),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
+		boolAttr(pkcs11.CKA_SIGN, true),
+		boolAttr(pkcs11.CKA_VERIFY, false),
+		boolAttr(pkcs11.CKA_DERIVE, false),
+	}
+}
+
+// commitment computes format.Commitment of gdk inside the HSM: the prefix
+// with C_DigestUpdate, the key with C_DigestKey.
+func (h *HSM) commitment(s session, gdk pkcs11.ObjectHandle, group string, version uint32) ([]byte, error) {
+	if err := h.mod.ctx.DigestInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256, nil)}); err != nil {
+		return nil, wrapErr("GDK commitment", err)
+	}
+	if err := h.mod.ctx.DigestUpdate(s.h, format.CommitmentPrefix(group, version)); err != nil {
+		return nil, wrapErr("GDK commitment", err)
+	}
+	if err := h.mod.ctx.DigestKey(s.h, gdk); err != nil {
+		return nil, wrapErr("GDK commitment", err)
+	}
+	d, err := h.mod.ctx.DigestFinal(s.h)
+	return d, wrapErr("GDK commitment", err)
+}
+
+// mac is HMAC-SHA256 under an HMAC key object.
+func (h *HSM) mac(s session, k pkcs11.ObjectHandle, msg []byte) ([]byte, error) {
+	if err := h.mod.ctx.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, k); err != nil {
+		return nil, wrapErr("slot binding", err)
+	}
+	m, err := h.mod.ctx.Sign(s.h, msg)
+	return m, wrapErr("slot binding", err)
+}
+
+// verifySource checks the source slot against the GDK it opened: the
+// commitment first (the GDK is the one the slot names), then the binding
+// (the slot is the one made for this group, version, kind and key). It
+// returns the commitment.
+func (h *HSM) verifySource(s session, gdk, kb pkcs11.ObjectHandle, src Source) ([]byte, error) {
+	c := src.Context
+	commit, err := h.commitment(s, gdk, c.Group, c.GDKVersion)
+	if err != nil {
+		return nil, err
+	}
+	if subtle.ConstantTimeCompare(commit, c.Commit) != 1 {
+		return nil, fmt.Errorf("hsm: rewrap: %w: the GDK in the slot is not the one its commitment names (a substituted key, or a slot of another group or GDK version)", ErrBinding)
+	}
+	m, err := h.mac(s, kb, c.Message())
+	if err != nil {
+		return nil, err
+	}
+	if !hmac.Equal(m, src.Bind) {
+		return nil, fmt.Errorf("hsm: rewrap: %w: the slot's binding does not verify (moved from another group, recipient, GDK version or kind, or altered)", ErrBinding)
+	}
+	return commit, nil
+}
+
+// bindOutput fills an output slot's context with what the HSM made and
+// computes its binding under kb.
+func (h *HSM) bindOutput(s session, kb pkcs11.ObjectHandle, tc *format.SlotContext, commit []byte, sealed Sealed) (c, bind []byte, err error) {
+	full := *tc
+	full.Commit, full.EPK, full.Wrapped = commit, sealed.EPK, sealed.Wrapped
+	bind, err = h.mac(s, kb, full.Message())
+	if err != nil {
+		return nil, nil, err
+	}
+	return commit, bind, nil
+}
+
+// sealChain wraps old under the chain key of next and binds the chain slot
+// under old's binding key kbOld: a chain slot is bound by the GDK it holds,
+// like every slot.
+func (h *HSM) sealChain(s session, next, old, kbOld pkcs11.ObjectHandle, chain *format.SlotContext, commitOld []byte) (Sealed, error) {
+	kc, err := h.deriveECB(s, next, format.LabelChain[:], []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, format.KeySize),
+		boolAttr(pkcs11.CKA_TOKEN, false),
+		boolAttr(pkcs11.CKA_PRIVATE, true),
+		boolAttr(pkcs11.CKA_SENSITIVE, true),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
+		boolAttr(pkcs11.CKA_WRAP, true),
+		boolAttr(pkcs11.CKA_UNWRAP, false),
+		boolAttr(pkcs11.CKA_ENCRYPT, false),
+		boolAttr(pkcs11.CKA_DECRYPT, false),
+		boolAttr(pkcs11.CKA_DERIVE, false),
+	})
+	if err != nil {
+		return Sealed{}, wrapErr("rotate: derive the chain key", err)
+	}
+	defer h.destroy(s, kc)
+	w, err := h.mod.ctx.WrapKey(s.h, kw, kc, old)
+	if err != nil {
+		return Sealed{}, wrapErr("rotate: wrap the old GDK under the chain key", err)
+	}
+	sealed := Sealed{Wrapped: w}
+	if sealed.Commit, sealed.Bind, err = h.bindOutput(s, kbOld, chain, commitOld, sealed); err != nil {
+		return Sealed{}, err
+	}
+	return sealed, nil
 }
 
 // gdkTemplate is the template of a GDK opened in the HSM: extractable, and
@@ -173,11 +405,14 @@ func gdkTemplate() []*pkcs11.Attribute {
 		boolAttr(pkcs11.CKA_DECRYPT, false),
 		boolAttr(pkcs11.CKA_WRAP, false),
 		boolAttr(pkcs11.CKA_UNWRAP, false),
+		// Its binding and chain keys are derived from it (docs/HSM.md).
+		boolAttr(pkcs11.CKA_DERIVE, true),
 	}
 }
 
-// generateGDK makes a new GDK in the HSM. It may wrap (the old GDK, for the
-// chain) and nothing else.
+// generateGDK makes a new GDK in the HSM. Like an opened GDK it is
+// extractable (to be wrapped to its recipients) and may only derive (its
+// chain and binding keys): the GDK itself keys nothing.
 func (h *HSM) generateGDK(s session) (pkcs11.ObjectHandle, error) {
 	k, err := h.mod.ctx.GenerateKey(s.h,
 		[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
@@ -192,8 +427,9 @@ func (h *HSM) generateGDK(s session) (pkcs11.ObjectHandle, error) {
 			boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, false),
 			boolAttr(pkcs11.CKA_ENCRYPT, false),
 			boolAttr(pkcs11.CKA_DECRYPT, false),
-			boolAttr(pkcs11.CKA_WRAP, true),
+			boolAttr(pkcs11.CKA_WRAP, false),
 			boolAttr(pkcs11.CKA_UNWRAP, false),
+			boolAttr(pkcs11.CKA_DERIVE, true),
 		})
 	if err != nil {
 		return 0, wrapErr("rotate: generate GDK", err)
@@ -224,18 +460,13 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 		return 0, err
 	}
 	defer h.destroy(s, priv)
-	msg, err := kdf.ECDHMessage("escrow", src.EPK, escrowPoint)
+	info, err := format.ECDHInfo(src.EPK, escrowPoint)
 	if err != nil {
 		return 0, fmt.Errorf("hsm: %w: %w", ErrInvalidInput, err)
 	}
-	key, err := h.ecdhHMAC(s, priv, src.EPK, msg)
+	k, err := h.ecdhSlotKey(s, priv, src.EPK, info, pkcs11.CKA_UNWRAP)
 	if err != nil {
 		return 0, err
-	}
-	k, err := h.importAES(s, key, false)
-	clear(key)
-	if err != nil {
-		return 0, wrapErr("import slot key", err)
 	}
 	defer h.destroy(s, k)
 	gdk, err := h.mod.ctx.UnwrapKey(s.h, kw, k, src.Wrapped, gdkTemplate())
@@ -251,37 +482,52 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 	return gdk, nil
 }
 
-// ecdhHMAC derives Z = ECDH(priv, peer) inside the HSM as a non-extractable
-// generic secret (CKD_NULL: Z is the x coordinate), signs msg with
-// CKM_SHA256_HMAC under Z and destroys Z. It returns the HMAC: the slot key.
-func (h *HSM) ecdhHMAC(s session, priv pkcs11.ObjectHandle, peer, msg []byte) ([]byte, error) {
+// ecdhSlotKey derives an ecdh-p256 slot key inside the HSM:
+// Z = ECDH(priv, peer) straight into a non-extractable AES key object
+// (CKD_NULL: Z is the x coordinate), then K = AES-256-ECB(Z, info) into a
+// non-extractable AES key that may only do usage (CKA_UNWRAP when opening
+// a slot; CKA_ENCRYPT for the self-test). Z is destroyed at once; neither
+// reaches Go.
+func (h *HSM) ecdhSlotKey(s session, priv pkcs11.ObjectHandle, peer []byte, info format.Label, usage uint) (pkcs11.ObjectHandle, error) {
 	z, err := h.mod.ctx.DeriveKey(s.h,
 		[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDH1_DERIVE, pkcs11.NewECDH1DeriveParams(pkcs11.CKD_NULL, nil, peer))},
 		priv,
 		[]*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
 			boolAttr(pkcs11.CKA_TOKEN, false),
 			boolAttr(pkcs11.CKA_PRIVATE, true),
 			boolAttr(pkcs11.CKA_SENSITIVE, true),
 			boolAttr(pkcs11.CKA_EXTRACTABLE, false),
-			boolAttr(pkcs11.CKA_SIGN, true),
-			boolAttr(pkcs11.CKA_VERIFY, false),
-			boolAttr(pkcs11.CKA_DERIVE, false),
+			boolAttr(pkcs11.CKA_ENCRYPT, false),
+			boolAttr(pkcs11.CKA_DECRYPT, false),
+			boolAttr(pkcs11.CKA_WRAP, false),
+			boolAttr(pkcs11.CKA_UNWRAP, false),
+			boolAttr(pkcs11.CKA_DERIVE, true),
 		})
 	if err != nil {
-		return nil, wrapErrAs("derive ECDH secret", err, ErrBadCiphertext, pkcs11.CKR_DOMAIN_PARAMS_INVALID, pkcs11.CKR_ARGUMENTS_BAD)
+		return 0, wrapErrAs("derive ECDH secret", err, ErrBadCiphertext, pkcs11.CKR_DOMAIN_PARAMS_INVALID, pkcs11.CKR_ARGUMENTS_BAD)
 	}
 	defer h.destroy(s, z)
-	if err := h.mod.ctx.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, z); err != nil {
-		return nil, wrapErr("HMAC of the ECDH secret", err)
-	}
-	mac, err := h.mod.ctx.Sign(s.h, msg)
+	k, err := h.deriveECB(s, z, info[:], []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, format.KeySize),
+		boolAttr(pkcs11.CKA_TOKEN, false),
+		boolAttr(pkcs11.CKA_PRIVATE, true),
+		boolAttr(pkcs11.CKA_SENSITIVE, true),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
+		boolAttr(pkcs11.CKA_ENCRYPT, usage == pkcs11.CKA_ENCRYPT),
+		boolAttr(pkcs11.CKA_DECRYPT, false),
+		boolAttr(pkcs11.CKA_WRAP, false),
+		boolAttr(pkcs11.CKA_UNWRAP, usage == pkcs11.CKA_UNWRAP),
+		boolAttr(pkcs11.CKA_DERIVE, false),
+	})
 	if err != nil {
-		return nil, wrapErr("HMAC of the ECDH secret", err)
+		return 0, wrapErr("derive the ecdh-p256 slot key", err)
 	}
-	return mac, nil
+	return k, nil
 }
 
 // importAES imports a raw AES key as a non-extractable session object that
@@ -322,11 +568,11 @@ func (h *HSM) sealToTarget(s session, gdk pkcs11.ObjectHandle, t target, op stri
 		return Sealed{}, fmt.Errorf("hsm: %s%w: ECDH with the target key failed", op, ErrInvalidInput)
 	}
 	defer clear(z)
-	msg, err := kdf.ECDHMessage(t.kind, epk, t.ecdh.Bytes())
+	info, err := format.ECDHInfo(epk, t.ecdh.Bytes())
 	if err != nil {
 		return Sealed{}, fmt.Errorf("hsm: %s%w: %w", op, ErrInvalidInput, err)
 	}
-	key, err := kdf.ECDHKey(z, msg)
+	key, err := format.ECDHKey(z, info)
 	if err != nil {
 		return Sealed{}, fmt.Errorf("hsm: %s%w: %w", op, ErrInvalidInput, err)
 	}
@@ -423,29 +669,44 @@ func (h *HSM) genECEscrowKey(s session) (der []byte, private WrappedKey, err err
 		if der, err = x509.MarshalPKIXPublicKey(epub); err != nil {
 			return fmt.Errorf("hsm: marshal EC escrow public key: %w", err)
 		}
-		// Self-test: the HSM's ECDH + HMAC must agree with Go's.
+		// Self-test: the HSM's ECDH and slot-key derivation must agree with
+		// Go's (and so with WebCrypto's): both encrypt one block under K.
 		eph, err := ecdh.P256().GenerateKey(rand.Reader)
 		if err != nil {
 			return fmt.Errorf("hsm: self-test: %w", err)
 		}
-		msg, err := kdf.ECDHMessage("escrow", eph.PublicKey().Bytes(), point)
+		info, err := format.ECDHInfo(eph.PublicKey().Bytes(), point)
 		if err != nil {
 			return err
 		}
-		got, err := h.ecdhHMAC(s, priv, eph.PublicKey().Bytes(), msg)
+		k, err := h.ecdhSlotKey(s, priv, eph.PublicKey().Bytes(), info, pkcs11.CKA_ENCRYPT)
 		if err != nil {
 			return err
 		}
-		defer clear(got)
+		defer h.destroy(s, k)
+		if err := h.mod.ctx.EncryptInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)}, k); err != nil {
+			return wrapErr("self-test of new EC escrow key", err)
+		}
+		got, err := h.mod.ctx.Encrypt(s.h, selfTestBlock[:])
+		if err != nil {
+			return wrapErr("self-test of new EC escrow key", err)
+		}
 		z, err := eph.ECDH(epub)
 		if err != nil {
 			return fmt.Errorf("hsm: self-test: %w", err)
 		}
-		want, _ := kdf.ECDHKey(z, msg)
+		kGo, err := format.ECDHKey(z, info)
 		clear(z)
-		defer clear(want)
-		if !bytes.Equal(got, want) {
-			return fmt.Errorf("hsm: self-test of new EC escrow key: %w: the HSM's ECDH+HMAC differs from Go's", ErrModule)
+		if err != nil {
+			return err
+		}
+		want, err := format.DK(kGo, format.Label{})
+		clear(kGo)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(got, want[:16]) {
+			return fmt.Errorf("hsm: self-test of new EC escrow key: %w: the HSM's ECDH and slot-key derivation differ from Go's", ErrModule)
 		}
 		if private, err = h.wrapUnderKEK(s, priv, "EC escrow key"); err != nil {
 			return err
@@ -461,12 +722,16 @@ func (h *HSM) genECEscrowKey(s session) (der []byte, private WrappedKey, err err
 // ecPoint reads CKA_EC_POINT: a DER OCTET STRING holding the uncompressed
 // point (PKCS#11 2.40), or the raw point (some modules).
 func ecPoint(v []byte) ([]byte, error) {
-	if len(v) == kdf.P256PointSize && v[0] == 4 {
+	if len(v) == format.P256PointSize && v[0] == 4 {
 		return v, nil
 	}
 	var p []byte
-	if rest, err := asn1.Unmarshal(v, &p); err == nil && len(rest) == 0 && len(p) == kdf.P256PointSize && p[0] == 4 {
+	if rest, err := asn1.Unmarshal(v, &p); err == nil && len(rest) == 0 && len(p) == format.P256PointSize && p[0] == 4 {
 		return p, nil
 	}
 	return nil, fmt.Errorf("hsm: read EC escrow public key: %w: CKA_EC_POINT is not an uncompressed P-256 point", ErrModule)
 }
+
+// selfTestBlock is what the EC escrow key's self-test encrypts: a zero
+// block, so that the expected value is the first half of DK(K, zero label).
+var selfTestBlock [16]byte

@@ -13,12 +13,12 @@ import (
 	"time"
 
 	"github.com/escrowd/escrowd/escrow/device"
-	"github.com/escrowd/escrowd/escrow/kdf"
+	"github.com/escrowd/escrowd/format"
 	"github.com/escrowd/escrowd/hsm"
 )
 
 // sealECDH is what a device does to seal gdk to a P-256 public key.
-func sealECDH(t testing.TB, pubDER []byte, kind string, gdk []byte) (epk, wrapped []byte) {
+func sealECDH(t testing.TB, pubDER []byte, gdk []byte) (epk, wrapped []byte) {
 	t.Helper()
 	pub, err := hsm.ParseP256(pubDER)
 	if err != nil {
@@ -32,11 +32,11 @@ func sealECDH(t testing.TB, pubDER []byte, kind string, gdk []byte) (epk, wrappe
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := kdf.ECDHMessage(kind, eph.PublicKey().Bytes(), pub.Bytes())
+	info, err := format.ECDHInfo(eph.PublicKey().Bytes(), pub.Bytes())
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, _ := kdf.ECDHKey(z, msg)
+	k, _ := format.ECDHKey(z, info)
 	w, err := device.WrapKey(k, gdk)
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +45,7 @@ func sealECDH(t testing.TB, pubDER []byte, kind string, gdk []byte) (epk, wrappe
 }
 
 // openECDH is what a device does to open an ecdh-p256 slot.
-func openECDH(t testing.TB, priv *ecdh.PrivateKey, kind string, s hsm.Sealed) []byte {
+func openECDH(t testing.TB, priv *ecdh.PrivateKey, s hsm.Sealed) []byte {
 	t.Helper()
 	peer, err := ecdh.P256().NewPublicKey(s.EPK)
 	if err != nil {
@@ -55,11 +55,11 @@ func openECDH(t testing.TB, priv *ecdh.PrivateKey, kind string, s hsm.Sealed) []
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, _ := kdf.ECDHMessage(kind, s.EPK, priv.PublicKey().Bytes())
-	k, _ := kdf.ECDHKey(z, msg)
+	info, _ := format.ECDHInfo(s.EPK, priv.PublicKey().Bytes())
+	k, _ := format.ECDHKey(z, info)
 	gdk, err := device.UnwrapKey(k, s.Wrapped)
 	if err != nil {
-		t.Fatalf("open %s slot: %v", kind, err)
+		t.Fatalf("open ecdh-p256 slot: %v", err)
 	}
 	return gdk
 }
@@ -83,7 +83,7 @@ func TestECDHEscrowKey(t *testing.T) {
 	t.Logf("P-256 escrow key generated, self-tested and wrapped in %v", time.Since(start))
 
 	gdk := randBytes(t, 32)
-	epk, wrapped := sealECDH(t, pubDER, "escrow", gdk)
+	epk, wrapped := sealECDH(t, pubDER, gdk)
 	src := hsm.Source{EscrowPrivate: priv, EscrowPublicDER: pubDER, Suite: hsm.SuiteECDHP256, Wrapped: wrapped, EPK: epk}
 
 	member, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -96,8 +96,8 @@ func TestECDHEscrowKey(t *testing.T) {
 	aesKey := randBytes(t, 32)
 
 	out, err := h.RewrapSlot(ctx, src, []hsm.Target{
-		{PublicKeyDER: memberDER, Suite: hsm.SuiteRSAOAEPSHA1, Kind: "member"},
-		{PublicKeyDER: devDER, Suite: hsm.SuiteECDHP256, Kind: "device"},
+		{PublicKeyDER: memberDER, Suite: hsm.SuiteRSAOAEPSHA1, Context: &format.SlotContext{Kind: "member", Suite: "ecdh-p256", Group: "g", GDKVersion: 1, KeyVersion: 1, ID: "m"}},
+		{PublicKeyDER: devDER, Suite: hsm.SuiteECDHP256},
 		{AESKey: aesKey},
 	})
 	if err != nil {
@@ -106,21 +106,17 @@ func TestECDHEscrowKey(t *testing.T) {
 	if got, err := rsa.DecryptOAEP(sha1.New(), nil, member, out[0].Wrapped, nil); err != nil || !bytes.Equal(got, gdk) {
 		t.Fatalf("RSA target: %x, %v", got, err)
 	}
-	if got := openECDH(t, dev, "device", out[1]); !bytes.Equal(got, gdk) {
+	if got := openECDH(t, dev, out[1]); !bytes.Equal(got, gdk) {
 		t.Fatal("ECDH target holds another key")
 	}
 	if got, err := device.UnwrapKey(aesKey, out[2].Wrapped); err != nil || !bytes.Equal(got, gdk) {
 		t.Fatalf("AES target: %v", err)
 	}
-	// The kind is bound: a device slot's key is not a member slot's.
-	if _, err := device.UnwrapKey(mustKey(t, dev, "member", out[1]), out[1].Wrapped); err == nil {
-		t.Fatal("a device slot opened as a member slot")
-	}
 
 	// Tampering: the wrapped GDK, the ephemeral key, another escrow key.
 	bad := bytes.Clone(wrapped)
 	bad[5] ^= 1
-	badEPK, _ := sealECDH(t, pubDER, "escrow", gdk)
+	badEPK, _ := sealECDH(t, pubDER, gdk)
 	for name, s := range map[string]hsm.Source{
 		"wrapped":   {EscrowPrivate: priv, EscrowPublicDER: pubDER, Suite: hsm.SuiteECDHP256, Wrapped: bad, EPK: epk},
 		"epk":       {EscrowPrivate: priv, EscrowPublicDER: pubDER, Suite: hsm.SuiteECDHP256, Wrapped: wrapped, EPK: badEPK},
@@ -140,14 +136,6 @@ func TestECDHEscrowKey(t *testing.T) {
 	}
 }
 
-func mustKey(t testing.TB, priv *ecdh.PrivateKey, kind string, s hsm.Sealed) []byte {
-	peer, _ := ecdh.P256().NewPublicKey(s.EPK)
-	z, _ := priv.ECDH(peer)
-	msg, _ := kdf.ECDHMessage(kind, s.EPK, priv.PublicKey().Bytes())
-	k, _ := kdf.ECDHKey(z, msg)
-	return k
-}
-
 // TestRotate: a new GDK is made in the HSM and wrapped to the targets; the
 // chain holds the old GDK under the new one; both suites of escrow key.
 func TestRotate(t *testing.T) {
@@ -158,7 +146,7 @@ func TestRotate(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := randBytes(t, 32)
-	epk, w := sealECDH(t, ecPub, "escrow", old)
+	epk, w := sealECDH(t, ecPub, old)
 	sources := map[string]hsm.Source{
 		"rsa-oaep-sha1": {EscrowPrivate: rsaPriv, EscrowPublicDER: rsaPub, Suite: hsm.SuiteRSAOAEPSHA1, Wrapped: deviceWrap(t, rsaPub, old)},
 		"ecdh-p256":     {EscrowPrivate: ecPriv, EscrowPublicDER: ecPub, Suite: hsm.SuiteECDHP256, Wrapped: w, EPK: epk},
@@ -168,7 +156,9 @@ func TestRotate(t *testing.T) {
 			aesKey := randBytes(t, 32)
 			dev, _ := ecdh.P256().GenerateKey(rand.Reader)
 			devDER, _ := x509.MarshalPKIXPublicKey(dev.PublicKey())
-			chain, out, err := h.Rotate(ctx, src, []hsm.Target{{AESKey: aesKey}, {PublicKeyDER: devDER, Suite: hsm.SuiteECDHP256, Kind: "member"}})
+			chainCtx := &format.SlotContext{Kind: "chain", Suite: "aes-kw", Group: "g", GDKVersion: 1, KeyVersion: 2}
+			memberCtx := &format.SlotContext{Kind: "member", Suite: "ecdh-p256", Group: "g", GDKVersion: 2, KeyVersion: 1, ID: "m"}
+			chain, out, err := h.Rotate(ctx, src, chainCtx, []hsm.Target{{AESKey: aesKey}, {PublicKeyDER: devDER, Suite: hsm.SuiteECDHP256, Context: memberCtx}})
 			if err != nil {
 				t.Fatalf("Rotate: %v", err)
 			}
@@ -179,14 +169,116 @@ func TestRotate(t *testing.T) {
 			if bytes.Equal(next, old) {
 				t.Fatal("the new GDK is the old one")
 			}
-			if got := openECDH(t, dev, "member", out[1]); !bytes.Equal(got, next) {
+			if got := openECDH(t, dev, out[1]); !bytes.Equal(got, next) {
 				t.Fatal("targets hold different new GDKs")
 			}
-			back, err := device.UnwrapKey(next, chain)
+			// The chain slot is wrapped under the new GDK's chain key, never
+			// under the GDK itself (key separation).
+			kc, _ := format.DK(next, format.LabelChain)
+			back, err := device.UnwrapKey(kc, chain.Wrapped)
 			if err != nil || !bytes.Equal(back, old) {
 				t.Fatalf("chain gave %x, %v; want the old GDK", back, err)
 			}
+			if _, err := device.UnwrapKey(next, chain.Wrapped); err == nil {
+				t.Fatal("the chain slot opens under the GDK itself")
+			}
+			// Commitments and bindings: the chain's under the old GDK, the
+			// member's under the new one.
+			checkSealed(t, chainCtx, chain, old)
+			checkSealed(t, memberCtx, out[1], next)
 		})
+	}
+}
+
+// checkSealed verifies what the HSM returned for an output slot as a
+// device would: the commitment names gdk, the binding verifies under it.
+func checkSealed(t *testing.T, c *format.SlotContext, s hsm.Sealed, gdk []byte) {
+	t.Helper()
+	if !bytes.Equal(s.Commit, format.Commitment(c.Group, c.GDKVersion, gdk)) {
+		t.Fatalf("%s slot: the commitment does not name its GDK", c.Kind)
+	}
+	full := *c
+	full.Commit, full.EPK, full.Wrapped = s.Commit, s.EPK, s.Wrapped
+	want, _ := format.Bind(gdk, &full)
+	if !bytes.Equal(s.Bind, want) {
+		t.Fatalf("%s slot: the HSM's binding differs from Go's", c.Kind)
+	}
+}
+
+// escrowSource makes an escrow slot of gdk as a device would in format
+// v2, with its context, commitment and binding.
+func escrowSource(t testing.TB, pubDER []byte, priv hsm.WrappedKey, group string, version uint32, gdk []byte) hsm.Source {
+	t.Helper()
+	epk, w := sealECDH(t, pubDER, gdk)
+	c := &format.SlotContext{Kind: "escrow", Suite: "ecdh-p256", Group: group, GDKVersion: version, KeyVersion: 1,
+		EPK: epk, Commit: format.Commitment(group, version, gdk), Wrapped: w}
+	bind, err := format.Bind(gdk, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hsm.Source{EscrowPrivate: priv, EscrowPublicDER: pubDER, Suite: hsm.SuiteECDHP256, Wrapped: w, EPK: epk, Context: c, Bind: bind}
+}
+
+// TestBinding: an escrow slot opens only in the context it was bound to.
+// Moved to another group, GDK version, kind or key version, or holding a
+// GDK other than the one its commitment names (substituted, or with a
+// tampered commitment), it fails with ErrBinding; and the HSM refuses to
+// label its output with another group or GDK version than the source's.
+func TestBinding(t *testing.T) {
+	h, _, _ := sharedHSM(t)
+	ctx := context.Background()
+	pub, priv, err := h.GenerateEscrowKey(ctx, hsm.SuiteECDHP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gdk := randBytes(t, 32)
+	aes := randBytes(t, 32)
+	target := func(group string, version uint32) []hsm.Target {
+		return []hsm.Target{{AESKey: aes, Context: &format.SlotContext{Kind: "unlock", Suite: "pbkdf2-sha256-aes-kw", Group: group, GDKVersion: version, KeyVersion: 1, ID: "u"}}}
+	}
+	good := escrowSource(t, pub, priv, "group-a", 3, gdk)
+	out, err := h.RewrapSlot(ctx, good, target("group-a", 3))
+	if err != nil {
+		t.Fatalf("the bound slot: %v", err)
+	}
+	checkSealed(t, target("group-a", 3)[0].Context, out[0], gdk)
+
+	moved := func(f func(c *format.SlotContext)) hsm.Source {
+		s := good
+		c := *good.Context
+		f(&c)
+		s.Context = &c
+		return s
+	}
+	substituted := escrowSource(t, pub, priv, "group-a", 3, randBytes(t, 32))
+	substituted.Context.Commit = good.Context.Commit
+	forged := escrowSource(t, pub, priv, "group-a", 3, gdk)
+	forged.Bind = bytes.Clone(forged.Bind)
+	forged.Bind[0] ^= 1
+	for name, src := range map[string]hsm.Source{
+		"moved to another group":       moved(func(c *format.SlotContext) { c.Group = "group-b" }),
+		"relabelled GDK version":       moved(func(c *format.SlotContext) { c.GDKVersion = 2 }),
+		"relabelled kind":              moved(func(c *format.SlotContext) { c.Kind = "member"; c.ID = "m" }),
+		"relabelled key version":       moved(func(c *format.SlotContext) { c.KeyVersion = 2 }),
+		"tampered commitment":          moved(func(c *format.SlotContext) { c.Commit = bytes.Clone(c.Commit); c.Commit[31] ^= 1 }),
+		"a substituted GDK":            substituted,
+		"a binding of another message": forged,
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := h.RewrapSlot(ctx, src, target(src.Context.Group, src.Context.GDKVersion))
+			if !errors.Is(err, hsm.ErrBinding) {
+				t.Fatalf("RewrapSlot = %v, want ErrBinding", err)
+			}
+			t.Log(err)
+		})
+	}
+	for name, tg := range map[string][]hsm.Target{
+		"output to another group":       target("group-b", 3),
+		"output of another GDK version": target("group-a", 4),
+	} {
+		if _, err := h.RewrapSlot(ctx, good, tg); !errors.Is(err, hsm.ErrInvalidInput) {
+			t.Errorf("%s: %v, want ErrInvalidInput", name, err)
+		}
 	}
 }
 
@@ -214,11 +306,11 @@ func BenchmarkRewrapSlotECDH(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	epk, w := sealECDH(b, pub, "escrow", randBytes(b, 32))
+	epk, w := sealECDH(b, pub, randBytes(b, 32))
 	dev, _ := ecdh.P256().GenerateKey(rand.Reader)
 	devDER, _ := x509.MarshalPKIXPublicKey(dev.PublicKey())
 	src := hsm.Source{EscrowPrivate: priv, EscrowPublicDER: pub, Suite: hsm.SuiteECDHP256, Wrapped: w, EPK: epk}
-	tg := []hsm.Target{{PublicKeyDER: devDER, Suite: hsm.SuiteECDHP256, Kind: "member"}}
+	tg := []hsm.Target{{PublicKeyDER: devDER, Suite: hsm.SuiteECDHP256, Context: &format.SlotContext{Kind: "member", Suite: "ecdh-p256", Group: "g", GDKVersion: 1, KeyVersion: 1, ID: "m"}}}
 	for b.Loop() {
 		if _, err := h.RewrapSlot(ctx, src, tg); err != nil {
 			b.Fatal(err)
@@ -238,8 +330,7 @@ func TestConcurrentECDH(t *testing.T) {
 	}
 	before, _ := h.Objects(ctx)
 	gdk := randBytes(t, 32)
-	epk, w := sealECDH(t, pub, "escrow", gdk)
-	src := hsm.Source{EscrowPrivate: priv, EscrowPublicDER: pub, Suite: hsm.SuiteECDHP256, Wrapped: w, EPK: epk}
+	src := escrowSource(t, pub, priv, "g", 1, gdk)
 	errs := make(chan error, 8*40)
 	done := make(chan struct{})
 	for range 8 {

@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -40,7 +39,18 @@ with a client certificate: -cert, -key and -ca (or $ESCROWCTL_CERT, _KEY,
 _CA), or -as NAME to use NAME.crt, NAME.key and ca.crt in $ESCROWCTL_PKI.
   group provision -group ID [-suite S]       generate a group's keys in the HSM
   group show -group ID                       key versions of a group
-  group key -group ID                        the escrow public key, PEM
+  group key -group ID [-format pem|der|jwk]  the group's newest escrow public key:
+                                             pem (default): "# " lines naming group,
+                                             key version and suite, then a plain
+                                             PUBLIC KEY block (PKIX), as OpenSSL reads;
+                                             der: the PKIX DER alone on stdout, the
+                                             "# " lines on stderr;
+                                             jwk: one JSON object, kid GROUP/VERSION,
+                                             use enc, alg RSA-OAEP (rsa-oaep-sha1) or
+                                             RSA-OAEP-256 (rsa-oaep-sha256), none for
+                                             ecdh-p256 (its KDF is not JOSE's), and
+                                             "escrowd_suite", the suite: for an EC key
+                                             no standard member says how to seal to it
   codes issue -group ID -user U -escrow-slot FILE [-count N] [-out DIR]
                                              start a new unlock-code epoch
   codes reveal -group ID -user U -ticket T   reveal the user's next code
@@ -89,8 +99,16 @@ Development (for trying escrowd out; never for production):
 func main() {
 	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "escrowctl:", describe(err))
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
+}
+
+// exitCode is 2 for a usage error, 1 for any other.
+func exitCode(err error) int {
+	if errors.Is(err, errUsage) {
+		return 2
+	}
+	return 1
 }
 
 // describe turns a gRPC status into a line a person can act on.
@@ -151,8 +169,17 @@ func run(args []string, out io.Writer) error {
 	kind := fs.String("kind", "", "key kind (escrow, unlock) or job kind (kek-rotation, group-rotation)")
 	version := fs.Uint("version", 0, "key version")
 	watch := fs.Bool("watch", false, "refresh until every job has ended")
+	format := fs.String("format", string(formatPEM), "group key output: pem, der or jwk")
 	if err := fs.Parse(args[2:]); err != nil {
 		return err
+	}
+	keyFmt := formatPEM
+	if cmd == "group key" {
+		f, err := parseKeyFormat(*format)
+		if err != nil {
+			return err
+		}
+		keyFmt = f
 	}
 	if *timeout == 0 {
 		*timeout = 30 * time.Second
@@ -321,8 +348,12 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return pem.Encode(out, &pem.Block{Type: "PUBLIC KEY", Bytes: r.GetEscrowKey().GetPublicKey(),
-			Headers: map[string]string{"Group": *group, "Version": fmt.Sprint(r.GetEscrowKey().GetVersion()), "Suite": r.GetEscrowKey().GetSuite()}})
+		k := r.GetEscrowKey()
+		g := k.GetGroupId()
+		if g == "" {
+			g = *group
+		}
+		return writeEscrowKey(out, os.Stderr, escrowPublicKey{Group: g, Version: k.GetVersion(), Suite: k.GetSuite(), DER: k.GetPublicKey()}, keyFmt)
 	case "codes issue":
 		if err := need("group", "user", "escrow-slot"); err != nil {
 			return err
@@ -529,7 +560,7 @@ func run(args []string, out io.Writer) error {
 			return err
 		}
 		defer clear(gdk)
-		slot, err := device.SealEscrow(k.GetPublicKey(), k.GetVersion(), k.GetSuite(), gdk)
+		slot, err := device.SealEscrow(k.GetPublicKey(), device.To{Group: *group, GDKVersion: 1, KeyVersion: k.GetVersion()}, k.GetSuite(), gdk)
 		if err != nil {
 			return err
 		}

@@ -1,11 +1,11 @@
-// Package device is a reference of the device side of the key bundle:
-// what a PWA does with WebCrypto, written in Go for the tests and for
-// escrowctl's development commands. It seals and opens every slot kind of
-// docs/FORMAT.md, and encrypts and decrypts records under a GDK.
+// Package device is a reference of the device side of the key bundle,
+// format version 2: what a PWA does with WebCrypto, written in Go for the
+// tests and for the vectors. It seals and opens every slot kind of
+// docs/FORMAT.md, checks every slot's commitment and binding, keeps the
+// GDKs a device trusts (Keyring), and encrypts and decrypts records.
 package device
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
@@ -19,17 +19,49 @@ import (
 	"hash"
 
 	"github.com/escrowd/escrowd/escrow/bundle"
-	"github.com/escrowd/escrowd/escrow/kdf"
+	"github.com/escrowd/escrowd/format"
 )
 
 // GDKSize is the size of a group data key: AES-256.
-const GDKSize = 32
+const GDKSize = format.KeySize
 
 // NewGDK returns a random group data key.
 func NewGDK() ([]byte, error) {
 	k := make([]byte, GDKSize)
 	_, err := rand.Read(k)
 	return k, err
+}
+
+// To names the slot being sealed: the group and version of the GDK it
+// holds, the version of the key it is wrapped to, and the recipient (""
+// for escrow and chain slots).
+type To struct {
+	Group      string
+	GDKVersion uint32
+	KeyVersion uint32
+	ID         string
+}
+
+// Want is what the device expects of a slot it opens: the group it is
+// opening and its own recipient id ("" for escrow and chain slots). A slot
+// naming anything else is refused before it is opened.
+type Want struct {
+	Group string
+	ID    string
+}
+
+func (t To) slot(kind bundle.Kind, suite string) bundle.Slot {
+	return bundle.Slot{Kind: kind, Suite: suite, Group: t.Group, GDKVersion: t.GDKVersion, KeyVersion: t.KeyVersion, ID: t.ID}
+}
+
+// seal fills s's commitment and binding for gdk, and encodes it.
+func seal(s *bundle.Slot, gdk []byte) ([]byte, error) {
+	s.Commit = format.Commitment(s.Group, s.GDKVersion, gdk)
+	var err error
+	if s.Bind, err = format.Bind(gdk, s.Context()); err != nil {
+		return nil, err
+	}
+	return s.Marshal()
 }
 
 func oaepHash(suite string) (hash.Hash, error) {
@@ -42,29 +74,30 @@ func oaepHash(suite string) (hash.Hash, error) {
 	return nil, fmt.Errorf("not an RSA-OAEP suite: %q", suite)
 }
 
-// SealEscrow wraps gdk to the group's escrow public key (PKIX DER).
-func SealEscrow(publicKeyDER []byte, version uint32, suite string, gdk []byte) ([]byte, error) {
-	return SealPublic(bundle.KindEscrow, "", version, suite, publicKeyDER, gdk)
+// SealEscrow wraps gdk to the group's escrow public key (PKIX DER); to.ID
+// must be empty and to.KeyVersion is the escrow key's version.
+func SealEscrow(publicKeyDER []byte, to To, suite string, gdk []byte) ([]byte, error) {
+	return SealPublic(bundle.KindEscrow, to, suite, publicKeyDER, gdk)
 }
 
-// SealPublic wraps gdk to a public key (PKIX DER): an escrow slot (id ""),
-// or a member or device slot. suite is rsa-oaep-sha1, rsa-oaep-sha256 (RSA
-// keys) or ecdh-p256 (P-256 keys).
-func SealPublic(kind bundle.Kind, id string, keyVersion uint32, suite string, publicKeyDER, gdk []byte) ([]byte, error) {
-	s := bundle.Slot{V: bundle.Version, Kind: kind, KeyVersion: keyVersion, Suite: suite, ID: id}
+// SealPublic wraps gdk to a public key (PKIX DER): an escrow, member or
+// device slot. suite is rsa-oaep-sha1, rsa-oaep-sha256 (RSA keys) or
+// ecdh-p256 (P-256 keys).
+func SealPublic(kind bundle.Kind, to To, suite string, publicKeyDER, gdk []byte) ([]byte, error) {
+	s := to.slot(kind, suite)
 	var err error
 	if suite == bundle.SuiteECDHP256 {
-		s.EPK, s.Wrapped, err = sealECDH(publicKeyDER, string(kind), gdk)
+		s.EPK, s.Wrapped, err = sealECDH(publicKeyDER, gdk)
 	} else {
 		s.Wrapped, err = sealRSA(publicKeyDER, suite, gdk)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return s.Marshal()
+	return seal(&s, gdk)
 }
 
-func sealECDH(publicKeyDER []byte, kind string, gdk []byte) (epk, wrapped []byte, err error) {
+func sealECDH(publicKeyDER []byte, gdk []byte) (epk, wrapped []byte, err error) {
 	pk, err := x509.ParsePKIXPublicKey(publicKeyDER)
 	if err != nil {
 		return nil, nil, fmt.Errorf("failed to parse the public key: %w", err)
@@ -82,7 +115,7 @@ func sealECDH(publicKeyDER []byte, kind string, gdk []byte) (epk, wrapped []byte
 		return nil, nil, err
 	}
 	epk = eph.PublicKey().Bytes()
-	key, err := ecdhKey(eph, pub, kind, epk)
+	key, err := ecdhKey(eph, pub, epk, pub.Bytes())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -91,23 +124,18 @@ func sealECDH(publicKeyDER []byte, kind string, gdk []byte) (epk, wrapped []byte
 	return epk, wrapped, err
 }
 
-// ecdhKey is the slot key: HMAC-SHA256(Z, kdf.ECDHMessage(kind, epk,
-// recipient)), where the recipient is whichever side is not ephemeral.
-func ecdhKey(priv *ecdh.PrivateKey, peer *ecdh.PublicKey, kind string, epk []byte) ([]byte, error) {
+// ecdhKey is the slot key format.ECDHKey(Z, format.ECDHInfo(epk, rpk)).
+func ecdhKey(priv *ecdh.PrivateKey, peer *ecdh.PublicKey, epk, rpk []byte) ([]byte, error) {
 	z, err := priv.ECDH(peer)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(z)
-	rpk := peer.Bytes()
-	if bytes.Equal(rpk, epk) {
-		rpk = priv.PublicKey().Bytes()
-	}
-	msg, err := kdf.ECDHMessage(kind, epk, rpk)
+	info, err := format.ECDHInfo(epk, rpk)
 	if err != nil {
 		return nil, err
 	}
-	return kdf.ECDHKey(z, msg)
+	return format.ECDHKey(z, info)
 }
 
 func sealRSA(publicKeyDER []byte, suite string, gdk []byte) ([]byte, error) {
@@ -126,53 +154,55 @@ func sealRSA(publicKeyDER []byte, suite string, gdk []byte) ([]byte, error) {
 	return rsa.EncryptOAEP(h, rand.Reader, rk, gdk, nil)
 }
 
-// OpenRSA opens a member, device or escrow slot with the recipient's
-// private key.
-func OpenRSA(slotJSON []byte, priv *rsa.PrivateKey) ([]byte, error) {
-	return OpenPublic(slotJSON, priv)
-}
-
 // OpenPublic opens an escrow, member or device slot with the recipient's
 // private key: *rsa.PrivateKey for the rsa-oaep suites, *ecdh.PrivateKey
-// (P-256) for ecdh-p256. ErrWrongKey: the key is not the slot's, or the
-// slot was altered (public-key slots cannot tell the two apart).
-func OpenPublic(slotJSON []byte, priv crypto.PrivateKey) ([]byte, error) {
+// (P-256) for ecdh-p256. It returns the GDK and the decoded slot (whose
+// GDKVersion and Commit say which GDK it is). ErrWrongKey: the key is not
+// the slot's, or the wrapped key was altered (public-key slots cannot tell
+// the two apart); ErrBinding, ErrCommitment: see Verify.
+func OpenPublic(slotJSON []byte, want Want, priv crypto.PrivateKey) ([]byte, *bundle.Slot, error) {
 	s, err := bundle.ParseSlot(slotJSON)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !bundle.PublicKeySuite(s.Suite) {
-		return nil, fmt.Errorf("%w: a %s slot is not opened with a private key", bundle.ErrMalformed, s.Kind)
+		return nil, nil, fmt.Errorf("%w: a %s slot is not opened with a private key", ErrWrongKey, s.Kind)
 	}
+	if err := want.check(s); err != nil {
+		return nil, nil, err
+	}
+	var gdk []byte
 	switch k := priv.(type) {
 	case *rsa.PrivateKey:
 		h, err := oaepHash(s.Suite)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrWrongKey, err)
+			return nil, nil, fmt.Errorf("%w: %w", ErrWrongKey, err)
 		}
-		gdk, err := rsa.DecryptOAEP(h, nil, k, s.Wrapped, nil)
-		if err != nil {
-			return nil, fmt.Errorf("failed to open the %s slot: %w", s.Kind, ErrWrongKey)
+		if gdk, err = rsa.DecryptOAEP(h, nil, k, s.Wrapped, nil); err != nil {
+			return nil, nil, fmt.Errorf("failed to open the %s slot: %w", s.Kind, ErrWrongKey)
 		}
-		return gdk, nil
 	case *ecdh.PrivateKey:
 		if s.Suite != bundle.SuiteECDHP256 || k.Curve() != ecdh.P256() {
-			return nil, fmt.Errorf("%w: a %s slot, with a P-256 key", ErrWrongKey, s.Suite)
+			return nil, nil, fmt.Errorf("%w: a %s slot, with a P-256 key", ErrWrongKey, s.Suite)
 		}
 		peer, err := ecdh.P256().NewPublicKey(s.EPK)
 		if err != nil {
-			return nil, fmt.Errorf("%w: epk", bundle.ErrMalformed)
+			return nil, nil, fmt.Errorf("%w: epk", bundle.ErrMalformed)
 		}
-		key, err := ecdhKey(k, peer, string(s.Kind), s.EPK)
+		key, err := ecdhKey(k, peer, s.EPK, k.PublicKey().Bytes())
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		defer clear(key)
-		gdk, err := UnwrapKey(key, s.Wrapped)
-		if err != nil {
-			return nil, fmt.Errorf("failed to open the %s slot: %w", s.Kind, ErrWrongKey)
+		if gdk, err = UnwrapKey(key, s.Wrapped); err != nil {
+			return nil, nil, fmt.Errorf("failed to open the %s slot: %w", s.Kind, ErrWrongKey)
 		}
-		return gdk, nil
+	default:
+		return nil, nil, fmt.Errorf("private key is a %T, want *rsa.PrivateKey or *ecdh.PrivateKey", priv)
 	}
-	return nil, fmt.Errorf("private key is a %T, want *rsa.PrivateKey or *ecdh.PrivateKey", priv)
+	if err := Verify(s, gdk); err != nil {
+		clear(gdk)
+		return nil, nil, err
+	}
+	return gdk, s, nil
 }

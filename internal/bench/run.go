@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -121,13 +122,15 @@ func FromEnv() (Config, error) {
 }
 
 // base is a group's keys, really provisioned by the token, that the
-// store's groups are copies of, and an escrow slot that opens with them.
+// store's groups are copies of, and the GDK the bench seals to them. src
+// is an escrow slot of that GDK for the raw ceiling, which opens it
+// without a group.
 type base struct {
 	suite  string
 	pub    []byte
 	escrow hsm.WrappedKey
 	unlock hsm.WrappedKey
-	slot   []byte
+	gdk    []byte
 	src    hsm.Source
 }
 
@@ -285,8 +288,7 @@ func (r *runner) bases(ctx context.Context) error {
 		if err != nil {
 			return base{}, err
 		}
-		slot, err := device.SealEscrow(pub, 1, suite, gdk)
-		clear(gdk)
+		slot, err := device.SealEscrow(pub, device.To{Group: "bench-base", GDKVersion: 1, KeyVersion: 1}, suite, gdk)
 		if err != nil {
 			return base{}, err
 		}
@@ -294,7 +296,7 @@ func (r *runner) bases(ctx context.Context) error {
 		if err != nil {
 			return base{}, err
 		}
-		return base{suite: suite, pub: pub, escrow: priv, unlock: u, slot: slot,
+		return base{suite: suite, pub: pub, escrow: priv, unlock: u, gdk: gdk,
 			src: hsm.Source{EscrowPrivate: priv, EscrowPublicDER: pub, Suite: hsm.Suite(suite), Wrapped: s.Wrapped, EPK: s.EPK}}, nil
 	}
 	for range ecBases {
@@ -480,40 +482,152 @@ func thousands(n int) string {
 	return s
 }
 
-// The gRPC operations. Each picks its group at random (or the next reveal
-// user) so that the store is read all over, not one hot record.
+// The gRPC operations. Each picks its group at random from a pool spread
+// over the whole store (or the next reveal user), so that the store is
+// read all over, not one hot record.
 
-func (r *runner) ecGroup(n int) int {
-	i := mrand.IntN(n)
-	if isRSA(i) {
-		i--
+// slotPool is how many ecdh-p256 groups of a store get an escrow slot of
+// their own (all of them in a smaller store), and rsaPool how many
+// rsa-oaep-sha1 groups.
+const (
+	slotPool = 1 << 14
+	rsaPool  = 1 << 10
+)
+
+// rsaGroups is how many groups of a store of n are rsa-oaep-sha1 ones
+// (isRSA): group 100j+50 for every j.
+func rsaGroups(n int) int { return (n + 49) / 100 }
+
+// ecIndex is the index of the j-th ecdh-p256 group of a filled store: every
+// hundred indexes hold 99 of them, all but the one isRSA names.
+func ecIndex(j int) int {
+	i := j/99*100 + j%99
+	if j%99 >= 50 {
+		i++
 	}
 	return i
 }
 
-func (r *runner) rewrapECDH(d *daemon, n int) Op {
+// sealed is a group of a filled store and an escrow slot that names it.
+type sealed struct {
+	group string
+	slot  []byte
+}
+
+// pool is the groups the operations on one store send requests for, each
+// with its own escrow slot.
+type pool struct {
+	ec, rsa []sealed
+}
+
+// spread picks k of the indexes 0 to m−1 (all of them if k ≥ m), one at
+// random in each of k equal strata, so the picks cover the whole range.
+func spread(m, k int) []int {
+	if k >= m {
+		out := make([]int, m)
+		for i := range out {
+			out[i] = i
+		}
+		return out
+	}
+	out := make([]int, k)
+	for j := range out {
+		lo, hi := j*m/k, (j+1)*m/k
+		out[j] = lo + mrand.IntN(hi-lo)
+	}
+	return out
+}
+
+// sealPool seals, before any timed run, an escrow slot for every group of
+// the pool of a store of n groups, as a device would: a slot (format
+// version 2) names its group and carries the commitment and binding of
+// the group's GDK, so one slot no longer serves every copy of a base key.
+// The timed operations only pick from the pool, so a request costs the
+// daemon what it did when one slot was sent for every group, plus the
+// checks of that slot's commitment and binding in the HSM.
+func (r *runner) sealPool(n int) (*pool, error) {
+	t0 := time.Now()
+	var ecIdx, rsaIdx []int
+	for _, j := range spread(n-rsaGroups(n), slotPool) {
+		ecIdx = append(ecIdx, ecIndex(j))
+	}
+	for _, j := range spread(rsaGroups(n), rsaPool) {
+		rsaIdx = append(rsaIdx, 100*j+50)
+	}
+	p := &pool{ec: make([]sealed, len(ecIdx))}
+	if r.cfg.RSA {
+		p.rsa = make([]sealed, len(rsaIdx))
+	}
+	type job struct {
+		b   *base
+		idx int
+		out *sealed
+	}
+	jobs := make(chan job)
+	errs := make(chan error, runtime.NumCPU())
+	var wg sync.WaitGroup
+	for range runtime.NumCPU() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var first error
+			for j := range jobs {
+				if first != nil {
+					continue
+				}
+				g := groupID(j.idx)
+				slot, err := device.SealEscrow(j.b.pub, device.To{Group: g, GDKVersion: 1, KeyVersion: 1}, j.b.suite, j.b.gdk)
+				if err != nil {
+					first = fmt.Errorf("bench: seal an escrow slot for %s: %w", g, err)
+					continue
+				}
+				*j.out = sealed{group: g, slot: slot}
+			}
+			errs <- first
+		}()
+	}
+	for k, i := range ecIdx {
+		jobs <- job{b: &r.ec[i%len(r.ec)], idx: i, out: &p.ec[k]}
+	}
+	for k := range p.rsa {
+		jobs <- job{b: r.rsa, idx: rsaIdx[k], out: &p.rsa[k]}
+	}
+	close(jobs)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	r.logf("sealed escrow slots for %d ecdh-p256 and %d rsa-oaep-sha1 groups of %d in %s", len(p.ec), len(p.rsa), n, time.Since(t0).Round(time.Millisecond))
+	return p, nil
+}
+
+func (p *pool) ecPick() *sealed { return &p.ec[mrand.IntN(len(p.ec))] }
+
+func (r *runner) rewrapECDH(d *daemon, p *pool) Op {
 	return func(ctx context.Context, _ int) (int, error) {
-		i := r.ecGroup(n)
-		_, err := d.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: groupID(i), EscrowSlot: r.ec[i%len(r.ec)].slot, Recipient: &r.member})
+		g := p.ecPick()
+		_, err := d.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: g.group, EscrowSlot: g.slot, Recipient: &r.member})
 		return 1, err
 	}
 }
 
-func (r *runner) rewrapRSA(d *daemon, n int) Op {
-	k := max((n+49)/100, 1)
+func (r *runner) rewrapRSA(d *daemon, p *pool) Op {
 	return func(ctx context.Context, _ int) (int, error) {
-		i := 100*mrand.IntN(k) + 50
-		_, err := d.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: groupID(i), EscrowSlot: r.rsa.slot, Recipient: &r.rsaMem})
+		g := &p.rsa[mrand.IntN(len(p.rsa))]
+		_, err := d.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: g.group, EscrowSlot: g.slot, Recipient: &r.rsaMem})
 		return 1, err
 	}
 }
 
-func (r *runner) batch(d *daemon, n int) Op {
+func (r *runner) batch(d *daemon, p *pool) Op {
 	return func(ctx context.Context, _ int) (int, error) {
 		items := make([]*escrowdv1.BatchRewrapItem, r.cfg.Batch)
 		for j := range items {
-			i := r.ecGroup(n)
-			items[j] = &escrowdv1.BatchRewrapItem{Reference: strconv.Itoa(j), GroupId: groupID(i), EscrowSlot: r.ec[i%len(r.ec)].slot,
+			g := p.ecPick()
+			items[j] = &escrowdv1.BatchRewrapItem{Reference: strconv.Itoa(j), GroupId: g.group, EscrowSlot: g.slot,
 				Target: &escrowdv1.BatchRewrapItem_Recipient{Recipient: &r.member}}
 		}
 		resp, err := d.sync.BatchRewrap(ctx, &escrowdv1.BatchRewrapRequest{Items: items})
@@ -594,25 +708,29 @@ func (r *runner) small(ctx context.Context) error {
 	}
 	n := r.cfg.SmallGroups
 	sec := r.sectionSmall()
+	p, err := r.sealPool(n)
+	if err != nil {
+		return err
+	}
 	d, err := r.env.startDaemon("escrowd-bench", path, "escrowd-small.log", r.daemonFlags()...)
 	if err != nil {
 		return err
 	}
-	rw := r.sweep(ctx, d, sec, "rewrap ecdh-p256", r.rewrapECDH(d, n), "")
+	rw := r.sweep(ctx, d, sec, "rewrap ecdh-p256", r.rewrapECDH(d, p), "")
 	if r.cfg.RSA && n > 50 {
-		r.sweep(ctx, d, sec, "rewrap rsa-oaep-sha1", r.rewrapRSA(d, n), "")
+		r.sweep(ctx, d, sec, "rewrap rsa-oaep-sha1", r.rewrapRSA(d, p), "")
 	}
-	r.sweep(ctx, d, sec, "batch rewrap ecdh-p256", r.batch(d, n), fmt.Sprintf("%d items per call; ops = items", r.cfg.Batch))
+	r.sweep(ctx, d, sec, "batch rewrap ecdh-p256", r.batch(d, p), fmt.Sprintf("%d items per call; ops = items", r.cfg.Batch))
 	r.sweep(ctx, d, sec, "reveal", r.reveal(d, n), "")
 	r.sweep(ctx, d, sec, "provision ecdh-p256", r.provision(d, "s"), "")
 	// p99 at half of the peak re-wrap load, open loop.
-	p := peak(rw)
-	rate := p.OpsPerSec / 2
-	r.add(sec, "rewrap ecdh-p256 @ half peak", 0, RunOpen(ctx, rate, r.cfg.Duration, 256, d.pid(), r.rewrapECDH(d, n)),
+	pk := peak(rw)
+	rate := pk.OpsPerSec / 2
+	r.add(sec, "rewrap ecdh-p256 @ half peak", 0, RunOpen(ctx, rate, r.cfg.Duration, 256, d.pid(), r.rewrapECDH(d, p)),
 		fmt.Sprintf("open loop, %.0f req/s", rate))
 	r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("escrowd memory with %s groups: %s.", thousands(n), d.memory()))
 	if r.cfg.Profile != "" {
-		r.profile(ctx, d, "rewrap", p.Conc, r.rewrapECDH(d, n))
+		r.profile(ctx, d, "rewrap", pk.Conc, r.rewrapECDH(d, p))
 		r.profile(ctx, d, "reveal", peak(r.rows(sec, "reveal")).Conc, r.reveal(d, n))
 	}
 	d.stop()
@@ -645,12 +763,16 @@ func (r *runner) large(ctx context.Context) error {
 	}
 	n := r.cfg.Groups
 	sec := r.sectionLarge()
+	p, err := r.sealPool(n)
+	if err != nil {
+		return err
+	}
 	d, err := r.env.startDaemon("escrowd-bench", path, "escrowd-large.log", r.daemonFlags()...)
 	if err != nil {
 		return err
 	}
 	defer d.stop()
-	r.sweep(ctx, d, sec, "rewrap ecdh-p256", r.rewrapECDH(d, n), "")
+	r.sweep(ctx, d, sec, "rewrap ecdh-p256", r.rewrapECDH(d, p), "")
 	r.sweep(ctx, d, sec, "reveal", r.reveal(d, n), "")
 	r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("escrowd memory with %s groups: %s.", thousands(n), d.memory()))
 	if !r.cfg.KEK {

@@ -3162,9 +3162,14 @@ type RotateGroupKeyResponse struct {
 	EscrowKeyVersion uint32 `protobuf:"varint,3,opt,name=escrow_key_version,json=escrowKeyVersion,proto3" json:"escrow_key_version,omitempty"`
 	// One slot per recipient, in request order.
 	RecipientSlots [][]byte `protobuf:"bytes,4,rep,name=recipient_slots,json=recipientSlots,proto3" json:"recipient_slots,omitempty"`
-	// The old key wrapped under the new one (docs/FORMAT.md, chain slots).
-	ChainSlot     []byte             `protobuf:"bytes,5,opt,name=chain_slot,json=chainSlot,proto3" json:"chain_slot,omitempty"`
-	Unlock        []*UserUnlockSlots `protobuf:"bytes,6,rep,name=unlock,proto3" json:"unlock,omitempty"`
+	// The old key wrapped under the new one's chain key (docs/FORMAT.md,
+	// chain slots).
+	ChainSlot []byte             `protobuf:"bytes,5,opt,name=chain_slot,json=chainSlot,proto3" json:"chain_slot,omitempty"`
+	Unlock    []*UserUnlockSlots `protobuf:"bytes,6,rep,name=unlock,proto3" json:"unlock,omitempty"`
+	// The new key's commitment (docs/FORMAT.md, "The GDK commitment"), which
+	// every slot of the new key carries. Hand it to devices over their
+	// authenticated channel: it is what they pin for the new version.
+	GdkCommitment []byte `protobuf:"bytes,7,opt,name=gdk_commitment,json=gdkCommitment,proto3" json:"gdk_commitment,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3237,6 +3242,13 @@ func (x *RotateGroupKeyResponse) GetChainSlot() []byte {
 func (x *RotateGroupKeyResponse) GetUnlock() []*UserUnlockSlots {
 	if x != nil {
 		return x.Unlock
+	}
+	return nil
+}
+
+func (x *RotateGroupKeyResponse) GetGdkCommitment() []byte {
+	if x != nil {
+		return x.GdkCommitment
 	}
 	return nil
 }
@@ -3528,7 +3540,7 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"recipients\x18\x04 \x03(\v2\x15.escrowd.v1.RecipientR\n" +
 	"recipients\x12&\n" +
 	"\x0funlock_user_ids\x18\x05 \x03(\tR\runlockUserIds\x12$\n" +
-	"\x0ecodes_per_user\x18\x06 \x01(\rR\fcodesPerUser\"\x85\x02\n" +
+	"\x0ecodes_per_user\x18\x06 \x01(\rR\fcodesPerUser\"\xac\x02\n" +
 	"\x16RotateGroupKeyResponse\x12\x1f\n" +
 	"\vgdk_version\x18\x01 \x01(\rR\n" +
 	"gdkVersion\x12\x1f\n" +
@@ -3538,7 +3550,8 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\x0frecipient_slots\x18\x04 \x03(\fR\x0erecipientSlots\x12\x1d\n" +
 	"\n" +
 	"chain_slot\x18\x05 \x01(\fR\tchainSlot\x123\n" +
-	"\x06unlock\x18\x06 \x03(\v2\x1b.escrowd.v1.UserUnlockSlotsR\x06unlock\"V\n" +
+	"\x06unlock\x18\x06 \x03(\v2\x1b.escrowd.v1.UserUnlockSlotsR\x06unlock\x12%\n" +
+	"\x0egdk_commitment\x18\a \x01(\fR\rgdkCommitment\"V\n" +
 	"\x0fUserUnlockSlots\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\rR\x05epoch\x12\x14\n" +
