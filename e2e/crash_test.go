@@ -140,6 +140,15 @@ func TestKEKRotationCrash(t *testing.T) {
 		done int64
 	}{{1, 700}, {1, 4000}, {1, 8200}, {2, 3000}}
 	rotStart := time.Now()
+	var restarted chan error
+	waitRestart := func() {
+		if restarted != nil {
+			if err := <-restarted; err != nil {
+				t.Fatal(err)
+			}
+			restarted = nil
+		}
+	}
 	var j store.Job
 	for _, k := range kills {
 		for {
@@ -158,15 +167,22 @@ func TestKEKRotationCrash(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		waitRestart()
 		r := owner(j)
 		if r == nil {
 			t.Fatalf("no replica owns the job: %q", j.Owner)
 		}
+		pid := r.pid()
 		r.kill()
 		checkCrashInvariant(t, ctx, st, bases)
-		t.Logf("SIGKILL of pid %d at pass %d, %d/%d groups done", r.pid(), j.Pass, j.Done, j.Total)
-		r.start()
+		t.Logf("SIGKILL of pid %d at pass %d, %d/%d groups done", pid, j.Pass, j.Done, j.Total)
+		// Restart in the background: the other replica takes the job over
+		// when the lease expires and may finish a pass while this one starts,
+		// and the next kill point must not be missed meanwhile.
+		restarted = make(chan error, 1)
+		go func() { restarted <- r.launch() }()
 	}
+	waitRestart()
 	for {
 		j, err = st.Job(ctx, jobID)
 		if err != nil {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"bytes"
 	"crypto/tls"
 	"net"
@@ -81,30 +82,39 @@ func (r *replica) connect() {
 }
 
 func (r *replica) start() {
-	t := r.t
-	t.Helper()
-	r.cmd = exec.Command(r.bin, r.args...)
-	r.cmd.Stderr = lockedWriter{&r.mu, &r.log}
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
+	r.t.Helper()
+	if err := r.launch(); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// launch starts the process and waits until it listens. It reports rather
+// than fails, so that a test can restart a replica in the background while
+// it watches another one.
+func (r *replica) launch() error {
+	cmd := exec.Command(r.bin, r.args...)
+	cmd.Stderr = lockedWriter{&r.mu, &r.log}
+	if err := cmd.Start(); err != nil {
+		return err
 	}
 	exited := make(chan error, 1)
-	r.exited = exited
-	cmd := r.cmd
+	r.mu.Lock()
+	r.cmd, r.exited = cmd, exited
+	r.mu.Unlock()
 	go func() { exited <- cmd.Wait() }()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		c, err := net.Dial("tcp", r.addr)
 		if err == nil {
 			c.Close()
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("escrowd did not listen:\n%s", r.logs())
+			return fmt.Errorf("escrowd did not listen:\n%s", r.logs())
 		}
 		select {
 		case err := <-exited:
-			t.Fatalf("escrowd exited: %v\n%s", err, r.logs())
+			return fmt.Errorf("escrowd exited: %v\n%s", err, r.logs())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -116,16 +126,26 @@ func (r *replica) logs() string {
 	return r.log.String()
 }
 
-func (r *replica) pid() int { return r.cmd.Process.Pid }
+func (r *replica) pid() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil || r.cmd.Process == nil {
+		return 0
+	}
+	return r.cmd.Process.Pid
+}
 
 // kill sends SIGKILL and waits for the process to be gone.
 func (r *replica) kill() {
-	if r.cmd == nil || r.cmd.Process == nil {
+	r.mu.Lock()
+	cmd, exited := r.cmd, r.exited
+	r.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
 		return
 	}
-	_ = r.cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Process.Signal(syscall.SIGKILL)
 	select {
-	case <-r.exited:
+	case <-exited:
 	case <-time.After(10 * time.Second):
 	}
 }
