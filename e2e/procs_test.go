@@ -1,9 +1,9 @@
 package e2e
 
 import (
-	"fmt"
 	"bytes"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
