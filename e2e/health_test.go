@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/escrow/device"
 	"github.com/escrowd/escrowd/internal/vaulttest"
 	"github.com/escrowd/escrowd/softhsm"
 )
@@ -86,36 +87,102 @@ func tokenDir(t *testing.T, tok *softhsm.Token) string {
 	return found[0]
 }
 
-// TestHealthHSMLoggedOut: when the token goes away under a running
-// daemon (its SoftHSM directory moved off), the session pool's recovery
-// cannot log in again; health goes NOT_SERVING and requests fail
-// UNAVAILABLE instead of serving from a token that is not there. The
-// token is one of this test's own, in the shared SoftHSM directory.
-func TestHealthHSMLoggedOut(t *testing.T) {
-	tok, err := softhsm.New(token.Dir, "e2e-logged-out")
+// TestHSMTokenLoss: the token goes away under a running daemon (its SoftHSM
+// directory moved out of the token directory): health goes NOT_SERVING and
+// every request that needs the HSM fails UNAVAILABLE; a reveal refused so
+// claims no code. The directory comes back: the daemon re-initialises the
+// module, finds the token, logs in and finds the KEK by itself, health is
+// SERVING again without a restart, the next reveal gives the first code of
+// the epoch, and it opens its slot. The token is one of this test's own,
+// in the shared SoftHSM directory.
+func TestHSMTokenLoss(t *testing.T) {
+	tok, err := softhsm.New(token.Dir, "e2e-token-loss")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := newStackWith(t, vaultSrv, stackOpts{token: tok, checkInterval: healthEvery})
 	ctx := ctxT(t)
-	if _, err := s.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: "g-hsm"}); err != nil {
+	const group, user = "g-hsm", "bob"
+	p, err := s.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: group})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := p.GetEscrowKey()
+	gdk, err := device.NewGDK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	escrowSlot, err := device.SealEscrow(k.GetPublicKey(), device.To{Group: group, GDKVersion: 1, KeyVersion: k.GetVersion()}, k.GetSuite(), gdk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	is, err := s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: group, UserId: user, EscrowSlot: escrowSlot, Count: 3})
+	if err != nil {
 		t.Fatal(err)
 	}
 	s.awaitHealth(t, healthpb.HealthCheckResponse_SERVING)
 
+	// Away means out of the token directory: a re-initialised SoftHSM
+	// finds a token in any folder under it.
 	dir := tokenDir(t, tok)
-	if err := os.Rename(dir, dir+".away"); err != nil {
+	away := filepath.Join(tok.Dir, "away-"+tok.Label)
+	if err := os.Rename(dir, away); err != nil {
 		t.Fatal(err)
 	}
-	// SoftHSM finds tokens at C_Initialize only: this process cannot see
-	// the token again, so the move stays undone and the stack is stopped
-	// before the directory goes back (other tests' SoftHSM state is
-	// untouched).
-	t.Cleanup(func() { s.stop(); os.Rename(dir+".away", dir) })
+	back := false
+	t.Cleanup(func() {
+		if !back {
+			s.stop()
+			os.Rename(away, dir)
+		}
+	})
 	s.awaitHealth(t, healthpb.HealthCheckResponse_NOT_SERVING)
-	_, err = s.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: "g-hsm-gone"})
-	if status.Code(err) != codes.Unavailable {
-		t.Fatalf("provision with the token gone: %v, want Unavailable", err)
+	reveal := func() (*escrowdv1.RevealUnlockCodeResponse, error) {
+		return s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: group, UserId: user, Ticket: "SUP-13"})
 	}
-	t.Logf("with the token gone: %v", err)
+	for i := range 2 {
+		if _, err := reveal(); status.Code(err) != codes.Unavailable {
+			t.Fatalf("reveal %d with the token gone: %v, want Unavailable", i, err)
+		}
+	}
+	if _, err := s.sync.RewrapToEscrow(ctx, &escrowdv1.RewrapToEscrowRequest{GroupId: group, EscrowSlot: escrowSlot}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("RewrapToEscrow with the token gone: %v, want Unavailable", err)
+	}
+	if _, err := s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: group, UserId: "carol", EscrowSlot: escrowSlot}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("IssueUnlockCodes with the token gone: %v, want Unavailable", err)
+	}
+	if _, err := s.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: "g-hsm-gone"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("provision with the token gone: %v, want Unavailable", err)
+	} else {
+		t.Logf("with the token gone: %v", err)
+	}
+	ls, err := s.support.ListUnlockCodes(ctx, &escrowdv1.ListUnlockCodesRequest{GroupId: group, UserId: user})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range ls.GetCodes() {
+		if c.GetState() != escrowdv1.UnlockCodeState_STATE_UNREVEALED {
+			t.Fatalf("code %d is %v after reveals refused with the token gone: a refused reveal burnt it", i, c.GetState())
+		}
+	}
+
+	// The token comes back: no restart.
+	if err := os.Rename(away, dir); err != nil {
+		t.Fatal(err)
+	}
+	back = true
+	s.awaitHealth(t, healthpb.HealthCheckResponse_SERVING)
+	rv, err := reveal()
+	if err != nil {
+		t.Fatalf("reveal with the token back: %v", err)
+	}
+	if rv.GetIndex() != 0 || rv.GetRemaining() != 2 {
+		t.Fatalf("reveal with the token back: index %d, %d left; want the epoch's first code, 2 left", rv.GetIndex(), rv.GetRemaining())
+	}
+	if got, _, err := device.OpenUnlock(is.GetSlots(), device.Want{Group: group, ID: user}, rv.GetCode()); err != nil || !bytes.Equal(got, gdk) {
+		t.Fatalf("the code revealed after recovery does not open its slot: %v", err)
+	}
+	if _, err := s.sync.RewrapToEscrow(ctx, &escrowdv1.RewrapToEscrowRequest{GroupId: group, EscrowSlot: escrowSlot}); err != nil {
+		t.Fatalf("RewrapToEscrow with the token back: %v", err)
+	}
 }

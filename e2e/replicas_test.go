@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -61,8 +62,9 @@ func TestTwoReplicasReveal(t *testing.T) {
 		t.Fatal(err)
 	}
 	user := func(i int) string { return fmt.Sprintf("user-%02d", i) }
+	nonce := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, format.CodeNonceSize) }
 	for i := range users {
-		if _, err := st.StartEpoch(ctx, group, user(i), 0, 1, perUser); err != nil {
+		if _, err := st.StartEpoch(ctx, group, user(i), 0, 1, perUser, nonce(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -113,8 +115,9 @@ func TestTwoReplicasReveal(t *testing.T) {
 			}
 			codesSeen[r.code] = true
 			indexes[[2]int{r.user, int(r.index)}]++
-			// The code is the one derived for (group, user, epoch 1, index).
-			mac, err := h.HMAC(ctx, uk, format.CodeMessage(group, user(r.user), 1, r.index))
+			// The code is the one derived for (group, user, epoch 1, index,
+			// the epoch's nonce).
+			mac, err := h.HMAC(ctx, uk, format.CodeMessage(group, user(r.user), 1, r.index, nonce(r.user)))
 			if err != nil {
 				t.Fatal(err)
 			}

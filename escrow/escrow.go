@@ -9,6 +9,7 @@
 package escrow
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -357,6 +358,7 @@ func (s *Service) currentEpoch(ctx context.Context, group, user string) (uint32,
 type pendingCodes struct {
 	group, user   string
 	epoch         uint32
+	nonce         []byte // the epoch's, bound into every code of it
 	unlockVersion uint32
 	iterations    int
 	targets       []hsm.Target
@@ -369,13 +371,16 @@ func (p *pendingCodes) clear() {
 	}
 }
 
-// prepareCodes derives the n codes of epoch in the HSM and their slot keys;
-// the slots will hold GDK gdkVersion.
+// prepareCodes draws the epoch's nonce, derives the n codes of epoch in the
+// HSM and their slot keys; the slots will hold GDK gdkVersion.
 func (s *Service) prepareCodes(ctx context.Context, group, user string, gdkVersion, epoch uint32, n int, unlockKey store.UnlockKey) (*pendingCodes, error) {
 	p := &pendingCodes{group: group, user: user, epoch: epoch, unlockVersion: unlockKey.Version, iterations: s.cfg.UnlockIterations,
-		targets: make([]hsm.Target, n), salts: make([][]byte, n)}
+		nonce: make([]byte, format.CodeNonceSize), targets: make([]hsm.Target, n), salts: make([][]byte, n)}
+	if _, err := rand.Read(p.nonce); err != nil {
+		return nil, fmt.Errorf("escrow: crypto/rand failed: %w", err)
+	}
 	for i := range n {
-		code, err := s.deriveCode(ctx, group, user, epoch, uint32(i), unlockKey)
+		code, err := s.deriveCode(ctx, group, user, epoch, uint32(i), p.nonce, unlockKey)
 		if err != nil {
 			p.clear()
 			return nil, err
@@ -416,7 +421,7 @@ func (p *pendingCodes) slots(wrapped []hsm.Sealed) ([][]byte, error) {
 // startEpoch records the new epoch: only now does it exist, and the old
 // codes die with this write.
 func (s *Service) startEpoch(ctx context.Context, p *pendingCodes) error {
-	if _, err := s.store.StartEpoch(ctx, p.group, p.user, p.epoch-1, p.unlockVersion, len(p.targets)); err != nil {
+	if _, err := s.store.StartEpoch(ctx, p.group, p.user, p.epoch-1, p.unlockVersion, len(p.targets), p.nonce); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return fmt.Errorf("%w: codes for %s were issued concurrently", ErrConflict, p.user)
 		}
@@ -435,8 +440,10 @@ type Revealed struct {
 }
 
 // RevealCode marks the user's next code revealed in the store and returns
-// it. If anything fails after the mark, that code is burnt: it is never
-// returned, and never returned twice.
+// it. The code is derived in the HSM before it is claimed, so an HSM that
+// cannot serve refuses the reveal (ErrUnavailable) and burns nothing. If
+// anything fails after the mark, that code is burnt: it is never returned,
+// and never returned twice.
 func (s *Service) RevealCode(ctx context.Context, group, user string) (Revealed, error) {
 	if err := checkID("user_id", user); err != nil {
 		return Revealed{}, err
@@ -445,36 +452,78 @@ func (s *Service) RevealCode(ctx context.Context, group, user string) (Revealed,
 	if err != nil {
 		return Revealed{}, err
 	}
-	// Refuse before claiming when the epoch's unlock key may not be used:
-	// a refused reveal must not burn a code.
-	if cur, err := s.store.Codes(ctx, group, user); err == nil {
-		if uk, ok := g.UnlockVersion(cur.UnlockVersion); ok {
-			if err := usableUnlock(&g, uk); err != nil {
-				return Revealed{}, err
-			}
-		}
+	cur, err := s.store.Codes(ctx, group, user)
+	switch {
+	case errors.Is(err, store.ErrNoEpoch):
+		return Revealed{}, fmt.Errorf("%w: user %s", ErrNoCodes, user)
+	case err != nil:
+		return Revealed{}, storeErr(err)
+	}
+	// Refuse before claiming whatever would fail after the claim: a
+	// refused reveal must not burn a code.
+	next := nextUnrevealed(&cur)
+	if next < 0 {
+		return Revealed{}, fmt.Errorf("%w: user %s", ErrExhausted, user)
+	}
+	uk, err := s.epochKey(&g, &cur)
+	if err != nil {
+		return Revealed{}, err
+	}
+	code, err := s.deriveCode(ctx, group, user, cur.Epoch, uint32(next), cur.Nonce, uk)
+	if err != nil {
+		return Revealed{}, err
 	}
 	i, c, err := s.store.ClaimCode(ctx, group, user)
 	switch {
 	case errors.Is(err, store.ErrNoEpoch):
-		return Revealed{}, fmt.Errorf("%w: user %s", ErrNoCodes, user)
+		err = fmt.Errorf("%w: user %s", ErrNoCodes, user)
 	case errors.Is(err, store.ErrExhausted):
-		return Revealed{}, fmt.Errorf("%w: user %s", ErrExhausted, user)
+		err = fmt.Errorf("%w: user %s", ErrExhausted, user)
 	case err != nil:
-		return Revealed{}, storeErr(err)
+		err = storeErr(err)
+	}
+	if err != nil {
+		code.Clear()
+		return Revealed{}, err
+	}
+	if i != next || c.Epoch != cur.Epoch || c.UnlockVersion != cur.UnlockVersion || !bytes.Equal(c.Nonce, cur.Nonce) {
+		// A concurrent reveal took the code, or a new epoch started, between
+		// the read and the claim: derive the code that was claimed.
+		code.Clear()
+		if uk, err = s.epochKey(&g, &c); err != nil {
+			return Revealed{}, err
+		}
+		if code, err = s.deriveCode(ctx, group, user, c.Epoch, uint32(i), c.Nonce, uk); err != nil {
+			return Revealed{}, err
+		}
+	}
+	return Revealed{Code: code, Epoch: c.Epoch, Index: uint32(i), Remaining: c.Remaining(), Used: Used{UnlockVersion: uk.Version}}, nil
+}
+
+// nextUnrevealed is the index ClaimCode will claim next, or -1.
+func nextUnrevealed(c *store.Codes) int {
+	for i, r := range c.Revealed {
+		if !r {
+			return i
+		}
+	}
+	return -1
+}
+
+// epochKey returns the unlock key version the codes of epoch c derive
+// from, if it may be used and the epoch has a nonce.
+func (s *Service) epochKey(g *store.Group, c *store.Codes) (store.UnlockKey, error) {
+	if len(c.Nonce) != format.CodeNonceSize {
+		return store.UnlockKey{}, fmt.Errorf("%w: epoch %d of user %s was issued before epochs had a nonce: issue the user a new epoch", ErrPrecondition, c.Epoch, c.User)
 	}
 	uk, ok := g.UnlockVersion(c.UnlockVersion)
 	if !ok {
-		return Revealed{}, fmt.Errorf("%w: unlock key version %d", ErrKeyVersion, c.UnlockVersion)
+		return store.UnlockKey{}, fmt.Errorf("%w: unlock key version %d", ErrKeyVersion, c.UnlockVersion)
 	}
-	if err := usableUnlock(&g, uk); err != nil {
-		return Revealed{}, err
+	if err := usableUnlock(g, uk); err != nil {
+		return store.UnlockKey{}, err
 	}
-	code, err := s.deriveCode(ctx, group, user, c.Epoch, uint32(i), uk)
-	if err != nil {
-		return Revealed{}, err
-	}
-	return Revealed{Code: code, Epoch: c.Epoch, Index: uint32(i), Remaining: c.Remaining(), Used: Used{UnlockVersion: uk.Version}}, nil
+	return uk, nil
 }
 
 // Codes returns the user's code state (never the codes).
@@ -495,9 +544,10 @@ func (s *Service) Codes(ctx context.Context, group, user string) (store.Codes, e
 	return c, nil
 }
 
-// deriveCode computes code index of (group, user, epoch) in the HSM.
-func (s *Service) deriveCode(ctx context.Context, group, user string, epoch, index uint32, uk store.UnlockKey) (unlockcode.Code, error) {
-	mac, err := s.hsm.HMAC(ctx, hsmKey(uk.Key), format.CodeMessage(group, user, epoch, index))
+// deriveCode computes code index of (group, user, epoch) in the HSM; nonce
+// is the epoch's.
+func (s *Service) deriveCode(ctx context.Context, group, user string, epoch, index uint32, nonce []byte, uk store.UnlockKey) (unlockcode.Code, error) {
+	mac, err := s.hsm.HMAC(ctx, hsmKey(uk.Key), format.CodeMessage(group, user, epoch, index, nonce))
 	if err != nil {
 		return unlockcode.Code{}, hsmErr(err)
 	}

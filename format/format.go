@@ -288,17 +288,29 @@ func RecordAAD(group, id string, gdkVersion uint32) []byte {
 // CodeLabel starts the unlock-code message.
 const CodeLabel = "escrowd unlock code v2"
 
+// CodeNonceSize is the size of an epoch's nonce: random bytes drawn when
+// the epoch is issued and stored with it, so that an epoch issued again
+// under the same number (after the store was restored from a backup) has
+// other codes than the one it replaces.
+const CodeNonceSize = 16
+
 // CodeMessage is the HMAC input (under the group's unlock key, in the HSM)
-// that gives a code's material, bound to group, user, epoch and index:
+// that gives a code's material, bound to group, user, epoch, index and the
+// epoch's nonce:
 //
 //	"escrowd unlock code v2" || 0x00 || u16be(len(group)) || group ||
-//	u16be(len(user)) || user || u32be(epoch) || u32be(index)
-func CodeMessage(group, user string, epoch, index uint32) []byte {
-	b := make([]byte, 0, len(CodeLabel)+1+2+len(group)+2+len(user)+8)
+//	u16be(len(user)) || user || u32be(epoch) || u32be(index) ||
+//	u8(len(nonce)) || nonce
+//
+// Devices never compute it: they only run PBKDF2 over the code. It panics
+// if nonce is longer than 255 bytes; callers pass CodeNonceSize bytes.
+func CodeMessage(group, user string, epoch, index uint32, nonce []byte) []byte {
+	b := make([]byte, 0, len(CodeLabel)+1+2+len(group)+2+len(user)+8+1+len(nonce))
 	b = append(b, CodeLabel...)
 	b = append(b, 0)
 	b = lp16(b, []byte(group))
 	b = lp16(b, []byte(user))
 	b = binary.BigEndian.AppendUint32(b, epoch)
-	return binary.BigEndian.AppendUint32(b, index)
+	b = binary.BigEndian.AppendUint32(b, index)
+	return lp8(b, nonce)
 }

@@ -51,7 +51,7 @@ var pythonPins = struct {
 	checkZero:     "a028623d2e240905",
 	checkKey0:     "1d1fe8f60550a996",
 	recordAAD:     "657363726f7764207632207265636f726400000966616d696c792d343200066e6f74652d3100000002",
-	codeMessage:   "657363726f776420756e6c6f636b20636f646520763200000966616d696c792d34320003626f62000000070000001f",
+	codeMessage:   "657363726f776420756e6c6f636b20636f646520763200000966616d696c792d34320003626f62000000070000001f10707172737475767778797a7b7c7d7e7f",
 	rfc7914a:      "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc",
 	rfc7914b:      "4ddcd8f60b98be21830cee5ef22701f9641a4418d04c0414aeff08876b34ab56",
 	passwordKey:   "b203db10c7d51feb6174652094286b721b1a15586029e886b78a5e76d123c305",
@@ -496,23 +496,32 @@ func TestRecordAAD(t *testing.T) {
 }
 
 func TestCodeMessage(t *testing.T) {
-	if got := hex.EncodeToString(CodeMessage("family-42", "bob", 7, 31)); got != pythonPins.codeMessage {
+	nonce := make([]byte, CodeNonceSize)
+	for i := range nonce {
+		nonce[i] = byte(0x70 + i)
+	}
+	if got := hex.EncodeToString(CodeMessage("family-42", "bob", 7, 31, nonce)); got != pythonPins.codeMessage {
 		t.Fatalf("CodeMessage = %s, want %s", got, pythonPins.codeMessage)
 	}
+	n1, n2 := bytes.Repeat([]byte{1}, CodeNonceSize), bytes.Repeat([]byte{2}, CodeNonceSize)
 	seen := map[string]string{}
 	for _, c := range []struct {
 		group, user  string
 		epoch, index uint32
-	}{{"ab", "c", 1, 0}, {"a", "bc", 1, 0}, {"ab", "c", 2, 0}, {"ab", "c", 1, 1}, {"ab", "c", 0, 1 << 31}} {
-		k := string(CodeMessage(c.group, c.user, c.epoch, c.index))
-		name := fmt.Sprintf("%q/%q/%d/%d", c.group, c.user, c.epoch, c.index)
+		nonce        []byte
+	}{{"ab", "c", 1, 0, n1}, {"a", "bc", 1, 0, n1}, {"ab", "c", 2, 0, n1}, {"ab", "c", 1, 1, n1}, {"ab", "c", 0, 1 << 31, n1},
+		// The same group, user, epoch and index under another epoch nonce:
+		// an epoch issued again under its old number after a restore.
+		{"ab", "c", 1, 0, n2}, {"ab", "c", 1, 0, nil}} {
+		k := string(CodeMessage(c.group, c.user, c.epoch, c.index, c.nonce))
+		name := fmt.Sprintf("%q/%q/%d/%d/%x", c.group, c.user, c.epoch, c.index, c.nonce)
 		if other, ok := seen[k]; ok {
 			t.Errorf("%s and %s have the same message", other, name)
 		}
 		seen[k] = name
 	}
 	// The code message and the record AAD start with different labels.
-	if bytes.HasPrefix(CodeMessage("g", "u", 1, 1), []byte(RecordLabel)) {
+	if bytes.HasPrefix(CodeMessage("g", "u", 1, 1, n1), []byte(RecordLabel)) {
 		t.Fatal("labels overlap")
 	}
 }

@@ -149,7 +149,7 @@ func wrapErrAs(op string, err error, sentinel error, codes ...uint) error {
 // recoverable reports whether err means the session, the login or the KEK
 // handle is gone, so the pool must be rebuilt and the operation retried.
 func recoverable(err error) bool {
-	if errors.Is(err, errNotLoggedIn) {
+	if errors.Is(err, errNotLoggedIn) || errors.Is(err, errDisconnected) {
 		return true
 	}
 	code, ok := ckrCode(err)

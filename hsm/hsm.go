@@ -13,6 +13,7 @@ package hsm
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -42,6 +43,16 @@ type HSM struct {
 	closed   bool
 	inflight int
 	done     bool // resources released
+
+	// Recovery (see recover). disconnected: the anchor and the idle
+	// sessions are gone (closed, or dead with the module's previous
+	// initialisation) and the pool must connect again before use.
+	// reiniting: the module is being re-initialised; drained wakes it
+	// when the last checked-out session comes back.
+	disconnected bool
+	reiniting    bool
+	drained      *sync.Cond
+	lastReinit   time.Time
 
 	closeOnce sync.Once
 	closeErr  error
@@ -202,7 +213,9 @@ func (h *HSM) Close() error {
 			_ = h.mod.ctx.CloseSession(s)
 		}
 		h.idle = nil
-		_ = h.mod.ctx.CloseSession(h.anchor)
+		if !h.disconnected {
+			_ = h.mod.ctx.CloseSession(h.anchor)
+		}
 		h.finishLocked()
 		h.mu.Unlock()
 	})
@@ -259,10 +272,19 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 		}
 	}
 	h.mu.Lock()
-	if h.closed {
+	if h.closed || h.reiniting || h.disconnected {
+		var err error
+		switch {
+		case h.closed:
+			err = fmt.Errorf("hsm: %w", ErrClosed)
+		case h.reiniting:
+			err = errReiniting
+		default:
+			err = errDisconnected
+		}
 		h.mu.Unlock()
 		<-h.sem
-		return session{}, fmt.Errorf("hsm: %w", ErrClosed)
+		return session{}, err
 	}
 	h.inflight++
 	keks, cur := h.keks, h.current
@@ -292,10 +314,13 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 func (h *HSM) release(s session, broken bool) {
 	h.mu.Lock()
 	h.inflight--
-	if broken || h.closed || len(h.idle) >= h.cfg.Sessions {
+	if broken || h.closed || h.disconnected || len(h.idle) >= h.cfg.Sessions {
 		_ = h.mod.ctx.CloseSession(s.h)
 	} else {
 		h.idle = append(h.idle, s.h)
+	}
+	if h.inflight == 0 && h.drained != nil {
+		h.drained.Broadcast()
 	}
 	h.finishLocked()
 	h.mu.Unlock()
@@ -304,28 +329,111 @@ func (h *HSM) release(s session, broken bool) {
 
 // recover rebuilds the pool after the token lost our sessions, login or
 // KEK handle: drop every idle session, find the token again (its slot may
-// have changed), open a session, log in, find the KEK again.
+// have changed), open a session, log in, find the KEKs again. When the
+// token cannot be found, the module is re-initialised (at most once per
+// reinitInterval, and only if this HSM value is its only user) and the
+// token looked for once more: a module such as SoftHSM finds a token that
+// went away and came back only then. Its error wraps ErrUnavailable.
 func (h *HSM) recover() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return fmt.Errorf("hsm: %w", ErrClosed)
 	}
-	for _, s := range h.idle {
-		_ = h.mod.ctx.CloseSession(s)
+	if h.reiniting {
+		return errReiniting
+	}
+	err := h.reconnectLocked()
+	if err != nil && tokenMissing(err) && h.reinitLocked() {
+		err = h.reconnectLocked()
+	}
+	if err != nil {
+		return fmt.Errorf("hsm: recover: %w: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// reinitInterval bounds how often recovery re-initialises the module while
+// the token stays away.
+const reinitInterval = time.Second
+
+// reconnectLocked closes the pool's idle sessions and anchor (unless they
+// are gone already) and connects again.
+func (h *HSM) reconnectLocked() error {
+	if !h.disconnected {
+		for _, s := range h.idle {
+			_ = h.mod.ctx.CloseSession(s)
+		}
+		_ = h.mod.ctx.CloseSession(h.anchor)
 	}
 	h.idle = nil
-	_ = h.mod.ctx.CloseSession(h.anchor)
+	h.disconnected = true
 	s, slot, keks, err := h.connect()
 	if err != nil {
-		return fmt.Errorf("hsm: recover: %w", err)
+		return err
 	}
-	h.anchor, h.slot, h.keks = s, slot, keks
+	h.anchor, h.slot, h.keks, h.disconnected = s, slot, keks, false
 	if _, ok := keks[h.current]; !ok {
 		h.current = newest(keks)
 	}
 	return nil
 }
+
+// reinitLocked re-initialises the module once every checked-out session
+// has come back (waiting at most WaitTimeout; new checkouts fail
+// meanwhile). It reports whether it did: then every handle of the pool is
+// gone.
+func (h *HSM) reinitLocked() bool {
+	if time.Since(h.lastReinit) < reinitInterval {
+		return false
+	}
+	h.lastReinit = time.Now()
+	if h.drained == nil {
+		h.drained = sync.NewCond(&h.mu)
+	}
+	h.reiniting = true
+	defer func() { h.reiniting = false }()
+	deadline := time.Now().Add(h.cfg.WaitTimeout)
+	t := time.AfterFunc(h.cfg.WaitTimeout, func() {
+		h.mu.Lock()
+		h.drained.Broadcast()
+		h.mu.Unlock()
+	})
+	defer t.Stop()
+	for h.inflight > 0 && !h.closed && time.Now().Before(deadline) {
+		h.drained.Wait()
+	}
+	if h.inflight > 0 || h.closed || !h.mod.reinit() {
+		return false
+	}
+	h.idle, h.disconnected = nil, true
+	return true
+}
+
+// tokenMissing reports whether connecting failed because the module does
+// not see the token (or is not initialised).
+func tokenMissing(err error) bool {
+	if errors.Is(err, ErrTokenNotFound) {
+		return true
+	}
+	code, ok := ckrCode(err)
+	if !ok {
+		return false
+	}
+	switch code {
+	case pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED, pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_DEVICE_REMOVED,
+		pkcs11.CKR_SLOT_ID_INVALID, pkcs11.CKR_TOKEN_NOT_RECOGNIZED:
+		return true
+	}
+	return false
+}
+
+// errDisconnected: the pool lost its sessions and has not connected again;
+// recoverable. errReiniting: the module is being re-initialised.
+var (
+	errDisconnected = fmt.Errorf("%w: not connected to the token", ErrUnavailable)
+	errReiniting    = fmt.Errorf("hsm: %w: the module is being re-initialised", ErrUnavailable)
+)
 
 // do runs fn on a pooled session. If fn (or getting a session) fails in a
 // way that means the session, login or KEK handle is gone, the pool is
@@ -344,8 +452,13 @@ func (h *HSM) do(ctx context.Context, op string, fn func(s session) error) (err 
 			_, failed := ckrCode(err)
 			h.release(s, failed)
 		}
-		if err == nil || attempt > 0 || !recoverable(err) {
+		if err == nil || !recoverable(err) {
 			return err
+		}
+		// The session, login or a handle is gone: the HSM is unavailable
+		// unless recovery brings it back.
+		if attempt > 0 {
+			return fmt.Errorf("hsm: %w after recovery: %w", ErrUnavailable, err)
 		}
 		if rerr := h.recover(); rerr != nil {
 			return fmt.Errorf("%w (%w)", err, rerr)

@@ -174,3 +174,23 @@ func (m *module) forgetUnusedLogin(label string) {
 		delete(m.logins, label)
 	}
 }
+
+// reinit finalises the module and initialises it again, so that it looks
+// for tokens anew: SoftHSM, for one, reads its token directory only at
+// C_Initialize, so a token that went away and came back is found only
+// then. Every session and object handle of the module dies with it, so it
+// refuses (false) unless the caller's HSM value is the module's only user
+// in this process, and unless this package initialised the module. The
+// caller must hold no session. After a true return the module may still
+// be uninitialised (C_Initialize failed): the caller's next recovery
+// tries again.
+func (m *module) reinit() bool {
+	registry.Lock()
+	defer registry.Unlock()
+	if m.refs != 1 || !m.owns {
+		return false
+	}
+	_ = m.ctx.Finalize()
+	_ = m.ctx.Initialize()
+	return true
+}

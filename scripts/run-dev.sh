@@ -39,7 +39,7 @@ escrowd development stack
   store   $run/escrowd.db
   gRPC    $listen
 
-  policy  $run/pki/policy.yaml (edit, then: kill -HUP \$(pgrep -f 'bin/escrowd -listen'))
+  policy  $run/pki/policy.yaml (edit, then: kill -HUP \$(cat $run/escrowd.pid))
 
 Callers use the certificates in $run/pki: sync-backend; alice and bob
 (support); carol (security). In another shell:
@@ -62,4 +62,5 @@ MSG
 	-tls-cert "$run/pki/server.crt" -tls-key "$run/pki/server.key" -client-ca "$run/pki/ca.crt" \
 	-policy "$run/pki/policy.yaml" \
 	-hsm-module "$module" -hsm-token escrowd-dev -hsm-pin-file "$run/softhsm/user.pin" \
-	-vault-addr "$vault_addr" -vault-token-file "$run/vault/token"
+	-vault-addr "$vault_addr" -vault-token-file "$run/vault/token" \
+	-pid-file "$run/escrowd.pid"

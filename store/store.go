@@ -126,12 +126,32 @@ type Codes struct {
 	Epoch uint32 `json:"epoch"`
 	// UnlockVersion is the unlock key version the epoch's codes derive from.
 	UnlockVersion uint32 `json:"unlock_version"`
+	// Nonce is the epoch's random nonce (format.CodeNonceSize bytes), drawn
+	// when the epoch was issued and bound into every code of it. An epoch
+	// issued again under the same number after the store was restored from
+	// a backup has another nonce, so codes revealed before the restore do
+	// not open its slots. Empty for an epoch stored before nonces existed
+	// (such an epoch's codes cannot be revealed: issue a new epoch).
+	Nonce []byte `json:"nonce,omitempty"`
 	// Revealed has one entry per code of the epoch.
 	Revealed []bool `json:"revealed"`
 	// Consumed marks codes a device has used (reported by the sync
 	// backend); a consumed code is revealed. Nil until one is consumed.
 	Consumed []bool    `json:"consumed,omitempty"`
 	Updated  time.Time `json:"updated"`
+}
+
+// NonceSize is the size of an epoch's nonce (format.CodeNonceSize; the
+// store does not import the format package).
+const NonceSize = 16
+
+// CheckNonce refuses an epoch nonce of the wrong size; every back end's
+// StartEpoch calls it, so none stores an epoch without one.
+func CheckNonce(nonce []byte) error {
+	if len(nonce) != NonceSize {
+		return fmt.Errorf("store: an epoch nonce is %d bytes, not %d", NonceSize, len(nonce))
+	}
+	return nil
 }
 
 // Remaining counts the codes not yet revealed.
@@ -239,9 +259,10 @@ type Store interface {
 	// Codes reads a user's code state; ErrNoEpoch if none was issued.
 	Codes(ctx context.Context, group, user string) (Codes, error)
 	// StartEpoch replaces the user's code state with a new epoch of n
-	// unrevealed codes, if the current epoch is still prevEpoch (0 for
-	// none): ErrConflict otherwise. It returns the new state.
-	StartEpoch(ctx context.Context, group, user string, prevEpoch, unlockVersion uint32, n int) (Codes, error)
+	// unrevealed codes and the epoch's nonce, if the current epoch is still
+	// prevEpoch (0 for none): ErrConflict otherwise. A nonce of another size
+	// than NonceSize is refused (CheckNonce). It returns the new state.
+	StartEpoch(ctx context.Context, group, user string, prevEpoch, unlockVersion uint32, n int, nonce []byte) (Codes, error)
 	// ClaimCode marks the lowest unrevealed code of the current epoch
 	// revealed and returns its index with the new state. Two concurrent
 	// claims never get the same index. ErrExhausted when none is left,

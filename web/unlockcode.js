@@ -132,12 +132,13 @@ export async function deriveKey(secretBytes, salt, iterations) {
   return new Uint8Array(await subtle.deriveBits({ name: "PBKDF2", hash: "SHA-256", salt, iterations }, k, 256));
 }
 
-// codeMessage is the daemon's HMAC input (format v2), for the vectors.
-export function codeMessage(group, user, epoch, index) {
+// codeMessage is the daemon's HMAC input (format v2), nonce being the
+// epoch's (16 bytes), for the vectors.
+export function codeMessage(group, user, epoch, index, nonce) {
   const te = new TextEncoder();
   const g = te.encode(group), u = te.encode(user);
   const label = te.encode("escrowd unlock code v2\0");
-  const b = new Uint8Array(label.length + 2 + g.length + 2 + u.length + 8);
+  const b = new Uint8Array(label.length + 2 + g.length + 2 + u.length + 8 + 1 + nonce.length);
   const dv = new DataView(b.buffer);
   let o = 0;
   b.set(label, o); o += label.length;
@@ -146,7 +147,9 @@ export function codeMessage(group, user, epoch, index) {
   dv.setUint16(o, u.length); o += 2;
   b.set(u, o); o += u.length;
   dv.setUint32(o, epoch); o += 4;
-  dv.setUint32(o, index);
+  dv.setUint32(o, index); o += 4;
+  dv.setUint8(o, nonce.length); o += 1;
+  b.set(nonce, o);
   return b;
 }
 
@@ -174,7 +177,7 @@ export async function runVectors(vectors) {
     try {
       const material = unhex(v.material);
       if (v.hmac) {
-        const msg = codeMessage(v.hmac.group, v.hmac.user, v.hmac.epoch, v.index);
+        const msg = codeMessage(v.hmac.group, v.hmac.user, v.hmac.epoch, v.index, unhex(v.hmac.nonce));
         check(hex(msg) === v.hmac.message, name + ": HMAC message");
         const k = await subtle.importKey("raw", unhex(v.hmac.unlock_key), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
         check(hex(new Uint8Array(await subtle.sign("HMAC", k, msg))) === v.material, name + ": HMAC material");

@@ -37,6 +37,7 @@ import (
 	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/config"
+	"github.com/escrowd/escrowd/internal/pidfile"
 	"github.com/escrowd/escrowd/internal/secret"
 	"github.com/escrowd/escrowd/jobs"
 	"github.com/escrowd/escrowd/metrics"
@@ -195,6 +196,20 @@ func run(o *options) error {
 	// Children of this process have no business with these.
 	os.Unsetenv("ESCROWD_HSM_PIN")
 	os.Unsetenv("VAULT_TOKEN")
+
+	// The pid file, before anything else opens: a second escrowd on it
+	// stops here. Removed when run returns (every exit but a kill).
+	if o.pidFile != "" {
+		pf, err := pidfile.Acquire(o.pidFile)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := pf.Release(); err != nil {
+				log.Warn("failed to remove the pid file", zap.String("file", pf.Path()), zap.Error(err))
+			}
+		}()
+	}
 
 	// Metrics are off unless -metrics-listen is given; the observers stay
 	// nil then (each package has its own no-op).

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -50,6 +51,7 @@ type options struct {
 	jobLease        time.Duration
 	jobPoll         time.Duration
 	jobBatch        int
+	pidFile         string
 
 	configPath  string
 	checkConfig bool
@@ -94,6 +96,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.jobLease, "job-lease", 15*time.Second, "lease of a running job: another replica takes it over this long after its runner died")
 	fs.DurationVar(&o.jobPoll, "job-poll", 2*time.Second, "how often to look for jobs to run")
 	fs.IntVar(&o.jobBatch, "job-batch", 100, "groups per job checkpoint")
+	fs.StringVar(&o.pidFile, "pid-file", "", "file to write escrowd's process id to, locked while it runs and removed on exit (default none); a second escrowd on the same file refuses to start")
 	return fs
 }
 
@@ -223,6 +226,11 @@ func (o *options) check() error {
 	} {
 		if f.path != "" {
 			add(o.checkReadable(f.key, f.path))
+		}
+	}
+	if o.pidFile != "" {
+		if st, err := os.Stat(filepath.Dir(o.pidFile)); err != nil || !st.IsDir() {
+			add(o.invalid("pid-file", "%s: its directory does not exist", o.quote("pid-file", o.pidFile)))
 		}
 	}
 	for _, n := range []struct {

@@ -166,6 +166,8 @@ func TestConfigErrors(t *testing.T) {
 			`bad-values.yaml:12: vault-token-file: invalid configuration: "/nonexistent/vault.token": no such file or directory`,
 			`bad-values.yaml:13: default-suite: invalid configuration: "rsa-4096" is not ecdh-p256`,
 		}},
+		{"a pid file in no directory", []string{"-config", "testdata/minimal.yaml", "-pid-file", "/nonexistent/escrowd.pid"},
+			[]string{`-pid-file: invalid configuration: "/nonexistent/escrowd.pid": its directory does not exist`}},
 		{"one port for both", []string{"-config", "testdata/same-port.yaml"},
 			[]string{"same-port.yaml:8: metrics-listen: invalid configuration: is the gRPC address"}},
 		{"a bad flag is named as a flag", []string{"-config", "testdata/minimal.yaml", "-tls-cert", filepath.Join(dir, "nope.crt")},

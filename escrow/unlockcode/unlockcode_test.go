@@ -34,6 +34,7 @@ type vectors struct {
 			Group     string `json:"group"`
 			User      string `json:"user"`
 			Epoch     uint32 `json:"epoch"`
+			Nonce     string `json:"nonce"`
 			Message   string `json:"message"`
 		} `json:"hmac"`
 	} `json:"codes"`
@@ -65,16 +66,19 @@ func loadVectors(t *testing.T) vectors {
 	return v
 }
 
-// codeMessage is the v2 HMAC input of docs/FORMAT.md. It lives here only to
-// check the vectors; the daemon builds it in the format package.
-func codeMessage(group, user string, epoch, index uint32) []byte {
+// codeMessage is the v2 HMAC input of docs/FORMAT.md, nonce being the
+// epoch's. It lives here only to check the vectors; the daemon builds it in
+// the format package.
+func codeMessage(group, user string, epoch, index uint32, nonce []byte) []byte {
 	b := append([]byte("escrowd unlock code v2"), 0)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(group)))
 	b = append(b, group...)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(user)))
 	b = append(b, user...)
 	b = binary.BigEndian.AppendUint32(b, epoch)
-	return binary.BigEndian.AppendUint32(b, index)
+	b = binary.BigEndian.AppendUint32(b, index)
+	b = append(b, byte(len(nonce)))
+	return append(b, nonce...)
 }
 
 // wantErr maps a vector's error name to the sentinel.
@@ -94,7 +98,11 @@ func TestVectors(t *testing.T) {
 		t.Run(v.Code, func(t *testing.T) {
 			m, _ := hex.DecodeString(v.Material)
 			if h := v.HMAC; h != nil {
-				msg := codeMessage(h.Group, h.User, h.Epoch, v.Index)
+				nonce, err := hex.DecodeString(h.Nonce)
+				if err != nil || len(nonce) != 16 {
+					t.Fatalf("nonce %q", h.Nonce)
+				}
+				msg := codeMessage(h.Group, h.User, h.Epoch, v.Index, nonce)
 				if hex.EncodeToString(msg) != h.Message {
 					t.Fatalf("message = %x, want %s", msg, h.Message)
 				}

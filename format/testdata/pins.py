@@ -41,7 +41,9 @@ out["check_key0"] = hmac.new(key0, b"escrowd v2 key check", hashlib.sha256).dige
 out["record_aad"] = (b"escrowd v2 record\x00" + lp16(b"family-42") + lp16(b"note-1") + u32(2)).hex()
 
 # CodeMessage: "escrowd unlock code v2" || 0x00 || u16be(len group) || group || u16be(len user) || user || u32be(epoch) || u32be(index)
-out["code_message"] = (b"escrowd unlock code v2\x00" + lp16(b"family-42") + lp16(b"bob") + u32(7) + u32(31)).hex()
+#              || u8(len nonce) || nonce   (the epoch's nonce: 16 bytes)
+out["code_message"] = (b"escrowd unlock code v2\x00" + lp16(b"family-42") + lp16(b"bob") + u32(7) + u32(31)
+                       + lp8(bytes(range(0x70, 0x80)))).hex()
 
 # PasswordKey: RFC 7914 section 11 (first 32 bytes) and the NFC password of webcrypto_pins.mjs.
 out["rfc7914_1"] = hashlib.pbkdf2_hmac("sha256", b"passwd", b"salt", 1, 32).hex()

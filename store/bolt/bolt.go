@@ -6,6 +6,7 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -156,9 +157,12 @@ func putCodes(tx *bbolt.Tx, c store.Codes) error {
 }
 
 // StartEpoch implements store.Store.
-func (s *Store) StartEpoch(ctx context.Context, group, user string, prevEpoch, unlockVersion uint32, n int) (store.Codes, error) {
+func (s *Store) StartEpoch(ctx context.Context, group, user string, prevEpoch, unlockVersion uint32, n int, nonce []byte) (store.Codes, error) {
 	var c store.Codes
 	if err := ctx.Err(); err != nil {
+		return c, err
+	}
+	if err := store.CheckNonce(nonce); err != nil {
 		return c, err
 	}
 	err := s.update(func(tx *bbolt.Tx) error {
@@ -176,7 +180,7 @@ func (s *Store) StartEpoch(ctx context.Context, group, user string, prevEpoch, u
 		}
 		c = store.Codes{
 			Group: group, User: user, Epoch: prevEpoch + 1, UnlockVersion: unlockVersion,
-			Revealed: make([]bool, n), Updated: s.now().UTC(),
+			Nonce: bytes.Clone(nonce), Revealed: make([]bool, n), Updated: s.now().UTC(),
 		}
 		return putCodes(tx, c)
 	})

@@ -9,6 +9,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"embed"
 	"encoding/json"
@@ -311,8 +312,8 @@ func (s *Store) CountGroups(ctx context.Context) (int64, error) {
 func getCodes(ctx context.Context, q querier, group, user, suffix string) (store.Codes, error) {
 	c := store.Codes{Group: group, User: user}
 	var epoch, uv int64
-	err := q.QueryRow(ctx, "SELECT epoch, unlock_version, revealed, consumed, updated FROM codes WHERE group_id = $1 AND user_id = $2"+suffix,
-		group, user).Scan(&epoch, &uv, &c.Revealed, &c.Consumed, &c.Updated)
+	err := q.QueryRow(ctx, "SELECT epoch, unlock_version, nonce, revealed, consumed, updated FROM codes WHERE group_id = $1 AND user_id = $2"+suffix,
+		group, user).Scan(&epoch, &uv, &c.Nonce, &c.Revealed, &c.Consumed, &c.Updated)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return c, fmt.Errorf("group %s user %s: %w", group, user, store.ErrNoEpoch)
 	}
@@ -330,8 +331,11 @@ func (s *Store) Codes(ctx context.Context, group, user string) (store.Codes, err
 }
 
 // StartEpoch implements store.Store.
-func (s *Store) StartEpoch(ctx context.Context, group, user string, prevEpoch, unlockVersion uint32, n int) (store.Codes, error) {
+func (s *Store) StartEpoch(ctx context.Context, group, user string, prevEpoch, unlockVersion uint32, n int, nonce []byte) (store.Codes, error) {
 	var c store.Codes
+	if err := store.CheckNonce(nonce); err != nil {
+		return c, err
+	}
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		var one int
 		err := tx.QueryRow(ctx, "SELECT 1 FROM groups WHERE id = $1", group).Scan(&one)
@@ -349,15 +353,15 @@ func (s *Store) StartEpoch(ctx context.Context, group, user string, prevEpoch, u
 		if cur.Epoch != prevEpoch {
 			return fmt.Errorf("epoch is %d, not %d: %w", cur.Epoch, prevEpoch, store.ErrConflict)
 		}
-		c = store.Codes{Group: group, User: user, Epoch: prevEpoch + 1, UnlockVersion: unlockVersion,
+		c = store.Codes{Group: group, User: user, Epoch: prevEpoch + 1, UnlockVersion: unlockVersion, Nonce: bytes.Clone(nonce),
 			Revealed: make([]bool, n), Updated: s.now().UTC().Truncate(time.Microsecond)}
 		if exists {
-			_, err = tx.Exec(ctx, `UPDATE codes SET epoch = $3, unlock_version = $4, revealed = $5, consumed = NULL, updated = $6
-				WHERE group_id = $1 AND user_id = $2`, group, user, int64(c.Epoch), int64(unlockVersion), c.Revealed, c.Updated)
+			_, err = tx.Exec(ctx, `UPDATE codes SET epoch = $3, unlock_version = $4, nonce = $5, revealed = $6, consumed = NULL, updated = $7
+				WHERE group_id = $1 AND user_id = $2`, group, user, int64(c.Epoch), int64(unlockVersion), c.Nonce, c.Revealed, c.Updated)
 			return err
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO codes (group_id, user_id, epoch, unlock_version, revealed, updated)
-			VALUES ($1, $2, $3, $4, $5, $6)`, group, user, int64(c.Epoch), int64(unlockVersion), c.Revealed, c.Updated)
+		_, err = tx.Exec(ctx, `INSERT INTO codes (group_id, user_id, epoch, unlock_version, nonce, revealed, updated)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`, group, user, int64(c.Epoch), int64(unlockVersion), c.Nonce, c.Revealed, c.Updated)
 		if isUniqueViolation(err) {
 			return fmt.Errorf("epoch started concurrently: %w", store.ErrConflict)
 		}

@@ -1,9 +1,12 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/escrowd/escrowd/internal/pgtest"
 	"github.com/escrowd/escrowd/store"
@@ -85,5 +88,61 @@ func TestNewerSchemaRefused(t *testing.T) {
 	s.Close()
 	if _, err := Open(context.Background(), url); err == nil {
 		t.Fatal("Open accepted a schema newer than this build")
+	}
+}
+
+// TestMigrateEpochNonce: a database at schema version 3 holding an epoch
+// migrates to version 4 with the epoch kept and no nonce (escrow refuses
+// to reveal its codes until a new epoch is issued), and the next epoch
+// stores its nonce.
+func TestMigrateEpochNonce(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.New(t)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ms, err := loadMigrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE schema_migrations (
+		version integer PRIMARY KEY, name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())`); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms[:3] {
+		if _, err := pool.Exec(ctx, m.sql); err != nil {
+			t.Fatalf("%s: %v", m.name, err)
+		}
+		if _, err := pool.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO groups (id, rev, doc) VALUES ('g', 1, '{"id":"g","rev":1}')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO codes (group_id, user_id, epoch, unlock_version, revealed, updated)
+		VALUES ('g', 'u', 3, 1, '{true,false}', now())`); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, err := s.SchemaVersion(ctx); err != nil || v < 4 {
+		t.Fatalf("schema version %d, %v", v, err)
+	}
+	c, err := s.Codes(ctx, "g", "u")
+	if err != nil || c.Epoch != 3 || len(c.Nonce) != 0 || c.Remaining() != 1 {
+		t.Fatalf("migrated epoch %+v, %v; want epoch 3, no nonce, one code left", c, err)
+	}
+	n := bytes.Repeat([]byte{7}, store.NonceSize)
+	if c, err = s.StartEpoch(ctx, "g", "u", 3, 1, 2, n); err != nil || !bytes.Equal(c.Nonce, n) {
+		t.Fatalf("next epoch %+v, %v", c, err)
+	}
+	if c, err = s.Codes(ctx, "g", "u"); err != nil || c.Epoch != 4 || !bytes.Equal(c.Nonce, n) {
+		t.Fatalf("next epoch read back %+v, %v", c, err)
 	}
 }

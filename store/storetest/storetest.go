@@ -31,6 +31,7 @@ func Run(t *testing.T, open Opener) {
 		{"ClaimInOrderUntilExhausted", testClaimOrder},
 		{"ClaimConcurrentDistinct", testClaimConcurrent},
 		{"ConsumeCode", testConsume},
+		{"EpochNonce", testEpochNonce},
 		{"SurvivesReopen", testReopen},
 		{"CanceledContext", testCanceled},
 		{"UpdateGroupVersions", testUpdateGroup},
@@ -116,7 +117,7 @@ func testGroupNotFound(t *testing.T, open Opener) {
 	if _, err := s.Codes(ctx, "nope", "u"); !errors.Is(err, store.ErrNoEpoch) {
 		t.Fatalf("Codes: %v, want ErrNoEpoch", err)
 	}
-	if _, err := s.StartEpoch(ctx, "nope", "u", 0, 1, 5); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.StartEpoch(ctx, "nope", "u", 0, 1, 5, nonce(1)); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("StartEpoch on a missing group: %v, want ErrNotFound", err)
 	}
 	if _, _, err := s.ClaimCode(ctx, "nope", "u"); !errors.Is(err, store.ErrNoEpoch) {
@@ -130,20 +131,20 @@ func testEpochCAS(t *testing.T, open Opener) {
 	if err := s.CreateGroup(ctx, sampleGroup("g")); err != nil {
 		t.Fatal(err)
 	}
-	c, err := s.StartEpoch(ctx, "g", "u", 0, 1, 5)
+	c, err := s.StartEpoch(ctx, "g", "u", 0, 1, 5, nonce(1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Epoch != 1 || len(c.Revealed) != 5 || c.Remaining() != 5 || c.UnlockVersion != 1 {
 		t.Fatalf("first epoch %+v", c)
 	}
-	if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, 5); !errors.Is(err, store.ErrConflict) {
+	if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, 5, nonce(1)); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("stale StartEpoch: %v, want ErrConflict", err)
 	}
 	if _, _, err := s.ClaimCode(ctx, "g", "u"); err != nil {
 		t.Fatal(err)
 	}
-	c, err = s.StartEpoch(ctx, "g", "u", 1, 1, 3)
+	c, err = s.StartEpoch(ctx, "g", "u", 1, 1, 3, nonce(1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,8 +152,64 @@ func testEpochCAS(t *testing.T, open Opener) {
 		t.Fatalf("second epoch %+v: a new epoch starts with every code unrevealed", c)
 	}
 	// Another user of the same group is independent.
-	if c, err := s.StartEpoch(ctx, "g", "v", 0, 1, 2); err != nil || c.Epoch != 1 {
+	if c, err := s.StartEpoch(ctx, "g", "v", 0, 1, 2, nonce(1)); err != nil || c.Epoch != 1 {
 		t.Fatalf("other user: %+v, %v", c, err)
+	}
+}
+
+// nonce is an epoch nonce whose bytes are all b.
+func nonce(b byte) []byte { return bytes.Repeat([]byte{b}, store.NonceSize) }
+
+// testEpochNonce: the nonce given to StartEpoch is the epoch's, returned
+// by every read of it and across a reopen; a new epoch replaces it; a
+// nonce of the wrong size is refused and writes nothing.
+func testEpochNonce(t *testing.T, open Opener) {
+	s, reopen := open(t)
+	ctx := context.Background()
+	if err := s.CreateGroup(ctx, sampleGroup("g")); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range [][]byte{nil, {}, make([]byte, store.NonceSize-1), make([]byte, store.NonceSize+1)} {
+		if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, 2, bad); err == nil {
+			t.Fatalf("StartEpoch with a %d-byte nonce succeeded", len(bad))
+		}
+	}
+	if _, err := s.Codes(ctx, "g", "u"); !errors.Is(err, store.ErrNoEpoch) {
+		t.Fatalf("a refused StartEpoch wrote an epoch: %v", err)
+	}
+	n1 := nonce(0xa1)
+	c, err := s.StartEpoch(ctx, "g", "u", 0, 1, 2, n1)
+	if err != nil || !bytes.Equal(c.Nonce, n1) {
+		t.Fatalf("StartEpoch: nonce %x, %v; want %x", c.Nonce, err, n1)
+	}
+	n1[0] = 0 // the store keeps its own copy
+	n1 = nonce(0xa1)
+	if c, err := s.Codes(ctx, "g", "u"); err != nil || !bytes.Equal(c.Nonce, n1) {
+		t.Fatalf("Codes: nonce %x, %v; want %x", c.Nonce, err, n1)
+	}
+	if _, c, err := s.ClaimCode(ctx, "g", "u"); err != nil || !bytes.Equal(c.Nonce, n1) {
+		t.Fatalf("ClaimCode: nonce %x, %v; want %x", c.Nonce, err, n1)
+	}
+	if c, err := s.ConsumeCode(ctx, "g", "u", 1, 0); err != nil || !bytes.Equal(c.Nonce, n1) {
+		t.Fatalf("ConsumeCode: nonce %x, %v; want %x", c.Nonce, err, n1)
+	}
+	s = reopen()
+	if c, err := s.Codes(ctx, "g", "u"); err != nil || !bytes.Equal(c.Nonce, n1) {
+		t.Fatalf("Codes after reopen: nonce %x, %v; want %x", c.Nonce, err, n1)
+	}
+	n2 := nonce(0xb2)
+	if c, err := s.StartEpoch(ctx, "g", "u", 1, 1, 2, n2); err != nil || !bytes.Equal(c.Nonce, n2) || c.Epoch != 2 {
+		t.Fatalf("second epoch: %+v, %v; want nonce %x", c, err, n2)
+	}
+	if c, err := s.Codes(ctx, "g", "u"); err != nil || !bytes.Equal(c.Nonce, n2) {
+		t.Fatalf("Codes of the second epoch: nonce %x, %v; want %x", c.Nonce, err, n2)
+	}
+	// A refused StartEpoch leaves the current epoch's nonce alone.
+	if _, err := s.StartEpoch(ctx, "g", "u", 2, 1, 2, nil); err == nil {
+		t.Fatal("StartEpoch without a nonce succeeded")
+	}
+	if c, err := s.Codes(ctx, "g", "u"); err != nil || c.Epoch != 2 || !bytes.Equal(c.Nonce, n2) {
+		t.Fatalf("after a refused StartEpoch: %+v, %v", c, err)
 	}
 }
 
@@ -162,7 +219,7 @@ func testClaimOrder(t *testing.T, open Opener) {
 	if err := s.CreateGroup(ctx, sampleGroup("g")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, 3); err != nil {
+	if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, 3, nonce(1)); err != nil {
 		t.Fatal(err)
 	}
 	for want := range 3 {
@@ -189,7 +246,7 @@ func testConsume(t *testing.T, open Opener) {
 	if _, err := s.ConsumeCode(ctx, "g", "u", 1, 0); !errors.Is(err, store.ErrNoEpoch) {
 		t.Fatalf("consume before any epoch: %v, want ErrNoEpoch", err)
 	}
-	if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, 3); err != nil {
+	if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, 3, nonce(1)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.ConsumeCode(ctx, "g", "u", 1, 0); !errors.Is(err, store.ErrNotRevealed) {
@@ -215,7 +272,7 @@ func testConsume(t *testing.T, open Opener) {
 		t.Fatalf("codes after consume: %+v, %v", c, err)
 	}
 	// A new epoch forgets consumption with the old codes.
-	if c, err = s.StartEpoch(ctx, "g", "u", 1, 1, 2); err != nil || c.IsConsumed(0) {
+	if c, err = s.StartEpoch(ctx, "g", "u", 1, 1, 2, nonce(1)); err != nil || c.IsConsumed(0) {
 		t.Fatalf("new epoch: %+v, %v", c, err)
 	}
 }
@@ -227,7 +284,7 @@ func testClaimConcurrent(t *testing.T, open Opener) {
 		t.Fatal(err)
 	}
 	const codes, claimers = 20, 50
-	if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, codes); err != nil {
+	if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, codes, nonce(1)); err != nil {
 		t.Fatal(err)
 	}
 	var (
@@ -270,7 +327,7 @@ func testReopen(t *testing.T, open Opener) {
 	if err := s.CreateGroup(ctx, sampleGroup("g")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, 2); err != nil {
+	if _, err := s.StartEpoch(ctx, "g", "u", 0, 1, 2, nonce(1)); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := s.ClaimCode(ctx, "g", "u"); err != nil {

@@ -144,10 +144,13 @@ def outcome(typed):
 # ---- HSM material -----------------------------------------------------------
 
 
-def code_message(group, user, epoch, index):
+def code_message(group, user, epoch, index, nonce):
+    """The daemon's HMAC input; nonce is the epoch's nonce (16 bytes)."""
     g, u = group.encode(), user.encode()
+    assert len(nonce) == 16
     return (b"escrowd unlock code v2\x00" + struct.pack(">H", len(g)) + g +
-            struct.pack(">H", len(u)) + u + struct.pack(">II", epoch, index))
+            struct.pack(">H", len(u)) + u + struct.pack(">II", epoch, index) +
+            struct.pack(">B", len(nonce)) + nonce)
 
 
 def h(label, n=32):
@@ -202,12 +205,12 @@ def code_vector(index, material, salt, iterations, seed, hsm=None):
     return v
 
 
-def hsm_vector(unlock_key, group, user, epoch, index, salt, iterations, seed):
-    msg = code_message(group, user, epoch, index)
+def hsm_vector(unlock_key, group, user, epoch, index, nonce, salt, iterations, seed):
+    msg = code_message(group, user, epoch, index, nonce)
     material = hmac.new(unlock_key, msg, hashlib.sha256).digest()
     return code_vector(index, material, salt, iterations, seed, {
         "unlock_key": unlock_key.hex(), "group": group, "user": user,
-        "epoch": epoch, "message": msg.hex(),
+        "epoch": epoch, "nonce": nonce.hex(), "message": msg.hex(),
     })
 
 
@@ -219,10 +222,13 @@ def main():
         code_vector(3, bytes(range(9)), bytes(range(16)), 65536, 3),
         code_vector(1, b"0123456789", h("salt 4", 16), 65536, 4),
         code_vector(16, h("material 5"), h("salt 5", 16), 70000, 5),
-        hsm_vector(uk, "g-eng", "bob", 1, 0, h("salt 6", 16), 65536, 6),
-        hsm_vector(uk, "g-eng", "bob", 1, 1, h("salt 7", 16), 65536, 7),
-        hsm_vector(uk, "g-eng", "bob", 2, 19, h("salt 8", 16), 65536, 8),
-        hsm_vector(uk, "grüppe", "zoë@example.org", 4294967295, 7, h("salt 9", 16), 65536, 9),
+        hsm_vector(uk, "g-eng", "bob", 1, 0, h("nonce 1", 16), h("salt 6", 16), 65536, 6),
+        hsm_vector(uk, "g-eng", "bob", 1, 1, h("nonce 1", 16), h("salt 7", 16), 65536, 7),
+        hsm_vector(uk, "g-eng", "bob", 2, 19, h("nonce 2", 16), h("salt 8", 16), 65536, 8),
+        hsm_vector(uk, "grüppe", "zoë@example.org", 4294967295, 7, h("nonce 3", 16), h("salt 9", 16), 65536, 9),
+        # Epoch 1 issued again under another nonce (a store restored from a
+        # backup): index 0 gets other material than the first vector's.
+        hsm_vector(uk, "g-eng", "bob", 1, 0, h("nonce 4", 16), h("salt 6", 16), 65536, 10),
     ]
 
     # One code holding A, K, S, V, 0 and 1, to substitute look-alikes into.
