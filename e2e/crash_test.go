@@ -114,7 +114,7 @@ func TestKEKRotationCrash(t *testing.T) {
 
 	// The SO ceremony: KEK v2, from the CLI, while the daemons run.
 	out := mustCtl(t, escrowctl, reps[0].addr, "hsm", "init", "-module", tok.Module, "-token", tok.Label,
-		"-so-pin-file", tok.Dir+"/so.pin", "-kek-version", "2")
+		"-so-pin-file", tok.Dir+"/so.pin", "-pin-file", tok.Dir+"/user.pin", "-kek-version", "2")
 	if !strings.Contains(out, "version 2") {
 		t.Fatalf("hsm init: %s", out)
 	}

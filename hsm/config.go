@@ -26,6 +26,12 @@ type Config struct {
 	Sessions    int           // session pool size, default 4
 	WaitTimeout time.Duration // max wait for a pooled session, default 5s, then ErrUnavailable
 	KEKLabel    string        // default "escrowd-kek"; version N object label is KEKLabel+"-vN"
+	// AllowPublicKEK accepts master KEKs that are public objects
+	// (CKA_PRIVATE=false), as `escrowctl hsm init` made them before KEKs
+	// were private. SoftHSM writes a public object's value in clear into
+	// the token directory: development, and migrating such a token
+	// (docs/LIFECYCLE.md), only. Open refuses them otherwise (ErrKEKPublic).
+	AllowPublicKEK bool
 	// Observer, if set, learns operation and session-wait times (metrics).
 	Observer Observer `json:"-"`
 }
@@ -73,8 +79,8 @@ func redacted(pin string) string {
 
 // String describes c without the PIN.
 func (c Config) String() string {
-	return fmt.Sprintf("hsm.Config{Module:%q TokenLabel:%q PIN:%s Sessions:%d WaitTimeout:%s KEKLabel:%q}",
-		c.Module, c.TokenLabel, redacted(c.PIN), c.Sessions, c.WaitTimeout, c.KEKLabel)
+	return fmt.Sprintf("hsm.Config{Module:%q TokenLabel:%q PIN:%s Sessions:%d WaitTimeout:%s KEKLabel:%q AllowPublicKEK:%v}",
+		c.Module, c.TokenLabel, redacted(c.PIN), c.Sessions, c.WaitTimeout, c.KEKLabel, c.AllowPublicKEK)
 }
 
 // GoString is String: %#v must not print the PIN either.
@@ -99,5 +105,6 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("sessions", c.Sessions),
 		slog.Duration("wait_timeout", c.WaitTimeout),
 		slog.String("kek_label", c.KEKLabel),
+		slog.Bool("allow_public_kek", c.AllowPublicKEK),
 	)
 }

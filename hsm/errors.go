@@ -24,6 +24,9 @@ var (
 	// ErrKEKNotFound: the master KEK (or the KEK version a wrapped key names)
 	// is not on the token or not usable. Run `escrowctl hsm init`.
 	ErrKEKNotFound = errors.New("master KEK not found")
+	// ErrKEKPublic: a master KEK is a public object (CKA_PRIVATE=false),
+	// which SoftHSM stores in clear; refused unless Config.AllowPublicKEK.
+	ErrKEKPublic = errors.New("master KEK is a public object")
 	// ErrKEKExists: InitKEK found a KEK with that label already.
 	ErrKEKExists = errors.New("master KEK already exists")
 	// ErrTokenExists: InitToken found an initialised token with that label.

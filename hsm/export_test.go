@@ -153,7 +153,7 @@ func (h *HSM) AttackerUnwrapForTest(ctx context.Context, w WrappedKey, loggedOut
 		if err := h.mod.ctx.Logout(s.h); err != nil {
 			return nil, wrapErr("logout", err)
 		}
-		if _, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, CurrentKEKVersion)); err != nil {
+		if _, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, CurrentKEKVersion), true); err != nil {
 			return nil, fmt.Errorf("find KEK without login: %w", err)
 		}
 	}
@@ -194,10 +194,86 @@ func attrType(name string) (uint, error) {
 
 // InitKEKWithoutUnwrapTemplateForTest makes KEK v1 as InitKEK does, but
 // without CKA_UNWRAP_TEMPLATE: the counterfactual for the export tests.
-func InitKEKWithoutUnwrapTemplateForTest(module, tokenLabel, soPIN, kekLabel string) error {
+func InitKEKWithoutUnwrapTemplateForTest(module, tokenLabel, soPIN, userPIN, kekLabel string) error {
 	noUnwrapTemplate = true
 	defer func() { noUnwrapTemplate = false }()
-	return InitKEK(module, tokenLabel, soPIN, kekLabel)
+	_, err := InitKEK(module, tokenLabel, soPIN, userPIN, kekLabel)
+	return err
+}
+
+// InitKEKWithValueForTest makes KEK version v exactly as InitKEKVersion
+// does, except that the SO imports value as the KEK instead of generating
+// it: the tests then look for value in the token's files.
+func InitKEKWithValueForTest(module, tokenLabel, soPIN, userPIN, kekLabel string, v uint32, value []byte) (KEKReport, error) {
+	kekValueForTest = value
+	defer func() { kekValueForTest = nil }()
+	return InitKEKVersion(module, tokenLabel, soPIN, userPIN, kekLabel, v)
+}
+
+// InitPublicKEKForTest makes KEK version v as `escrowctl hsm init` made it
+// before master KEKs were private: the SO generates (or, with value,
+// imports) it straight as a public token object, with the unwrap template
+// {CKA_PRIVATE, CKA_SENSITIVE, CKA_WRAP_WITH_TRUSTED}. Tokens made so are
+// what the migration path starts from.
+func InitPublicKEKForTest(module, tokenLabel, soPIN, kekLabel string, v uint32, value []byte) error {
+	mod, err := acquireModule(module)
+	if err != nil {
+		return err
+	}
+	defer mod.release()
+	slot, err := mod.findToken(tokenLabel)
+	if err != nil {
+		return err
+	}
+	s, err := mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return wrapErr("open session", err)
+	}
+	defer func() { _ = mod.ctx.CloseSession(s) }()
+	if err := mod.ctx.Login(s, pkcs11.CKU_SO, soPIN); err != nil {
+		return wrapErr("SO login", err)
+	}
+	defer func() { _ = mod.ctx.Logout(s) }()
+	if kekLabel == "" {
+		kekLabel = DefaultKEKLabel
+	}
+	label := kekObjectLabel(kekLabel, v)
+	tmpl, free, err := attributeArray([]attrBoolSpec{
+		{pkcs11.CKA_PRIVATE, true},
+		{pkcs11.CKA_SENSITIVE, true},
+		{pkcs11.CKA_WRAP_WITH_TRUSTED, true},
+	})
+	if err != nil {
+		return err
+	}
+	defer free()
+	attrs := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(label)),
+		boolAttr(pkcs11.CKA_TOKEN, true),
+		boolAttr(pkcs11.CKA_PRIVATE, false),
+		boolAttr(pkcs11.CKA_SENSITIVE, true),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
+		boolAttr(pkcs11.CKA_TRUSTED, true),
+		boolAttr(pkcs11.CKA_WRAP, true),
+		boolAttr(pkcs11.CKA_UNWRAP, true),
+		boolAttr(pkcs11.CKA_ENCRYPT, false),
+		boolAttr(pkcs11.CKA_DECRYPT, false),
+		boolAttr(pkcs11.CKA_SIGN, false),
+		boolAttr(pkcs11.CKA_VERIFY, false),
+		boolAttr(pkcs11.CKA_DERIVE, false),
+		boolAttr(pkcs11.CKA_MODIFIABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP_TEMPLATE, tmpl),
+	}
+	if value != nil {
+		_, err = mod.ctx.CreateObject(s, append(attrs, pkcs11.NewAttribute(pkcs11.CKA_VALUE, value)))
+	} else {
+		_, err = mod.ctx.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
+			append(attrs, pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32)))
+	}
+	return wrapErr("make public KEK", err)
 }
 
 // DeriveAttackForTest unwraps a stored unlock key with the attributes the
@@ -304,7 +380,7 @@ func (h *HSM) RotationUnwrapAttackForTest(ctx context.Context, kind KeyKind, w W
 			return wrapErr("logout", err)
 		}
 	}
-	kek, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, w.KEKVersion))
+	kek, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, w.KEKVersion), true)
 	if err != nil {
 		return err
 	}
@@ -349,4 +425,44 @@ func (h *HSM) RotationUnwrapAttackForTest(ctx context.Context, kind KeyKind, w W
 		return wrapErr("read "+name, err)
 	}
 	return fmt.Errorf("unknown attempt %q", attempt)
+}
+
+// SOModelForTest measures why InitKEKVersion is a two-PIN ceremony: it
+// tries to make a private trusted key as the SO, and a trusted key as the
+// user, on a new token session each time. Both must fail on SoftHSM.
+func SOModelForTest(module, tokenLabel, soPIN, userPIN string) (soPrivate, userTrusted error) {
+	mod, err := acquireModule(module)
+	if err != nil {
+		return err, err
+	}
+	defer mod.release()
+	slot, err := mod.findToken(tokenLabel)
+	if err != nil {
+		return err, err
+	}
+	try := func(user uint, pin string, private, trusted bool) error {
+		s, err := mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			return wrapErr("open session", err)
+		}
+		defer func() { _ = mod.ctx.CloseSession(s) }()
+		if err := mod.ctx.Login(s, user, pin); err != nil {
+			return fmt.Errorf("setup: %w", wrapErr("login", err))
+		}
+		defer func() { _ = mod.ctx.Logout(s) }()
+		o, err := mod.ctx.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+			boolAttr(pkcs11.CKA_TOKEN, false),
+			boolAttr(pkcs11.CKA_PRIVATE, private),
+			boolAttr(pkcs11.CKA_TRUSTED, trusted),
+			boolAttr(pkcs11.CKA_WRAP, true),
+		})
+		if err == nil {
+			_ = mod.ctx.DestroyObject(s, o)
+		}
+		return wrapErr("generate", err)
+	}
+	return try(pkcs11.CKU_SO, soPIN, true, true), try(pkcs11.CKU_USER, userPIN, true, true)
 }

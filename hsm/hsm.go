@@ -101,7 +101,7 @@ func (h *HSM) connect() (pkcs11.SessionHandle, uint, map[uint32]pkcs11.ObjectHan
 		_ = h.mod.ctx.CloseSession(s)
 		return 0, 0, nil, err
 	}
-	keks, err := findKEKs(h.mod.ctx, s, h.cfg.KEKLabel)
+	keks, err := findKEKs(h.mod.ctx, s, h.cfg.KEKLabel, h.cfg.AllowPublicKEK)
 	if err != nil {
 		_ = h.mod.ctx.CloseSession(s)
 		return 0, 0, nil, err
@@ -111,7 +111,7 @@ func (h *HSM) connect() (pkcs11.SessionHandle, uint, map[uint32]pkcs11.ObjectHan
 
 // findKEKs finds every KEK version on the token: the secret keys labelled
 // base+"-vN". None is ErrKEKNotFound.
-func findKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string) (map[uint32]pkcs11.ObjectHandle, error) {
+func findKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string, allowPublic bool) (map[uint32]pkcs11.ObjectHandle, error) {
 	hs, err := findObjects(ctx, s, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		boolAttr(pkcs11.CKA_TOKEN, true),
@@ -129,7 +129,7 @@ func findKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string) (map[uint32]
 		if !ok {
 			continue
 		}
-		k, err := findKEK(ctx, s, kekObjectLabel(base, v))
+		k, err := findKEK(ctx, s, kekObjectLabel(base, v), allowPublic)
 		if err != nil {
 			return nil, err
 		}
@@ -149,8 +149,9 @@ func newest(keks map[uint32]pkcs11.ObjectHandle) uint32 {
 	return v
 }
 
-// findKEK finds the KEK object by label and checks it is fit to be one.
-func findKEK(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, label string) (pkcs11.ObjectHandle, error) {
+// findKEK finds the KEK object by label and checks it is fit to be one. A
+// public KEK (CKA_PRIVATE=false) is refused unless allowPublic.
+func findKEK(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, label string, allowPublic bool) (pkcs11.ObjectHandle, error) {
 	hs, err := findObjects(ctx, s, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
@@ -171,12 +172,19 @@ func findKEK(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, label string) (pkcs11.Obje
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
 		pkcs11.NewAttribute(pkcs11.CKA_WRAP, nil),
 		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, nil),
 	})
 	if err != nil {
 		return 0, wrapErr("read KEK attributes", err)
 	}
 	if attrUint(attrs[0]) != pkcs11.CKK_AES || !attrBool(attrs[1]) || attrBool(attrs[2]) || !attrBool(attrs[3]) || !attrBool(attrs[4]) {
 		return 0, fmt.Errorf("hsm: %w: %q is not an AES, token, non-extractable, wrap/unwrap key", ErrKEKNotFound, label)
+	}
+	if !attrBool(attrs[5]) && !allowPublic {
+		return 0, fmt.Errorf("hsm: %w: %q is a public object (CKA_PRIVATE=false), as `escrowctl hsm init` made it before "+
+			"master KEKs were private: SoftHSM writes a public object's value in clear into the token directory, so a copy "+
+			"of that directory and of the store opens every stored key. Move the keys to a private KEK (docs/LIFECYCLE.md, "+
+			"\"Migrating from a public master KEK\"); until then only escrowd -hsm-allow-public-kek accepts it", ErrKEKPublic, label)
 	}
 	return hs[0], nil
 }

@@ -41,6 +41,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	confDir = dir
+	// Pin SoftHSM's configuration to confDir before any test runs: tests
+	// that make tokens with hsm.InitToken directly would otherwise reach
+	// the system's default token directory.
+	if _, err := softhsm.New(confDir, "conf"); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -371,7 +378,7 @@ func TestFiftyGroupsNoObjectsLeft(t *testing.T) {
 		t.Fatalf("objects before: %+v, want only the KEK", before)
 	}
 	kek := before[0]
-	if kek.Class != "secret-key" || kek.KeyType != "aes" || !kek.Token || kek.Private || !kek.Sensitive || kek.Extractable || !kek.Trusted {
+	if kek.Class != "secret-key" || kek.KeyType != "aes" || !kek.Token || !kek.Private || !kek.Sensitive || kek.Extractable || !kek.Trusted || kek.Modifiable {
 		t.Fatalf("KEK attributes: %+v", kek)
 	}
 	t.Logf("KEK: %+v", kek)
@@ -497,7 +504,28 @@ func tokenWithoutUnwrapTemplate(t *testing.T) *softhsm.Token {
 	if err := hsm.InitToken(mod, tok.Label, tok.SOPIN, tok.UserPIN); err != nil {
 		t.Fatal(err)
 	}
-	if err := hsm.InitKEKWithoutUnwrapTemplateForTest(mod, tok.Label, tok.SOPIN, tok.KEKLabel); err != nil {
+	if err := hsm.InitKEKWithoutUnwrapTemplateForTest(mod, tok.Label, tok.SOPIN, tok.UserPIN, tok.KEKLabel); err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// tokenWithPublicKEK makes a token whose KEK v1 is public, as `escrowctl
+// hsm init` made it before master KEKs were private (with the unwrap
+// template): what TestUnwrapTemplate measured then, and what the
+// migration starts from.
+func tokenWithPublicKEK(t *testing.T) *softhsm.Token {
+	t.Helper()
+	mod, err := softhsm.Module()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := &softhsm.Token{Dir: confDir, Module: mod, Label: fmt.Sprintf("t%d-public-kek", tokenSeq.Add(1)),
+		UserPIN: hex.EncodeToString(randBytes(t, 8)), SOPIN: hex.EncodeToString(randBytes(t, 8)), KEKLabel: hsm.DefaultKEKLabel}
+	if err := hsm.InitToken(mod, tok.Label, tok.SOPIN, tok.UserPIN); err != nil {
+		t.Fatal(err)
+	}
+	if err := hsm.InitPublicKEKForTest(mod, tok.Label, tok.SOPIN, tok.KEKLabel, 1, nil); err != nil {
 		t.Fatal(err)
 	}
 	return tok
@@ -507,26 +535,30 @@ func tokenWithoutUnwrapTemplate(t *testing.T) *softhsm.Token {
 // wrapped unlock key, and asks the token to unwrap it under the KEK with a
 // template of their own. Measured on SoftHSM 2.6.1: the KEK's
 // CKA_UNWRAP_TEMPLATE is enforced (CKR_TEMPLATE_INCONSISTENT); without it,
-// the key's value is read in clear, with the PIN or even without login.
+// the key's value is read in clear with the PIN. Without a login the
+// private KEK cannot even be found; the public KEK of old tokens could be,
+// and only its template stopped the unwrap.
 func TestUnwrapTemplate(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name     string
 		tok      func(t *testing.T) *softhsm.Token
 		template bool
+		public   bool
 	}{
-		{"KEK with unwrap template", func(t *testing.T) *softhsm.Token { return newToken(t) }, true},
-		{"KEK without unwrap template", tokenWithoutUnwrapTemplate, false},
+		{"KEK with unwrap template", func(t *testing.T) *softhsm.Token { return newToken(t) }, true, false},
+		{"KEK without unwrap template", tokenWithoutUnwrapTemplate, false, false},
+		{"public KEK with unwrap template", tokenWithPublicKEK, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tok := tc.tok(t)
-			h := openToken(t, tok, nil)
+			h := openToken(t, tok, func(c *hsm.Config) { c.AllowPublicKEK = tc.public })
 			objs, err := h.Objects(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(objs) != 1 || (objs[0].UnwrapTemplate > 0) != tc.template {
-				t.Fatalf("KEK objects %+v, want unwrap template %v", objs, tc.template)
+			if len(objs) != 1 || (objs[0].UnwrapTemplate > 0) != tc.template || objs[0].Private == tc.public {
+				t.Fatalf("KEK objects %+v, want unwrap template %v, public %v", objs, tc.template, tc.public)
 			}
 			unlock, err := h.GenerateUnlockKey(ctx)
 			if err != nil {
@@ -560,13 +592,19 @@ func TestUnwrapTemplate(t *testing.T) {
 						t.Fatal(err)
 					}
 					val, err := a.try()
+					noLogin := strings.HasSuffix(a.name, "no login")
 					switch {
-					case tc.template && err != nil:
+					case noLogin && !tc.public && err != nil:
+						if !errors.Is(err, hsm.ErrKEKNotFound) {
+							t.Fatalf("refused, but not because the private KEK is invisible: %v", err)
+						}
+						t.Logf("refused: %v", err)
+					case (tc.template || noLogin) && err != nil:
 						if !errors.Is(err, hsm.ErrNotPermitted) {
 							t.Fatalf("refused, but not by key attributes: %v", err)
 						}
 						t.Logf("refused: %v", err)
-					case tc.template:
+					case tc.template || noLogin:
 						t.Fatalf("the token gave out %d bytes (the unlock key: %v)", len(val), stolen(val))
 					case err != nil:
 						t.Fatalf("SoftHSM refused (measured: it allows this without an unwrap template): %v", err)

@@ -55,7 +55,7 @@ func (h *HSM) kekFor(s session, v uint32) (pkcs11.ObjectHandle, error) {
 	if ok {
 		return k, nil
 	}
-	k, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v))
+	k, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v), h.cfg.AllowPublicKEK)
 	if err != nil {
 		return 0, fmt.Errorf("hsm: KEK version %d: %w", v, err)
 	}
@@ -78,7 +78,7 @@ func (h *HSM) CurrentKEK() uint32 {
 func (h *HSM) KEKVersions(ctx context.Context) ([]uint32, error) {
 	var out []uint32
 	err := h.do(ctx, OpKEKVersions, func(s session) error {
-		keks, err := findKEKs(h.mod.ctx, s.h, h.cfg.KEKLabel)
+		keks, err := findKEKs(h.mod.ctx, s.h, h.cfg.KEKLabel, h.cfg.AllowPublicKEK)
 		if err != nil {
 			return err
 		}
@@ -216,7 +216,7 @@ func (h *HSM) DestroyKEK(ctx context.Context, v uint32) error {
 		return fmt.Errorf("hsm: destroy KEK: %w: version %d is the current KEK", ErrInvalidInput, v)
 	}
 	err := h.do(ctx, OpDestroyKEK, func(s session) error {
-		k, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v))
+		k, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v), h.cfg.AllowPublicKEK)
 		if err != nil {
 			return fmt.Errorf("hsm: KEK version %d: %w", v, err)
 		}

@@ -23,7 +23,7 @@ func TestKEKRotationEC(t *testing.T) {
 	if err := h1.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := hsm.InitKEKVersion(tok.Module, tok.Label, tok.SOPIN, tok.KEKLabel, 2); err != nil {
+	if _, err := hsm.InitKEKVersion(tok.Module, tok.Label, tok.SOPIN, tok.UserPIN, tok.KEKLabel, 2); err != nil {
 		t.Fatal(err)
 	}
 	h := openToken(t, tok, nil)

@@ -38,14 +38,14 @@ func TestKEKRotation(t *testing.T) {
 	if err := h1.Close(); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := hsm.InitKEKVersion(tok.Module, tok.Label, tok.SOPIN, tok.KEKLabel, 2)
+	rep, err := hsm.InitKEKVersion(tok.Module, tok.Label, tok.SOPIN, tok.UserPIN, tok.KEKLabel, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !rep.UnwrapTemplate || !strings.HasSuffix(rep.Label, "-v2") {
 		t.Fatalf("KEK v2 report %+v", rep)
 	}
-	if _, err := hsm.InitKEKVersion(tok.Module, tok.Label, tok.SOPIN, tok.KEKLabel, 2); !errors.Is(err, hsm.ErrKEKExists) {
+	if _, err := hsm.InitKEKVersion(tok.Module, tok.Label, tok.SOPIN, tok.UserPIN, tok.KEKLabel, 2); !errors.Is(err, hsm.ErrKEKExists) {
 		t.Fatalf("second InitKEKVersion 2: %v, want ErrKEKExists", err)
 	}
 	h := openToken(t, tok, nil)
@@ -206,7 +206,7 @@ func BenchmarkRewrapKEK(b *testing.B) {
 				b.Fatal(err)
 			}
 			h1.Close()
-			if _, err := hsm.InitKEKVersion(tok.Module, tok.Label, tok.SOPIN, tok.KEKLabel, 2); err != nil {
+			if _, err := hsm.InitKEKVersion(tok.Module, tok.Label, tok.SOPIN, tok.UserPIN, tok.KEKLabel, 2); err != nil {
 				b.Fatal(err)
 			}
 			h := openToken(b, tok, nil)

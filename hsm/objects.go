@@ -12,6 +12,9 @@ import (
 type ObjectInfo struct {
 	Class, KeyType, Label                                            string
 	Token, Private, Sensitive, Extractable, WrapWithTrusted, Trusted bool
+	// Modifiable is CKA_MODIFIABLE (true when the module does not report it,
+	// as PKCS#11 defaults it).
+	Modifiable bool
 	// UnwrapTemplate is the number of attributes in CKA_UNWRAP_TEMPLATE
 	// (0 if the object has none or the module does not keep it).
 	UnwrapTemplate int
@@ -75,7 +78,7 @@ func objectInfo(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, o pkcs11.ObjectHandle) 
 		}
 		return a[0], true, nil
 	}
-	var info ObjectInfo
+	info := ObjectInfo{Modifiable: true}
 	class, ok, err := get(pkcs11.CKA_CLASS)
 	if err != nil {
 		return info, err
@@ -103,6 +106,7 @@ func objectInfo(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, o pkcs11.ObjectHandle) 
 		{pkcs11.CKA_EXTRACTABLE, &info.Extractable},
 		{pkcs11.CKA_WRAP_WITH_TRUSTED, &info.WrapWithTrusted},
 		{pkcs11.CKA_TRUSTED, &info.Trusted},
+		{pkcs11.CKA_MODIFIABLE, &info.Modifiable},
 	} {
 		a, ok, err := get(f.t)
 		if err != nil {

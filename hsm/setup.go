@@ -84,45 +84,55 @@ func TokenExists(module, label string) (bool, error) {
 	return false, err
 }
 
-// KEKReport says how InitKEK created the KEK.
+// KEKReport says how InitKEKVersion created the KEK.
 type KEKReport struct {
-	Label string // CKA_LABEL of the KEK object (kekLabel+"-v1")
+	Label string // CKA_LABEL of the KEK object (kekLabel+"-vN")
 	// UnwrapTemplate is true if the module accepted CKA_UNWRAP_TEMPLATE on
 	// the KEK. Whether it enforces it is another matter: see docs/HSM.md.
 	UnwrapTemplate bool
+	// Private and Trusted are the KEK's CKA_PRIVATE and CKA_TRUSTED as the
+	// token reports them once it is made: both true, or InitKEKVersion
+	// fails.
+	Private, Trusted bool
 }
 
-// InitKEK logs in as SO and generates master KEK version 1, labelled
-// kekLabel+"-v1" (kekLabel "" means DefaultKEKLabel): an AES-256 token
-// object, CKA_TRUSTED, CKA_PRIVATE=false (SoftHSM's SO can create public
-// objects only), sensitive, never extractable, wrap/unwrap only,
-// unmodifiable. It also sets CKA_UNWRAP_TEMPLATE so that keys unwrapped
-// with the KEK are private, sensitive and wrap-with-trusted (extractable
-// only under a trusted key, that is under a KEK: what lets a KEK rotation
-// re-wrap them inside the token, and nothing else export them); if the
-// module refuses the attribute the KEK is created without it. A KEK already
-// there gives ErrKEKExists.
+// InitKEK makes master KEK version 1: InitKEKVersion(…, CurrentKEKVersion).
+func InitKEK(module, tokenLabel, soPIN, userPIN, kekLabel string) (KEKReport, error) {
+	return InitKEKVersion(module, tokenLabel, soPIN, userPIN, kekLabel, CurrentKEKVersion)
+}
+
+// InitKEKVersion makes master KEK version v (a rotation makes v = the
+// newest version + 1), labelled kekLabel+"-v"+v (kekLabel "" means
+// DefaultKEKLabel): an AES-256 token object that is private (CKA_PRIVATE:
+// the token encrypts it at rest), trusted (CKA_TRUSTED), sensitive, never
+// extractable, wrap/unwrap only and unmodifiable. It also sets
+// CKA_UNWRAP_TEMPLATE so that keys unwrapped with the KEK are private,
+// sensitive and wrap-with-trusted (extractable only under a trusted key,
+// that is under a KEK: what lets a KEK rotation re-wrap them inside the
+// token, and nothing else export them); if the module refuses the
+// attribute the KEK is created without it. A KEK already there gives
+// ErrKEKExists.
+//
+// It takes both PINs, because only the SO may set CKA_TRUSTED and, on
+// SoftHSM, the SO can create public objects only (a public object's value
+// is written in clear into the token directory). So the SO makes the KEK
+// as a public *session* object, which lives only in this process's
+// memory, and the user copies it (C_CopyObject) into a private token
+// object, which keeps CKA_TRUSTED; the session object is then destroyed.
+// The KEK's clear value is never written anywhere. See docs/HSM.md, "The
+// master KEK at rest".
 //
 // Run it before any Open of the token in this process: a user login held
 // by the process makes the SO login fail.
-func InitKEK(module, tokenLabel, soPIN, kekLabel string) error {
-	_, err := InitKEKReport(module, tokenLabel, soPIN, kekLabel)
-	return err
-}
-
-// InitKEKReport is InitKEK, also telling how the KEK was made.
-func InitKEKReport(module, tokenLabel, soPIN, kekLabel string) (KEKReport, error) {
-	return InitKEKVersion(module, tokenLabel, soPIN, kekLabel, CurrentKEKVersion)
-}
-
-// InitKEKVersion is InitKEKReport for master KEK version v (a rotation
-// makes v = the newest version + 1), labelled kekLabel+"-v"+v.
-func InitKEKVersion(module, tokenLabel, soPIN, kekLabel string, v uint32) (KEKReport, error) {
+func InitKEKVersion(module, tokenLabel, soPIN, userPIN, kekLabel string, v uint32) (KEKReport, error) {
 	if kekLabel == "" {
 		kekLabel = DefaultKEKLabel
 	}
 	if v == 0 {
 		return KEKReport{}, fmt.Errorf("hsm: init KEK: %w: version 0", ErrInvalidInput)
+	}
+	if soPIN == "" || userPIN == "" {
+		return KEKReport{}, fmt.Errorf("hsm: init KEK: %w: the SO PIN and the user PIN are both required", ErrInvalidInput)
 	}
 	label := kekObjectLabel(kekLabel, v)
 	rep := KEKReport{Label: label}
@@ -139,26 +149,79 @@ func InitKEKVersion(module, tokenLabel, soPIN, kekLabel string, v uint32) (KEKRe
 	if err != nil {
 		return rep, wrapErr("open session", err)
 	}
+	// Closing the session also destroys the session object, on every path.
 	defer func() { _ = mod.ctx.CloseSession(s) }()
-	if err := mod.ctx.Login(s, pkcs11.CKU_SO, soPIN); err != nil {
-		return rep, wrapErr("SO login", err)
-	}
-	defer func() { _ = mod.ctx.Logout(s) }()
 
+	// The user's view first: private objects are invisible to the SO.
+	if err := mod.ctx.Login(s, pkcs11.CKU_USER, userPIN); err != nil {
+		return rep, wrapErr("user login", err)
+	}
 	hs, err := findObjects(mod.ctx, s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)})
+	_ = mod.ctx.Logout(s)
 	if err != nil {
 		return rep, err
 	}
 	if len(hs) > 0 {
 		return rep, fmt.Errorf("hsm: init KEK: %w: an object labelled %q is on token %q", ErrKEKExists, label, tokenLabel)
 	}
+
+	// The SO makes the trusted KEK as a public session object.
+	if err := mod.ctx.Login(s, pkcs11.CKU_SO, soPIN); err != nil {
+		return rep, wrapErr("SO login", err)
+	}
+	src, tmpl, err := generateSessionKEK(mod.ctx, s, label)
+	if err != nil {
+		_ = mod.ctx.Logout(s)
+		return rep, err
+	}
+	rep.UnwrapTemplate = tmpl
+	defer func() { _ = mod.ctx.DestroyObject(s, src) }()
+	// Logging the SO out destroys private session objects only: the public
+	// KEK stays, in this process's memory.
+	if err := mod.ctx.Logout(s); err != nil {
+		return rep, wrapErr("SO logout", err)
+	}
+
+	// The user copies it into a private token object. CKA_MODIFIABLE=false
+	// comes last: once it is set, the token refuses to change anything
+	// else of the copy.
+	if err := mod.ctx.Login(s, pkcs11.CKU_USER, userPIN); err != nil {
+		return rep, wrapErr("user login", err)
+	}
+	defer func() { _ = mod.ctx.Logout(s) }()
+	kek, err := mod.ctx.CopyObject(s, src, []*pkcs11.Attribute{
+		boolAttr(pkcs11.CKA_TOKEN, true),
+		boolAttr(pkcs11.CKA_PRIVATE, true),
+		boolAttr(pkcs11.CKA_MODIFIABLE, false),
+	})
+	if err != nil {
+		return rep, wrapErr("copy the KEK into a private token object", err)
+	}
+	info, err := objectInfo(mod.ctx, s, kek)
+	if err == nil && (!info.Token || !info.Private || !info.Trusted || info.Modifiable) {
+		err = fmt.Errorf("hsm: init KEK: %w: the module made the copy token=%v private=%v trusted=%v modifiable=%v",
+			ErrUnsupported, info.Token, info.Private, info.Trusted, info.Modifiable)
+	}
+	if err != nil {
+		_ = mod.ctx.DestroyObject(s, kek)
+		return rep, err
+	}
+	rep.Private, rep.Trusted = info.Private, info.Trusted
+	return rep, nil
+}
+
+// generateSessionKEK makes, in an SO session, the KEK as a public session
+// object: trusted, sensitive, never extractable, wrap/unwrap only, with
+// CKA_UNWRAP_TEMPLATE unless the module refuses it (tmpl reports which).
+// It stays modifiable so that the user's copy can be made private and
+// unmodifiable.
+func generateSessionKEK(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, label string) (o pkcs11.ObjectHandle, tmpl bool, err error) {
 	base := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(label)),
-		boolAttr(pkcs11.CKA_TOKEN, true),
+		boolAttr(pkcs11.CKA_TOKEN, false),
 		boolAttr(pkcs11.CKA_PRIVATE, false),
 		boolAttr(pkcs11.CKA_SENSITIVE, true),
 		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
@@ -170,45 +233,48 @@ func InitKEKVersion(module, tokenLabel, soPIN, kekLabel string, v uint32) (KEKRe
 		boolAttr(pkcs11.CKA_SIGN, false),
 		boolAttr(pkcs11.CKA_VERIFY, false),
 		boolAttr(pkcs11.CKA_DERIVE, false),
-		boolAttr(pkcs11.CKA_MODIFIABLE, false),
 	}
-	gen := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}
-
-	if noUnwrapTemplate {
-		if _, err := mod.ctx.GenerateKey(s, gen, base); err != nil {
-			return rep, wrapErr("generate KEK", err)
+	mk := func(attrs []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+		if kekValueForTest != nil {
+			return ctx.CreateObject(s, append(attrs, pkcs11.NewAttribute(pkcs11.CKA_VALUE, kekValueForTest)))
 		}
-		return rep, nil
+		return ctx.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
+			append(attrs, pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32)))
+	}
+	if noUnwrapTemplate {
+		o, err := mk(base)
+		return o, false, wrapErr("generate KEK", err)
 	}
 	// CKA_EXTRACTABLE is left to the caller: the daemon unwraps keys for
 	// use non-extractable, and a KEK rotation unwraps them extractable to
 	// wrap them under the next KEK. CKA_WRAP_WITH_TRUSTED=true is what
 	// stops any other export: only the SO can make a trusted key.
-	tmpl, free, terr := attributeArray([]attrBoolSpec{
+	arr, free, terr := attributeArray([]attrBoolSpec{
 		{pkcs11.CKA_PRIVATE, true},
 		{pkcs11.CKA_SENSITIVE, true},
 		{pkcs11.CKA_WRAP_WITH_TRUSTED, true},
 	})
 	if terr == nil {
-		_, err = mod.ctx.GenerateKey(s, gen, append(base, pkcs11.NewAttribute(pkcs11.CKA_UNWRAP_TEMPLATE, tmpl)))
+		o, err := mk(append(base, pkcs11.NewAttribute(pkcs11.CKA_UNWRAP_TEMPLATE, arr)))
 		free()
 		if err == nil {
-			rep.UnwrapTemplate = true
-			return rep, nil
+			return o, true, nil
 		}
 		code, _ := ckrCode(err)
 		switch code {
 		case pkcs11.CKR_ATTRIBUTE_TYPE_INVALID, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11.CKR_TEMPLATE_INCONSISTENT:
 			// fall through: create it without the template
 		default:
-			return rep, wrapErr("generate KEK", err)
+			return 0, false, wrapErr("generate KEK", err)
 		}
 	}
-	if _, err := mod.ctx.GenerateKey(s, gen, base); err != nil {
-		return rep, wrapErr("generate KEK", err)
-	}
-	return rep, nil
+	o, err = mk(base)
+	return o, false, wrapErr("generate KEK", err)
 }
+
+// kekValueForTest, when set, is imported as the KEK's value instead of
+// generating one (tests only: they look for it in the token's files).
+var kekValueForTest []byte
 
 // noUnwrapTemplate makes InitKEK leave CKA_UNWRAP_TEMPLATE out (tests only).
 var noUnwrapTemplate bool

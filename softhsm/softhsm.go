@@ -11,7 +11,9 @@
 //
 // Development only: the PINs are stored next to the tokens, in user.pin and
 // so.pin (mode 0600), so that `make run` can restart on the same token.
-// Anyone who can read the directory holds the keys.
+// The master KEK is a private object, which SoftHSM encrypts under a key
+// derived from the PINs; with the PIN files beside it, anyone who can read
+// the directory holds the keys all the same.
 package softhsm
 
 import (
@@ -130,7 +132,7 @@ func New(dir, label string) (*Token, error) {
 	}
 	// On reuse the KEK is normally there already; a token left without one
 	// (a crash between the two steps) gets it now.
-	rep, err := hsm.InitKEKReport(mod, label, t.SOPIN, t.KEKLabel)
+	rep, err := hsm.InitKEK(mod, label, t.SOPIN, t.UserPIN, t.KEKLabel)
 	switch {
 	case err == nil:
 		t.UnwrapTemplate = rep.UnwrapTemplate

@@ -81,9 +81,12 @@ Offline:
   policy check FILE                          validate a policy file
 
 HSM ceremony (runs against the token directly):
-  hsm init -module PATH -token LABEL -so-pin-file FILE [-kek-label L] [-kek-version N]
-                                             create the trusted master KEK (version N,
-                                             default 1; N+1 to start a rotation)
+  hsm init -module PATH -token LABEL -so-pin-file FILE -pin-file FILE
+           [-kek-label L] [-kek-version N]
+                                             create the trusted, private master KEK
+                                             (version N, default 1; N+1 to start a
+                                             rotation); needs the SO PIN and the
+                                             user PIN ($ESCROWD_SO_PIN, $ESCROWD_HSM_PIN)
 
 Development (for trying escrowd out; never for production):
   dev token -dir DIR -token LABEL            create or reuse a SoftHSM token with
@@ -147,6 +150,7 @@ func run(args []string, out io.Writer) error {
 	module := fs.String("module", "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module")
 	token := fs.String("token", "", "HSM token label")
 	soPINFile := fs.String("so-pin-file", "", "file holding the security officer PIN (else $ESCROWD_SO_PIN)")
+	pinFile := fs.String("pin-file", "", "file holding the HSM user PIN (else $ESCROWD_HSM_PIN)")
 	kekLabel := fs.String("kek-label", "escrowd-kek", "master KEK label")
 	dir := fs.String("dir", "", "folder of the development token or PKI")
 	certFile := fs.String("cert", os.Getenv("ESCROWCTL_CERT"), "client certificate, PEM")
@@ -204,6 +208,16 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		// A token made before master KEKs were private holds its KEK in
+		// clear: say how to get out of it before escrowd refuses it.
+		h, err := hsm.Open(t.HSMConfig())
+		if errors.Is(err, hsm.ErrKEKPublic) {
+			return fmt.Errorf("the development token in %s has a public master KEK (made before KEKs were private): delete %s and the store it served (make run: .run/softhsm and .run/escrowd.db), or migrate it (docs/LIFECYCLE.md)", *dir, *dir)
+		}
+		if err != nil {
+			return err
+		}
+		h.Close()
 		// The module path, for the caller's -hsm-module.
 		fmt.Fprintln(out, t.Module)
 		return nil
@@ -266,15 +280,21 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		// The user PIN too: the SO makes the trusted KEK, the user copies
+		// it into a private object, which the token encrypts at rest.
+		userPIN, err := secret.Load("HSM user PIN", *pinFile, "ESCROWD_HSM_PIN")
+		if err != nil {
+			return err
+		}
 		v := uint32(*kekVersion)
 		if v == 0 {
 			v = hsm.CurrentKEKVersion
 		}
-		rep, err := hsm.InitKEKVersion(*module, *token, so, *kekLabel, v)
+		rep, err := hsm.InitKEKVersion(*module, *token, so, userPIN, *kekLabel, v)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "master KEK %q (version %d) created on token %q\n", rep.Label, v, *token)
+		fmt.Fprintf(out, "master KEK %q (version %d) created on token %q: private, trusted\n", rep.Label, v, *token)
 		if !rep.UnwrapTemplate {
 			fmt.Fprintln(out, "WARNING: the module refused CKA_UNWRAP_TEMPLATE: anyone who can use the KEK can unwrap stored keys extractable (docs/HSM.md)")
 		}

@@ -230,13 +230,16 @@ func run(o *options) error {
 
 	h, err := hsm.Open(hsm.Config{
 		Module: o.hsmModule, TokenLabel: o.hsmToken, PIN: pin,
-		Sessions: o.hsmSessions, KEKLabel: o.kekLabel, Observer: hsmObs,
+		Sessions: o.hsmSessions, KEKLabel: o.kekLabel, AllowPublicKEK: o.allowPublicKEK, Observer: hsmObs,
 	})
 	pin = ""
 	if err != nil {
 		return fmt.Errorf("failed to open the HSM: %w", err)
 	}
 	defer h.Close()
+	if o.allowPublicKEK {
+		log.Warn("-hsm-allow-public-kek: a public master KEK is accepted; SoftHSM keeps it in clear in the token directory. Move the keys to a private KEK and drop the flag (docs/LIFECYCLE.md)")
+	}
 
 	st, storeName, err := openStore(o.storePath)
 	if err != nil {

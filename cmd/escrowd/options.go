@@ -39,6 +39,7 @@ type options struct {
 	hsmPINFile      string
 	hsmSessions     int
 	kekLabel        string
+	allowPublicKEK  bool
 	vaultAddr       string
 	vaultTokenFile  string
 	auditMount      string
@@ -84,6 +85,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.hsmPINFile, "hsm-pin-file", "", "file holding the HSM user PIN (else $ESCROWD_HSM_PIN)")
 	fs.IntVar(&o.hsmSessions, "hsm-sessions", 4, "HSM session pool size")
 	fs.StringVar(&o.kekLabel, "kek-label", "escrowd-kek", "master KEK label on the token")
+	fs.BoolVar(&o.allowPublicKEK, "hsm-allow-public-kek", false, "accept a public master KEK, as `escrowctl hsm init` made it before KEKs were private: SoftHSM keeps it in clear in the token directory. Development, and migrating such a token (docs/LIFECYCLE.md), only")
 	fs.StringVar(&o.vaultAddr, "vault-addr", os.Getenv("VAULT_ADDR"), "Vault address (default $VAULT_ADDR)")
 	fs.StringVar(&o.vaultTokenFile, "vault-token-file", "", "file holding the Vault token (else $VAULT_TOKEN)")
 	fs.StringVar(&o.auditMount, "audit-mount", "secret", "Vault KV v2 mount for audit records")

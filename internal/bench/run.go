@@ -780,7 +780,7 @@ func (r *runner) large(ctx context.Context) error {
 	}
 	// The SO ceremony, from the CLI, while the daemon runs.
 	if _, err := r.env.ctl(ctx, "hsm", "init", "-module", r.env.tok.Module, "-token", r.env.tok.Label,
-		"-so-pin-file", filepath.Join(r.env.tok.Dir, "so.pin"), "-kek-version", "2"); err != nil {
+		"-so-pin-file", filepath.Join(r.env.tok.Dir, "so.pin"), "-pin-file", filepath.Join(r.env.tok.Dir, "user.pin"), "-kek-version", "2"); err != nil {
 		return err
 	}
 	if err := r.kekCeiling(ctx); err != nil {
