@@ -24,6 +24,10 @@ var (
 	// ErrKEKNotFound: the master KEK (or the KEK version a wrapped key names)
 	// is not on the token or not usable. Run `escrowctl hsm init`.
 	ErrKEKNotFound = errors.New("master KEK not found")
+	// ErrKEKRefused: an object carries a master KEK's label but is not fit
+	// to be one (not trusted, modifiable, another unwrap template …): it is
+	// never used. The message says why.
+	ErrKEKRefused = errors.New("master KEK refused")
 	// ErrKEKPublic: a master KEK is a public object (CKA_PRIVATE=false),
 	// which SoftHSM stores in clear; refused unless Config.AllowPublicKEK.
 	ErrKEKPublic = errors.New("master KEK is a public object")
@@ -71,6 +75,9 @@ func (e *ckrError) Unwrap() error { return e.sentinel }
 
 // ckrName returns "CKR_FOO" for a return value.
 func ckrName(code uint) string {
+	if code == pkcs11.CKR_ACTION_PROHIBITED { // PKCS#11 v2.40: miekg/pkcs11 has no name for it
+		return "CKR_ACTION_PROHIBITED"
+	}
 	s := pkcs11.Error(code).Error() // "pkcs11: 0xA0: CKR_PIN_INCORRECT"
 	if i := strings.LastIndex(s, ": "); i >= 0 && i+2 < len(s) {
 		return s[i+2:]

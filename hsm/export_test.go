@@ -153,7 +153,7 @@ func (h *HSM) AttackerUnwrapForTest(ctx context.Context, w WrappedKey, loggedOut
 		if err := h.mod.ctx.Logout(s.h); err != nil {
 			return nil, wrapErr("logout", err)
 		}
-		if _, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, CurrentKEKVersion), true); err != nil {
+		if _, _, _, err := lookupKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, CurrentKEKVersion), true); err != nil {
 			return nil, fmt.Errorf("find KEK without login: %w", err)
 		}
 	}
@@ -199,6 +199,14 @@ func InitKEKWithoutUnwrapTemplateForTest(module, tokenLabel, soPIN, userPIN, kek
 	defer func() { noUnwrapTemplate = false }()
 	_, err := InitKEK(module, tokenLabel, soPIN, userPIN, kekLabel)
 	return err
+}
+
+// AllowKEKWithoutTemplateForTest makes Open accept a master KEK without
+// CKA_UNWRAP_TEMPLATE until the test ends: the counterfactual of the
+// export tests.
+func AllowKEKWithoutTemplateForTest(t interface{ Cleanup(func()) }) {
+	templateCheckOffForTest = true
+	t.Cleanup(func() { templateCheckOffForTest = false })
 }
 
 // InitKEKWithValueForTest makes KEK version v exactly as InitKEKVersion
@@ -380,7 +388,7 @@ func (h *HSM) RotationUnwrapAttackForTest(ctx context.Context, kind KeyKind, w W
 			return wrapErr("logout", err)
 		}
 	}
-	kek, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, w.KEKVersion), true)
+	kek, _, _, err := lookupKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, w.KEKVersion), true)
 	if err != nil {
 		return err
 	}
@@ -465,4 +473,92 @@ func SOModelForTest(module, tokenLabel, soPIN, userPIN string) (soPrivate, userT
 		return wrapErr("generate", err)
 	}
 	return try(pkcs11.CKU_SO, soPIN, true, true), try(pkcs11.CKU_USER, userPIN, true, true)
+}
+
+// InitKEKVariantForTest makes KEK version v by the ceremony, but unfit:
+// "modifiable" leaves CKA_MODIFIABLE true, "template" gives it an unwrap
+// template fixing CKA_SENSITIVE only.
+func InitKEKVariantForTest(module, tokenLabel, soPIN, userPIN, kekLabel string, v uint32, variant string) error {
+	switch variant {
+	case "modifiable":
+		kekModifiableForTest = true
+	case "template":
+		kekTemplateForTest = []uint{pkcs11.CKA_SENSITIVE}
+	default:
+		return fmt.Errorf("unknown variant %q", variant)
+	}
+	defer func() { kekModifiableForTest, kekTemplateForTest = false, nil }()
+	_, err := InitKEKVersion(module, tokenLabel, soPIN, userPIN, kekLabel, v)
+	return err
+}
+
+// PlantKEKForTest plays whoever can open a session on the token without
+// logging in (on SoftHSM: whoever can write the token directory): it makes
+// a public AES token object labelled label, as close to a master KEK as
+// such a session can (everything but CKA_TRUSTED, which only the SO sets).
+func PlantKEKForTest(module, tokenLabel, label string) error {
+	mod, err := acquireModule(module)
+	if err != nil {
+		return err
+	}
+	defer mod.release()
+	slot, err := mod.findToken(tokenLabel)
+	if err != nil {
+		return err
+	}
+	s, err := mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return wrapErr("open session", err)
+	}
+	defer func() { _ = mod.ctx.CloseSession(s) }()
+	arr, free, err := attributeArray([]attrBoolSpec{{pkcs11.CKA_PRIVATE, true}, {pkcs11.CKA_SENSITIVE, true}, {pkcs11.CKA_WRAP_WITH_TRUSTED, true}})
+	if err != nil {
+		return err
+	}
+	defer free()
+	_, err = mod.ctx.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		boolAttr(pkcs11.CKA_TOKEN, true),
+		boolAttr(pkcs11.CKA_PRIVATE, false),
+		boolAttr(pkcs11.CKA_SENSITIVE, true),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
+		boolAttr(pkcs11.CKA_WRAP, true),
+		boolAttr(pkcs11.CKA_UNWRAP, true),
+		boolAttr(pkcs11.CKA_ENCRYPT, false),
+		boolAttr(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP_TEMPLATE, arr),
+		boolAttr(pkcs11.CKA_MODIFIABLE, false),
+	})
+	return wrapErr("plant a KEK-like object", err)
+}
+
+// AlterKEKForTest plays an attacker with the user PIN against the current
+// master KEK: "set" drops its unwrap template with C_SetAttributeValue,
+// "copy" clones it under another label without the template, "copy-modifiable"
+// clones it modifiable (to alter the clone afterwards).
+func (h *HSM) AlterKEKForTest(ctx context.Context, attempt string) error {
+	s, err := h.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer h.release(s, true)
+	empty := pkcs11.NewAttribute(pkcs11.CKA_UNWRAP_TEMPLATE, []byte{})
+	switch attempt {
+	case "set":
+		return wrapErr("set CKA_UNWRAP_TEMPLATE", h.mod.ctx.SetAttributeValue(s.h, s.kek, []*pkcs11.Attribute{empty}))
+	case "copy", "copy-modifiable":
+		t := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, "escrowd-kek-v99"), empty}
+		if attempt == "copy-modifiable" {
+			t = []*pkcs11.Attribute{boolAttr(pkcs11.CKA_MODIFIABLE, true)}
+		}
+		o, err := h.mod.ctx.CopyObject(s.h, s.kek, t)
+		if err == nil {
+			h.destroy(s, o)
+		}
+		return wrapErr("copy the KEK", err)
+	}
+	return fmt.Errorf("unknown attempt %q", attempt)
 }

@@ -61,7 +61,14 @@ type HSM struct {
 }
 
 // Open loads the module, finds the token, logs the user in and finds the
-// master KEK (once; the handle is kept, never looked up per operation).
+// master KEK versions (once; the handles are kept, never looked up per
+// operation). Only a KEK fit to be one is used (see KEKState): an object
+// carrying a KEK label that is not trusted, is modifiable or has another
+// unwrap template is ignored, and reported by KEKStates. New keys go under
+// the oldest usable version until UseKEK says otherwise: switching KEKs is
+// the operator's act (a kek-rotation job), never a side effect of an
+// object appearing on the token. Open fails if no version is usable, or if
+// a version is a public KEK and Config.AllowPublicKEK is not set.
 func Open(cfg Config) (*HSM, error) {
 	cfg = cfg.withDefaults()
 	if cfg.TokenLabel == "" {
@@ -79,7 +86,7 @@ func Open(cfg Config) (*HSM, error) {
 		return nil, err
 	}
 	mod.holdLogin(cfg.TokenLabel)
-	h.anchor, h.slot, h.keks, h.current = s, slot, keks, newest(keks)
+	h.anchor, h.slot, h.keks, h.current = s, slot, keks, oldest(keks)
 	return h, nil
 }
 
@@ -101,7 +108,7 @@ func (h *HSM) connect() (pkcs11.SessionHandle, uint, map[uint32]pkcs11.ObjectHan
 		_ = h.mod.ctx.CloseSession(s)
 		return 0, 0, nil, err
 	}
-	keks, err := findKEKs(h.mod.ctx, s, h.cfg.KEKLabel, h.cfg.AllowPublicKEK)
+	keks, _, err := openKEKs(h.mod.ctx, s, h.cfg.KEKLabel, h.cfg.AllowPublicKEK)
 	if err != nil {
 		_ = h.mod.ctx.CloseSession(s)
 		return 0, 0, nil, err
@@ -109,84 +116,14 @@ func (h *HSM) connect() (pkcs11.SessionHandle, uint, map[uint32]pkcs11.ObjectHan
 	return s, slot, keks, nil
 }
 
-// findKEKs finds every KEK version on the token: the secret keys labelled
-// base+"-vN". None is ErrKEKNotFound.
-func findKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string, allowPublic bool) (map[uint32]pkcs11.ObjectHandle, error) {
-	hs, err := findObjects(ctx, s, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		boolAttr(pkcs11.CKA_TOKEN, true),
-	})
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[uint32]pkcs11.ObjectHandle)
-	for _, o := range hs {
-		a, err := ctx.GetAttributeValue(s, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
-		if err != nil {
-			continue
-		}
-		v, ok := kekLabelVersion(base, string(a[0].Value))
-		if !ok {
-			continue
-		}
-		k, err := findKEK(ctx, s, kekObjectLabel(base, v), allowPublic)
-		if err != nil {
-			return nil, err
-		}
-		out[v] = k
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("hsm: %w: no secret key labelled %q on the token; run `escrowctl hsm init`", ErrKEKNotFound, kekObjectLabel(base, CurrentKEKVersion))
-	}
-	return out, nil
-}
-
-func newest(keks map[uint32]pkcs11.ObjectHandle) uint32 {
-	var v uint32
+// oldest is the lowest version of keks: the KEK Open wraps new keys under
+// until the operator chooses another (UseKEK).
+func oldest(keks map[uint32]pkcs11.ObjectHandle) uint32 {
+	v := ^uint32(0)
 	for k := range keks {
-		v = max(v, k)
+		v = min(v, k)
 	}
 	return v
-}
-
-// findKEK finds the KEK object by label and checks it is fit to be one. A
-// public KEK (CKA_PRIVATE=false) is refused unless allowPublic.
-func findKEK(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, label string, allowPublic bool) (pkcs11.ObjectHandle, error) {
-	hs, err := findObjects(ctx, s, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-	})
-	if err != nil {
-		return 0, err
-	}
-	switch len(hs) {
-	case 0:
-		return 0, fmt.Errorf("hsm: %w: no secret key labelled %q on the token; run `escrowctl hsm init`", ErrKEKNotFound, label)
-	case 1:
-	default:
-		return 0, fmt.Errorf("hsm: %w: %d secret keys labelled %q on the token, expected one", ErrKEKNotFound, len(hs), label)
-	}
-	attrs, err := ctx.GetAttributeValue(s, hs[0], []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_WRAP, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, nil),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, nil),
-	})
-	if err != nil {
-		return 0, wrapErr("read KEK attributes", err)
-	}
-	if attrUint(attrs[0]) != pkcs11.CKK_AES || !attrBool(attrs[1]) || attrBool(attrs[2]) || !attrBool(attrs[3]) || !attrBool(attrs[4]) {
-		return 0, fmt.Errorf("hsm: %w: %q is not an AES, token, non-extractable, wrap/unwrap key", ErrKEKNotFound, label)
-	}
-	if !attrBool(attrs[5]) && !allowPublic {
-		return 0, fmt.Errorf("hsm: %w: %q is a public object (CKA_PRIVATE=false), as `escrowctl hsm init` made it before "+
-			"master KEKs were private: SoftHSM writes a public object's value in clear into the token directory, so a copy "+
-			"of that directory and of the store opens every stored key. Move the keys to a private KEK (docs/LIFECYCLE.md, "+
-			"\"Migrating from a public master KEK\"); until then only escrowd -hsm-allow-public-kek accepts it", ErrKEKPublic, label)
-	}
-	return hs[0], nil
 }
 
 func findObjects(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, tmpl []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
@@ -382,7 +319,8 @@ func (h *HSM) reconnectLocked() error {
 	}
 	h.anchor, h.slot, h.keks, h.disconnected = s, slot, keks, false
 	if _, ok := keks[h.current]; !ok {
-		h.current = newest(keks)
+		// Never switch KEKs behind the operator's back.
+		return fmt.Errorf("hsm: recover: %w: master KEK version %d, the one new keys go under, is no longer usable on the token", ErrKEKNotFound, h.current)
 	}
 	return nil
 }

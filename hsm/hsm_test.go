@@ -507,6 +507,7 @@ func tokenWithoutUnwrapTemplate(t *testing.T) *softhsm.Token {
 	if err := hsm.InitKEKWithoutUnwrapTemplateForTest(mod, tok.Label, tok.SOPIN, tok.UserPIN, tok.KEKLabel); err != nil {
 		t.Fatal(err)
 	}
+	hsm.AllowKEKWithoutTemplateForTest(t)
 	return tok
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"slices"
 
 	"github.com/miekg/pkcs11"
 )
@@ -55,7 +54,7 @@ func (h *HSM) kekFor(s session, v uint32) (pkcs11.ObjectHandle, error) {
 	if ok {
 		return k, nil
 	}
-	k, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v), h.cfg.AllowPublicKEK)
+	k, _, _, err := lookupKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v), h.cfg.AllowPublicKEK)
 	if err != nil {
 		return 0, fmt.Errorf("hsm: KEK version %d: %w", v, err)
 	}
@@ -74,22 +73,35 @@ func (h *HSM) CurrentKEK() uint32 {
 	return h.current
 }
 
-// KEKVersions lists the KEK versions on the token now, ascending.
+// KEKVersions lists the usable KEK versions on the token now, ascending.
 func (h *HSM) KEKVersions(ctx context.Context) ([]uint32, error) {
+	states, err := h.KEKStates(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var out []uint32
-	err := h.do(ctx, OpKEKVersions, func(s session) error {
-		keks, err := findKEKs(h.mod.ctx, s.h, h.cfg.KEKLabel, h.cfg.AllowPublicKEK)
-		if err != nil {
-			return err
+	for _, st := range states {
+		if st.Usable {
+			out = append(out, st.Version)
 		}
-		out = slices.Sorted(maps.Keys(keks))
-		return nil
+	}
+	return out, nil
+}
+
+// KEKStates describes every KEK version on the token now, usable or not,
+// ascending: what the daemon logs at start and an operator acts on.
+func (h *HSM) KEKStates(ctx context.Context) ([]KEKState, error) {
+	var out []KEKState
+	err := h.do(ctx, OpKEKVersions, func(s session) error {
+		var err error
+		_, out, err = scanKEKs(h.mod.ctx, s.h, h.cfg.KEKLabel, h.cfg.AllowPublicKEK)
+		return err
 	})
 	return out, err
 }
 
-// UseKEK makes KEK version v, which must be on the token, the one new keys
-// are wrapped under.
+// UseKEK makes KEK version v, which must be on the token and usable, the
+// one new keys are wrapped under.
 func (h *HSM) UseKEK(ctx context.Context, v uint32) error {
 	err := h.do(ctx, OpUseKEK, func(s session) error {
 		_, err := h.kekFor(s, v)
@@ -216,7 +228,7 @@ func (h *HSM) DestroyKEK(ctx context.Context, v uint32) error {
 		return fmt.Errorf("hsm: destroy KEK: %w: version %d is the current KEK", ErrInvalidInput, v)
 	}
 	err := h.do(ctx, OpDestroyKEK, func(s session) error {
-		k, err := findKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v), h.cfg.AllowPublicKEK)
+		k, _, _, err := lookupKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v), h.cfg.AllowPublicKEK)
 		if err != nil {
 			return fmt.Errorf("hsm: KEK version %d: %w", v, err)
 		}

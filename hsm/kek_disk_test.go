@@ -165,7 +165,7 @@ func TestKEKNotInTokenFiles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !rep.Private || !rep.Trusted || !rep.UnwrapTemplate {
+		if !rep.Private || !rep.Trusted {
 			t.Fatalf("KEK report %+v", rep)
 		}
 		provisionProof(t, tok, false, kek)

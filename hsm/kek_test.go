@@ -42,18 +42,26 @@ func TestKEKRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rep.UnwrapTemplate || !strings.HasSuffix(rep.Label, "-v2") {
+	if !rep.Private || !rep.Trusted || !strings.HasSuffix(rep.Label, "-v2") {
 		t.Fatalf("KEK v2 report %+v", rep)
 	}
 	if _, err := hsm.InitKEKVersion(tok.Module, tok.Label, tok.SOPIN, tok.UserPIN, tok.KEKLabel, 2); !errors.Is(err, hsm.ErrKEKExists) {
 		t.Fatalf("second InitKEKVersion 2: %v, want ErrKEKExists", err)
 	}
 	h := openToken(t, tok, nil)
-	if h.CurrentKEK() != 2 {
-		t.Fatalf("current KEK %d after v2 was made, want 2", h.CurrentKEK())
+	// A new KEK on the token changes nothing by itself: switching is the
+	// operator's act (UseKEK, run by a kek-rotation job).
+	if h.CurrentKEK() != 1 {
+		t.Fatalf("current KEK %d after v2 was made, want still 1", h.CurrentKEK())
 	}
 	if vs, err := h.KEKVersions(ctx); err != nil || !slices.Equal(vs, []uint32{1, 2}) {
 		t.Fatalf("KEK versions %v, %v", vs, err)
+	}
+	if fresh, err := h.GenerateUnlockKey(ctx); err != nil || fresh.KEKVersion != 1 {
+		t.Fatalf("new key under KEK %d, %v; want 1 before UseKEK", fresh.KEKVersion, err)
+	}
+	if err := h.UseKEK(ctx, 2); err != nil {
+		t.Fatal(err)
 	}
 	// Keys under v1 still work before they are re-wrapped.
 	if mac, err := h.HMAC(ctx, unlock1, msg); err != nil || !bytes.Equal(mac, mac1) {

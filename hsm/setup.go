@@ -87,9 +87,6 @@ func TokenExists(module, label string) (bool, error) {
 // KEKReport says how InitKEKVersion created the KEK.
 type KEKReport struct {
 	Label string // CKA_LABEL of the KEK object (kekLabel+"-vN")
-	// UnwrapTemplate is true if the module accepted CKA_UNWRAP_TEMPLATE on
-	// the KEK. Whether it enforces it is another matter: see docs/HSM.md.
-	UnwrapTemplate bool
 	// Private and Trusted are the KEK's CKA_PRIVATE and CKA_TRUSTED as the
 	// token reports them once it is made: both true, or InitKEKVersion
 	// fails.
@@ -109,9 +106,9 @@ func InitKEK(module, tokenLabel, soPIN, userPIN, kekLabel string) (KEKReport, er
 // CKA_UNWRAP_TEMPLATE so that keys unwrapped with the KEK are private,
 // sensitive and wrap-with-trusted (extractable only under a trusted key,
 // that is under a KEK: what lets a KEK rotation re-wrap them inside the
-// token, and nothing else export them); if the module refuses the
-// attribute the KEK is created without it. A KEK already there gives
-// ErrKEKExists.
+// token, and nothing else export them); a module that refuses the
+// attribute gets ErrUnsupported, for Open would refuse such a KEK. A KEK
+// already there gives ErrKEKExists.
 //
 // It takes both PINs, because only the SO may set CKA_TRUSTED and, on
 // SoftHSM, the SO can create public objects only (a public object's value
@@ -169,12 +166,11 @@ func InitKEKVersion(module, tokenLabel, soPIN, userPIN, kekLabel string, v uint3
 	if err := mod.ctx.Login(s, pkcs11.CKU_SO, soPIN); err != nil {
 		return rep, wrapErr("SO login", err)
 	}
-	src, tmpl, err := generateSessionKEK(mod.ctx, s, label)
+	src, err := generateSessionKEK(mod.ctx, s, label)
 	if err != nil {
 		_ = mod.ctx.Logout(s)
 		return rep, err
 	}
-	rep.UnwrapTemplate = tmpl
 	defer func() { _ = mod.ctx.DestroyObject(s, src) }()
 	// Logging the SO out destroys private session objects only: the public
 	// KEK stays, in this process's memory.
@@ -189,16 +185,20 @@ func InitKEKVersion(module, tokenLabel, soPIN, userPIN, kekLabel string, v uint3
 		return rep, wrapErr("user login", err)
 	}
 	defer func() { _ = mod.ctx.Logout(s) }()
-	kek, err := mod.ctx.CopyObject(s, src, []*pkcs11.Attribute{
+	copyT := []*pkcs11.Attribute{
 		boolAttr(pkcs11.CKA_TOKEN, true),
 		boolAttr(pkcs11.CKA_PRIVATE, true),
 		boolAttr(pkcs11.CKA_MODIFIABLE, false),
-	})
+	}
+	if kekModifiableForTest {
+		copyT = copyT[:2]
+	}
+	kek, err := mod.ctx.CopyObject(s, src, copyT)
 	if err != nil {
 		return rep, wrapErr("copy the KEK into a private token object", err)
 	}
 	info, err := objectInfo(mod.ctx, s, kek)
-	if err == nil && (!info.Token || !info.Private || !info.Trusted || info.Modifiable) {
+	if err == nil && (!info.Token || !info.Private || !info.Trusted || info.Modifiable != kekModifiableForTest) {
 		err = fmt.Errorf("hsm: init KEK: %w: the module made the copy token=%v private=%v trusted=%v modifiable=%v",
 			ErrUnsupported, info.Token, info.Private, info.Trusted, info.Modifiable)
 	}
@@ -212,11 +212,10 @@ func InitKEKVersion(module, tokenLabel, soPIN, userPIN, kekLabel string, v uint3
 
 // generateSessionKEK makes, in an SO session, the KEK as a public session
 // object: trusted, sensitive, never extractable, wrap/unwrap only, with
-// CKA_UNWRAP_TEMPLATE unless the module refuses it (tmpl reports which).
-// It stays modifiable so that the user's copy can be made private and
-// unmodifiable.
-func generateSessionKEK(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, label string) (o pkcs11.ObjectHandle, tmpl bool, err error) {
-	base := []*pkcs11.Attribute{
+// CKA_UNWRAP_TEMPLATE. It stays modifiable so that the user's copy can be
+// made private and unmodifiable.
+func generateSessionKEK(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, label string) (pkcs11.ObjectHandle, error) {
+	attrs := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
@@ -234,47 +233,56 @@ func generateSessionKEK(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, label string) (
 		boolAttr(pkcs11.CKA_VERIFY, false),
 		boolAttr(pkcs11.CKA_DERIVE, false),
 	}
-	mk := func(attrs []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-		if kekValueForTest != nil {
-			return ctx.CreateObject(s, append(attrs, pkcs11.NewAttribute(pkcs11.CKA_VALUE, kekValueForTest)))
+	if !noUnwrapTemplate {
+		// CKA_EXTRACTABLE is left to the caller: the daemon unwraps keys
+		// for use non-extractable, and a KEK rotation unwraps them
+		// extractable to wrap them under the next KEK.
+		// CKA_WRAP_WITH_TRUSTED=true is what stops any other export: only
+		// the SO can make a trusted key.
+		tmpl := kekTemplate
+		if kekTemplateForTest != nil {
+			tmpl = kekTemplateForTest
 		}
-		return ctx.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
+		specs := make([]attrBoolSpec, len(tmpl))
+		for i, t := range tmpl {
+			specs[i] = attrBoolSpec{t, true}
+		}
+		arr, free, err := attributeArray(specs)
+		if err != nil {
+			return 0, fmt.Errorf("hsm: init KEK: %w", err)
+		}
+		defer free()
+		attrs = append(attrs, pkcs11.NewAttribute(pkcs11.CKA_UNWRAP_TEMPLATE, arr))
+	}
+	var (
+		o   pkcs11.ObjectHandle
+		err error
+	)
+	if kekValueForTest != nil {
+		o, err = ctx.CreateObject(s, append(attrs, pkcs11.NewAttribute(pkcs11.CKA_VALUE, kekValueForTest)))
+	} else {
+		o, err = ctx.GenerateKey(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
 			append(attrs, pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32)))
 	}
-	if noUnwrapTemplate {
-		o, err := mk(base)
-		return o, false, wrapErr("generate KEK", err)
-	}
-	// CKA_EXTRACTABLE is left to the caller: the daemon unwraps keys for
-	// use non-extractable, and a KEK rotation unwraps them extractable to
-	// wrap them under the next KEK. CKA_WRAP_WITH_TRUSTED=true is what
-	// stops any other export: only the SO can make a trusted key.
-	arr, free, terr := attributeArray([]attrBoolSpec{
-		{pkcs11.CKA_PRIVATE, true},
-		{pkcs11.CKA_SENSITIVE, true},
-		{pkcs11.CKA_WRAP_WITH_TRUSTED, true},
-	})
-	if terr == nil {
-		o, err := mk(append(base, pkcs11.NewAttribute(pkcs11.CKA_UNWRAP_TEMPLATE, arr)))
-		free()
-		if err == nil {
-			return o, true, nil
-		}
-		code, _ := ckrCode(err)
-		switch code {
+	if err != nil {
+		switch code, _ := ckrCode(err); code {
 		case pkcs11.CKR_ATTRIBUTE_TYPE_INVALID, pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11.CKR_TEMPLATE_INCONSISTENT:
-			// fall through: create it without the template
-		default:
-			return 0, false, wrapErr("generate KEK", err)
+			return 0, wrapErrAs("generate KEK (the module refuses CKA_UNWRAP_TEMPLATE?)", err, ErrUnsupported, code)
 		}
+		return 0, wrapErr("generate KEK", err)
 	}
-	o, err = mk(base)
-	return o, false, wrapErr("generate KEK", err)
+	return o, nil
 }
 
-// kekValueForTest, when set, is imported as the KEK's value instead of
-// generating one (tests only: they look for it in the token's files).
-var kekValueForTest []byte
+// Test knobs: kekValueForTest, when set, is imported as the KEK's value
+// instead of generating one (the tests look for it in the token's files);
+// kekTemplateForTest replaces the unwrap template and kekModifiableForTest
+// leaves the KEK modifiable (the tests check Open refuses such KEKs).
+var (
+	kekValueForTest      []byte
+	kekTemplateForTest   []uint
+	kekModifiableForTest bool
+)
 
 // noUnwrapTemplate makes InitKEK leave CKA_UNWRAP_TEMPLATE out (tests only).
 var noUnwrapTemplate bool

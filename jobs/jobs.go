@@ -35,6 +35,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/escrowd/escrowd/escrow"
+	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/store"
 )
 
@@ -60,6 +61,7 @@ type HSM interface {
 	escrow.KeyVersions
 	UseKEK(ctx context.Context, v uint32) error
 	KEKVersions(ctx context.Context) ([]uint32, error)
+	KEKStates(ctx context.Context) ([]hsm.KEKState, error)
 	DestroyKEK(ctx context.Context, v uint32) error
 	CurrentKEK() uint32
 }
@@ -127,16 +129,25 @@ func (r *Runner) Start(ctx context.Context, kind string, params map[string]strin
 		if err != nil || to == 0 {
 			return store.Job{}, fmt.Errorf("%w: %s needs a KEK version to rotate to", ErrInvalid, kind)
 		}
-		vs, err := r.hsm.KEKVersions(ctx)
+		states, err := r.hsm.KEKStates(ctx)
 		if err != nil {
 			return store.Job{}, fmt.Errorf("%w: HSM: %w", escrow.ErrUnavailable, err)
 		}
-		found := false
-		for _, v := range vs {
-			found = found || v == uint32(to)
+		var have []uint32
+		var st *hsm.KEKState
+		for i := range states {
+			if states[i].Usable {
+				have = append(have, states[i].Version)
+			}
+			if states[i].Version == uint32(to) {
+				st = &states[i]
+			}
 		}
-		if !found {
-			return store.Job{}, fmt.Errorf("%w: master KEK version %d is not on the token (have %v): run `escrowctl hsm init -kek-version %d` first", escrow.ErrPrecondition, to, vs, to)
+		switch {
+		case st == nil:
+			return store.Job{}, fmt.Errorf("%w: master KEK version %d is not on the token (usable: %v): run `escrowctl hsm init -kek-version %d` first", escrow.ErrPrecondition, to, have, to)
+		case !st.Usable:
+			return store.Job{}, fmt.Errorf("%w: master KEK version %d is on the token but refused: %s", escrow.ErrPrecondition, to, st.Problem)
 		}
 		params = map[string]string{"to": strconv.FormatUint(to, 10)}
 	case KindGroupRotation:
@@ -203,13 +214,15 @@ func (r *Runner) Run(ctx context.Context) {
 // RunOnce takes and runs every job it can lease, each until it ends or
 // the lease is lost.
 func (r *Runner) RunOnce(ctx context.Context) {
-	r.followKEK(ctx)
 	all, err := r.store.Jobs(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("jobs: cannot list jobs", zap.Error(err))
 		}
 		return
+	}
+	if err := r.followKEK(ctx, all); err != nil && ctx.Err() == nil {
+		r.log.Error("jobs: cannot switch to the master KEK the operator chose", zap.Error(err))
 	}
 	for _, j := range all {
 		if j.State != store.JobRunning || ctx.Err() != nil {
@@ -226,18 +239,52 @@ func (r *Runner) RunOnce(ctx context.Context) {
 	}
 }
 
-// followKEK makes this replica wrap new keys under the newest KEK on the
-// token, so that replicas switch soon after the SO makes a new version.
-func (r *Runner) followKEK(ctx context.Context) {
-	vs, err := r.hsm.KEKVersions(ctx)
-	if err != nil || len(vs) == 0 {
-		return
-	}
-	if newest := vs[len(vs)-1]; newest > r.hsm.CurrentKEK() {
-		if err := r.hsm.UseKEK(ctx, newest); err == nil {
-			r.log.Info("jobs: new keys now go under master KEK version", zap.Uint32("kek_version", newest))
+// kekTarget is the master KEK version the operator chose for new keys:
+// the target of the newest kek-rotation job, whatever its state (a
+// failed or canceled job is started again, not undone by a new object on
+// the token). 0 when no KEK rotation was ever started.
+func kekTarget(all []store.Job) uint32 {
+	var newest store.Job
+	for _, j := range all {
+		if j.Kind == KindKEKRotation && (newest.ID == "" || j.Created.After(newest.Created)) {
+			newest = j
 		}
 	}
+	if newest.ID == "" {
+		return 0
+	}
+	to, err := strconv.ParseUint(newest.Params["to"], 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(to)
+}
+
+// followKEK makes this replica wrap new keys under the master KEK the
+// operator chose (kekTarget), so that every replica switches within a
+// poll of a kek-rotation job's start. A KEK merely appearing on the token
+// switches nothing: before any rotation, new keys go under the KEK
+// hsm.Open chose (the oldest usable on the token).
+func (r *Runner) followKEK(ctx context.Context, all []store.Job) error {
+	v := kekTarget(all)
+	if v == 0 || v == r.hsm.CurrentKEK() {
+		return nil
+	}
+	if err := r.hsm.UseKEK(ctx, v); err != nil {
+		return fmt.Errorf("master KEK version %d (the target of the last kek-rotation job): %w", v, err)
+	}
+	r.log.Info("jobs: new keys now go under master KEK version", zap.Uint32("kek_version", v))
+	return nil
+}
+
+// FollowKEK is followKEK at start: escrowd calls it before serving, and
+// refuses to start if the KEK the operator chose cannot be used.
+func (r *Runner) FollowKEK(ctx context.Context) error {
+	all, err := r.store.Jobs(ctx)
+	if err != nil {
+		return err
+	}
+	return r.followKEK(ctx, all)
 }
 
 var errNotRunning = errors.New("job is not running")
@@ -476,8 +523,8 @@ func (r *Runner) work(ctx context.Context, page []store.Group, fn step) ([]store
 func (r *Runner) Jobs(ctx context.Context) ([]store.Job, error) { return r.store.Jobs(ctx) }
 
 // DestroyKEK destroys master KEK version v on the token, refusing while a
-// KEK rotation runs, while v is the KEK new keys go under, or while any
-// stored key is still wrapped under v.
+// KEK rotation runs, while v is the KEK new keys go under (the operator's
+// choice: kekTarget), or while any stored key is still wrapped under v.
 func (r *Runner) DestroyKEK(ctx context.Context, v uint32) error {
 	all, err := r.store.Jobs(ctx)
 	if err != nil {
@@ -488,21 +535,22 @@ func (r *Runner) DestroyKEK(ctx context.Context, v uint32) error {
 			return fmt.Errorf("%w: KEK rotation %s is running: let it finish", escrow.ErrPrecondition, j.ID)
 		}
 	}
+	if err := r.followKEK(ctx, all); err != nil {
+		return fmt.Errorf("%w: HSM: %w", escrow.ErrUnavailable, err)
+	}
 	vs, err := r.hsm.KEKVersions(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: HSM: %w", escrow.ErrUnavailable, err)
 	}
-	newest := uint32(0)
 	found := false
 	for _, x := range vs {
-		newest = max(newest, x)
 		found = found || x == v
 	}
 	if !found {
-		return fmt.Errorf("%w: master KEK version %d is not on the token (have %v)", escrow.ErrPrecondition, v, vs)
+		return fmt.Errorf("%w: master KEK version %d is not a usable KEK on the token (usable: %v)", escrow.ErrPrecondition, v, vs)
 	}
-	if v == newest {
-		return fmt.Errorf("%w: master KEK version %d is the newest on the token: rotate to a newer one first", escrow.ErrPrecondition, v)
+	if v == r.hsm.CurrentKEK() {
+		return fmt.Errorf("%w: master KEK version %d is the one new keys go under: rotate to another first", escrow.ErrPrecondition, v)
 	}
 	use, err := r.svc.KEKUse(ctx)
 	if err != nil {
@@ -510,9 +558,6 @@ func (r *Runner) DestroyKEK(ctx context.Context, v uint32) error {
 	}
 	if n := use[v]; n > 0 {
 		return fmt.Errorf("%w: %d stored keys are still wrapped under master KEK version %d: run a kek-rotation job first", escrow.ErrPrecondition, n, v)
-	}
-	if err := r.hsm.UseKEK(ctx, newest); err != nil {
-		return fmt.Errorf("%w: HSM: %w", escrow.ErrUnavailable, err)
 	}
 	if err := r.hsm.DestroyKEK(ctx, v); err != nil {
 		return fmt.Errorf("%w: HSM: %w", escrow.ErrUnavailable, err)

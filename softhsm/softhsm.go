@@ -77,9 +77,6 @@ type Token struct {
 	UserPIN  string
 	SOPIN    string
 	KEKLabel string // base label of the master KEK (hsm.DefaultKEKLabel)
-	// UnwrapTemplate is true if the KEK carries CKA_UNWRAP_TEMPLATE (only
-	// known when New created the KEK).
-	UnwrapTemplate bool
 }
 
 // String omits the PINs.
@@ -132,10 +129,9 @@ func New(dir, label string) (*Token, error) {
 	}
 	// On reuse the KEK is normally there already; a token left without one
 	// (a crash between the two steps) gets it now.
-	rep, err := hsm.InitKEK(mod, label, t.SOPIN, t.UserPIN, t.KEKLabel)
+	_, err = hsm.InitKEK(mod, label, t.SOPIN, t.UserPIN, t.KEKLabel)
 	switch {
 	case err == nil:
-		t.UnwrapTemplate = rep.UnwrapTemplate
 	case exists && errors.Is(err, hsm.ErrKEKExists):
 	default:
 		return nil, fmt.Errorf("softhsm: %w", err)

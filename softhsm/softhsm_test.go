@@ -68,9 +68,6 @@ func TestNewAndReuse(t *testing.T) {
 			t.Errorf("%s has mode %v", f, fi.Mode().Perm())
 		}
 	}
-	if !tok.UnwrapTemplate {
-		t.Error("the KEK has no CKA_UNWRAP_TEMPLATE")
-	}
 	for _, s := range []string{tok.String(), fmt.Sprintf("%v %+v %#v", tok, tok, tok), tok.HSMConfig().String()} {
 		if strings.Contains(s, tok.UserPIN) || strings.Contains(s, tok.SOPIN) {
 			t.Fatalf("PIN printed: %s", s)

@@ -295,11 +295,8 @@ func run(args []string, out io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(out, "master KEK %q (version %d) created on token %q: private, trusted\n", rep.Label, v, *token)
-		if !rep.UnwrapTemplate {
-			fmt.Fprintln(out, "WARNING: the module refused CKA_UNWRAP_TEMPLATE: anyone who can use the KEK can unwrap stored keys extractable (docs/HSM.md)")
-		}
 		if v > 1 {
-			fmt.Fprintf(out, "next: escrowctl jobs start -kind kek-rotation -kek-version %d\n", v)
+			fmt.Fprintf(out, "new keys stay under the current KEK until: escrowctl jobs start -kind kek-rotation -kek-version %d\n", v)
 		}
 		return nil
 	}

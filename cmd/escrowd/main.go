@@ -266,6 +266,9 @@ func run(o *options) error {
 	}
 	defer aud.Close()
 	runner := jobs.New(st, svc, h, jobs.Config{Lease: o.jobLease, Poll: o.jobPoll, Batch: o.jobBatch, Logger: log})
+	if err := startKEK(h, runner, log); err != nil {
+		return err
+	}
 	srv, err := daemon.New(daemon.Config{
 		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, Jobs: runner, State: st, Policy: p.policy,
 		TLS: &tls.Config{Certificates: []tls.Certificate{p.cert}}, ClientCAs: p.clientCAs,
@@ -336,4 +339,31 @@ func run(o *options) error {
 	defer scancel()
 	srv.Shutdown(sctx)
 	return <-errc
+}
+
+// startKEK reports every master KEK version on the token, loudly for those
+// refused, and switches to the KEK the operator chose (the target of the
+// last kek-rotation job) before any request is served.
+func startKEK(h *hsm.HSM, runner *jobs.Runner, log *zap.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	states, err := h.KEKStates(ctx)
+	if err != nil {
+		return fmt.Errorf("master KEK: %w", err)
+	}
+	for _, st := range states {
+		switch {
+		case !st.Usable:
+			log.Error("master KEK refused: never used", zap.Uint32("kek_version", st.Version), zap.String("label", st.Label), zap.String("why", st.Problem))
+		case st.Public:
+			log.Warn("master KEK is a public object, kept in clear by SoftHSM: accepted only because of -hsm-allow-public-kek", zap.Uint32("kek_version", st.Version), zap.String("label", st.Label))
+		case st.Problem != "":
+			log.Error("objects carrying a master KEK's label were refused", zap.Uint32("kek_version", st.Version), zap.String("why", st.Problem))
+		}
+	}
+	if err := runner.FollowKEK(ctx); err != nil {
+		return fmt.Errorf("master KEK: %w", err)
+	}
+	log.Info("new keys go under master KEK version", zap.Uint32("kek_version", h.CurrentKEK()))
+	return nil
 }
