@@ -219,7 +219,7 @@ func TestCLI(t *testing.T) {
 	ctl("sync-backend", "group", "provision", "-group", "cli-rsa", "-suite", "rsa-oaep-sha1")
 	checkGroupKey(t, escrowctl, append(os.Environ(), "ESCROWD_ADDR="+addr, "ESCROWCTL_PKI="+pki.dir), "cli-rsa", "rsa-oaep-sha1")
 	out = ctl("carol", "hsm", "objects")
-	if !strings.Contains(out, `"label": "escrowd-kek-v1"`) {
+	if !strings.Contains(out, `"label": "escrowd-kek-unlock-v1"`) {
 		t.Fatalf("hsm objects: %s", out)
 	}
 	out = ctlFails("carol", "group", "show", "-group", "nope")

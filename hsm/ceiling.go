@@ -228,15 +228,12 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 				return err
 			}
 			for _, k := range keys {
-				from, err := h.kekFor(s, k.w.KEKVersion)
+				o, err := h.unwrapUnderKEK(s, k.w, k.kind, "unwrap "+k.kind.String()+" for KEK rotation")
 				if err != nil {
 					return err
 				}
-				o, err := h.mod.ctx.UnwrapKey(s.h, kwp, from, k.w.Blob, rotationTemplate(k.kind))
-				if err != nil {
-					return kekUnwrapErr("unwrap "+k.kind.String()+" for KEK rotation", err)
-				}
-				_, err = h.mod.ctx.WrapKey(s.h, kwp, dst, o)
+				c, _ := classOf(k.kind)
+				_, err = h.mod.ctx.WrapKey(s.h, kwp, dst.h[c], o)
 				h.destroy(s, o)
 				if err != nil {
 					return wrapErr("wrap under the new KEK", err)

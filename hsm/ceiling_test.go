@@ -82,8 +82,8 @@ func TestCeiling(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(objs) != 2 {
-		t.Fatalf("%d objects after the ceiling runs, want the two KEKs: %+v", len(objs), objs)
+	if len(objs) != 6 {
+		t.Fatalf("%d objects after the ceiling runs, want the KEKs of two versions, three each: %+v", len(objs), objs)
 	}
 }
 

@@ -138,6 +138,29 @@ func (h *HSM) SetAttributeForTest(ctx context.Context, kind GroupKind, w Wrapped
 	})
 }
 
+// kekHandleForTest finds the object labelled as kind's KEK of version v
+// (or the single KEK of an old version), without checking it: what an
+// attacker would use.
+func (h *HSM) kekHandleForTest(s session, kind KeyKind, v uint32) (pkcs11.ObjectHandle, error) {
+	c, err := classOf(kind)
+	if err != nil {
+		return 0, err
+	}
+	for _, label := range []string{kekClassLabel(h.cfg.KEKLabel, c, v), kekObjectLabel(h.cfg.KEKLabel, v)} {
+		hs, err := findObjects(h.mod.ctx, s.h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		})
+		if err != nil {
+			return 0, err
+		}
+		if len(hs) > 0 {
+			return hs[0], nil
+		}
+	}
+	return 0, fmt.Errorf("hsm: %w: no KEK of version %d for %v", ErrKEKNotFound, v, kind)
+}
+
 // AttackerUnwrapForTest unwraps a stored unlock key (a generic secret)
 // under the KEK with the attacker's template (extractable, not sensitive,
 // not wrap-with-trusted) and reads CKA_VALUE. If loggedOut, it first logs
@@ -153,11 +176,12 @@ func (h *HSM) AttackerUnwrapForTest(ctx context.Context, w WrappedKey, loggedOut
 		if err := h.mod.ctx.Logout(s.h); err != nil {
 			return nil, wrapErr("logout", err)
 		}
-		if _, _, _, err := lookupKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, CurrentKEKVersion), true); err != nil {
-			return nil, fmt.Errorf("find KEK without login: %w", err)
-		}
 	}
-	k, err := h.mod.ctx.UnwrapKey(s.h, kwp, s.kek, w.Blob, []*pkcs11.Attribute{
+	kek, err := h.kekHandleForTest(s, KeyUnlock, w.KEKVersion)
+	if err != nil {
+		return nil, fmt.Errorf("find KEK without login: %w", err)
+	}
+	k, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
 		boolAttr(pkcs11.CKA_TOKEN, false),
@@ -188,6 +212,10 @@ func attrType(name string) (uint, error) {
 		return pkcs11.CKA_SENSITIVE, nil
 	case "CKA_TOKEN":
 		return pkcs11.CKA_TOKEN, nil
+	case "CKA_DERIVE":
+		return pkcs11.CKA_DERIVE, nil
+	case "CKA_SIGN":
+		return pkcs11.CKA_SIGN, nil
 	}
 	return 0, fmt.Errorf("unknown attribute %q", name)
 }
@@ -209,20 +237,21 @@ func AllowKEKWithoutTemplateForTest(t interface{ Cleanup(func()) }) {
 	t.Cleanup(func() { templateCheckOffForTest = false })
 }
 
-// InitKEKWithValueForTest makes KEK version v exactly as InitKEKVersion
-// does, except that the SO imports value as the KEK instead of generating
-// it: the tests then look for value in the token's files.
-func InitKEKWithValueForTest(module, tokenLabel, soPIN, userPIN, kekLabel string, v uint32, value []byte) (KEKReport, error) {
-	kekValueForTest = value
-	defer func() { kekValueForTest = nil }()
+// InitKEKWithValuesForTest makes KEK version v exactly as InitKEKVersion
+// does, except that the SO imports values (the unlock, escrow-rsa and
+// escrow-ec KEKs, in that order) instead of generating them: the tests
+// then look for them in the token's files.
+func InitKEKWithValuesForTest(module, tokenLabel, soPIN, userPIN, kekLabel string, v uint32, values [3][]byte) (KEKReport, error) {
+	kekValueForTest = values
+	defer func() { kekValueForTest = [numClasses][]byte{} }()
 	return InitKEKVersion(module, tokenLabel, soPIN, userPIN, kekLabel, v)
 }
 
 // InitPublicKEKForTest makes KEK version v as `escrowctl hsm init` made it
-// before master KEKs were private: the SO generates (or, with value,
-// imports) it straight as a public token object, with the unwrap template
-// {CKA_PRIVATE, CKA_SENSITIVE, CKA_WRAP_WITH_TRUSTED}. Tokens made so are
-// what the migration path starts from.
+// before master KEKs were private and per class: the SO generates (or,
+// with value, imports) one KEK straight as a public token object, with
+// the unwrap template {CKA_PRIVATE, CKA_SENSITIVE, CKA_WRAP_WITH_TRUSTED}.
+// Tokens made so are what the migration path starts from.
 func InitPublicKEKForTest(module, tokenLabel, soPIN, kekLabel string, v uint32, value []byte) error {
 	mod, err := acquireModule(module)
 	if err != nil {
@@ -246,11 +275,7 @@ func InitPublicKEKForTest(module, tokenLabel, soPIN, kekLabel string, v uint32, 
 		kekLabel = DefaultKEKLabel
 	}
 	label := kekObjectLabel(kekLabel, v)
-	tmpl, free, err := attributeArray([]attrBoolSpec{
-		{pkcs11.CKA_PRIVATE, true},
-		{pkcs11.CKA_SENSITIVE, true},
-		{pkcs11.CKA_WRAP_WITH_TRUSTED, true},
-	})
+	tmpl, free, err := attributeArray(legacyTemplate)
 	if err != nil {
 		return err
 	}
@@ -294,7 +319,11 @@ func (h *HSM) DeriveAttackForTest(ctx context.Context, w WrappedKey, known []byt
 		return nil, err
 	}
 	defer h.release(s, true)
-	k, err := h.mod.ctx.UnwrapKey(s.h, kwp, s.kek, w.Blob, []*pkcs11.Attribute{
+	kek, err := h.kekHandleForTest(s, KeyUnlock, w.KEKVersion)
+	if err != nil {
+		return nil, err
+	}
+	k, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
 		boolAttr(pkcs11.CKA_TOKEN, false),
@@ -353,7 +382,11 @@ func (h *HSM) ForcedAttributesForTest(ctx context.Context, w WrappedKey) (sensit
 		return
 	}
 	defer h.release(s, true)
-	k, err := h.mod.ctx.UnwrapKey(s.h, kwp, s.kek, w.Blob, []*pkcs11.Attribute{
+	kek, err := h.kekHandleForTest(s, KeyUnlock, w.KEKVersion)
+	if err != nil {
+		return
+	}
+	k, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
 		boolAttr(pkcs11.CKA_TOKEN, false),
@@ -388,11 +421,11 @@ func (h *HSM) RotationUnwrapAttackForTest(ctx context.Context, kind KeyKind, w W
 			return wrapErr("logout", err)
 		}
 	}
-	kek, _, _, err := lookupKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, w.KEKVersion), true)
+	kek, err := h.kekHandleForTest(s, kind, w.KEKVersion)
 	if err != nil {
 		return err
 	}
-	tmpl := rotationTemplate(kind)
+	tmpl := unwrapTemplate(kind, true)
 	if loggedOut {
 		tmpl = append(tmpl[:1:1], append([]*pkcs11.Attribute{boolAttr(pkcs11.CKA_PRIVATE, false)}, tmpl[2:]...)...)
 	}
@@ -511,7 +544,7 @@ func PlantKEKForTest(module, tokenLabel, label string) error {
 		return wrapErr("open session", err)
 	}
 	defer func() { _ = mod.ctx.CloseSession(s) }()
-	arr, free, err := attributeArray([]attrBoolSpec{{pkcs11.CKA_PRIVATE, true}, {pkcs11.CKA_SENSITIVE, true}, {pkcs11.CKA_WRAP_WITH_TRUSTED, true}})
+	arr, free, err := attributeArray(legacyTemplate)
 	if err != nil {
 		return err
 	}
@@ -546,19 +579,159 @@ func (h *HSM) AlterKEKForTest(ctx context.Context, attempt string) error {
 	}
 	defer h.release(s, true)
 	empty := pkcs11.NewAttribute(pkcs11.CKA_UNWRAP_TEMPLATE, []byte{})
+	kek, err := s.kek(KeyUnlock)
+	if err != nil {
+		return err
+	}
 	switch attempt {
 	case "set":
-		return wrapErr("set CKA_UNWRAP_TEMPLATE", h.mod.ctx.SetAttributeValue(s.h, s.kek, []*pkcs11.Attribute{empty}))
+		return wrapErr("set CKA_UNWRAP_TEMPLATE", h.mod.ctx.SetAttributeValue(s.h, kek, []*pkcs11.Attribute{empty}))
 	case "copy", "copy-modifiable":
 		t := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, "escrowd-kek-v99"), empty}
 		if attempt == "copy-modifiable" {
 			t = []*pkcs11.Attribute{boolAttr(pkcs11.CKA_MODIFIABLE, true)}
 		}
-		o, err := h.mod.ctx.CopyObject(s.h, s.kek, t)
+		o, err := h.mod.ctx.CopyObject(s.h, kek, t)
 		if err == nil {
 			h.destroy(s, o)
 		}
 		return wrapErr("copy the KEK", err)
 	}
 	return fmt.Errorf("unknown attempt %q", attempt)
+}
+
+// UnwrapVariantForTest plays an attacker with the user PIN and a stored
+// key of kind: it unwraps the key under its class's KEK with the class
+// template changed by variant, and destroys what it got. nil means the
+// token allowed it.
+func (h *HSM) UnwrapVariantForTest(ctx context.Context, kind KeyKind, w WrappedKey, variant string) error {
+	s, err := h.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer h.release(s, true)
+	kek, err := h.kekHandleForTest(s, kind, w.KEKVersion)
+	if err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
+	c, _ := classOf(kind)
+	t := unwrapTemplate(kind, true)
+	set := func(typ uint, v any) {
+		for i, a := range t {
+			if a.Type == typ {
+				t[i] = pkcs11.NewAttribute(typ, v)
+				return
+			}
+		}
+		t = append(t[:len(t)-1], pkcs11.NewAttribute(typ, v), t[len(t)-1]) // before CKA_MODIFIABLE
+	}
+	switch variant {
+	case "exact":
+	case "derive":
+		set(pkcs11.CKA_DERIVE, c != classEscrowEC)
+	case "sign":
+		set(pkcs11.CKA_SIGN, c != classUnlock)
+	case "encrypt":
+		set(pkcs11.CKA_ENCRYPT, true)
+	case "wrap":
+		set(pkcs11.CKA_WRAP, true)
+	case "not-wrap-with-trusted":
+		set(pkcs11.CKA_WRAP_WITH_TRUSTED, false)
+	case "not-sensitive":
+		set(pkcs11.CKA_SENSITIVE, false)
+	case "token":
+		set(pkcs11.CKA_TOKEN, true)
+	case "modifiable":
+		set(pkcs11.CKA_MODIFIABLE, true)
+	case "no-modifiable":
+		t = t[:len(t)-1]
+	case "aes-key":
+		set(pkcs11.CKA_CLASS, tUlong(0, pkcs11.CKO_SECRET_KEY).v)
+		set(pkcs11.CKA_KEY_TYPE, tUlong(0, pkcs11.CKK_AES).v)
+	case "other-mechanism":
+		set(pkcs11.CKA_ALLOWED_MECHANISMS, tUlong(0, classMechanism(c), pkcs11.CKM_RSA_X_509, pkcs11.CKM_SHA_1_HMAC).v)
+	case "no-mechanism-limit":
+		var u []*pkcs11.Attribute
+		for _, a := range t {
+			if a.Type != pkcs11.CKA_ALLOWED_MECHANISMS {
+				u = append(u, a)
+			}
+		}
+		t = u
+	default:
+		return fmt.Errorf("setup: unknown variant %q", variant)
+	}
+	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, t)
+	if err != nil {
+		return wrapErr("unwrap with the variant "+variant, err)
+	}
+	h.destroy(s, o)
+	return nil
+}
+
+// CrossClassUnwrapForTest unwraps a stored key of kind under the KEK of
+// class other (same version) with its own class template, as an attacker
+// with the user PIN would to turn it into a key of another class.
+func (h *HSM) CrossClassUnwrapForTest(ctx context.Context, kind, other KeyKind, w WrappedKey) error {
+	s, err := h.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer h.release(s, true)
+	kek, err := h.kekHandleForTest(s, other, w.KEKVersion)
+	if err != nil {
+		return fmt.Errorf("setup: %w", err)
+	}
+	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, unwrapTemplate(kind, true))
+	if err != nil {
+		return wrapErr("unwrap under another class's KEK", err)
+	}
+	h.destroy(s, o)
+	return nil
+}
+
+// MechanismForTest uses a key as CKA_ALLOWED_MECHANISMS forbids:
+// "kek-kw" wraps a fresh key under the current unlock KEK with
+// CKM_AES_KEY_WRAP; "unlock-sha1" starts an HMAC-SHA1 with a stored unlock
+// key unwrapped as the daemon does; "rsa-pkcs1" and "rsa-raw" start a
+// PKCS#1 v1.5 or raw RSA decryption with a stored RSA escrow key.
+func (h *HSM) MechanismForTest(ctx context.Context, w WrappedKey, attempt string) error {
+	s, err := h.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer h.release(s, true)
+	switch attempt {
+	case "kek-kw":
+		k, err := h.mod.ctx.GenerateKey(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, unlockKeyTemplate())
+		if err != nil {
+			return fmt.Errorf("setup: %w", wrapErr("generate", err))
+		}
+		defer h.destroy(s, k)
+		kek, err := s.kek(KeyUnlock)
+		if err != nil {
+			return err
+		}
+		_, err = h.mod.ctx.WrapKey(s.h, kw, kek, k)
+		return wrapErr("wrap with CKM_AES_KEY_WRAP", err)
+	case "unlock-sha1":
+		k, err := h.unwrapUnlock(s, w)
+		if err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+		defer h.destroy(s, k)
+		return wrapErr("HMAC-SHA1", h.mod.ctx.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA_1_HMAC, nil)}, k))
+	case "rsa-pkcs1", "rsa-raw":
+		k, err := h.unwrapEscrowPrivate(s, w)
+		if err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+		defer h.destroy(s, k)
+		m := uint(pkcs11.CKM_RSA_PKCS)
+		if attempt == "rsa-raw" {
+			m = pkcs11.CKM_RSA_X_509
+		}
+		return wrapErr(attempt+" decrypt", h.mod.ctx.DecryptInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(m, nil)}, k))
+	}
+	return fmt.Errorf("setup: unknown attempt %q", attempt)
 }

@@ -37,8 +37,8 @@ type HSM struct {
 	mu       sync.Mutex
 	anchor   pkcs11.SessionHandle // holds the login; never used for operations
 	slot     uint
-	keks     map[uint32]pkcs11.ObjectHandle // KEK handles by version; replaced, never mutated
-	current  uint32                         // KEK version new keys are wrapped under
+	keks     map[uint32]kekSet // KEK handles by version; replaced, never mutated
+	current  uint32            // KEK version new keys are wrapped under
 	idle     []pkcs11.SessionHandle
 	closed   bool
 	inflight int
@@ -95,7 +95,7 @@ func Open(cfg Config) (*HSM, error) {
 // closing the last session of a token logs the user out and (SoftHSM)
 // invalidates every object handle, the KEK's included, so the pool closing
 // a broken session must never be closing the last one.
-func (h *HSM) connect() (pkcs11.SessionHandle, uint, map[uint32]pkcs11.ObjectHandle, error) {
+func (h *HSM) connect() (pkcs11.SessionHandle, uint, map[uint32]kekSet, error) {
 	slot, err := h.mod.findToken(h.cfg.TokenLabel)
 	if err != nil {
 		return 0, 0, nil, err
@@ -118,7 +118,7 @@ func (h *HSM) connect() (pkcs11.SessionHandle, uint, map[uint32]pkcs11.ObjectHan
 
 // oldest is the lowest version of keks: the KEK Open wraps new keys under
 // until the operator chooses another (UseKEK).
-func oldest(keks map[uint32]pkcs11.ObjectHandle) uint32 {
+func oldest(keks map[uint32]kekSet) uint32 {
 	v := ^uint32(0)
 	for k := range keks {
 		v = min(v, k)
@@ -181,9 +181,21 @@ func (h *HSM) finishLocked() {
 // it was checked out.
 type session struct {
 	h          pkcs11.SessionHandle
-	kek        pkcs11.ObjectHandle // the current KEK
-	kekVersion uint32
-	keks       map[uint32]pkcs11.ObjectHandle // read only
+	kekVersion uint32            // the current KEK version
+	keks       map[uint32]kekSet // read only
+}
+
+// kek is the current KEK of kind's class.
+func (s session) kek(kind KeyKind) (pkcs11.ObjectHandle, error) {
+	c, err := classOf(kind)
+	if err != nil {
+		return 0, err
+	}
+	set, ok := s.keks[s.kekVersion]
+	if !ok {
+		return 0, fmt.Errorf("hsm: %w: master KEK version %d", ErrKEKNotFound, s.kekVersion)
+	}
+	return set.h[c], nil
 }
 
 // acquire checks a session out of the pool, waiting at most WaitTimeout.
@@ -237,7 +249,7 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 		s := h.idle[n-1]
 		h.idle = h.idle[:n-1]
 		h.mu.Unlock()
-		return session{h: s, kek: keks[cur], kekVersion: cur, keks: keks}, nil
+		return session{h: s, kekVersion: cur, keks: keks}, nil
 	}
 	slot := h.slot
 	h.mu.Unlock()
@@ -251,7 +263,7 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 		<-h.sem
 		return session{}, wrapErr("open session", err)
 	}
-	return session{h: s, kek: keks[cur], kekVersion: cur, keks: keks}, nil
+	return session{h: s, kekVersion: cur, keks: keks}, nil
 }
 
 // release returns s to the pool, or closes it if broken (never return a
@@ -427,7 +439,11 @@ func (h *HSM) Healthy(ctx context.Context) error {
 		if info.State != pkcs11.CKS_RW_USER_FUNCTIONS && info.State != pkcs11.CKS_RO_USER_FUNCTIONS {
 			return errNotLoggedIn
 		}
-		if _, err := h.mod.ctx.GetAttributeValue(s.h, s.kek, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)}); err != nil {
+		kek, err := s.kek(KeyUnlock)
+		if err != nil {
+			return err
+		}
+		if _, err := h.mod.ctx.GetAttributeValue(s.h, kek, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)}); err != nil {
 			return wrapErr("read master KEK", err)
 		}
 		return nil

@@ -303,8 +303,8 @@ func TestRewrapErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(objs) != 1 {
-		t.Fatalf("%d objects after failed rewraps, want only the KEK: %+v", len(objs), objs)
+	if len(objs) != 3 {
+		t.Fatalf("%d objects after failed rewraps, want only the three KEKs: %+v", len(objs), objs)
 	}
 }
 
@@ -374,14 +374,22 @@ func TestFiftyGroupsNoObjectsLeft(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(before) != 1 || before[0].Label != tok.KEKLabel+"-v1" {
-		t.Fatalf("objects before: %+v, want only the KEK", before)
+	labels := map[string]bool{}
+	for _, kek := range before {
+		labels[kek.Label] = true
+		if kek.Class != "secret-key" || kek.KeyType != "aes" || !kek.Token || !kek.Private || !kek.Sensitive || kek.Extractable || !kek.Trusted || kek.Modifiable {
+			t.Fatalf("KEK attributes: %+v", kek)
+		}
+		t.Logf("KEK: %+v", kek)
 	}
-	kek := before[0]
-	if kek.Class != "secret-key" || kek.KeyType != "aes" || !kek.Token || !kek.Private || !kek.Sensitive || kek.Extractable || !kek.Trusted || kek.Modifiable {
-		t.Fatalf("KEK attributes: %+v", kek)
+	for _, c := range []string{"unlock", "escrow-rsa", "escrow-ec"} {
+		if !labels[tok.KEKLabel+"-"+c+"-v1"] {
+			t.Errorf("no KEK for %s", c)
+		}
 	}
-	t.Logf("KEK: %+v", kek)
+	if len(before) != 3 {
+		t.Fatalf("objects before: %+v, want only the three KEKs", before)
+	}
 
 	var (
 		wg   sync.WaitGroup
@@ -473,6 +481,15 @@ func TestExportAttempts(t *testing.T) {
 				{"set CKA_SENSITIVE=false", func() error {
 					return h.SetAttributeForTest(ctx, kind, w, "CKA_SENSITIVE", false)
 				}},
+				{"set CKA_DERIVE=true", func() error {
+					return h.SetAttributeForTest(ctx, kind, w, "CKA_DERIVE", true)
+				}},
+				{"copy with CKA_DERIVE=true", func() error {
+					return h.CopyWithForTest(ctx, kind, w, "CKA_DERIVE", true)
+				}},
+				{"set CKA_SIGN=true", func() error {
+					return h.SetAttributeForTest(ctx, kind, w, "CKA_SIGN", kind == hsm.KindEscrow)
+				}},
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					err := tc.try()
@@ -558,8 +575,17 @@ func TestUnwrapTemplate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(objs) != 1 || (objs[0].UnwrapTemplate > 0) != tc.template || objs[0].Private == tc.public {
-				t.Fatalf("KEK objects %+v, want unwrap template %v, public %v", objs, tc.template, tc.public)
+			want := 3
+			if tc.public {
+				want = 1 // the single KEK of old tokens
+			}
+			if len(objs) != want {
+				t.Fatalf("KEK objects %+v, want %d", objs, want)
+			}
+			for _, o := range objs {
+				if (o.UnwrapTemplate > 0) != tc.template || o.Private == tc.public {
+					t.Fatalf("KEK objects %+v, want unwrap template %v, public %v", objs, tc.template, tc.public)
+				}
 			}
 			unlock, err := h.GenerateUnlockKey(ctx)
 			if err != nil {
@@ -637,8 +663,16 @@ func TestUnwrapTemplate(t *testing.T) {
 				t.Fatal(err)
 			}
 			val, err := h.DeriveAttackForTest(ctx, unlock, known)
-			if !errors.Is(err, hsm.ErrUnsupported) || stolen(val) {
-				t.Fatalf("derive attack: %d bytes (the key: %v), %v; want ErrUnsupported", len(val), stolen(val), err)
+			switch {
+			case stolen(val):
+				t.Fatalf("derive attack: the unlock key came out")
+			case tc.template && !tc.public:
+				// The class template fixes CKA_DERIVE=false: refused at the unwrap.
+				if !errors.Is(err, hsm.ErrNotPermitted) || !strings.Contains(err.Error(), "CKA_DERIVE") {
+					t.Fatalf("derive attack: %v; want the unwrap with CKA_DERIVE refused", err)
+				}
+			case !errors.Is(err, hsm.ErrUnsupported):
+				t.Fatalf("derive attack: %d bytes, %v; want ErrUnsupported (no CKM_CONCATENATE_BASE_AND_KEY in SoftHSM)", len(val), err)
 			}
 			t.Logf("derive attack: %v", err)
 			// The pool recovers from the logout above.
@@ -669,7 +703,7 @@ func TestOpenErrors(t *testing.T) {
 		{"no module", tok, func(c *hsm.Config) { c.Module = "" }, hsm.ErrModule, "no module"},
 		{"missing token", tok, func(c *hsm.Config) { c.TokenLabel = "no-such-token" }, hsm.ErrTokenNotFound, "no-such-token"},
 		{"missing KEK", tok, func(c *hsm.Config) { c.KEKLabel = "no-such-kek" }, hsm.ErrKEKNotFound, "escrowctl hsm init"},
-		{"missing KEK, other token", other, func(c *hsm.Config) { c.KEKLabel = "no-such-kek" }, hsm.ErrKEKNotFound, "no-such-kek-v1"},
+		{"missing KEK, other token", other, func(c *hsm.Config) { c.KEKLabel = "no-such-kek" }, hsm.ErrKEKNotFound, "no-such-kek-unlock-v1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tc.tok.HSMConfig()

@@ -8,8 +8,9 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// Master KEK versions. The token holds one KEK object per version
-// (KEKLabel+"-vN"); a WrappedKey names the version it needs. Rotation:
+// Master KEK versions. The token holds, per version, one KEK object per
+// key class (KEKLabel+"-<class>-vN", see keyClass); a WrappedKey names the
+// version it needs, its kind the class. Rotation:
 // the SO makes version N+1 (InitKEKVersion), the daemon wraps new keys
 // under it (UseKEK) and re-wraps every stored key from the old version to
 // the new one inside the token (RewrapKEK); once no stored key names the
@@ -41,10 +42,10 @@ func (k KeyKind) String() string {
 	return fmt.Sprintf("KeyKind(%d)", int(k))
 }
 
-// kekFor returns the handle of KEK version v, looking it up on the token
-// (once) if this HSM value has not seen it yet: another process may have
-// made it after Open.
-func (h *HSM) kekFor(s session, v uint32) (pkcs11.ObjectHandle, error) {
+// kekFor returns KEK version v, looking it up on the token (once) if this
+// HSM value has not seen it yet: another process may have made it after
+// Open.
+func (h *HSM) kekFor(s session, v uint32) (kekSet, error) {
 	if k, ok := s.keks[v]; ok {
 		return k, nil
 	}
@@ -54,9 +55,9 @@ func (h *HSM) kekFor(s session, v uint32) (pkcs11.ObjectHandle, error) {
 	if ok {
 		return k, nil
 	}
-	k, _, _, err := lookupKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v), h.cfg.AllowPublicKEK)
+	k, _, err := lookupKEKSet(h.mod.ctx, s.h, h.cfg.KEKLabel, v, h.cfg.AllowPublicKEK)
 	if err != nil {
-		return 0, fmt.Errorf("hsm: KEK version %d: %w", v, err)
+		return kekSet{}, fmt.Errorf("hsm: KEK version %d: %w", v, err)
 	}
 	h.mu.Lock()
 	next := maps.Clone(h.keks)
@@ -116,46 +117,15 @@ func (h *HSM) UseKEK(ctx context.Context, v uint32) error {
 	return nil
 }
 
-// rotationTemplate is the template a stored key is unwrapped with to be
-// re-wrapped under another KEK: extractable, but only under a trusted key
-// (CKA_WRAP_WITH_TRUSTED), sensitive, private, and usable for nothing else.
-// It contains everything the KEK's CKA_UNWRAP_TEMPLATE forces.
-func rotationTemplate(kind KeyKind) []*pkcs11.Attribute {
-	t := []*pkcs11.Attribute{
-		boolAttr(pkcs11.CKA_TOKEN, false),
-		boolAttr(pkcs11.CKA_PRIVATE, true),
-		boolAttr(pkcs11.CKA_SENSITIVE, true),
-		boolAttr(pkcs11.CKA_EXTRACTABLE, true),
-		boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
-	}
-	switch kind {
-	case KeyEscrow:
-		return append(t,
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
-			boolAttr(pkcs11.CKA_DECRYPT, false),
-			boolAttr(pkcs11.CKA_UNWRAP, false),
-			boolAttr(pkcs11.CKA_SIGN, false))
-	case KeyEscrowEC:
-		return append(t,
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-			boolAttr(pkcs11.CKA_DERIVE, false),
-			boolAttr(pkcs11.CKA_SIGN, false))
-	}
-	return append(t,
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
-		boolAttr(pkcs11.CKA_SIGN, false))
-}
-
 // RewrapKEK re-wraps a stored group key from the KEK version it names to
-// KEK version to, inside the token: the key is unwrapped into a session
-// object (extractable only under trusted keys), wrapped under the new KEK
-// and destroyed. A key already under to is returned as is.
+// KEK version to, inside the token: the key is unwrapped under its class's
+// KEK into a session object (extractable only under trusted keys: the
+// class template), wrapped under the class's KEK of version to and
+// destroyed. A key already under to is returned as is.
 func (h *HSM) RewrapKEK(ctx context.Context, kind KeyKind, w WrappedKey, to uint32) (WrappedKey, error) {
-	if kind != KeyEscrow && kind != KeyEscrowEC && kind != KeyUnlock {
-		return WrappedKey{}, fmt.Errorf("hsm: rewrap under KEK: %w: %v", ErrInvalidInput, kind)
+	c, err := classOf(kind)
+	if err != nil {
+		return WrappedKey{}, fmt.Errorf("hsm: rewrap under KEK: %w", err)
 	}
 	if err := checkWrapped(w, kind.String()); err != nil {
 		return WrappedKey{}, err
@@ -164,21 +134,17 @@ func (h *HSM) RewrapKEK(ctx context.Context, kind KeyKind, w WrappedKey, to uint
 		return w, nil
 	}
 	var out WrappedKey
-	err := h.do(ctx, OpRewrapKEK, func(s session) error {
-		from, err := h.kekFor(s, w.KEKVersion)
-		if err != nil {
-			return err
-		}
+	err = h.do(ctx, OpRewrapKEK, func(s session) error {
 		dst, err := h.kekFor(s, to)
 		if err != nil {
 			return err
 		}
-		o, err := h.mod.ctx.UnwrapKey(s.h, kwp, from, w.Blob, rotationTemplate(kind))
+		o, err := h.unwrapUnderKEK(s, w, kind, "unwrap "+kind.String()+" for KEK rotation")
 		if err != nil {
-			return kekUnwrapErr("unwrap "+kind.String()+" for KEK rotation", err)
+			return err
 		}
 		defer h.destroy(s, o)
-		blob, err := h.mod.ctx.WrapKey(s.h, kwp, dst, o)
+		blob, err := h.mod.ctx.WrapKey(s.h, kwp, dst.h[c], o)
 		if err != nil {
 			return wrapErr(fmt.Sprintf("wrap %s under KEK version %d", kind, to), err)
 		}
@@ -220,7 +186,7 @@ func (h *HSM) CheckKey(ctx context.Context, kind KeyKind, w WrappedKey) error {
 	})
 }
 
-// DestroyKEK destroys KEK version v on the token. Every key wrapped under
+// DestroyKEK destroys KEK version v (every class's KEK) on the token. Every key wrapped under
 // it becomes unopenable, for good: call it only once no stored key names
 // v. The current version cannot be destroyed.
 func (h *HSM) DestroyKEK(ctx context.Context, v uint32) error {
@@ -228,11 +194,19 @@ func (h *HSM) DestroyKEK(ctx context.Context, v uint32) error {
 		return fmt.Errorf("hsm: destroy KEK: %w: version %d is the current KEK", ErrInvalidInput, v)
 	}
 	err := h.do(ctx, OpDestroyKEK, func(s session) error {
-		k, _, _, err := lookupKEK(h.mod.ctx, s.h, kekObjectLabel(h.cfg.KEKLabel, v), h.cfg.AllowPublicKEK)
+		set, _, err := lookupKEKSet(h.mod.ctx, s.h, h.cfg.KEKLabel, v, h.cfg.AllowPublicKEK)
 		if err != nil {
 			return fmt.Errorf("hsm: KEK version %d: %w", v, err)
 		}
-		return wrapErr(fmt.Sprintf("destroy KEK version %d", v), h.mod.ctx.DestroyObject(s.h, k))
+		for c := range numClasses {
+			if c > 0 && set.legacy {
+				break
+			}
+			if err := h.mod.ctx.DestroyObject(s.h, set.h[c]); err != nil {
+				return wrapErr(fmt.Sprintf("destroy KEK version %d", v), err)
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return err

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/aes"
+	"crypto/ecdsa"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -97,10 +99,12 @@ func findInFiles(t *testing.T, dir string, needle []byte) []string {
 }
 
 // provisionProof opens tok, makes an unlock key and an ecdh-p256 escrow
-// key, and checks that kek — bytes the test chose — is the KEK that wraps
-// them: the stored unlock key opens under kek in Go and its HMAC is the
-// HSM's. Without this, a scan that finds nothing would prove nothing.
-func provisionProof(t *testing.T, tok *softhsm.Token, allowPublic bool, kek []byte) {
+// key, and checks that unlockKEK and ecKEK — bytes the test chose — are the
+// KEKs that wrap them: the stored unlock key opens under unlockKEK in Go
+// and its HMAC is the HSM's; the stored escrow key opens under ecKEK into
+// the private key of the public key the HSM returned. Without this, a scan
+// that finds nothing would prove nothing.
+func provisionProof(t *testing.T, tok *softhsm.Token, allowPublic bool, unlockKEK, ecKEK []byte) {
 	t.Helper()
 	ctx := context.Background()
 	cfg := tok.HSMConfig()
@@ -114,7 +118,8 @@ func provisionProof(t *testing.T, tok *softhsm.Token, allowPublic bool, kek []by
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := h.GenerateEscrowKey(ctx, hsm.SuiteECDHP256); err != nil {
+	pubDER, escrow, err := h.GenerateEscrowKey(ctx, hsm.SuiteECDHP256)
+	if err != nil {
 		t.Fatal(err)
 	}
 	msg := []byte("which KEK")
@@ -122,7 +127,7 @@ func provisionProof(t *testing.T, tok *softhsm.Token, allowPublic bool, kek []by
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := kwpUnwrap(kek, unlock.Blob)
+	key, err := kwpUnwrap(unlockKEK, unlock.Blob)
 	if err != nil {
 		t.Fatalf("the stored unlock key does not open under the test's KEK bytes: %v", err)
 	}
@@ -130,6 +135,18 @@ func provisionProof(t *testing.T, tok *softhsm.Token, allowPublic bool, kek []by
 	m.Write(msg)
 	if !hmac.Equal(m.Sum(nil), mac) {
 		t.Fatal("the key under the test's KEK bytes is not the unlock key")
+	}
+	p8, err := kwpUnwrap(ecKEK, escrow.Blob)
+	if err != nil {
+		t.Fatalf("the stored escrow key does not open under the test's KEK bytes: %v", err)
+	}
+	priv, err := x509.ParsePKCS8PrivateKey(p8)
+	if err != nil {
+		t.Fatalf("the escrow key under the test's KEK bytes is no PKCS#8 key: %v", err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(priv.(*ecdsa.PrivateKey).Public())
+	if err != nil || !bytes.Equal(der, pubDER) {
+		t.Fatalf("the escrow key under the test's KEK bytes is not the group's: %v", err)
 	}
 }
 
@@ -160,17 +177,19 @@ func TestKEKNotInTokenFiles(t *testing.T) {
 
 	t.Run("private KEK", func(t *testing.T) {
 		tok := mkToken("kek-on-disk")
-		kek := randBytes(t, 32)
-		rep, err := hsm.InitKEKWithValueForTest(mod, tok.Label, tok.SOPIN, tok.UserPIN, tok.KEKLabel, 1, kek)
+		keks := [3][]byte{randBytes(t, 32), randBytes(t, 32), randBytes(t, 32)} // unlock, escrow-rsa, escrow-ec
+		rep, err := hsm.InitKEKWithValuesForTest(mod, tok.Label, tok.SOPIN, tok.UserPIN, tok.KEKLabel, 1, keks)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !rep.Private || !rep.Trusted {
 			t.Fatalf("KEK report %+v", rep)
 		}
-		provisionProof(t, tok, false, kek)
-		if hits := findInFiles(t, tokens, kek); len(hits) > 0 {
-			t.Fatalf("the master KEK is in clear in the token files: %v", hits)
+		provisionProof(t, tok, false, keks[0], keks[2])
+		for i, kek := range keks {
+			if hits := findInFiles(t, tokens, kek); len(hits) > 0 {
+				t.Fatalf("master KEK %s is in clear in the token files: %v", rep.Labels[i], hits)
+			}
 		}
 	})
 
@@ -180,7 +199,7 @@ func TestKEKNotInTokenFiles(t *testing.T) {
 		if err := hsm.InitPublicKEKForTest(mod, tok.Label, tok.SOPIN, tok.KEKLabel, 1, kek); err != nil {
 			t.Fatal(err)
 		}
-		provisionProof(t, tok, true, kek)
+		provisionProof(t, tok, true, kek, kek)
 		hits := findInFiles(t, tokens, kek)
 		if len(hits) == 0 {
 			t.Fatal("the public KEK's bytes are in no token file: the scan cannot see a KEK in clear")

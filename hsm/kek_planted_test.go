@@ -20,10 +20,13 @@ import (
 func TestPlantedKEK(t *testing.T) {
 	ctx := context.Background()
 	tok := newToken(t)
-	// v2: planted without login (the finding). v3 and v4: made by the
-	// SO's ceremony, but modifiable, or with another unwrap template.
-	if err := hsm.PlantKEKForTest(tok.Module, tok.Label, tok.KEKLabel+"-v2"); err != nil {
-		t.Fatal(err)
+	// v2: planted without login (the finding), under the single-KEK label
+	// of old tokens and one per-class label. v3 and v4: made by the SO's
+	// ceremony, but modifiable, or with another unwrap template.
+	for _, l := range []string{tok.KEKLabel + "-v2", tok.KEKLabel + "-escrow-ec-v2"} {
+		if err := hsm.PlantKEKForTest(tok.Module, tok.Label, l); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := hsm.InitKEKVariantForTest(tok.Module, tok.Label, tok.SOPIN, tok.UserPIN, tok.KEKLabel, 3, "modifiable"); err != nil {
 		t.Fatal(err)
@@ -82,10 +85,13 @@ func TestPlantedKEK(t *testing.T) {
 		t.Fatalf("current KEK is %d after the refusals, want 1", h.CurrentKEK())
 	}
 
-	// A planted object carrying the current KEK's own label is ignored,
-	// and reported.
-	if err := hsm.PlantKEKForTest(tok.Module, tok.Label, tok.KEKLabel+"-v1"); err != nil {
-		t.Fatal(err)
+	// Planted objects carrying the current KEK's own labels — its unlock
+	// KEK's, and the single KEK's of old tokens — are ignored, and
+	// reported.
+	for _, l := range []string{tok.KEKLabel + "-unlock-v1", tok.KEKLabel + "-v1"} {
+		if err := hsm.PlantKEKForTest(tok.Module, tok.Label, l); err != nil {
+			t.Fatal(err)
+		}
 	}
 	h2, err := hsm.Open(tok.HSMConfig())
 	if err != nil {
@@ -96,7 +102,7 @@ func TestPlantedKEK(t *testing.T) {
 		t.Fatalf("the real v1 is not the one used: %v", err)
 	}
 	states, err = h2.KEKStates(ctx)
-	if err != nil || !states[0].Usable || !strings.Contains(states[0].Problem, "ignored") {
+	if err != nil || !states[0].Usable || strings.Count(states[0].Problem, "ignored") != 2 {
 		t.Fatalf("v1 with a planted twin: %+v, %v", states, err)
 	}
 	t.Logf("v1: %s", states[0].Problem)

@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,11 +12,12 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// KEKState describes one master KEK version found on the token: a secret
-// key whose label names a version. Only a usable one is ever used.
+// KEKState describes one master KEK version found on the token: the secret
+// keys whose labels name that version (one per key class, or the single
+// KEK of a version made before). Only a usable one is ever used.
 type KEKState struct {
 	Version uint32
-	Label   string
+	Label   string // the unlock KEK's label (or the single KEK's)
 	Usable  bool
 	// Public: the KEK is a public object (CKA_PRIVATE=false), accepted only
 	// with Config.AllowPublicKEK.
@@ -26,23 +28,21 @@ type KEKState struct {
 	err     error // the refusal, for Open
 }
 
-// kekTemplate is what CKA_UNWRAP_TEMPLATE of a master KEK must fix: the
-// attribute types, each a CK_BBOOL.
-var kekTemplate = []uint{pkcs11.CKA_PRIVATE, pkcs11.CKA_SENSITIVE, pkcs11.CKA_WRAP_WITH_TRUSTED}
-
 // templateCheckOffForTest lets the tests open a KEK made without an unwrap
 // template, to measure what that template prevents.
 var templateCheckOffForTest bool
 
-// checkKEKObject says whether object o is fit to be a master KEK: an
-// AES-256 token key, trusted (only the SO makes those), unmodifiable,
-// sensitive, never extractable, for wrap and unwrap only, with the unwrap
-// template InitKEKVersion sets, and private unless allowPublic. The reason
-// it is not is an error wrapping ErrKEKRefused, or ErrKEKPublic when a
-// public KEK is the only fault.
-func checkKEKObject(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, o pkcs11.ObjectHandle, label string, allowPublic bool) (public bool, err error) {
-	refuse := func(format string, args ...any) (bool, error) {
-		return false, fmt.Errorf("hsm: %w: %q %s", ErrKEKRefused, label, fmt.Sprintf(format, args...))
+// checkKEKObject says whether object o is fit to be class c's master KEK
+// (or, legacy, the single KEK of a version made before per-class KEKs):
+// an AES-256 token key, trusted (only the SO makes those), unmodifiable,
+// sensitive, never extractable, for wrap and unwrap only (and for AES-KWP
+// only, if it says), with the unwrap template InitKEKVersion sets, and
+// private unless allowPublic. mechs reports whether that template carries
+// CKA_ALLOWED_MECHANISMS. The reason it is not fit is an error wrapping
+// ErrKEKRefused, or ErrKEKPublic when being public is the only fault.
+func checkKEKObject(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, o pkcs11.ObjectHandle, label string, c keyClass, legacy, allowPublic bool) (public, mechs bool, err error) {
+	refuse := func(format string, args ...any) (bool, bool, error) {
+		return false, false, fmt.Errorf("hsm: %w: %q %s", ErrKEKRefused, label, fmt.Sprintf(format, args...))
 	}
 	get := func(t uint) (*pkcs11.Attribute, bool) {
 		a, err := ctx.GetAttributeValue(s, o, []*pkcs11.Attribute{pkcs11.NewAttribute(t, nil)})
@@ -90,33 +90,51 @@ func checkKEKObject(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, o pkcs11.ObjectHand
 			return refuse("must have %s=%v", want.name, want.v)
 		}
 	}
+	if a, ok := get(pkcs11.CKA_ALLOWED_MECHANISMS); ok && len(a.Value) > 0 && !bytes.Equal(a.Value, tUlong(0, pkcs11.CKM_AES_KEY_WRAP_PAD).v) {
+		return refuse("allows mechanisms other than CKM_AES_KEY_WRAP_PAD")
+	}
 	a, ok := get(pkcs11.CKA_UNWRAP_TEMPLATE)
 	switch {
 	case templateCheckOffForTest:
+		mechs = !legacy
 	case !ok || len(a.Value) == 0:
 		return refuse("has no CKA_UNWRAP_TEMPLATE: whoever may use it could unwrap stored keys exportable")
 	default:
-		if got, ok := templateTypes(a.Value); !ok || !sameTypes(got, kekTemplate) {
-			return refuse("has an unwrap template fixing %s, not %s as `escrowctl hsm init` makes it", typeNames(got), typeNames(kekTemplate))
+		got, ok := templateShape(a.Value)
+		var want [][]tmplAttr
+		if legacy {
+			want = [][]tmplAttr{legacyTemplate}
+		} else {
+			want = [][]tmplAttr{classTemplate(c, true), classTemplate(c, false)}
 		}
+		match := -1
+		for i, w := range want {
+			if ok && sameShape(got, w) {
+				match = i
+			}
+		}
+		if match < 0 {
+			return refuse("has an unwrap template fixing %s, not %s as `escrowctl hsm init` makes it", shapeNames(got), shapeNames(want[0]))
+		}
+		mechs = !legacy && match == 0
 	}
 	if v, ok := flag(pkcs11.CKA_PRIVATE); !ok || !v {
 		if !allowPublic {
-			return true, fmt.Errorf("hsm: %w: %q is a public object (CKA_PRIVATE=false), as `escrowctl hsm init` made it before "+
+			return true, false, fmt.Errorf("hsm: %w: %q is a public object (CKA_PRIVATE=false), as `escrowctl hsm init` made it before "+
 				"master KEKs were private: SoftHSM writes a public object's value in clear into the token directory, so a copy "+
 				"of that directory and of the store opens every stored key. Move the keys to a private KEK (docs/LIFECYCLE.md, "+
 				"\"Migrating from a public master KEK\"); until then only escrowd -hsm-allow-public-kek accepts it", ErrKEKPublic, label)
 		}
-		return true, nil
+		return true, mechs, nil
 	}
-	return false, nil
+	return false, mechs, nil
 }
 
-// templateTypes reads the attribute types of an attribute-array value as
-// C_GetAttributeValue returns it: the CK_ATTRIBUTE entries with their types
-// and sizes (their values stay with the module). Every entry must be a
-// CK_BBOOL.
-func templateTypes(arr []byte) ([]uint, bool) {
+// templateShape reads the attribute types and value sizes of an
+// attribute-array value as C_GetAttributeValue returns it through
+// miekg/pkcs11: the CK_ATTRIBUTE entries with their types and sizes, the
+// values staying with the module.
+func templateShape(arr []byte) ([]tmplAttr, bool) {
 	if len(arr)%ckAttributeSize != 0 {
 		return nil, false
 	}
@@ -127,85 +145,175 @@ func templateTypes(arr []byte) ([]uint, bool) {
 		}
 		return uint64(binary.NativeEndian.Uint32(b))
 	}
-	var out []uint
-	ok := true
+	var out []tmplAttr
 	for i := 0; i < len(arr); i += ckAttributeSize {
-		out = append(out, uint(read(arr[i:])))
-		ok = ok && read(arr[i+2*word:]) == 1
+		out = append(out, tmplAttr{t: uint(read(arr[i:])), v: make([]byte, read(arr[i+2*word:]))})
 	}
-	return out, ok
+	return out, true
 }
 
-func sameTypes(a, b []uint) bool {
-	a, b = slices.Clone(a), slices.Clone(b)
-	slices.Sort(a)
-	slices.Sort(b)
-	return slices.Equal(a, b)
+// sameShape: the same attribute types with values of the same sizes.
+func sameShape(a, b []tmplAttr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	sizes := map[uint]int{}
+	for _, x := range a {
+		sizes[x.t] = len(x.v)
+	}
+	for _, x := range b {
+		if n, ok := sizes[x.t]; !ok || n != len(x.v) {
+			return false
+		}
+	}
+	return true
 }
 
-func typeNames(ts []uint) string {
-	names := map[uint]string{
-		pkcs11.CKA_PRIVATE: "CKA_PRIVATE", pkcs11.CKA_SENSITIVE: "CKA_SENSITIVE",
-		pkcs11.CKA_WRAP_WITH_TRUSTED: "CKA_WRAP_WITH_TRUSTED", pkcs11.CKA_EXTRACTABLE: "CKA_EXTRACTABLE",
-	}
+var attrNames = map[uint]string{
+	pkcs11.CKA_CLASS: "CKA_CLASS", pkcs11.CKA_KEY_TYPE: "CKA_KEY_TYPE", pkcs11.CKA_TOKEN: "CKA_TOKEN",
+	pkcs11.CKA_PRIVATE: "CKA_PRIVATE", pkcs11.CKA_SENSITIVE: "CKA_SENSITIVE", pkcs11.CKA_EXTRACTABLE: "CKA_EXTRACTABLE",
+	pkcs11.CKA_WRAP_WITH_TRUSTED: "CKA_WRAP_WITH_TRUSTED", pkcs11.CKA_SIGN: "CKA_SIGN", pkcs11.CKA_VERIFY: "CKA_VERIFY",
+	pkcs11.CKA_ENCRYPT: "CKA_ENCRYPT", pkcs11.CKA_DECRYPT: "CKA_DECRYPT", pkcs11.CKA_WRAP: "CKA_WRAP",
+	pkcs11.CKA_UNWRAP: "CKA_UNWRAP", pkcs11.CKA_DERIVE: "CKA_DERIVE", pkcs11.CKA_SIGN_RECOVER: "CKA_SIGN_RECOVER",
+	pkcs11.CKA_ALLOWED_MECHANISMS: "CKA_ALLOWED_MECHANISMS", pkcs11.CKA_MODIFIABLE: "CKA_MODIFIABLE",
+}
+
+func shapeNames(t []tmplAttr) string {
 	var out []string
-	for _, t := range ts {
-		if n, ok := names[t]; ok {
+	for _, a := range t {
+		if n, ok := attrNames[a.t]; ok {
 			out = append(out, n)
 		} else {
-			out = append(out, fmt.Sprintf("0x%X", t))
+			out = append(out, fmt.Sprintf("0x%X", a.t))
 		}
 	}
 	return "{" + strings.Join(out, ", ") + "}"
 }
 
-// lookupKEK finds the master KEK labelled label: among the secret keys
-// carrying the label, the one fit to be a KEK. Objects that are not fit
-// are never used; if exactly one is fit it is used and the others are
-// reported in note. None fit (or several) is an error wrapping
-// ErrKEKNotFound, ErrKEKRefused or ErrKEKPublic.
-func lookupKEK(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, label string, allowPublic bool) (h pkcs11.ObjectHandle, public bool, note string, err error) {
+// lookupKEK finds the KEK labelled label (class c's, or the legacy single
+// KEK): among the secret keys carrying the label, the one fit to be it.
+// Objects that are not fit are never used; if exactly one is fit it is
+// used and the others are reported in note. None fit (or several) is an
+// error wrapping ErrKEKNotFound, ErrKEKRefused or ErrKEKPublic.
+func lookupKEK(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, label string, c keyClass, legacy, allowPublic bool) (h pkcs11.ObjectHandle, public, mechs bool, note string, err error) {
 	hs, err := findObjects(ctx, s, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 	})
 	if err != nil {
-		return 0, false, "", err
+		return 0, false, false, "", err
 	}
 	if len(hs) == 0 {
-		return 0, false, "", fmt.Errorf("hsm: %w: no secret key labelled %q on the token; run `escrowctl hsm init`", ErrKEKNotFound, label)
+		return 0, false, false, "", fmt.Errorf("hsm: %w: no secret key labelled %q on the token; run `escrowctl hsm init`", ErrKEKNotFound, label)
 	}
-	var fit []pkcs11.ObjectHandle
-	var pub []bool
+	type fitOne struct {
+		h             pkcs11.ObjectHandle
+		public, mechs bool
+	}
+	var fit []fitOne
 	var refused []error
 	for _, o := range hs {
-		p, err := checkKEKObject(ctx, s, o, label, allowPublic)
+		p, m, err := checkKEKObject(ctx, s, o, label, c, legacy, allowPublic)
 		if err != nil {
 			refused = append(refused, err)
 			continue
 		}
-		fit, pub = append(fit, o), append(pub, p)
+		fit = append(fit, fitOne{o, p, m})
 	}
 	switch {
 	case len(fit) == 1 && len(refused) == 0:
-		return fit[0], pub[0], "", nil
+		return fit[0].h, fit[0].public, fit[0].mechs, "", nil
 	case len(fit) == 1:
-		return fit[0], pub[0], fmt.Sprintf("%d other object(s) labelled %q ignored: %v", len(refused), label, errors.Join(refused...)), nil
+		return fit[0].h, fit[0].public, fit[0].mechs, fmt.Sprintf("%d other object(s) labelled %q ignored: %v", len(refused), label, errors.Join(refused...)), nil
 	case len(fit) > 1:
-		return 0, false, "", fmt.Errorf("hsm: %w: %d objects labelled %q are each fit to be the master KEK: which one is meant is ambiguous; remove the one not made by `escrowctl hsm init`", ErrKEKRefused, len(fit), label)
+		return 0, false, false, "", fmt.Errorf("hsm: %w: %d objects labelled %q are each fit to be a master KEK: which one is meant is ambiguous; remove the one not made by `escrowctl hsm init`", ErrKEKRefused, len(fit), label)
 	}
 	// None fit: a lone public KEK gives ErrKEKPublic, anything else the
 	// first refusal.
 	for _, e := range refused {
 		if errors.Is(e, ErrKEKPublic) {
-			return 0, true, "", e
+			return 0, true, false, "", e
 		}
 	}
-	return 0, false, "", refused[0]
+	return 0, false, false, "", refused[0]
+}
+
+// lookupKEKSet finds master KEK version v: the KEK of every class, or the
+// legacy single KEK (only with allowPublic: it serves every class, and
+// `escrowctl hsm init` made it public). Objects carrying the other form's
+// label that are not fit are ignored (and noted); fit ones of both forms
+// are refused as ambiguous.
+func lookupKEKSet(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string, v uint32, allowPublic bool) (kekSet, string, error) {
+	var set kekSet
+	legacyLabel := kekObjectLabel(base, v)
+	classFound := false
+	for c := range numClasses {
+		hs, err := findObjects(ctx, s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, kekClassLabel(base, c, v))})
+		if err != nil {
+			return set, "", err
+		}
+		classFound = classFound || len(hs) > 0
+	}
+	lh, public, _, lnote, lerr := lookupKEK(ctx, s, legacyLabel, 0, true, allowPublic)
+	if !classFound {
+		if lerr != nil {
+			return set, "", lerr
+		}
+		if !allowPublic {
+			return set, "", fmt.Errorf("hsm: %w: %q is one KEK for every key class, as `escrowctl hsm init` made it before per-class KEKs; "+
+				"move the keys to a KEK version made now (docs/LIFECYCLE.md, \"Migrating from a public master KEK\"); until then only escrowd -hsm-allow-public-kek accepts it", ErrKEKRefused, legacyLabel)
+		}
+		set.legacy, set.public, set.mechs = true, public, true
+		for c := range numClasses {
+			set.h[c] = lh
+		}
+		return set, lnote, nil
+	}
+	var notes []string
+	switch {
+	case lerr == nil || errors.Is(lerr, ErrKEKPublic):
+		return set, "", fmt.Errorf("hsm: %w: version %d has both a single KEK %q and per-class KEKs: which one is meant is ambiguous", ErrKEKRefused, v, legacyLabel)
+	case !errors.Is(lerr, ErrKEKNotFound):
+		notes = append(notes, "ignored: "+lerr.Error())
+	}
+	set.mechs = true
+	var errs []error
+	for c := range numClasses {
+		_, _, _, _, err := lookupKEK(ctx, s, kekClassLabel(base, c, v), c, false, allowPublic)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		// A refusal says more than a missing KEK: report it first.
+		for _, e := range errs {
+			if !errors.Is(e, ErrKEKNotFound) {
+				return set, "", e
+			}
+		}
+		if lerr != nil && !errors.Is(lerr, ErrKEKNotFound) {
+			return set, "", lerr
+		}
+		return set, "", errs[0]
+	}
+	for c := range numClasses {
+		h, public, mechs, note, err := lookupKEK(ctx, s, kekClassLabel(base, c, v), c, false, allowPublic)
+		if err != nil {
+			return set, "", err
+		}
+		if c > 0 && mechs != set.mechs {
+			return set, "", fmt.Errorf("hsm: %w: the KEKs of version %d disagree on CKA_ALLOWED_MECHANISMS: not made by one ceremony", ErrKEKRefused, v)
+		}
+		set.h[c], set.public, set.mechs = h, set.public || public, mechs
+		if note != "" {
+			notes = append(notes, note)
+		}
+	}
+	return set, strings.Join(notes, "; "), nil
 }
 
 // scanKEKs finds every master KEK version on the token and checks each.
-func scanKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string, allowPublic bool) (map[uint32]pkcs11.ObjectHandle, []KEKState, error) {
+func scanKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string, allowPublic bool) (map[uint32]kekSet, []KEKState, error) {
 	hs, err := findObjects(ctx, s, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		boolAttr(pkcs11.CKA_TOKEN, true),
@@ -219,24 +327,27 @@ func scanKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string, allowPublic 
 		if err != nil {
 			continue
 		}
-		if v, ok := kekLabelVersion(base, string(a[0].Value)); ok {
+		if v, _, _, ok := parseKEKLabel(base, string(a[0].Value)); ok {
 			versions[v] = true
 		}
 	}
-	usable := map[uint32]pkcs11.ObjectHandle{}
+	usable := map[uint32]kekSet{}
 	var states []KEKState
 	for _, v := range slices.Sorted(maps.Keys(versions)) {
-		label := kekObjectLabel(base, v)
-		k, public, note, err := lookupKEK(ctx, s, label, allowPublic)
-		st := KEKState{Version: v, Label: label, Public: public, Problem: note}
+		set, note, err := lookupKEKSet(ctx, s, base, v, allowPublic)
+		st := KEKState{Version: v, Label: kekClassLabel(base, classUnlock, v), Public: set.public, Problem: note}
+		if set.legacy {
+			st.Label = kekObjectLabel(base, v)
+		}
 		switch {
 		case err == nil:
 			st.Usable = true
-			usable[v] = k
+			usable[v] = set
 		case recoverable(err) || errors.Is(err, ErrUnavailable):
 			return nil, nil, err
 		default:
 			st.Problem, st.err = err.Error(), err
+			st.Public = errors.Is(err, ErrKEKPublic)
 		}
 		states = append(states, st)
 	}
@@ -246,7 +357,7 @@ func scanKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string, allowPublic 
 // openKEKs is scanKEKs at Open: it fails if no version is usable, and if
 // any version is a public KEK not allowed (a key in clear on the token is
 // the operator's to fix before escrowd runs).
-func openKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string, allowPublic bool) (map[uint32]pkcs11.ObjectHandle, []KEKState, error) {
+func openKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string, allowPublic bool) (map[uint32]kekSet, []KEKState, error) {
 	usable, states, err := scanKEKs(ctx, s, base, allowPublic)
 	if err != nil {
 		return nil, nil, err
@@ -264,7 +375,7 @@ func openKEKs(ctx *pkcs11.Ctx, s pkcs11.SessionHandle, base string, allowPublic 
 		if len(refused) > 0 {
 			return nil, nil, fmt.Errorf("hsm: %w: no usable master KEK on the token: %s", ErrKEKRefused, strings.Join(refused, "; "))
 		}
-		return nil, nil, fmt.Errorf("hsm: %w: no secret key labelled %q on the token; run `escrowctl hsm init`", ErrKEKNotFound, kekObjectLabel(base, CurrentKEKVersion))
+		return nil, nil, fmt.Errorf("hsm: %w: no master KEK labelled %q on the token; run `escrowctl hsm init`", ErrKEKNotFound, kekClassLabel(base, classUnlock, CurrentKEKVersion))
 	}
 	return usable, states, nil
 }

@@ -97,9 +97,14 @@ func (h *HSM) destroy(s session, o pkcs11.ObjectHandle) {
 	}
 }
 
-// wrapUnderKEK wraps key under the session's KEK.
-func (h *HSM) wrapUnderKEK(s session, key pkcs11.ObjectHandle, what string) (WrappedKey, error) {
-	blob, err := h.mod.ctx.WrapKey(s.h, kwp, s.kek, key)
+// wrapUnderKEK wraps key, a group key of kind, under the current KEK of
+// its class.
+func (h *HSM) wrapUnderKEK(s session, key pkcs11.ObjectHandle, kind KeyKind, what string) (WrappedKey, error) {
+	kek, err := s.kek(kind)
+	if err != nil {
+		return WrappedKey{}, err
+	}
+	blob, err := h.mod.ctx.WrapKey(s.h, kwp, kek, key)
 	if err != nil {
 		return WrappedKey{}, wrapErr("wrap "+what+" under KEK", err)
 	}
@@ -116,47 +121,23 @@ func checkWrapped(w WrappedKey, what string) error {
 	return nil
 }
 
-// Templates of the session objects group keys are unwrapped into for use:
-// never on the token, private, sensitive, never extractable.
-func escrowPrivateUnwrapTemplate() []*pkcs11.Attribute {
-	return []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
-		boolAttr(pkcs11.CKA_TOKEN, false),
-		boolAttr(pkcs11.CKA_PRIVATE, true),
-		boolAttr(pkcs11.CKA_SENSITIVE, true),
-		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
-		boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
-		boolAttr(pkcs11.CKA_DECRYPT, true),
-		boolAttr(pkcs11.CKA_UNWRAP, true),
-		boolAttr(pkcs11.CKA_SIGN, false),
-	}
-}
-
-func unlockUnwrapTemplate() []*pkcs11.Attribute {
-	return []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
-		boolAttr(pkcs11.CKA_TOKEN, false),
-		boolAttr(pkcs11.CKA_PRIVATE, true),
-		boolAttr(pkcs11.CKA_SENSITIVE, true),
-		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
-		boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
-		boolAttr(pkcs11.CKA_SIGN, true),
-	}
-}
-
-// unwrapUnderKEK unwraps w, under the KEK version it names, into a session
-// object made from tmpl; what names the key, op the unwrap, in errors.
-func (h *HSM) unwrapUnderKEK(s session, w WrappedKey, what, op string, tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	if err := checkWrapped(w, what); err != nil {
+// unwrapUnderKEK unwraps w, a group key of kind, under its class's KEK of
+// the version it names, into a session object made with the class's
+// template (classTemplate: the same for use and for a KEK rotation); op
+// names the unwrap in errors.
+func (h *HSM) unwrapUnderKEK(s session, w WrappedKey, kind KeyKind, op string) (pkcs11.ObjectHandle, error) {
+	if err := checkWrapped(w, kind.String()); err != nil {
 		return 0, err
 	}
-	kek, err := h.kekFor(s, w.KEKVersion)
+	set, err := h.kekFor(s, w.KEKVersion)
 	if err != nil {
 		return 0, err
 	}
-	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, kek, w.Blob, tmpl)
+	c, err := classOf(kind)
+	if err != nil {
+		return 0, err
+	}
+	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, set.h[c], w.Blob, unwrapTemplate(kind, set.mechs))
 	if err != nil {
 		return 0, kekUnwrapErr(op, err)
 	}
@@ -165,12 +146,12 @@ func (h *HSM) unwrapUnderKEK(s session, w WrappedKey, what, op string, tmpl []*p
 
 // unwrapEscrowPrivate unwraps an RSA escrow private key into a session object.
 func (h *HSM) unwrapEscrowPrivate(s session, w WrappedKey) (pkcs11.ObjectHandle, error) {
-	return h.unwrapUnderKEK(s, w, "escrow key", "unwrap escrow key", escrowPrivateUnwrapTemplate())
+	return h.unwrapUnderKEK(s, w, KeyEscrow, "unwrap escrow key")
 }
 
 // unwrapUnlock unwraps an unlock key into a session object.
 func (h *HSM) unwrapUnlock(s session, w WrappedKey) (pkcs11.ObjectHandle, error) {
-	return h.unwrapUnderKEK(s, w, "unlock key", "unwrap unlock key", unlockUnwrapTemplate())
+	return h.unwrapUnderKEK(s, w, KeyUnlock, "unwrap unlock key")
 }
 
 // kekUnwrapErr maps the failure of an AES-KWP unwrap under the KEK.
@@ -252,7 +233,7 @@ func (h *HSM) GenerateEscrowKey(ctx context.Context, suite Suite) (publicKeyDER 
 		if err := h.selfTest(s, pub, priv, suite, mech); err != nil {
 			return err
 		}
-		w, err := h.wrapUnderKEK(s, priv, "escrow key")
+		w, err := h.wrapUnderKEK(s, priv, KeyEscrow, "escrow key")
 		if err != nil {
 			return err
 		}
@@ -332,30 +313,36 @@ func (h *HSM) genUnlockKey(s session) (WrappedKey, error) {
 	var out WrappedKey
 	err := func() error {
 		k, err := h.mod.ctx.GenerateKey(s.h,
-			[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)},
-			[]*pkcs11.Attribute{
-				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
-				pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
-				boolAttr(pkcs11.CKA_TOKEN, false),
-				boolAttr(pkcs11.CKA_PRIVATE, true),
-				boolAttr(pkcs11.CKA_SENSITIVE, true),
-				boolAttr(pkcs11.CKA_EXTRACTABLE, true),
-				boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
-				boolAttr(pkcs11.CKA_SIGN, true),
-				boolAttr(pkcs11.CKA_VERIFY, false),
-			})
+			[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, unlockKeyTemplate())
 		if err != nil {
 			return wrapErr("generate unlock key", err)
 		}
 		defer h.destroy(s, k)
-		out, err = h.wrapUnderKEK(s, k, "unlock key")
+		out, err = h.wrapUnderKEK(s, k, KeyUnlock, "unlock key")
 		return err
 	}()
 	if err != nil {
 		return WrappedKey{}, err
 	}
 	return out, nil
+}
+
+// unlockKeyTemplate is the template an unlock key is generated with: a
+// 32-byte generic secret session object, sensitive, extractable only under
+// a trusted key (to be wrapped under the unlock KEK), for HMAC only.
+func unlockKeyTemplate() []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		boolAttr(pkcs11.CKA_TOKEN, false),
+		boolAttr(pkcs11.CKA_PRIVATE, true),
+		boolAttr(pkcs11.CKA_SENSITIVE, true),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, true),
+		boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
+		boolAttr(pkcs11.CKA_SIGN, true),
+		boolAttr(pkcs11.CKA_VERIFY, false),
+	}
 }
 
 // HMAC computes HMAC-SHA256(unlockKey, msg) inside the HSM.

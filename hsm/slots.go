@@ -250,7 +250,7 @@ func checkContexts(src Source, chain *format.SlotContext, targets []Target) erro
 // the HSM. The length takes two operations, because SoftHSM leaves
 // CKA_VALUE_LEN at 0 on keys unwrapped with RSA-OAEP (and refuses it in the
 // unwrap template) and CKA_VALUE is sensitive: an AES-KWP wrap under the
-// KEK (RFC 5649, discarded) is 40 bytes only for keys of 25 to 32 bytes
+// unlock KEK (RFC 5649, discarded) is 40 bytes only for keys of 25 to 32 bytes
 // and fails for an empty one; the AES-ECB derivation then works only for
 // AES key lengths (16, 24, 32). An OAEP plaintext can have any length: a
 // GDK of any other length is refused, never padded into a different key.
@@ -258,7 +258,11 @@ func (h *HSM) gdkBindKey(s session, gdk pkcs11.ObjectHandle) (pkcs11.ObjectHandl
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("hsm: rewrap: %w: the ciphertext does not hold a %d-byte GDK: %s", ErrBadCiphertext, GDKSize, fmt.Sprintf(format, args...))
 	}
-	w, err := h.mod.ctx.WrapKey(s.h, kwp, s.kek, gdk)
+	kek, err := s.kek(KeyUnlock)
+	if err != nil {
+		return 0, err
+	}
+	w, err := h.mod.ctx.WrapKey(s.h, kwp, kek, gdk)
 	if err != nil {
 		e := wrapErr("check GDK length", err)
 		if code, _ := ckrCode(e); code == pkcs11.CKR_KEY_NOT_WRAPPABLE || code == pkcs11.CKR_KEY_SIZE_RANGE {
@@ -589,23 +593,9 @@ func (h *HSM) sealToTarget(s session, gdk pkcs11.ObjectHandle, t target, op stri
 	return Sealed{Wrapped: w, EPK: epk}, nil
 }
 
-func escrowECUnwrapTemplate() []*pkcs11.Attribute {
-	return []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-		boolAttr(pkcs11.CKA_TOKEN, false),
-		boolAttr(pkcs11.CKA_PRIVATE, true),
-		boolAttr(pkcs11.CKA_SENSITIVE, true),
-		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
-		boolAttr(pkcs11.CKA_WRAP_WITH_TRUSTED, true),
-		boolAttr(pkcs11.CKA_DERIVE, true),
-		boolAttr(pkcs11.CKA_SIGN, false),
-	}
-}
-
 // unwrapEscrowEC unwraps an EC escrow private key into a session object.
 func (h *HSM) unwrapEscrowEC(s session, w WrappedKey) (pkcs11.ObjectHandle, error) {
-	return h.unwrapUnderKEK(s, w, "escrow key", "unwrap EC escrow key", escrowECUnwrapTemplate())
+	return h.unwrapUnderKEK(s, w, KeyEscrowEC, "unwrap EC escrow key")
 }
 
 // generateECEscrowKey generates a P-256 escrow key pair as session objects,
@@ -708,7 +698,7 @@ func (h *HSM) genECEscrowKey(s session) (der []byte, private WrappedKey, err err
 		if !bytes.Equal(got, want[:16]) {
 			return fmt.Errorf("hsm: self-test of new EC escrow key: %w: the HSM's ECDH and slot-key derivation differ from Go's", ErrModule)
 		}
-		if private, err = h.wrapUnderKEK(s, priv, "EC escrow key"); err != nil {
+		if private, err = h.wrapUnderKEK(s, priv, KeyEscrowEC, "EC escrow key"); err != nil {
 			return err
 		}
 		return nil

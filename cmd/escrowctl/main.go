@@ -294,7 +294,11 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "master KEK %q (version %d) created on token %q: private, trusted\n", rep.Label, v, *token)
+		fmt.Fprintf(out, "master KEK version %d created on token %q: one private, trusted KEK per key class (%s); unwrap templates enforced\n",
+			v, *token, strings.Join(rep.Labels, ", "))
+		if !rep.AllowedMechanisms {
+			fmt.Fprintln(out, "WARNING: the module refused CKA_ALLOWED_MECHANISMS: the KEKs and the keys unwrapped under them are not limited to one mechanism each (docs/HSM.md)")
+		}
 		if v > 1 {
 			fmt.Fprintf(out, "new keys stay under the current KEK until: escrowctl jobs start -kind kek-rotation -kek-version %d\n", v)
 		}
