@@ -83,10 +83,11 @@ Offline:
 HSM ceremony (runs against the token directly):
   hsm init -module PATH -token LABEL -so-pin-file FILE -pin-file FILE
            [-kek-label L] [-kek-version N]
-                                             create the trusted, private master KEK
-                                             (version N, default 1; N+1 to start a
-                                             rotation); needs the SO PIN and the
-                                             user PIN ($ESCROWD_SO_PIN, $ESCROWD_HSM_PIN)
+                                             create master KEK version N (default 1;
+                                             N+1 to start a rotation): one private,
+                                             trusted KEK per key class; needs the SO
+                                             PIN and the user PIN ($ESCROWD_SO_PIN,
+                                             $ESCROWD_HSM_PIN)
 
 Development (for trying escrowd out; never for production):
   dev token -dir DIR -token LABEL            create or reuse a SoftHSM token with
