@@ -132,8 +132,11 @@ type role struct {
 }
 
 type ticketRule struct {
-	ops     map[string]bool
+	ops map[string]bool
+	// pattern is the file's pattern anchored at both ends: a ticket
+	// matches only as a whole.
 	pattern *regexp.Regexp
+	source  string // the pattern as the file wrote it, for denials
 }
 
 type dualRule struct {
@@ -194,7 +197,7 @@ func (p *Policy) Decide(r Request) Decision {
 		return d
 	}
 	if t := p.tickets; t != nil && t.ops[r.Operation] && !t.pattern.MatchString(r.Ticket) {
-		d.Reason, d.Rule = fmt.Sprintf("%s needs a ticket reference matching %s", r.Operation, t.pattern), RuleTicket
+		d.Reason, d.Rule = fmt.Sprintf("%s needs a ticket reference matching %s as a whole", r.Operation, t.source), RuleTicket
 		return d
 	}
 	for _, l := range p.limits {
@@ -233,6 +236,11 @@ func (p *Policy) Name(id string) string {
 		return i.name
 	}
 	return id
+}
+
+// anchored compiles pattern so that it matches a whole string only.
+func anchored(pattern string) (*regexp.Regexp, error) {
+	return regexp.Compile(`^(?:` + pattern + `)$`)
 }
 
 func matchAny(patterns []string, s string) bool {
@@ -437,14 +445,19 @@ func Parse(file string, data []byte, operations []string) (*Policy, error) {
 		if t.V.Pattern.V == "" {
 			return fail(t.Line, "tickets: pattern is required")
 		}
-		re, rerr := regexp.Compile(t.V.Pattern.V)
+		if _, rerr := regexp.Compile(t.V.Pattern.V); rerr != nil {
+			return fail(t.V.Pattern.Line, "tickets: pattern: %v", rerr)
+		}
+		// A ticket must match the whole pattern, whether or not the file
+		// wrote ^ and $: unanchored, SUP-[0-9]+ would take "x SUP-1 x".
+		re, rerr := anchored(t.V.Pattern.V)
 		if rerr != nil {
 			return fail(t.V.Pattern.Line, "tickets: pattern: %v", rerr)
 		}
 		if re.MatchString("") {
 			return fail(t.V.Pattern.Line, "tickets: pattern matches an empty ticket")
 		}
-		p.tickets = &ticketRule{ops: ops, pattern: re}
+		p.tickets = &ticketRule{ops: ops, pattern: re, source: t.V.Pattern.V}
 	}
 	if d := f.Dual; d != nil {
 		ops, err := opSet(d.V.Operations, "dual_control")

@@ -180,3 +180,63 @@ identities:
 	fmt.Println(d.Allow, d.Reason)
 	// Output: false alice may not call ProvisionGroup
 }
+
+// policyWith parses good.yaml with one line replaced.
+func policyWith(t *testing.T, old, new string) *Policy {
+	t.Helper()
+	b, err := os.ReadFile("testdata/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), old) {
+		t.Fatalf("good.yaml lacks %q", old)
+	}
+	p, err := Parse("p.yaml", []byte(strings.Replace(string(b), old, new, 1)), ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestTicketPatternMatchesWholeTicket: a ticket must match the pattern as
+// a whole, whether or not the file anchors it.
+func TestTicketPatternMatchesWholeTicket(t *testing.T) {
+	const filePattern = `'^(SUP|INC)-[0-9]{1,8}$'`
+	tests := []struct {
+		pattern, ticket string
+		allow           bool
+	}{
+		{`'(SUP|INC)-[0-9]{1,8}'`, "SUP-12", true},
+		{`'(SUP|INC)-[0-9]{1,8}'`, "INC-12345678", true},
+		{`'(SUP|INC)-[0-9]{1,8}'`, "xSUP-12", false},
+		{`'(SUP|INC)-[0-9]{1,8}'`, "SUP-12;DROP", false},
+		{`'(SUP|INC)-[0-9]{1,8}'`, "SUP-123456789", false},
+		{`'(SUP|INC)-[0-9]{1,8}'`, "see-INC-4-too", false},
+		// An alternation at the top level is anchored as a whole, not
+		// only its first and last branch.
+		{`'SUP-[0-9]+|INC-[0-9]+'`, "SUP-1", true},
+		{`'SUP-[0-9]+|INC-[0-9]+'`, "INC-1", true},
+		{`'SUP-[0-9]+|INC-[0-9]+'`, "SUP-1x", false},
+		{`'SUP-[0-9]+|INC-[0-9]+'`, "xINC-1", false},
+		// Anchors the file wrote still work.
+		{filePattern, "SUP-1", true},
+		{filePattern, "SUP-1x", false},
+		{`'^SUP-[0-9]+'`, "SUP-1x", false},
+		{`'[0-9]+$'`, "x1", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.pattern+" "+tt.ticket, func(t *testing.T) {
+			p := good(t)
+			if tt.pattern != filePattern {
+				p = policyWith(t, filePattern, tt.pattern)
+			}
+			d := p.Decide(Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u", Ticket: tt.ticket})
+			if d.Allow != tt.allow {
+				t.Fatalf("allow = %v (%s), want %v", d.Allow, d.Reason, tt.allow)
+			}
+			if !tt.allow && (d.Rule != RuleTicket || !strings.Contains(d.Reason, "as a whole")) {
+				t.Fatalf("denial %s: %q", d.Rule, d.Reason)
+			}
+		})
+	}
+}
