@@ -13,7 +13,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"path"
 	"reflect"
 	"regexp"
 	"slices"
@@ -245,11 +244,60 @@ func anchored(pattern string) (*regexp.Regexp, error) {
 
 func matchAny(patterns []string, s string) bool {
 	for _, p := range patterns {
-		if ok, _ := path.Match(p, s); ok {
+		if globMatch(p, s) {
 			return true
 		}
 	}
 	return false
+}
+
+// globMatch reports whether the group pattern p matches all of s: '*'
+// matches any run of bytes, '/' included, '?' exactly one byte, and every
+// other byte itself, case and all. Group ids are case-sensitive printable
+// ASCII and may hold '/', so "vip-*" must flag "vip-eu/ceo" too, and need
+// not flag "VIP-ceo", which is another group.
+func globMatch(p, s string) bool {
+	// The classic greedy match with one backtrack point: the last '*'.
+	pi, si := 0, 0
+	star, mark := -1, 0
+	for si < len(s) {
+		switch {
+		case pi < len(p) && (p[pi] == '?' || p[pi] == s[si]) && p[pi] != '*':
+			pi++
+			si++
+		case pi < len(p) && p[pi] == '*':
+			star, mark = pi, si
+			pi++
+		case star >= 0:
+			mark++
+			pi, si = star+1, mark
+		default:
+			return false
+		}
+	}
+	for pi < len(p) && p[pi] == '*' {
+		pi++
+	}
+	return pi == len(p)
+}
+
+// checkGroupPattern refuses a dual-control group pattern that could never
+// match a group id, or that uses the bracket classes and backslash escapes
+// of path.Match, which flagged groups before: their meaning would change
+// without a word.
+func checkGroupPattern(p string) error {
+	if p == "" {
+		return errors.New("empty")
+	}
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c <= ' ' || c > '~':
+			return fmt.Errorf("byte %d is not printable ASCII: group ids are printable ASCII without spaces", i)
+		case c == '[' || c == ']' || c == '\\':
+			return fmt.Errorf("%q at byte %d: only * and ? are special, and [ ] \\ are not allowed", c, i)
+		}
+	}
+	return nil
 }
 
 // The file format, decoded with the line of every value kept.
@@ -466,8 +514,8 @@ func Parse(file string, data []byte, operations []string) (*Policy, error) {
 		}
 		dr := &dualRule{ops: ops}
 		for _, g := range d.V.Groups {
-			if _, perr := path.Match(g.V, ""); perr != nil {
-				return fail(g.Line, "dual_control: bad group pattern %q", g.V)
+			if perr := checkGroupPattern(g.V); perr != nil {
+				return fail(g.Line, "dual_control: group pattern %q: %v", g.V, perr)
 			}
 			dr.groups = append(dr.groups, g.V)
 		}

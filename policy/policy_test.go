@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -239,4 +240,101 @@ func TestTicketPatternMatchesWholeTicket(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDualControlGroupPatterns: '*' matches any run of bytes, '/'
+// included, '?' one byte, anything else itself, case-sensitively (group
+// ids are case-sensitive: "VIP-ceo" is not the group "vip-ceo"); the
+// pattern matches the whole id.
+func TestDualControlGroupPatterns(t *testing.T) {
+	tests := []struct {
+		pattern, group string
+		match          bool
+	}{
+		{"vip-*", "vip-ceo", true},
+		{"vip-*", "vip-", true},
+		{"vip-*", "vip-eu/ceo", true}, // path.Match stopped '*' at '/'
+		{"vip-*", "vip-a/b/c", true},
+		{"vip-*", "VIP-ceo", false},
+		{"vip-*", "xvip-ceo", false},
+		{"vip-*", "vip", false},
+		{"*", "a/b", true},
+		{"*", "", true},
+		{"*-board", "eu/acme-board", true},
+		{"*-board", "acme-board-2", false},
+		{"a*b*c", "a/x/b/y/c", true},
+		{"a*b*c", "abcab", false},
+		{"a*b*c", "aXbYcZc", true},
+		{"board", "board", true},
+		{"board", "board/x", false},
+		{"board", "Board", false},
+		{"g?", "g/", true},
+		{"g?", "g", false},
+		{"g?", "g12", false},
+		{"**", "anything/at/all", true},
+		{"*/*", "eu/ceo", true},
+		{"*/*", "ceo", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.pattern+" "+tt.group, func(t *testing.T) {
+			p := policyWith(t, `groups: ["vip-*"]`, fmt.Sprintf("groups: [%q]", tt.pattern))
+			d := p.Decide(Request{Identity: alice, Operation: "RevealUnlockCode", Group: tt.group, User: "u", Ticket: "SUP-1"})
+			if !d.Allow {
+				t.Fatal(d.Reason)
+			}
+			if d.DualControl != tt.match {
+				t.Fatalf("dual control = %v, want %v", d.DualControl, tt.match)
+			}
+		})
+	}
+}
+
+func TestDualControlGroupPatternErrors(t *testing.T) {
+	b, _ := os.ReadFile("testdata/good.yaml")
+	for _, tt := range []struct{ pattern, reason string }{
+		{"vip-[ab]*", "only * and ? are special"},
+		{`vip-\*`, "only * and ? are special"},
+		{"vip *", "printable ASCII"},
+		{"", "empty"},
+	} {
+		t.Run(tt.pattern, func(t *testing.T) {
+			f := strings.Replace(string(b), `groups: ["vip-*"]`, fmt.Sprintf("groups: [%q]", tt.pattern), 1)
+			_, err := Parse("p.yaml", []byte(f), ops)
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Line != 32 || !strings.Contains(pe.Reason, tt.reason) {
+				t.Fatalf("Parse: %v, want line 32 saying %q", err, tt.reason)
+			}
+		})
+	}
+}
+
+// FuzzGlobMatch checks globMatch against the same pattern as a regular
+// expression, on printable ASCII.
+func FuzzGlobMatch(f *testing.F) {
+	f.Add("vip-*", "vip-eu/ceo")
+	f.Add("a*b*c", "aXbYcZc")
+	f.Add("g?*?", "g/x")
+	f.Fuzz(func(t *testing.T, p, s string) {
+		for _, c := range []byte(p + s) {
+			if c < ' ' || c > '~' {
+				return
+			}
+		}
+		var re strings.Builder
+		re.WriteString(`(?s)^`)
+		for _, c := range []byte(p) {
+			switch c {
+			case '*':
+				re.WriteString(`.*`)
+			case '?':
+				re.WriteString(`.`)
+			default:
+				re.WriteString(regexp.QuoteMeta(string(c)))
+			}
+		}
+		re.WriteString(`$`)
+		if got, want := globMatch(p, s), regexp.MustCompile(re.String()).MatchString(s); got != want {
+			t.Fatalf("globMatch(%q, %q) = %v, want %v", p, s, got, want)
+		}
+	})
 }
