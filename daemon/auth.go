@@ -241,7 +241,7 @@ func targets(req any) []string {
 	case *escrowdv1.RewrapToEscrowRequest:
 		return []string{"escrow"}
 	case *escrowdv1.RotateGroupKeyRequest:
-		return []string{"escrow"}
+		return rotateTargets(r)
 	case *escrowdv1.BatchRewrapRequest:
 		// Every kind any item asks for; a malformed item is refused alone
 		// by the handler.
