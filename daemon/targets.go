@@ -45,3 +45,27 @@ func rotateTargets(r *escrowdv1.RotateGroupKeyRequest) []string {
 	}
 	return append(kinds, "escrow")
 }
+
+// batched reports whether req is a batch whose items the policy decides
+// one by one (policy.Request.Batch): BatchRewrap.
+func batched(req any) bool {
+	_, ok := req.(*escrowdv1.BatchRewrapRequest)
+	return ok
+}
+
+// BatchItemTarget returns the re-wrap target kind of one BatchRewrap item,
+// as the policy is asked about it: member, device or escrow; "" for an
+// item without a valid target, which the handler refuses as malformed.
+func BatchItemTarget(it *escrowdv1.BatchRewrapItem) string { return batchItemTarget(it) }
+
+func batchItemTarget(it *escrowdv1.BatchRewrapItem) string {
+	switch {
+	case it.GetEscrow() != nil:
+		return "escrow"
+	case it.GetRecipient().GetKind() == escrowdv1.Recipient_KIND_MEMBER:
+		return "member"
+	case it.GetRecipient().GetKind() == escrowdv1.Recipient_KIND_DEVICE:
+		return "device"
+	}
+	return ""
+}

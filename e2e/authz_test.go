@@ -1,20 +1,24 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/audit"
 	"github.com/escrowd/escrowd/daemon"
 	"github.com/escrowd/escrowd/escrow/bundle"
 )
@@ -223,6 +227,170 @@ func TestRotateGroupKeyTargets(t *testing.T) {
 			}
 			if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "target kinds "+tt.denied) {
 				t.Fatalf("RotateGroupKey: %v, want PermissionDenied naming target kinds %s", err, tt.denied)
+			}
+		})
+	}
+}
+
+// TestBatchItemTargetsMatchSlots: each item of a batch is decided with the
+// target kind of the slot it returns.
+func TestBatchItemTargetsMatchSlots(t *testing.T) {
+	s := newStack(t, vaultSrv)
+	ctx := ctxT(t)
+	k := newKeys(t)
+	_, slot, _ := s.provisionSuite(ctx, "batch-targets", "")
+	items := []*escrowdv1.BatchRewrapItem{
+		{Reference: "member", GroupId: "batch-targets", EscrowSlot: slot, Target: &escrowdv1.BatchRewrapItem_Recipient{Recipient: k.recipient(escrowdv1.Recipient_KIND_MEMBER, "m", bundle.SuiteECDHP256)}},
+		{Reference: "device", GroupId: "batch-targets", EscrowSlot: slot, Target: &escrowdv1.BatchRewrapItem_Recipient{Recipient: k.recipient(escrowdv1.Recipient_KIND_DEVICE, "d", bundle.SuiteRSAOAEPSHA1)}},
+		{Reference: "escrow", GroupId: "batch-targets", EscrowSlot: slot, Target: &escrowdv1.BatchRewrapItem_Escrow{Escrow: &escrowdv1.EscrowTarget{}}},
+	}
+	req := &escrowdv1.BatchRewrapRequest{Items: items}
+	if got := daemon.Targets(req); got != nil {
+		t.Fatalf("the call asks the policy about %v: a batch's targets are its items'", got)
+	}
+	resp, err := s.sync.BatchRewrap(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range resp.GetResults() {
+		if r.GetError() != nil {
+			t.Fatalf("%s: %v", r.GetReference(), r.GetError())
+		}
+		if got, want := slotKinds(r), []string{daemon.BatchItemTarget(items[i])}; !slices.Equal(got, want) {
+			t.Errorf("item %s returns slots of kinds %v, but the policy is asked about %v", r.GetReference(), got, want)
+		}
+	}
+}
+
+// TestBatchRewrapPerItemPolicy: each item of a batch is decided, counted
+// and limited under its own group and target: a per-group limit counts
+// items, not calls, and holds across batches; an item of a kind the role
+// lacks, or of a group under dual control, is refused alone and at once;
+// a refused item counts against no limit; a per-caller limit counts every
+// item. The batch's audit record says which items the rules refused and
+// why.
+func TestBatchRewrapPerItemPolicy(t *testing.T) {
+	const (
+		allKinds   = "rewrap_targets: [member, device, unlock, escrow]"
+		dualOps    = "operations: [RevealUnlockCode]\n  groups:"
+		limits     = "rate_limits:\n"
+		perGroup   = limits + "  - {name: rewraps-per-group, operations: [BatchRewrap], per: group, limit: 2, window: 24h}\n"
+		perCaller  = limits + "  - {name: rewraps-per-caller, operations: [BatchRewrap], per: caller, limit: 3, window: 24h}\n"
+		groupLimit = "rate_limit:rewraps-per-group"
+	)
+	k := newKeys(t)
+	type item struct {
+		ref, group, target string // target: member, device or escrow
+		code               codes.Code
+		say                string
+		denied             string // the item's audit line ends in denied:<this>
+	}
+	tests := []struct {
+		name   string
+		policy []string // replacements in testdata/policy.yaml
+		groups []string
+		// batches run one after the other on the same daemon.
+		batches [][]item
+	}{
+		{"a per-group limit counts items and holds across batches", []string{limits, perGroup},
+			[]string{"bg-a", "bg-b"}, [][]item{{
+				{"a1", "bg-a", "escrow", codes.OK, "", ""},
+				{"a2", "bg-a", "member", codes.OK, "", ""},
+				{"a3", "bg-a", "escrow", codes.ResourceExhausted, "rewraps-per-group", groupLimit},
+				{"b1", "bg-b", "member", codes.OK, "", ""},
+			}, {
+				{"a4", "bg-a", "device", codes.ResourceExhausted, "rewraps-per-group", groupLimit},
+				{"b2", "bg-b", "device", codes.OK, "", ""},
+				{"b3", "bg-b", "device", codes.ResourceExhausted, "rewraps-per-group", groupLimit},
+			}}},
+		{"an item of a kind the role lacks is refused alone and counts nothing", []string{allKinds, "rewrap_targets: [member, unlock, escrow]", limits, perGroup},
+			[]string{"bg-a"}, [][]item{{
+				{"a-device", "bg-a", "device", codes.PermissionDenied, "target kinds device", "role"},
+				{"a1", "bg-a", "member", codes.OK, "", ""},
+				{"a-device-2", "bg-a", "device", codes.PermissionDenied, "target kinds device", "role"},
+				{"a2", "bg-a", "escrow", codes.OK, "", ""},
+			}}},
+		{"an item of a group under dual control is refused alone, at once", []string{dualOps, "operations: [RevealUnlockCode, BatchRewrap]\n  groups:"},
+			[]string{"bg-a", "vip-c", "vip-eu/d"}, [][]item{{
+				{"a1", "bg-a", "member", codes.OK, "", ""},
+				{"c1", "vip-c", "member", codes.PermissionDenied, "dual control", "approval"},
+				{"d1", "vip-eu/d", "escrow", codes.PermissionDenied, "dual control", "approval"},
+				{"a2", "bg-a", "escrow", codes.OK, "", ""},
+			}}},
+		{"a per-caller limit counts every item", []string{limits, perCaller},
+			[]string{"cl-1", "cl-2"}, [][]item{{
+				{"1", "cl-1", "escrow", codes.OK, "", ""},
+				{"2", "cl-2", "member", codes.OK, "", ""},
+				{"3", "cl-1", "device", codes.OK, "", ""},
+				{"4", "cl-2", "escrow", codes.ResourceExhausted, "rewraps-per-caller", "rate_limit:rewraps-per-caller"},
+			}, {
+				{"5", "cl-1", "member", codes.ResourceExhausted, "rewraps-per-caller", "rate_limit:rewraps-per-caller"},
+			}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStackWith(t, vaultSrv, stackOpts{policy: policyVariant(t, tt.policy...)})
+			ctx := ctxT(t)
+			slots := map[string][]byte{}
+			for _, g := range tt.groups {
+				_, slots[g], _ = s.provisionSuite(ctx, g, "")
+			}
+			for n, batch := range tt.batches {
+				var items []*escrowdv1.BatchRewrapItem
+				for _, it := range batch {
+					bi := &escrowdv1.BatchRewrapItem{Reference: it.ref, GroupId: it.group, EscrowSlot: slots[it.group]}
+					switch it.target {
+					case "escrow":
+						bi.Target = &escrowdv1.BatchRewrapItem_Escrow{Escrow: &escrowdv1.EscrowTarget{}}
+					case "member":
+						bi.Target = &escrowdv1.BatchRewrapItem_Recipient{Recipient: k.recipient(escrowdv1.Recipient_KIND_MEMBER, "m", bundle.SuiteECDHP256)}
+					case "device":
+						bi.Target = &escrowdv1.BatchRewrapItem_Recipient{Recipient: k.recipient(escrowdv1.Recipient_KIND_DEVICE, "d", bundle.SuiteECDHP256)}
+					}
+					items = append(items, bi)
+				}
+				var hdr metadata.MD
+				start := time.Now()
+				resp, err := s.sync.BatchRewrap(ctx, &escrowdv1.BatchRewrapRequest{Items: items}, grpc.Header(&hdr))
+				if err != nil {
+					t.Fatalf("batch %d: %v", n, err)
+				}
+				if took := time.Since(start); took > 2*time.Second {
+					t.Fatalf("batch %d took %v: an item under dual control must be refused at once, not wait", n, took)
+				}
+				rec, err := s.audit.Find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				failed, denied := 0, 0
+				for i, it := range batch {
+					r := resp.GetResults()[i]
+					if got := codes.Code(r.GetError().GetCode()); got != it.code || !strings.Contains(r.GetError().GetMessage(), it.say) {
+						t.Errorf("batch %d item %s: %v %q, want %v saying %q", n, it.ref, got, r.GetError().GetMessage(), it.code, it.say)
+					}
+					if (r.GetSlot() != nil) != (it.code == codes.OK) {
+						t.Errorf("batch %d item %s: slot of %d bytes", n, it.ref, len(r.GetSlot()))
+					}
+					line := rec.Detail[i]
+					ok := strings.HasPrefix(line, fmt.Sprintf("item:%d ref:%s group:%s ", i, it.ref, it.group)) &&
+						strings.Contains(line, " code:"+it.code.String())
+					if it.denied == "" {
+						ok = ok && !strings.Contains(line, "denied:")
+					} else {
+						ok = ok && strings.HasSuffix(line, " denied:"+it.denied)
+						denied++
+					}
+					if !ok {
+						t.Errorf("batch %d: audit line %q: want item %d, code %v, denied %q", n, line, i, it.code, it.denied)
+					}
+					if it.code != codes.OK {
+						failed++
+					}
+				}
+				want := fmt.Sprintf("items:%d\nfailed:%d\ndenied:%d", len(batch), failed, denied)
+				if flat := strings.Join(rec.Detail, "\n"); !strings.HasSuffix(flat, want) || rec.Outcome != audit.OutcomeOK {
+					t.Errorf("batch %d: record %s with details:\n%s\nwant them to end in\n%s", n, rec.Outcome, flat, want)
+				}
 			}
 		})
 	}

@@ -76,6 +76,13 @@ type Request struct {
 	// Targets lists the re-wrap target kinds asked for (member, device,
 	// unlock, escrow).
 	Targets []string
+	// Batch marks the call of an operation whose items are decided one by
+	// one (BatchRewrap). Decide then answers for the call alone: an
+	// identity, a role that grants the operation for some target, and the
+	// ticket; it returns no limits and no dual control. The daemon asks
+	// again for each item, with the item's Group and Targets and Batch
+	// false, and counts, limits and flags each item under its own group.
+	Batch bool
 }
 
 // Decision is Decide's answer.
@@ -174,7 +181,10 @@ func (p *Policy) Decide(r Request) Decision {
 		if !ro.ops[r.Operation] {
 			continue
 		}
-		if ro.targets != nil {
+		if ro.targets != nil && r.Batch && len(ro.targets) == 0 {
+			continue // grants the operation for no target at all
+		}
+		if ro.targets != nil && !r.Batch {
 			allowed := true
 			for _, t := range r.Targets {
 				if !ro.targets[t] {
@@ -197,6 +207,11 @@ func (p *Policy) Decide(r Request) Decision {
 	}
 	if t := p.tickets; t != nil && t.ops[r.Operation] && !t.pattern.MatchString(r.Ticket) {
 		d.Reason, d.Rule = fmt.Sprintf("%s needs a ticket reference matching %s as a whole", r.Operation, t.source), RuleTicket
+		return d
+	}
+	if r.Batch {
+		// Each item is counted, limited and flagged on its own.
+		d.Allow = true
 		return d
 	}
 	for _, l := range p.limits {

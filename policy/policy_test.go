@@ -11,7 +11,7 @@ import (
 )
 
 var ops = []string{"ProvisionGroup", "GetEscrowKey", "Rewrap", "IssueUnlockCodes",
-	"RevealUnlockCode", "ListUnlockCodes", "ApproveReveal", "ListPendingReveals", "GetGroup", "ListHSMObjects"}
+	"RevealUnlockCode", "ListUnlockCodes", "ApproveReveal", "ListPendingReveals", "GetGroup", "ListHSMObjects", "BatchRewrap"}
 
 func good(t testing.TB) *Policy {
 	t.Helper()
@@ -337,4 +337,63 @@ func FuzzGlobMatch(f *testing.F) {
 			t.Fatalf("globMatch(%q, %q) = %v, want %v", p, s, got, want)
 		}
 	})
+}
+
+// TestDecideBatch: the call of a batch is decided on its own (identity,
+// role, ticket) with no limits and no dual control; each item is then
+// decided under its own group and target, with its own limits and dual
+// control.
+func TestDecideBatch(t *testing.T) {
+	p, err := Parse("batch.yaml", []byte(`
+version: 1
+roles:
+  sync: {operations: [BatchRewrap], rewrap_targets: [member, escrow]}
+  nothing: {operations: [BatchRewrap], rewrap_targets: []}
+  support: {operations: [RevealUnlockCode]}
+identities:
+  - {id: "spiffe://t/sync", roles: [sync]}
+  - {id: "spiffe://t/nothing", roles: [nothing]}
+  - {id: "spiffe://t/alice", roles: [support]}
+dual_control: {operations: [BatchRewrap], groups: ["vip-*", "*"], timeout: 1m}
+rate_limits:
+  - {name: per-group, operations: [BatchRewrap], per: group, limit: 2, window: 1h}
+  - {name: per-caller, operations: [BatchRewrap], per: caller, limit: 9, window: 1h}
+`), ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sync = "spiffe://t/sync"
+	tests := []struct {
+		name   string
+		req    Request
+		allow  bool
+		rule   string
+		limits []string
+		dual   bool
+	}{
+		{"the call: no limits, no dual control whatever the group pattern", Request{Identity: sync, Operation: "BatchRewrap", Batch: true}, true, "", nil, false},
+		{"the call: its targets are left to the items", Request{Identity: sync, Operation: "BatchRewrap", Batch: true, Targets: []string{"device"}}, true, "", nil, false},
+		{"the call: a role that grants no target", Request{Identity: "spiffe://t/nothing", Operation: "BatchRewrap", Batch: true}, false, RuleRole, nil, false},
+		{"the call: a role without the operation", Request{Identity: "spiffe://t/alice", Operation: "BatchRewrap", Batch: true}, false, RuleRole, nil, false},
+		{"an item: its group's limits and dual control", Request{Identity: sync, Operation: "BatchRewrap", Group: "vip-a", Targets: []string{"member"}}, true, "",
+			[]string{"per-group|group|vip-a", "per-caller|caller|" + sync}, true},
+		{"an item of another group", Request{Identity: sync, Operation: "BatchRewrap", Group: "b", Targets: []string{"escrow"}}, true, "",
+			[]string{"per-group|group|b", "per-caller|caller|" + sync}, true},
+		{"an item of a kind the role lacks", Request{Identity: sync, Operation: "BatchRewrap", Group: "b", Targets: []string{"device"}}, false, RuleRole, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := p.Decide(tt.req)
+			if d.Allow != tt.allow || d.Rule != tt.rule {
+				t.Fatalf("allow %v rule %q (%s), want %v %q", d.Allow, d.Rule, d.Reason, tt.allow, tt.rule)
+			}
+			var keys []string
+			for _, l := range d.Limits {
+				keys = append(keys, l.Key)
+			}
+			if fmt.Sprint(keys) != fmt.Sprint(tt.limits) || d.DualControl != tt.dual {
+				t.Fatalf("limits %v dual %v, want %v %v", keys, d.DualControl, tt.limits, tt.dual)
+			}
+		})
+	}
 }
