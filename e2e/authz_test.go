@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -11,6 +14,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -393,5 +397,227 @@ func TestBatchRewrapPerItemPolicy(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// revealResult is the outcome of a RevealUnlockCode call.
+type revealResult struct {
+	resp *escrowdv1.RevealUnlockCodeResponse
+	err  error
+}
+
+// pendingReveal starts alice's reveal of a code of user in group, which
+// must be under dual control, and returns the pending request as bob
+// lists it and the channel the call's outcome arrives on.
+func pendingReveal(t *testing.T, s *stack, ctx context.Context, group, user, ticket string) (*escrowdv1.PendingReveal, chan revealResult) {
+	t.Helper()
+	done := make(chan revealResult, 1)
+	go func() {
+		r, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: group, UserId: user, Ticket: ticket})
+		done <- revealResult{r, err}
+	}()
+	bob := escrowdv1.NewSupportServiceClient(s.dial("bob"))
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		l, err := bob.ListPendingReveals(ctx, &escrowdv1.ListPendingRevealsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range l.GetReveals() {
+			if p.GetGroupId() == group && p.GetUserId() == user && p.GetTicket() == ticket {
+				return p, done
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reveal never appeared as pending")
+		}
+	}
+}
+
+// approval is the approval of p, stating what p is.
+func approval(p *escrowdv1.PendingReveal) *escrowdv1.ApproveRevealRequest {
+	return &escrowdv1.ApproveRevealRequest{Id: p.GetId(), GroupId: p.GetGroupId(), UserId: p.GetUserId(), Ticket: p.GetTicket()}
+}
+
+// dialCert connects to s with cert.
+func dialCert(t *testing.T, s *stack, cert tls.Certificate) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: pki.ca.Pool(), MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestDualControlPersons: dual control compares persons, as the policy
+// names them, not certificates. alice holds a second certificate, listed
+// as its own identity: under her name (in any case, with any spaces
+// around it) it cannot approve her reveal; under another name the policy
+// says it is another person, and it can. A reveal whose requester has
+// left the policy cannot be approved at all.
+func TestDualControlPersons(t *testing.T) {
+	const laptopID = "spiffe://escrowd.test/support/alice-laptop"
+	pair, err := pki.ca.Client(laptopID, time.Time{}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	laptopCert, err := pair.TLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const bobLine = `  - {id: "spiffe://escrowd.test/support/bob", name: bob, roles: [support]}` + "\n"
+	tests := []struct {
+		name, laptopName string
+		own              bool // the policy makes the laptop alice's
+	}{
+		{"the same name", "alice", true},
+		{"the same name in another case", "Alice", true},
+		{"the same name with spaces", "' alice '", true},
+		{"another name", "alice-laptop", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pol := policyVariant(t, bobLine, bobLine+`  - {id: "`+laptopID+`", name: `+tt.laptopName+`, roles: [support]}`+"\n")
+			s := newStackWith(t, vaultSrv, stackOpts{policy: pol})
+			ctx := ctxT(t)
+			issue(t, s, ctx, "vip-persons", "u", 3)
+			p, done := pendingReveal(t, s, ctx, "vip-persons", "u", "INC-1")
+			laptop := escrowdv1.NewSupportServiceClient(dialCert(t, s, laptopCert))
+			_, err := laptop.ApproveReveal(ctx, approval(p))
+			if !tt.own {
+				if err != nil {
+					t.Fatalf("approval by another person: %v", err)
+				}
+				if r := <-done; r.err != nil || r.resp.GetApprovedBy() != "alice-laptop" {
+					t.Fatalf("reveal: %v %v", r.resp, r.err)
+				}
+				return
+			}
+			if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "own") {
+				t.Fatalf("alice's approval of her own reveal from her second certificate: %v, want PermissionDenied", err)
+			}
+			select {
+			case r := <-done:
+				t.Fatalf("the reveal finished: %v %v", r.resp, r.err)
+			default:
+			}
+			bob := escrowdv1.NewSupportServiceClient(s.dial("bob"))
+			if _, err := bob.ApproveReveal(ctx, approval(p)); err != nil {
+				t.Fatalf("bob's approval: %v", err)
+			}
+			if r := <-done; r.err != nil || r.resp.GetApprovedBy() != "bob" {
+				t.Fatalf("reveal: %v %v", r.resp, r.err)
+			}
+		})
+	}
+	t.Run("the requester left the policy", func(t *testing.T) {
+		s := newStack(t, vaultSrv)
+		ctx := ctxT(t)
+		issue(t, s, ctx, "vip-left", "u", 3)
+		p, done := pendingReveal(t, s, ctx, "vip-left", "u", "INC-2")
+		// alice is taken out of the policy while her reveal waits.
+		s.srv.SetPolicy(loadPolicy(t, policyVariant(t, `  - {id: "spiffe://escrowd.test/support/alice", name: alice, roles: [support]}`+"\n", "")))
+		bob := escrowdv1.NewSupportServiceClient(s.dial("bob"))
+		if _, err := bob.ApproveReveal(ctx, approval(p)); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "no longer in the policy") {
+			t.Fatalf("approval of a reveal whose requester left: %v, want FailedPrecondition", err)
+		}
+		if r := <-done; status.Code(r.err) != codes.PermissionDenied {
+			t.Fatalf("the reveal: %v %v, want it refused unapproved", r.resp, r.err)
+		}
+	})
+}
+
+// TestApprovalStatesWhatItApproves: an approval names the group, user and
+// ticket of the reveal it approves; one that states anything else is
+// refused, and its record names the request's group, user and ticket and
+// what the approval stated; an approval that states nothing is malformed.
+func TestApprovalStatesWhatItApproves(t *testing.T) {
+	s := newStack(t, vaultSrv)
+	ctx := ctxT(t)
+	issue(t, s, ctx, "vip-states", "u", 3)
+	p, done := pendingReveal(t, s, ctx, "vip-states", "u", "INC-3")
+	bob := escrowdv1.NewSupportServiceClient(s.dial("bob"))
+	tests := []struct {
+		name                string
+		group, user, ticket string
+		code                codes.Code
+	}{
+		{"another group", "vip-other", "u", "INC-3", codes.FailedPrecondition},
+		{"another user", "vip-states", "v", "INC-3", codes.FailedPrecondition},
+		{"another ticket", "vip-states", "u", "INC-4", codes.FailedPrecondition},
+		{"the group in another case", "VIP-states", "u", "INC-3", codes.FailedPrecondition},
+		{"no user, no ticket", "vip-states", "", "", codes.FailedPrecondition},
+		{"nothing stated", "", "", "", codes.InvalidArgument},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var hdr metadata.MD
+			_, err := bob.ApproveReveal(ctx, &escrowdv1.ApproveRevealRequest{Id: p.GetId(), GroupId: tt.group, UserId: tt.user, Ticket: tt.ticket}, grpc.Header(&hdr))
+			if status.Code(err) != tt.code {
+				t.Fatalf("approval stating group %q user %q ticket %q: %v, want %v", tt.group, tt.user, tt.ticket, err, tt.code)
+			}
+			if tt.code != codes.FailedPrecondition {
+				return
+			}
+			if !strings.Contains(err.Error(), "is for group vip-states, user u, ticket INC-3") {
+				t.Fatalf("the refusal does not say what the request is: %v", err)
+			}
+			rec, err := s.audit.Find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.Group != "vip-states" || rec.User != "u" || rec.Ticket != "INC-3" || rec.Outcome != audit.OutcomeError ||
+				!slices.Contains(rec.Detail, "approves:"+p.GetId()) || !slices.ContainsFunc(rec.Detail, func(d string) bool { return strings.HasPrefix(d, "states:group:") }) {
+				t.Fatalf("record %+v", rec)
+			}
+		})
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("a refused approval let the reveal through: %v %v", r.resp, r.err)
+	default:
+	}
+	if _, err := bob.ApproveReveal(ctx, approval(p)); err != nil {
+		t.Fatalf("the approval that states the request: %v", err)
+	}
+	if r := <-done; r.err != nil || r.resp.GetApprovedBy() != "bob" {
+		t.Fatalf("reveal: %v %v", r.resp, r.err)
+	}
+}
+
+// TestCLIApproveStatesTheReveal: escrowctl codes approve sends the group,
+// user and ticket it is given, and needs all three.
+func TestCLIApproveStatesTheReveal(t *testing.T) {
+	_, escrowctl := buildBinaries(t)
+	s := newStack(t, vaultSrv)
+	ctx := ctxT(t)
+	issue(t, s, ctx, "vip-cli", "u", 3)
+	p, done := pendingReveal(t, s, ctx, "vip-cli", "u", "SUP-9")
+	approve := func(args ...string) (string, error) {
+		cmd := exec.Command(escrowctl, append([]string{"codes", "approve", "-as", "bob", "-id", p.GetId()}, args...)...)
+		cmd.Env = append(os.Environ(), "ESCROWD_ADDR="+s.addr, "ESCROWCTL_PKI="+pki.dir)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for _, tt := range []struct {
+		args []string
+		say  string
+	}{
+		{nil, "-group is required"},
+		{[]string{"-group", "vip-cli", "-ticket", "SUP-9"}, "-user is required"},
+		{[]string{"-group", "vip-cli", "-user", "u"}, "-ticket is required"},
+		{[]string{"-group", "vip-cli", "-user", "u", "-ticket", "SUP-8"}, "FailedPrecondition: reveal " + p.GetId() + " is for group vip-cli, user u, ticket SUP-9"},
+	} {
+		if out, err := approve(tt.args...); err == nil || !strings.Contains(out, tt.say) {
+			t.Fatalf("codes approve %v: %v\n%s\nwant it refused saying %q", tt.args, err, out, tt.say)
+		}
+	}
+	out, err := approve("-group", "vip-cli", "-user", "u", "-ticket", "SUP-9")
+	if err != nil || !strings.Contains(out, "approved: "+identities["alice"]) {
+		t.Fatalf("codes approve: %v\n%s", err, out)
+	}
+	if r := <-done; r.err != nil || r.resp.GetApprovedBy() != "bob" {
+		t.Fatalf("reveal: %v %v", r.resp, r.err)
 	}
 }

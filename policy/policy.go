@@ -244,6 +244,31 @@ func (p *Policy) Has(id string) bool {
 	return ok
 }
 
+// Person returns the person an identity belongs to, as the policy names
+// them: the identity's name, or the identity itself when it has none.
+// ok is false for an identity the policy does not list.
+//
+// A person may hold several certificates, each an identity of the
+// policy; giving them the same name makes them one person, and dual
+// control compares persons, never certificates.
+func (p *Policy) Person(id string) (person string, ok bool) {
+	i, ok := p.identities[id]
+	if !ok {
+		return "", false
+	}
+	return i.name, true
+}
+
+// SamePerson reports whether identities a and b are listed and belong to
+// one person: their names are equal, ignoring case ("Alice" and "alice"
+// are taken for one person, and so are names that differ only in spaces
+// around them: this errs on the side of refusing an approval).
+func (p *Policy) SamePerson(a, b string) bool {
+	pa, oka := p.Person(a)
+	pb, okb := p.Person(b)
+	return oka && okb && strings.EqualFold(strings.TrimSpace(pa), strings.TrimSpace(pb))
+}
+
 // Name returns the display name of an identity, or the identity itself.
 func (p *Policy) Name(id string) string {
 	if i, ok := p.identities[id]; ok {

@@ -397,3 +397,50 @@ rate_limits:
 		})
 	}
 }
+
+// TestSamePerson: persons are the policy's names, compared without regard
+// to case or surrounding spaces; an identity without a name is a person
+// of its own; an identity the policy does not list is nobody's.
+func TestSamePerson(t *testing.T) {
+	p, err := Parse("persons.yaml", []byte(`
+version: 1
+roles: {support: {operations: [ApproveReveal]}}
+identities:
+  - {id: "spiffe://t/alice", name: alice, roles: [support]}
+  - {id: "spiffe://t/alice-laptop", name: "Alice ", roles: [support]}
+  - {id: "spki:sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0", name: alice, roles: [support]}
+  - {id: "spiffe://t/bob", name: bob, roles: [support]}
+  - {id: "spiffe://t/nameless", roles: [support]}
+  - {id: "spiffe://t/other", name: "spiffe://t/nameless", roles: [support]}
+`), ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		a, b string
+		same bool
+	}{
+		{"spiffe://t/alice", "spiffe://t/alice", true},
+		{"spiffe://t/alice", "spiffe://t/alice-laptop", true},
+		{"spiffe://t/alice-laptop", "spki:sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0", true},
+		{"spiffe://t/alice", "spiffe://t/bob", false},
+		{"spiffe://t/nameless", "spiffe://t/bob", false},
+		{"spiffe://t/nameless", "spiffe://t/nameless", true},
+		// A name is a name: one that spells another identity's id is
+		// that identity's person.
+		{"spiffe://t/nameless", "spiffe://t/other", true},
+		{"spiffe://t/alice", "spiffe://t/unlisted", false},
+		{"spiffe://t/unlisted", "spiffe://t/unlisted", false},
+	}
+	for _, tt := range tests {
+		if got := p.SamePerson(tt.a, tt.b); got != tt.same {
+			t.Errorf("SamePerson(%s, %s) = %v, want %v", tt.a, tt.b, got, tt.same)
+		}
+	}
+	if person, ok := p.Person("spiffe://t/nameless"); !ok || person != "spiffe://t/nameless" {
+		t.Errorf("Person of a nameless identity: %q %v", person, ok)
+	}
+	if _, ok := p.Person("spiffe://t/unlisted"); ok {
+		t.Error("Person of an unlisted identity")
+	}
+}
