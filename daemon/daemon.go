@@ -370,6 +370,9 @@ func (s *Server) admit(ctx context.Context, req any, method string, pol *policy.
 		}
 	}
 	if d.DualControl {
+		if err := s.beforeApproval(ctx, req); err != nil {
+			return err
+		}
 		approver, err := s.awaitApproval(ctx, op, id.match(pol), d.ApprovalTimeout, rec)
 		if err != nil {
 			if status.Code(err) == codes.PermissionDenied {

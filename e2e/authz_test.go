@@ -621,3 +621,55 @@ func TestCLIApproveStatesTheReveal(t *testing.T) {
 		t.Fatalf("reveal: %v %v", r.resp, r.err)
 	}
 }
+
+// TestDualControlRefusesAtOnce: a reveal under dual control that could
+// never succeed — its group does not exist, its user has no codes or none
+// left, its group id is malformed — is refused at once with what is
+// wrong, not after the approval timeout with "no approval came"; and it
+// is never put to an approver.
+func TestDualControlRefusesAtOnce(t *testing.T) {
+	s := newStack(t, vaultSrv)
+	ctx := ctxT(t)
+	issue(t, s, ctx, "vip-once", "u", 1)
+	// u's only code, revealed with bob's approval.
+	p, done := pendingReveal(t, s, ctx, "vip-once", "u", "SUP-1")
+	bob := escrowdv1.NewSupportServiceClient(s.dial("bob"))
+	if _, err := bob.ApproveReveal(ctx, approval(p)); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.err != nil {
+		t.Fatal(r.err)
+	}
+	tests := []struct {
+		name, group, user string
+		code              codes.Code
+		say               string
+	}{
+		{"a group that does not exist", "vip-nosuch", "u", codes.NotFound, "vip-nosuch"},
+		{"a group id with a space", "vip- x", "u", codes.InvalidArgument, "group_id"},
+		{"a user without codes", "vip-once", "nobody", codes.FailedPrecondition, "nobody"},
+		{"a user whose codes are all revealed", "vip-once", "u", codes.FailedPrecondition, "user u"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var hdr metadata.MD
+			start := time.Now()
+			_, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: tt.group, UserId: tt.user, Ticket: "SUP-2"}, grpc.Header(&hdr))
+			took := time.Since(start)
+			if status.Code(err) != tt.code || !strings.Contains(err.Error(), tt.say) {
+				t.Fatalf("reveal: %v, want %v saying %q", err, tt.code, tt.say)
+			}
+			if took > time.Second {
+				t.Fatalf("refused after %v: want it at once, not after the 3 s approval timeout", took.Round(time.Millisecond))
+			}
+			rec, err := s.audit.Find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
+			if err != nil || rec.Code != tt.code.String() || rec.Outcome != audit.OutcomeError {
+				t.Fatalf("record %+v, %v", rec, err)
+			}
+			l, err := bob.ListPendingReveals(ctx, &escrowdv1.ListPendingRevealsRequest{})
+			if err != nil || len(l.GetReveals()) != 0 {
+				t.Fatalf("pending reveals %v, %v: the request was put to an approver", l.GetReveals(), err)
+			}
+		})
+	}
+}
