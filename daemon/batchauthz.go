@@ -56,7 +56,7 @@ func (s *Server) admitItem(ctx context.Context, pol *policy.Policy, op, group, t
 	if d.DualControl {
 		// An item cannot wait for a second technician without holding
 		// up the whole batch: the single-item RPC can.
-		return &itemDenial{reason: DenialApproval}, status.Errorf(codes.PermissionDenied,
+		return &itemDenial{reason: DenialDualControl}, status.Errorf(codes.PermissionDenied,
 			"group %s is under dual control and a batch cannot wait for an approval: re-wrap this item with Rewrap or RewrapToEscrow", group)
 	}
 	if len(d.Limits) == 0 {

@@ -317,8 +317,8 @@ func TestBatchRewrapPerItemPolicy(t *testing.T) {
 		{"an item of a group under dual control is refused alone, at once", []string{dualOps, "operations: [RevealUnlockCode, BatchRewrap]\n  groups:"},
 			[]string{"bg-a", "vip-c", "vip-eu/d"}, [][]item{{
 				{"a1", "bg-a", "member", codes.OK, "", ""},
-				{"c1", "vip-c", "member", codes.PermissionDenied, "dual control", "approval"},
-				{"d1", "vip-eu/d", "escrow", codes.PermissionDenied, "dual control", "approval"},
+				{"c1", "vip-c", "member", codes.PermissionDenied, "dual control", "dual_control"},
+				{"d1", "vip-eu/d", "escrow", codes.PermissionDenied, "dual control", "dual_control"},
 				{"a2", "bg-a", "escrow", codes.OK, "", ""},
 			}}},
 		{"a per-caller limit counts every item", []string{limits, perCaller},
