@@ -241,30 +241,10 @@ func targets(req any) []string {
 	case *escrowdv1.RewrapToEscrowRequest:
 		return []string{"escrow"}
 	case *escrowdv1.RotateGroupKeyRequest:
-		return []string{"escrow"}
+		return rotateTargets(r)
 	case *escrowdv1.BatchRewrapRequest:
-		// Every kind any item asks for; a malformed item is refused alone
-		// by the handler.
-		seen := map[string]bool{}
-		var kinds []string
-		for _, it := range r.GetItems() {
-			var k string
-			switch {
-			case it.GetEscrow() != nil:
-				k = "escrow"
-			case it.GetRecipient().GetKind() == escrowdv1.Recipient_KIND_MEMBER:
-				k = "member"
-			case it.GetRecipient().GetKind() == escrowdv1.Recipient_KIND_DEVICE:
-				k = "device"
-			default:
-				continue
-			}
-			if !seen[k] {
-				seen[k] = true
-				kinds = append(kinds, k)
-			}
-		}
-		return kinds
+		// Decided item by item: see batchItemTarget.
+		return nil
 	}
 	return nil
 }

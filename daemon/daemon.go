@@ -313,6 +313,7 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 	err := s.admit(ctx, req, info.FullMethod, pol, id, rec)
 	if err == nil {
 		ctx = context.WithValue(ctx, callerKey{}, id.match(pol))
+		ctx = context.WithValue(ctx, policyKey{}, pol)
 		if a := rec.approver; a != "" {
 			ctx = context.WithValue(ctx, approverKey{}, a)
 		}
@@ -347,6 +348,7 @@ func (s *Server) admit(ctx context.Context, req any, method string, pol *policy.
 	d := pol.Decide(policy.Request{
 		Identity: id.match(pol), Operation: op,
 		Group: rec.Group, User: rec.User, Ticket: rec.Ticket, Targets: targets(req),
+		Batch: batched(req),
 	})
 	if !d.Allow {
 		rec.denial = denialFor(d.Rule)
@@ -368,6 +370,9 @@ func (s *Server) admit(ctx context.Context, req any, method string, pol *policy.
 		}
 	}
 	if d.DualControl {
+		if err := s.beforeApproval(ctx, req); err != nil {
+			return err
+		}
 		approver, err := s.awaitApproval(ctx, op, id.match(pol), d.ApprovalTimeout, rec)
 		if err != nil {
 			if status.Code(err) == codes.PermissionDenied {

@@ -172,29 +172,68 @@ func (h *supportService) ListPendingReveals(ctx context.Context, _ *escrowdv1.Li
 	return resp, nil
 }
 
+// ApproveReveal approves a pending dual-control request. The approval must
+// state the group, user and ticket of the request it approves, and comes
+// from another person than the requester, as the policy names persons: a
+// person holding two certificates cannot approve their own reveal.
 func (h *supportService) ApproveReveal(ctx context.Context, req *escrowdv1.ApproveRevealRequest) (*escrowdv1.ApproveRevealResponse, error) {
 	rec := record(ctx)
 	if bundle.ValidateID(req.GetId()) != nil {
 		return nil, fmt.Errorf("%w: id must name a pending reveal", escrow.ErrInvalid)
 	}
 	rec.Detail = append(rec.Detail, "approves:"+req.GetId())
-	a, err := h.s.cfg.State.Approve(ctx, req.GetId(), callerID(ctx), h.s.now())
-	if err == nil || errors.Is(err, store.ErrSelfApproval) || errors.Is(err, store.ErrExpired) || errors.Is(err, store.ErrNotPending) {
-		if got, gerr := h.s.cfg.State.Approval(ctx, req.GetId()); gerr == nil {
-			rec.Group, rec.User, rec.Ticket = got.Group, got.User, got.Ticket
-		}
+	if req.GetGroupId() == "" {
+		return nil, fmt.Errorf("%w: an approval states the group_id, user_id and ticket of the reveal it approves, as `escrowctl codes pending` lists them", escrow.ErrInvalid)
 	}
+	// The request's group, user and ticket never change once stored, so
+	// checking them, and the persons, before the store's Approve is safe;
+	// Approve itself decides atomically whether the request is still
+	// pending.
+	p, err := h.s.cfg.State.Approval(ctx, req.GetId())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, status.Errorf(codes.NotFound, "no reveal %s is waiting for approval", req.GetId())
+	case err != nil:
+		return nil, fmt.Errorf("%w: approvals: %w", escrow.ErrUnavailable, err)
+	}
+	// The record names what the request is, whatever the approval says.
+	rec.Group, rec.User, rec.Ticket = p.Group, p.User, p.Ticket
+	if req.GetGroupId() != p.Group || req.GetUserId() != p.User || req.GetTicket() != p.Ticket {
+		rec.Detail = append(rec.Detail, fmt.Sprintf("states:group:%s user:%s ticket:%s",
+			auditID(req.GetGroupId()), auditID(req.GetUserId()), auditID(req.GetTicket())))
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"reveal %s is for group %s, user %s, ticket %s: not what this approval states (group %s, user %s, ticket %s); check `escrowctl codes pending`",
+			p.ID, p.Group, p.User, p.Ticket, auditID(req.GetGroupId()), auditID(req.GetUserId()), auditID(req.GetTicket()))
+	}
+	pol, approver := h.s.policyOf(ctx), callerID(ctx)
+	if _, ok := pol.Person(p.Requester); !ok {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"reveal %s cannot be approved: its requester is no longer in the policy, so it cannot be told apart from you", p.ID)
+	}
+	if pol.SamePerson(approver, p.Requester) {
+		return nil, status.Error(codes.PermissionDenied,
+			"you cannot approve your own reveal, from this certificate or another of yours: a second person must")
+	}
+	a, err := h.s.cfg.State.Approve(ctx, req.GetId(), approver, h.s.now())
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return nil, status.Errorf(codes.NotFound, "no reveal %s is waiting for approval", req.GetId())
 	case errors.Is(err, store.ErrSelfApproval):
-		return nil, status.Error(codes.PermissionDenied, "you cannot approve your own reveal: a second technician must")
+		return nil, status.Error(codes.PermissionDenied, "you cannot approve your own reveal: a second person must")
 	case errors.Is(err, store.ErrExpired), errors.Is(err, store.ErrNotPending):
 		return nil, status.Errorf(codes.FailedPrecondition, "reveal %s cannot be approved: %v", req.GetId(), err)
 	case err != nil:
 		return nil, fmt.Errorf("%w: approvals: %w", escrow.ErrUnavailable, err)
 	}
 	return &escrowdv1.ApproveRevealResponse{Reveal: pendingMsg(a)}, nil
+}
+
+// auditID is id if it is a valid id, for records and messages, else "-".
+func auditID(id string) string {
+	if bundle.ValidateID(id) != nil {
+		return "-"
+	}
+	return id
 }
 
 func (h *securityService) GetGroup(ctx context.Context, req *escrowdv1.GetGroupRequest) (*escrowdv1.GetGroupResponse, error) {

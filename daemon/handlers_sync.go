@@ -33,7 +33,10 @@ func (h *syncService) RewrapToEscrow(ctx context.Context, req *escrowdv1.RewrapT
 }
 
 // BatchRewrap audits the call as one record whose details list every
-// item's reference, group, target and outcome code (never a slot).
+// item's reference, group, target, outcome code and, for an item the
+// rules refused, why (never a slot). Each well-formed item is decided by
+// the policy under its own group and target, and takes its own rate
+// limits, before any item runs (admitItem).
 func (h *syncService) BatchRewrap(ctx context.Context, req *escrowdv1.BatchRewrapRequest) (*escrowdv1.BatchRewrapResponse, error) {
 	rec := record(ctx)
 	items := make([]escrow.BatchItem, len(req.GetItems()))
@@ -65,8 +68,25 @@ func (h *syncService) BatchRewrap(ctx context.Context, req *escrowdv1.BatchRewra
 			targets[i] = "none"
 		}
 	}
-	// Items that are malformed before any key is touched fail alone; the
-	// rest go to the service.
+	// Each well-formed item is decided on its own, in item order; a
+	// refused item fails alone and counts against no limit.
+	pol := h.s.policyOf(ctx)
+	denials := make([]*itemDenial, len(items))
+	for i, it := range req.GetItems() {
+		if bad[i] != nil {
+			continue
+		}
+		if err := bundle.ValidateID(it.GetGroupId()); err != nil {
+			bad[i] = fmt.Errorf("%w: items[%d].group_id: %v", escrow.ErrInvalid, i, err)
+			continue
+		}
+		denials[i], bad[i] = h.s.admitItem(ctx, pol, "BatchRewrap", it.GetGroupId(), batchItemTarget(it))
+		if denials[i] != nil {
+			h.s.cfg.Observer.ObserveDenial("BatchRewrap", denials[i].reason)
+		}
+	}
+	// Items that are malformed or refused before any key is touched fail
+	// alone; the rest go to the service.
 	var valid []escrow.BatchItem
 	var at []int
 	for i, it := range items {
@@ -91,7 +111,7 @@ func (h *syncService) BatchRewrap(ctx context.Context, req *escrowdv1.BatchRewra
 		return nil, fmt.Errorf("%w: items: an empty batch", escrow.ErrInvalid)
 	}
 	resp := &escrowdv1.BatchRewrapResponse{Results: make([]*escrowdv1.BatchRewrapResult, len(res))}
-	failed := 0
+	failed, denied := 0, 0
 	for i, r := range res {
 		out := &escrowdv1.BatchRewrapResult{Reference: r.Ref}
 		code := "OK"
@@ -108,10 +128,15 @@ func (h *syncService) BatchRewrap(ctx context.Context, req *escrowdv1.BatchRewra
 		if bundle.ValidateID(items[i].Group) == nil {
 			group = items[i].Group
 		}
-		rec.Detail = append(rec.Detail, fmt.Sprintf("item:%d ref:%s group:%s target:%s escrow:%d code:%s",
-			i, r.Ref, group, targets[i], r.Used.EscrowVersion, code))
+		line := fmt.Sprintf("item:%d ref:%s group:%s target:%s escrow:%d code:%s",
+			i, r.Ref, group, targets[i], r.Used.EscrowVersion, code)
+		if denials[i] != nil {
+			line += " denied:" + denials[i].String()
+			denied++
+		}
+		rec.Detail = append(rec.Detail, line)
 	}
-	rec.Detail = append(rec.Detail, fmt.Sprintf("items:%d", len(res)), fmt.Sprintf("failed:%d", failed))
+	rec.Detail = append(rec.Detail, fmt.Sprintf("items:%d", len(res)), fmt.Sprintf("failed:%d", failed), fmt.Sprintf("denied:%d", denied))
 	return resp, nil
 }
 

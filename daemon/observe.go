@@ -34,11 +34,14 @@ const (
 	DenialTicket      = "ticket"      // the operation needs a ticket reference
 	DenialRateLimit   = "rate_limit"  // a rate limit is full
 	DenialApproval    = "approval"    // no second technician approved in time
+	// DenialDualControl: a BatchRewrap item of a group under dual
+	// control, which a batch cannot wait for: refused at once.
+	DenialDualControl = "dual_control"
 )
 
 // DenialReasons lists every reason ObserveDenial reports.
 func DenialReasons() []string {
-	return []string{DenialCertificate, DenialIdentity, DenialRole, DenialTicket, DenialRateLimit, DenialApproval}
+	return []string{DenialCertificate, DenialIdentity, DenialRole, DenialTicket, DenialRateLimit, DenialApproval, DenialDualControl}
 }
 
 type nopObserver struct{}

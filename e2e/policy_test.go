@@ -245,7 +245,7 @@ func TestDualControl(t *testing.T) {
 		t.Fatalf("pending %v", pending)
 	}
 	// alice cannot approve her own reveal.
-	_, err := s.support.ApproveReveal(ctx, &escrowdv1.ApproveRevealRequest{Id: pending.GetId()})
+	_, err := s.support.ApproveReveal(ctx, approval(pending))
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "own") {
 		t.Fatalf("self-approval: %v", err)
 	}
@@ -254,7 +254,7 @@ func TestDualControl(t *testing.T) {
 		t.Fatalf("the reveal finished before approval: %v %v", r.resp, r.err)
 	default:
 	}
-	if _, err := bob.ApproveReveal(ctx, &escrowdv1.ApproveRevealRequest{Id: pending.GetId()}); err != nil {
+	if _, err := bob.ApproveReveal(ctx, approval(pending)); err != nil {
 		t.Fatalf("bob's approval: %v", err)
 	}
 	r := <-done
@@ -277,7 +277,7 @@ func TestDualControl(t *testing.T) {
 		t.Fatalf("refused after %v, before the 3 s limit", waited)
 	}
 	id := hdr.Get(daemon.HeaderRequestID)[0]
-	_, err = bob.ApproveReveal(ctx, &escrowdv1.ApproveRevealRequest{Id: id})
+	_, err = bob.ApproveReveal(ctx, &escrowdv1.ApproveRevealRequest{Id: id, GroupId: "vip-ceo", UserId: "u", Ticket: "INC-5"})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "closed") {
 		t.Fatalf("late approval: %v", err)
 	}

@@ -97,7 +97,7 @@ func New(l Labels) *Metrics {
 		}, []string{"call"}),
 		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "policy", Name: "denials_total",
-			Help: "Requests refused by the rules, by operation and reason (certificate, identity, role, ticket, rate_limit, approval).",
+			Help: "Requests refused by the rules, by operation and reason (certificate, identity, role, ticket, rate_limit, approval, dual_control).",
 		}, []string{"operation", "reason"}),
 		dependencyUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "dependency_healthy",

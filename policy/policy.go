@@ -13,7 +13,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"path"
 	"reflect"
 	"regexp"
 	"slices"
@@ -77,6 +76,13 @@ type Request struct {
 	// Targets lists the re-wrap target kinds asked for (member, device,
 	// unlock, escrow).
 	Targets []string
+	// Batch marks the call of an operation whose items are decided one by
+	// one (BatchRewrap). Decide then answers for the call alone: an
+	// identity, a role that grants the operation for some target, and the
+	// ticket; it returns no limits and no dual control. The daemon asks
+	// again for each item, with the item's Group and Targets and Batch
+	// false, and counts, limits and flags each item under its own group.
+	Batch bool
 }
 
 // Decision is Decide's answer.
@@ -132,8 +138,11 @@ type role struct {
 }
 
 type ticketRule struct {
-	ops     map[string]bool
+	ops map[string]bool
+	// pattern is the file's pattern anchored at both ends: a ticket
+	// matches only as a whole.
 	pattern *regexp.Regexp
+	source  string // the pattern as the file wrote it, for denials
 }
 
 type dualRule struct {
@@ -172,7 +181,10 @@ func (p *Policy) Decide(r Request) Decision {
 		if !ro.ops[r.Operation] {
 			continue
 		}
-		if ro.targets != nil {
+		if ro.targets != nil && r.Batch && len(ro.targets) == 0 {
+			continue // grants the operation for no target at all
+		}
+		if ro.targets != nil && !r.Batch {
 			allowed := true
 			for _, t := range r.Targets {
 				if !ro.targets[t] {
@@ -194,7 +206,12 @@ func (p *Policy) Decide(r Request) Decision {
 		return d
 	}
 	if t := p.tickets; t != nil && t.ops[r.Operation] && !t.pattern.MatchString(r.Ticket) {
-		d.Reason, d.Rule = fmt.Sprintf("%s needs a ticket reference matching %s", r.Operation, t.pattern), RuleTicket
+		d.Reason, d.Rule = fmt.Sprintf("%s needs a ticket reference matching %s as a whole", r.Operation, t.source), RuleTicket
+		return d
+	}
+	if r.Batch {
+		// Each item is counted, limited and flagged on its own.
+		d.Allow = true
 		return d
 	}
 	for _, l := range p.limits {
@@ -227,6 +244,31 @@ func (p *Policy) Has(id string) bool {
 	return ok
 }
 
+// Person returns the person an identity belongs to, as the policy names
+// them: the identity's name, or the identity itself when it has none.
+// ok is false for an identity the policy does not list.
+//
+// A person may hold several certificates, each an identity of the
+// policy; giving them the same name makes them one person, and dual
+// control compares persons, never certificates.
+func (p *Policy) Person(id string) (person string, ok bool) {
+	i, ok := p.identities[id]
+	if !ok {
+		return "", false
+	}
+	return i.name, true
+}
+
+// SamePerson reports whether identities a and b are listed and belong to
+// one person: their names are equal, ignoring case ("Alice" and "alice"
+// are taken for one person, and so are names that differ only in spaces
+// around them: this errs on the side of refusing an approval).
+func (p *Policy) SamePerson(a, b string) bool {
+	pa, oka := p.Person(a)
+	pb, okb := p.Person(b)
+	return oka && okb && strings.EqualFold(strings.TrimSpace(pa), strings.TrimSpace(pb))
+}
+
 // Name returns the display name of an identity, or the identity itself.
 func (p *Policy) Name(id string) string {
 	if i, ok := p.identities[id]; ok {
@@ -235,13 +277,67 @@ func (p *Policy) Name(id string) string {
 	return id
 }
 
+// anchored compiles pattern so that it matches a whole string only.
+func anchored(pattern string) (*regexp.Regexp, error) {
+	return regexp.Compile(`^(?:` + pattern + `)$`)
+}
+
 func matchAny(patterns []string, s string) bool {
 	for _, p := range patterns {
-		if ok, _ := path.Match(p, s); ok {
+		if globMatch(p, s) {
 			return true
 		}
 	}
 	return false
+}
+
+// globMatch reports whether the group pattern p matches all of s: '*'
+// matches any run of bytes, '/' included, '?' exactly one byte, and every
+// other byte itself, case and all. Group ids are case-sensitive printable
+// ASCII and may hold '/', so "vip-*" must flag "vip-eu/ceo" too, and need
+// not flag "VIP-ceo", which is another group.
+func globMatch(p, s string) bool {
+	// The classic greedy match with one backtrack point: the last '*'.
+	pi, si := 0, 0
+	star, mark := -1, 0
+	for si < len(s) {
+		switch {
+		case pi < len(p) && (p[pi] == '?' || p[pi] == s[si]) && p[pi] != '*':
+			pi++
+			si++
+		case pi < len(p) && p[pi] == '*':
+			star, mark = pi, si
+			pi++
+		case star >= 0:
+			mark++
+			pi, si = star+1, mark
+		default:
+			return false
+		}
+	}
+	for pi < len(p) && p[pi] == '*' {
+		pi++
+	}
+	return pi == len(p)
+}
+
+// checkGroupPattern refuses a dual-control group pattern that could never
+// match a group id, or that uses the bracket classes and backslash escapes
+// of path.Match, which flagged groups before: their meaning would change
+// without a word.
+func checkGroupPattern(p string) error {
+	if p == "" {
+		return errors.New("empty")
+	}
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c <= ' ' || c > '~':
+			return fmt.Errorf("byte %d is not printable ASCII: group ids are printable ASCII without spaces", i)
+		case c == '[' || c == ']' || c == '\\':
+			return fmt.Errorf("%q at byte %d: only * and ? are special, and [ ] \\ are not allowed", c, i)
+		}
+	}
+	return nil
 }
 
 // The file format, decoded with the line of every value kept.
@@ -437,14 +533,19 @@ func Parse(file string, data []byte, operations []string) (*Policy, error) {
 		if t.V.Pattern.V == "" {
 			return fail(t.Line, "tickets: pattern is required")
 		}
-		re, rerr := regexp.Compile(t.V.Pattern.V)
+		if _, rerr := regexp.Compile(t.V.Pattern.V); rerr != nil {
+			return fail(t.V.Pattern.Line, "tickets: pattern: %v", rerr)
+		}
+		// A ticket must match the whole pattern, whether or not the file
+		// wrote ^ and $: unanchored, SUP-[0-9]+ would take "x SUP-1 x".
+		re, rerr := anchored(t.V.Pattern.V)
 		if rerr != nil {
 			return fail(t.V.Pattern.Line, "tickets: pattern: %v", rerr)
 		}
 		if re.MatchString("") {
 			return fail(t.V.Pattern.Line, "tickets: pattern matches an empty ticket")
 		}
-		p.tickets = &ticketRule{ops: ops, pattern: re}
+		p.tickets = &ticketRule{ops: ops, pattern: re, source: t.V.Pattern.V}
 	}
 	if d := f.Dual; d != nil {
 		ops, err := opSet(d.V.Operations, "dual_control")
@@ -453,8 +554,8 @@ func Parse(file string, data []byte, operations []string) (*Policy, error) {
 		}
 		dr := &dualRule{ops: ops}
 		for _, g := range d.V.Groups {
-			if _, perr := path.Match(g.V, ""); perr != nil {
-				return fail(g.Line, "dual_control: bad group pattern %q", g.V)
+			if perr := checkGroupPattern(g.V); perr != nil {
+				return fail(g.Line, "dual_control: group pattern %q: %v", g.V, perr)
 			}
 			dr.groups = append(dr.groups, g.V)
 		}

@@ -4,13 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 )
 
 var ops = []string{"ProvisionGroup", "GetEscrowKey", "Rewrap", "IssueUnlockCodes",
-	"RevealUnlockCode", "ListUnlockCodes", "ApproveReveal", "ListPendingReveals", "GetGroup", "ListHSMObjects"}
+	"RevealUnlockCode", "ListUnlockCodes", "ApproveReveal", "ListPendingReveals", "GetGroup", "ListHSMObjects", "BatchRewrap"}
 
 func good(t testing.TB) *Policy {
 	t.Helper()
@@ -179,4 +180,267 @@ identities:
 	d := p.Decide(Request{Identity: "spiffe://example.org/support/alice", Operation: "ProvisionGroup"})
 	fmt.Println(d.Allow, d.Reason)
 	// Output: false alice may not call ProvisionGroup
+}
+
+// policyWith parses good.yaml with one line replaced.
+func policyWith(t *testing.T, old, new string) *Policy {
+	t.Helper()
+	b, err := os.ReadFile("testdata/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), old) {
+		t.Fatalf("good.yaml lacks %q", old)
+	}
+	p, err := Parse("p.yaml", []byte(strings.Replace(string(b), old, new, 1)), ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestTicketPatternMatchesWholeTicket: a ticket must match the pattern as
+// a whole, whether or not the file anchors it.
+func TestTicketPatternMatchesWholeTicket(t *testing.T) {
+	const filePattern = `'^(SUP|INC)-[0-9]{1,8}$'`
+	tests := []struct {
+		pattern, ticket string
+		allow           bool
+	}{
+		{`'(SUP|INC)-[0-9]{1,8}'`, "SUP-12", true},
+		{`'(SUP|INC)-[0-9]{1,8}'`, "INC-12345678", true},
+		{`'(SUP|INC)-[0-9]{1,8}'`, "xSUP-12", false},
+		{`'(SUP|INC)-[0-9]{1,8}'`, "SUP-12;DROP", false},
+		{`'(SUP|INC)-[0-9]{1,8}'`, "SUP-123456789", false},
+		{`'(SUP|INC)-[0-9]{1,8}'`, "see-INC-4-too", false},
+		// An alternation at the top level is anchored as a whole, not
+		// only its first and last branch.
+		{`'SUP-[0-9]+|INC-[0-9]+'`, "SUP-1", true},
+		{`'SUP-[0-9]+|INC-[0-9]+'`, "INC-1", true},
+		{`'SUP-[0-9]+|INC-[0-9]+'`, "SUP-1x", false},
+		{`'SUP-[0-9]+|INC-[0-9]+'`, "xINC-1", false},
+		// Anchors the file wrote still work.
+		{filePattern, "SUP-1", true},
+		{filePattern, "SUP-1x", false},
+		{`'^SUP-[0-9]+'`, "SUP-1x", false},
+		{`'[0-9]+$'`, "x1", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.pattern+" "+tt.ticket, func(t *testing.T) {
+			p := good(t)
+			if tt.pattern != filePattern {
+				p = policyWith(t, filePattern, tt.pattern)
+			}
+			d := p.Decide(Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u", Ticket: tt.ticket})
+			if d.Allow != tt.allow {
+				t.Fatalf("allow = %v (%s), want %v", d.Allow, d.Reason, tt.allow)
+			}
+			if !tt.allow && (d.Rule != RuleTicket || !strings.Contains(d.Reason, "as a whole")) {
+				t.Fatalf("denial %s: %q", d.Rule, d.Reason)
+			}
+		})
+	}
+}
+
+// TestDualControlGroupPatterns: '*' matches any run of bytes, '/'
+// included, '?' one byte, anything else itself, case-sensitively (group
+// ids are case-sensitive: "VIP-ceo" is not the group "vip-ceo"); the
+// pattern matches the whole id.
+func TestDualControlGroupPatterns(t *testing.T) {
+	tests := []struct {
+		pattern, group string
+		match          bool
+	}{
+		{"vip-*", "vip-ceo", true},
+		{"vip-*", "vip-", true},
+		{"vip-*", "vip-eu/ceo", true}, // path.Match stopped '*' at '/'
+		{"vip-*", "vip-a/b/c", true},
+		{"vip-*", "VIP-ceo", false},
+		{"vip-*", "xvip-ceo", false},
+		{"vip-*", "vip", false},
+		{"*", "a/b", true},
+		{"*", "", true},
+		{"*-board", "eu/acme-board", true},
+		{"*-board", "acme-board-2", false},
+		{"a*b*c", "a/x/b/y/c", true},
+		{"a*b*c", "abcab", false},
+		{"a*b*c", "aXbYcZc", true},
+		{"board", "board", true},
+		{"board", "board/x", false},
+		{"board", "Board", false},
+		{"g?", "g/", true},
+		{"g?", "g", false},
+		{"g?", "g12", false},
+		{"**", "anything/at/all", true},
+		{"*/*", "eu/ceo", true},
+		{"*/*", "ceo", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.pattern+" "+tt.group, func(t *testing.T) {
+			p := policyWith(t, `groups: ["vip-*"]`, fmt.Sprintf("groups: [%q]", tt.pattern))
+			d := p.Decide(Request{Identity: alice, Operation: "RevealUnlockCode", Group: tt.group, User: "u", Ticket: "SUP-1"})
+			if !d.Allow {
+				t.Fatal(d.Reason)
+			}
+			if d.DualControl != tt.match {
+				t.Fatalf("dual control = %v, want %v", d.DualControl, tt.match)
+			}
+		})
+	}
+}
+
+func TestDualControlGroupPatternErrors(t *testing.T) {
+	b, _ := os.ReadFile("testdata/good.yaml")
+	for _, tt := range []struct{ pattern, reason string }{
+		{"vip-[ab]*", "only * and ? are special"},
+		{`vip-\*`, "only * and ? are special"},
+		{"vip *", "printable ASCII"},
+		{"", "empty"},
+	} {
+		t.Run(tt.pattern, func(t *testing.T) {
+			f := strings.Replace(string(b), `groups: ["vip-*"]`, fmt.Sprintf("groups: [%q]", tt.pattern), 1)
+			_, err := Parse("p.yaml", []byte(f), ops)
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Line != 32 || !strings.Contains(pe.Reason, tt.reason) {
+				t.Fatalf("Parse: %v, want line 32 saying %q", err, tt.reason)
+			}
+		})
+	}
+}
+
+// FuzzGlobMatch checks globMatch against the same pattern as a regular
+// expression, on printable ASCII.
+func FuzzGlobMatch(f *testing.F) {
+	f.Add("vip-*", "vip-eu/ceo")
+	f.Add("a*b*c", "aXbYcZc")
+	f.Add("g?*?", "g/x")
+	f.Fuzz(func(t *testing.T, p, s string) {
+		for _, c := range []byte(p + s) {
+			if c < ' ' || c > '~' {
+				return
+			}
+		}
+		var re strings.Builder
+		re.WriteString(`(?s)^`)
+		for _, c := range []byte(p) {
+			switch c {
+			case '*':
+				re.WriteString(`.*`)
+			case '?':
+				re.WriteString(`.`)
+			default:
+				re.WriteString(regexp.QuoteMeta(string(c)))
+			}
+		}
+		re.WriteString(`$`)
+		if got, want := globMatch(p, s), regexp.MustCompile(re.String()).MatchString(s); got != want {
+			t.Fatalf("globMatch(%q, %q) = %v, want %v", p, s, got, want)
+		}
+	})
+}
+
+// TestDecideBatch: the call of a batch is decided on its own (identity,
+// role, ticket) with no limits and no dual control; each item is then
+// decided under its own group and target, with its own limits and dual
+// control.
+func TestDecideBatch(t *testing.T) {
+	p, err := Parse("batch.yaml", []byte(`
+version: 1
+roles:
+  sync: {operations: [BatchRewrap], rewrap_targets: [member, escrow]}
+  nothing: {operations: [BatchRewrap], rewrap_targets: []}
+  support: {operations: [RevealUnlockCode]}
+identities:
+  - {id: "spiffe://t/sync", roles: [sync]}
+  - {id: "spiffe://t/nothing", roles: [nothing]}
+  - {id: "spiffe://t/alice", roles: [support]}
+dual_control: {operations: [BatchRewrap], groups: ["vip-*", "*"], timeout: 1m}
+rate_limits:
+  - {name: per-group, operations: [BatchRewrap], per: group, limit: 2, window: 1h}
+  - {name: per-caller, operations: [BatchRewrap], per: caller, limit: 9, window: 1h}
+`), ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sync = "spiffe://t/sync"
+	tests := []struct {
+		name   string
+		req    Request
+		allow  bool
+		rule   string
+		limits []string
+		dual   bool
+	}{
+		{"the call: no limits, no dual control whatever the group pattern", Request{Identity: sync, Operation: "BatchRewrap", Batch: true}, true, "", nil, false},
+		{"the call: its targets are left to the items", Request{Identity: sync, Operation: "BatchRewrap", Batch: true, Targets: []string{"device"}}, true, "", nil, false},
+		{"the call: a role that grants no target", Request{Identity: "spiffe://t/nothing", Operation: "BatchRewrap", Batch: true}, false, RuleRole, nil, false},
+		{"the call: a role without the operation", Request{Identity: "spiffe://t/alice", Operation: "BatchRewrap", Batch: true}, false, RuleRole, nil, false},
+		{"an item: its group's limits and dual control", Request{Identity: sync, Operation: "BatchRewrap", Group: "vip-a", Targets: []string{"member"}}, true, "",
+			[]string{"per-group|group|vip-a", "per-caller|caller|" + sync}, true},
+		{"an item of another group", Request{Identity: sync, Operation: "BatchRewrap", Group: "b", Targets: []string{"escrow"}}, true, "",
+			[]string{"per-group|group|b", "per-caller|caller|" + sync}, true},
+		{"an item of a kind the role lacks", Request{Identity: sync, Operation: "BatchRewrap", Group: "b", Targets: []string{"device"}}, false, RuleRole, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := p.Decide(tt.req)
+			if d.Allow != tt.allow || d.Rule != tt.rule {
+				t.Fatalf("allow %v rule %q (%s), want %v %q", d.Allow, d.Rule, d.Reason, tt.allow, tt.rule)
+			}
+			var keys []string
+			for _, l := range d.Limits {
+				keys = append(keys, l.Key)
+			}
+			if fmt.Sprint(keys) != fmt.Sprint(tt.limits) || d.DualControl != tt.dual {
+				t.Fatalf("limits %v dual %v, want %v %v", keys, d.DualControl, tt.limits, tt.dual)
+			}
+		})
+	}
+}
+
+// TestSamePerson: persons are the policy's names, compared without regard
+// to case or surrounding spaces; an identity without a name is a person
+// of its own; an identity the policy does not list is nobody's.
+func TestSamePerson(t *testing.T) {
+	p, err := Parse("persons.yaml", []byte(`
+version: 1
+roles: {support: {operations: [ApproveReveal]}}
+identities:
+  - {id: "spiffe://t/alice", name: alice, roles: [support]}
+  - {id: "spiffe://t/alice-laptop", name: "Alice ", roles: [support]}
+  - {id: "spki:sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0", name: alice, roles: [support]}
+  - {id: "spiffe://t/bob", name: bob, roles: [support]}
+  - {id: "spiffe://t/nameless", roles: [support]}
+  - {id: "spiffe://t/other", name: "spiffe://t/nameless", roles: [support]}
+`), ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		a, b string
+		same bool
+	}{
+		{"spiffe://t/alice", "spiffe://t/alice", true},
+		{"spiffe://t/alice", "spiffe://t/alice-laptop", true},
+		{"spiffe://t/alice-laptop", "spki:sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0", true},
+		{"spiffe://t/alice", "spiffe://t/bob", false},
+		{"spiffe://t/nameless", "spiffe://t/bob", false},
+		{"spiffe://t/nameless", "spiffe://t/nameless", true},
+		// A name is a name: one that spells another identity's id is
+		// that identity's person.
+		{"spiffe://t/nameless", "spiffe://t/other", true},
+		{"spiffe://t/alice", "spiffe://t/unlisted", false},
+		{"spiffe://t/unlisted", "spiffe://t/unlisted", false},
+	}
+	for _, tt := range tests {
+		if got := p.SamePerson(tt.a, tt.b); got != tt.same {
+			t.Errorf("SamePerson(%s, %s) = %v, want %v", tt.a, tt.b, got, tt.same)
+		}
+	}
+	if person, ok := p.Person("spiffe://t/nameless"); !ok || person != "spiffe://t/nameless" {
+		t.Errorf("Person of a nameless identity: %q %v", person, ok)
+	}
+	if _, ok := p.Person("spiffe://t/unlisted"); ok {
+		t.Error("Person of an unlisted identity")
+	}
 }

@@ -50,9 +50,10 @@ Callers use the certificates in $run/pki: sync-backend; alice and bob
   bin/escrowctl codes reveal -as alice -group family-1 -user dana -ticket SUP-1
   bin/escrowctl codes list -as alice -group family-1 -user dana
   bin/escrowctl group show -as carol -group family-1
-Dual control: reveals in groups named vip-* wait until another technician runs
+Dual control: reveals in groups named vip-* wait until another person runs
   bin/escrowctl codes pending -as bob
-  bin/escrowctl codes approve -as bob -id ID
+  bin/escrowctl codes approve -as bob -id ID -group GROUP -user USER -ticket TICKET
+(stating the group, user and ticket that codes pending lists for ID)
 Audit trail:
   VAULT_ADDR=$vault_addr bin/escrowctl audit verify -vault-token-file $run/vault/token
 

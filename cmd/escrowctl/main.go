@@ -56,7 +56,11 @@ _CA), or -as NAME to use NAME.crt, NAME.key and ca.crt in $ESCROWCTL_PKI.
   codes reveal -group ID -user U -ticket T   reveal the user's next code
   codes list -group ID -user U               code state, never the codes
   codes pending                              reveals waiting for a second technician
-  codes approve -id ID                       approve another technician's reveal
+  codes approve -id ID -group ID -user U -ticket T
+                                             approve another person's reveal, stating
+                                             its group, user and ticket as codes
+                                             pending lists them: the daemon refuses
+                                             an approval of anything else
   hsm objects                                objects on the daemon's token
   hsm destroy-kek -kek-version N             destroy an old master KEK once no key needs it
   group rotate -group ID [-escrow] [-unlock] add a new key version (default: both)
@@ -441,10 +445,10 @@ func run(args []string, out io.Writer) error {
 				p.GetTicket(), p.GetRequester(), time.Unix(p.GetExpiresUnix(), 0).UTC().Format(time.RFC3339))
 		}
 	case "codes approve":
-		if err := need("id"); err != nil {
+		if err := need("id", "group", "user", "ticket"); err != nil {
 			return err
 		}
-		r, err := support.ApproveReveal(ctx, &escrowdv1.ApproveRevealRequest{Id: *approvalID}, withID)
+		r, err := support.ApproveReveal(ctx, &escrowdv1.ApproveRevealRequest{Id: *approvalID, GroupId: *group, UserId: *user, Ticket: *ticket}, withID)
 		if err != nil {
 			return err
 		}

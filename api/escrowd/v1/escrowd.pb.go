@@ -1555,9 +1555,17 @@ func (x *ListPendingRevealsResponse) GetReveals() []*PendingReveal {
 	return nil
 }
 
+// ApproveRevealRequest approves one pending reveal. It states what it
+// approves, as `escrowctl codes pending` lists it: the daemon refuses the
+// approval (FAILED_PRECONDITION) unless group_id, user_id and ticket are
+// exactly those of the pending reveal, so that an approver who was shown
+// one request cannot be made to approve another by its id.
 type ApproveRevealRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	GroupId       string                 `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	UserId        string                 `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Ticket        string                 `protobuf:"bytes,4,opt,name=ticket,proto3" json:"ticket,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1595,6 +1603,27 @@ func (*ApproveRevealRequest) Descriptor() ([]byte, []int) {
 func (x *ApproveRevealRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *ApproveRevealRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *ApproveRevealRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ApproveRevealRequest) GetTicket() string {
+	if x != nil {
+		return x.Ticket
 	}
 	return ""
 }
@@ -3431,9 +3460,12 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\fexpires_unix\x18\a \x01(\x03R\vexpiresUnix\"\x1b\n" +
 	"\x19ListPendingRevealsRequest\"Q\n" +
 	"\x1aListPendingRevealsResponse\x123\n" +
-	"\areveals\x18\x01 \x03(\v2\x19.escrowd.v1.PendingRevealR\areveals\"&\n" +
+	"\areveals\x18\x01 \x03(\v2\x19.escrowd.v1.PendingRevealR\areveals\"r\n" +
 	"\x14ApproveRevealRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x16\n" +
+	"\x06ticket\x18\x04 \x01(\tR\x06ticket\"J\n" +
 	"\x15ApproveRevealResponse\x121\n" +
 	"\x06reveal\x18\x01 \x01(\v2\x19.escrowd.v1.PendingRevealR\x06reveal\"c\n" +
 	"\x16RotateGroupKeysRequest\x12\x19\n" +

@@ -468,8 +468,9 @@ type SupportServiceClient interface {
 	// ListPendingReveals lists reveals of flagged groups that wait for a
 	// second technician's approval (dual control).
 	ListPendingReveals(ctx context.Context, in *ListPendingRevealsRequest, opts ...grpc.CallOption) (*ListPendingRevealsResponse, error)
-	// ApproveReveal approves another technician's pending reveal; the
-	// waiting RevealUnlockCode call then completes. Nobody approves their own.
+	// ApproveReveal approves another person's pending reveal, stating its
+	// group, user and ticket; the waiting RevealUnlockCode call then
+	// completes. Nobody approves their own, from any of their certificates.
 	ApproveReveal(ctx context.Context, in *ApproveRevealRequest, opts ...grpc.CallOption) (*ApproveRevealResponse, error)
 }
 
@@ -535,8 +536,9 @@ type SupportServiceServer interface {
 	// ListPendingReveals lists reveals of flagged groups that wait for a
 	// second technician's approval (dual control).
 	ListPendingReveals(context.Context, *ListPendingRevealsRequest) (*ListPendingRevealsResponse, error)
-	// ApproveReveal approves another technician's pending reveal; the
-	// waiting RevealUnlockCode call then completes. Nobody approves their own.
+	// ApproveReveal approves another person's pending reveal, stating its
+	// group, user and ticket; the waiting RevealUnlockCode call then
+	// completes. Nobody approves their own, from any of their certificates.
 	ApproveReveal(context.Context, *ApproveRevealRequest) (*ApproveRevealResponse, error)
 	mustEmbedUnimplementedSupportServiceServer()
 }

@@ -1,0 +1,79 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/escrowd/escrowd/escrow"
+	"github.com/escrowd/escrowd/policy"
+	"github.com/escrowd/escrowd/store"
+)
+
+// A batch is admitted as a call (a caller the policy lets call the
+// operation at all: policy.Request.Batch) and then item by item, here:
+// each item is decided under its own group and target kind, takes its own
+// rate limits and is refused alone if its group is under dual control.
+// Every item's decision is written in the batch's audit record, which is
+// committed before any result of the batch leaves.
+
+type policyKey struct{}
+
+// policyOf returns the policy the request was admitted under, so that its
+// items are decided under the same one even if a reload comes between.
+func (s *Server) policyOf(ctx context.Context) *policy.Policy {
+	if p, ok := ctx.Value(policyKey{}).(*policy.Policy); ok {
+		return p
+	}
+	return s.policy.Load()
+}
+
+// itemDenial is why the rules refused one item: a Denial* reason, and
+// the limit for a rate-limit denial.
+type itemDenial struct {
+	reason string
+	limit  string
+}
+
+func (d itemDenial) String() string {
+	if d.limit != "" {
+		return d.reason + ":" + d.limit
+	}
+	return d.reason
+}
+
+// admitItem decides one item of a batch of operation op: nil if it may
+// run; otherwise the error the item fails with and, if the rules refused
+// it, why. A refused item counts against no limit.
+func (s *Server) admitItem(ctx context.Context, pol *policy.Policy, op, group, target string) (*itemDenial, error) {
+	d := pol.Decide(policy.Request{Identity: callerID(ctx), Operation: op, Group: group, Targets: []string{target}})
+	if !d.Allow {
+		return &itemDenial{reason: denialFor(d.Rule)}, status.Error(codes.PermissionDenied, d.Reason)
+	}
+	if d.DualControl {
+		// An item cannot wait for a second technician without holding
+		// up the whole batch: the single-item RPC can.
+		return &itemDenial{reason: DenialDualControl}, status.Errorf(codes.PermissionDenied,
+			"group %s is under dual control and a batch cannot wait for an approval: re-wrap this item with Rewrap or RewrapToEscrow", group)
+	}
+	if len(d.Limits) == 0 {
+		return nil, nil
+	}
+	limits := make([]store.RateLimit, len(d.Limits))
+	for i, l := range d.Limits {
+		limits[i] = store.RateLimit{Key: l.Key, Max: l.Max, Window: l.Window}
+	}
+	i, err := s.cfg.State.TakeRate(ctx, s.now(), limits)
+	if errors.Is(err, store.ErrRateLimited) {
+		l := d.Limits[i]
+		return &itemDenial{reason: DenialRateLimit, limit: l.Name},
+			status.Errorf(codes.ResourceExhausted, "rate limit %s reached: at most %d per %s", l.Name, l.Max, l.Window)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: rate limits: %w", escrow.ErrUnavailable, err)
+	}
+	return nil, nil
+}
