@@ -23,8 +23,10 @@ var (
 	ErrExhausted = errors.New("no unrevealed unlock code left in this epoch")
 	// ErrNoEpoch: the user has no unlock codes yet.
 	ErrNoEpoch = errors.New("no unlock codes issued for this user")
-	// ErrRateLimited: a rate-limit window is full.
+	// ErrRateLimited: a rate limit has no room.
 	ErrRateLimited = errors.New("rate limit reached")
+	// ErrInvalidLimit: a rate limit no back end may store (CheckRateLimits).
+	ErrInvalidLimit = errors.New("invalid rate limit")
 	// ErrSelfApproval: the requester tried to approve their own request.
 	ErrSelfApproval = errors.New("a request cannot be approved by its requester")
 	// ErrExpired: the approval window has closed.
@@ -319,11 +321,114 @@ type Store interface {
 	Close() error
 }
 
-// RateLimit is one counter: at most Max requests per Window for Key.
+// RateLimit is one limit: a burst of at most Max requests for Key, then
+// one per Window/Max (RateLimit.Take).
 type RateLimit struct {
 	Key    string
 	Max    int
 	Window time.Duration
+}
+
+// Bounds of a RateLimit (CheckRateLimits).
+const (
+	// MaxRateKey bounds a key, in bytes. The policy builds keys only from
+	// validated, bounded parts (policy.MaxLimitKey is within it), and the
+	// bound keeps a key inside every back end's limit on an index entry
+	// (PostgreSQL's B-tree takes about 2,700 bytes; bbolt 32 KiB).
+	MaxRateKey = 2304
+	// MaxRateMax bounds Max.
+	MaxRateMax = 1_000_000_000
+	// MaxRateWindow bounds Window.
+	MaxRateWindow = 366 * 24 * time.Hour
+)
+
+// CheckRateLimits refuses limits a back end must not store: an empty key
+// or one longer than MaxRateKey, Max outside 1 to MaxRateMax, Window
+// outside 1 ns to MaxRateWindow. Every back end's TakeRate calls it first.
+func CheckRateLimits(limits []RateLimit) error {
+	for i, l := range limits {
+		switch {
+		case l.Key == "" || len(l.Key) > MaxRateKey:
+			return fmt.Errorf("%w: limit %d: key of %d bytes, want 1 to %d", ErrInvalidLimit, i, len(l.Key), MaxRateKey)
+		case l.Max < 1 || l.Max > MaxRateMax:
+			return fmt.Errorf("%w: limit %d: max %d outside 1 to %d", ErrInvalidLimit, i, l.Max, MaxRateMax)
+		case l.Window <= 0 || l.Window > MaxRateWindow:
+			return fmt.Errorf("%w: limit %d: window %s outside 1ns to %s", ErrInvalidLimit, i, l.Window, MaxRateWindow)
+		}
+	}
+	return nil
+}
+
+// Interval is the limit's emission interval T: Window/Max, rounded up to
+// the nanosecond, so that the long-run rate is never above Max per
+// Window.
+func (l RateLimit) Interval() time.Duration {
+	return (l.Window + time.Duration(l.Max) - 1) / time.Duration(l.Max)
+}
+
+// Take applies the generic cell rate algorithm (GCRA) to one request at
+// now, for a key whose theoretical arrival time is tat (both nanoseconds
+// since the Unix epoch; tat 0 for a key never used). It returns whether
+// the request conforms, and the key's tat after it: counted if it
+// conforms; if not, only clamped (below).
+//
+// With T = Interval(), a request conforms if max(tat, now) − now ≤
+// (Max − 1)·T, and then moves tat to max(tat, now) + T. So an idle key
+// takes a burst of exactly Max requests at once, then one per T: in any
+// span of length L at most Max + ⌊L/T⌋ conform, wherever the span
+// starts; there are no window boundaries.
+//
+// A tat more than Max·T ahead of now cannot come from this rule at this
+// clock: the clock went back, or the window was shortened. It is clamped
+// to Max·T ahead (the burst used up). A back end stores a clamped tat even
+// for a refused request (which counts nothing), so that neither locks a
+// key out for longer than one window.
+func (l RateLimit) Take(tat, now int64) (next int64, ok bool) {
+	t := int64(l.Interval())
+	burst := int64(l.Max) * t
+	tat = min(max(tat, now), now+burst)
+	if tat-now > burst-t {
+		return tat, false
+	}
+	return tat + t, true
+}
+
+// TakeAll takes one request against every limit, in order, at now, for
+// keys whose tats are in tats (a key absent: never used). If all conform
+// it returns the new tat of every key and full −1: the back end stores
+// them all. Otherwise it returns the index of the first limit without
+// room, and in write only that key's clamped tat if Take clamped it (the
+// back end stores it and nothing else: the request counts against no
+// limit). Every back end's TakeRate calls it inside its transaction.
+func TakeAll(limits []RateLimit, tats map[string]int64, now int64) (write map[string]int64, full int) {
+	write = make(map[string]int64, len(limits))
+	for i, l := range limits {
+		cur, counted := write[l.Key]
+		if !counted {
+			cur = tats[l.Key]
+		}
+		next, ok := l.Take(cur, now)
+		if !ok {
+			clear(write)
+			if next < tats[l.Key] {
+				write[l.Key] = next
+			}
+			return write, i
+		}
+		write[l.Key] = next
+	}
+	return write, -1
+}
+
+// LegacyTAT converts the state of a key stored as a fixed window
+// (escrowd before GCRA: count requests in the window that starts at
+// start, in nanoseconds) into a tat at now, conservatively: the window's
+// requests are taken as made at now. A window that is over gives no debt.
+func (l RateLimit) LegacyTAT(start int64, count int, now int64) (tat int64) {
+	if count <= 0 || start+int64(l.Window) <= now {
+		return 0
+	}
+	return now + int64(min(count, l.Max))*int64(l.Interval())
 }
 
 // Approval is a request waiting for a second identity's approval.
