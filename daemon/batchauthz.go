@@ -66,7 +66,7 @@ func (s *Server) admitItem(ctx context.Context, pol *policy.Policy, op, group, t
 	for i, l := range d.Limits {
 		limits[i] = store.RateLimit{Key: l.Key, Max: l.Max, Window: l.Window}
 	}
-	i, err := s.cfg.State.TakeRate(ctx, s.now(), limits)
+	i, err := s.cfg.State.TakeRate(ctx, limits)
 	if errors.Is(err, store.ErrRateLimited) {
 		l := d.Limits[i]
 		return &itemDenial{reason: DenialRateLimit, limit: l.Name},

@@ -82,9 +82,9 @@ type Checker interface {
 }
 
 // State keeps what policy enforcement must share across restarts and
-// replicas: rate-limit windows and dual-control approvals.
+// replicas: rate limits (on the store's clock) and dual-control approvals.
 type State interface {
-	TakeRate(ctx context.Context, now time.Time, limits []store.RateLimit) (int, error)
+	TakeRate(ctx context.Context, limits []store.RateLimit) (int, error)
 	CreateApproval(ctx context.Context, a store.Approval) error
 	Approval(ctx context.Context, id string) (store.Approval, error)
 	Approve(ctx context.Context, id, approver string, now time.Time) (store.Approval, error)
@@ -359,7 +359,7 @@ func (s *Server) admit(ctx context.Context, req any, method string, pol *policy.
 		for i, l := range d.Limits {
 			limits[i] = store.RateLimit{Key: l.Key, Max: l.Max, Window: l.Window}
 		}
-		i, err := s.cfg.State.TakeRate(ctx, s.now(), limits)
+		i, err := s.cfg.State.TakeRate(ctx, limits)
 		if errors.Is(err, store.ErrRateLimited) {
 			rec.denial = DenialRateLimit
 			l := d.Limits[i]

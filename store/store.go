@@ -272,10 +272,14 @@ type Store interface {
 	ClaimCode(ctx context.Context, group, user string) (index int, c Codes, err error)
 
 	// TakeRate counts one request against every limit, atomically: if any
-	// limit's current window is full, nothing is counted and it returns
-	// the index of the first full limit with ErrRateLimited. Windows are
-	// fixed: [now truncated to Window, + Window).
-	TakeRate(ctx context.Context, now time.Time, limits []RateLimit) (int, error)
+	// limit has no room, nothing is counted and it returns the index of
+	// the first such limit with ErrRateLimited. Each limit is a GCRA
+	// (RateLimit.Take): a burst of Max, then one per Window/Max. The time
+	// is the store's, not the caller's: the process's clock for a store
+	// that one process holds, the database's for a shared one, so that
+	// replicas with skewed clocks agree. Limits that CheckRateLimits
+	// refuses are refused whole (ErrInvalidLimit), and nothing is counted.
+	TakeRate(ctx context.Context, limits []RateLimit) (int, error)
 
 	// CreateApproval stores a pending dual-control request; ErrExists if
 	// the id is taken.
@@ -462,9 +466,4 @@ func CheckApproval(a *Approval, approver string, now time.Time) error {
 		return fmt.Errorf("%w at %s", ErrExpired, a.Expires.UTC().Format(time.RFC3339))
 	}
 	return nil
-}
-
-// WindowStart is the start of the fixed window of w that holds now.
-func WindowStart(now time.Time, w time.Duration) time.Time {
-	return now.Truncate(w)
 }

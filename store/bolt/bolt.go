@@ -220,51 +220,73 @@ func (s *Store) ClaimCode(ctx context.Context, group, user string) (int, store.C
 	return index, c, nil
 }
 
-type rateWindow struct {
-	Start int64 `json:"start"`
-	Count int   `json:"count"`
+// rateState is a key's value in the rates bucket: its GCRA theoretical
+// arrival time. A value written before GCRA holds a fixed window (start,
+// count) and no tat; it is converted at its key's first use.
+type rateState struct {
+	TAT   int64 `json:"tat,omitempty"`
+	Start int64 `json:"start,omitempty"`
+	Count int   `json:"count,omitempty"`
 }
 
-// TakeRate implements store.Store.
-func (s *Store) TakeRate(ctx context.Context, now time.Time, limits []store.RateLimit) (int, error) {
+// TakeRate implements store.Store, at the time of the store's clock: one
+// process holds the file, so its clock is the only one.
+func (s *Store) TakeRate(ctx context.Context, limits []store.RateLimit) (int, error) {
 	if err := ctx.Err(); err != nil {
+		return -1, err
+	}
+	if err := store.CheckRateLimits(limits); err != nil {
 		return -1, err
 	}
 	full := -1
 	err := s.shared(func(tx *bbolt.Tx) error {
-		full = -1
+		// Read the clock inside the transaction: a shared transaction
+		// runs its calls one after another, and may run this one again.
+		now := s.now().UnixNano()
 		b := tx.Bucket(bucketRates)
-		next := make([]rateWindow, len(limits))
-		for i, l := range limits {
-			start := store.WindowStart(now, l.Window).UnixNano()
-			w := rateWindow{Start: start}
-			if v := b.Get([]byte(l.Key)); v != nil {
-				var cur rateWindow
-				if err := json.Unmarshal(v, &cur); err != nil {
-					return err
-				}
-				if cur.Start == start {
-					w = cur
-				}
+		tats := make(map[string]int64, len(limits))
+		for _, l := range limits {
+			if _, seen := tats[l.Key]; seen {
+				continue
 			}
-			if w.Count >= l.Max {
-				full = i
-				return fmt.Errorf("%s: %w", l.Key, store.ErrRateLimited)
+			tats[l.Key] = 0
+			v := b.Get([]byte(l.Key))
+			if v == nil {
+				continue
 			}
-			w.Count++
-			next[i] = w
+			var st rateState
+			if err := json.Unmarshal(v, &st); err != nil {
+				return fmt.Errorf("rate limit %q: %w", l.Key, err)
+			}
+			tats[l.Key] = st.TAT
+			if st.TAT == 0 {
+				tats[l.Key] = l.LegacyTAT(st.Start, st.Count, now)
+			}
 		}
-		for i, l := range limits {
-			v, err := json.Marshal(next[i])
+		var write map[string]int64
+		write, full = store.TakeAll(limits, tats, now)
+		if full >= 0 && len(write) == 0 {
+			// Refused, and nothing to store: roll back, no fsync.
+			return fmt.Errorf("%s: %w", limits[full].Key, store.ErrRateLimited)
+		}
+		for k, tat := range write {
+			v, err := json.Marshal(rateState{TAT: tat})
 			if err != nil {
 				return err
 			}
-			if err := b.Put([]byte(l.Key), v); err != nil {
+			if err := b.Put([]byte(k), v); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+	if err == nil && full >= 0 {
+		// Refused, with a clamped tat stored.
+		err = fmt.Errorf("%s: %w", limits[full].Key, store.ErrRateLimited)
+	}
+	if err != nil && !errors.Is(err, store.ErrRateLimited) {
+		full = -1
+	}
 	return full, err
 }
 

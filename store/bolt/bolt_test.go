@@ -3,35 +3,50 @@ package bolt
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	bbolt "go.etcd.io/bbolt"
 
 	"github.com/escrowd/escrowd/store"
 	"github.com/escrowd/escrowd/store/storetest"
 )
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) (store.Store, func() store.Store) {
-		path := filepath.Join(t.TempDir(), "escrowd.db")
-		s, err := Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cur := s
-		t.Cleanup(func() { cur.Close() })
-		return s, func() store.Store {
-			if err := cur.Close(); err != nil {
-				t.Fatal(err)
-			}
-			n, err := Open(path)
+	storetest.Run(t, storetest.Backend{
+		Open: func(t *testing.T) (store.Store, func() store.Store) {
+			path := filepath.Join(t.TempDir(), "escrowd.db")
+			s, err := Open(path)
 			if err != nil {
 				t.Fatal(err)
 			}
-			cur = n
-			return n
-		}
+			cur := s
+			t.Cleanup(func() { cur.Close() })
+			return s, func() store.Store {
+				if err := cur.Close(); err != nil {
+					t.Fatal(err)
+				}
+				n, err := Open(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cur = n
+				return n
+			}
+		},
+		Clock: func(t *testing.T, s store.Store) func(time.Time) { return testClock(s.(*Store)) },
 	})
+}
+
+// testClock makes s read its clock from the returned setter.
+func testClock(s *Store) func(time.Time) {
+	var now atomic.Int64
+	s.now = func() time.Time { return time.Unix(0, now.Load()).UTC() }
+	return func(t time.Time) { now.Store(t.UnixNano()) }
 }
 
 func TestLockedFile(t *testing.T) {
@@ -128,4 +143,47 @@ func TestSharedCommit(t *testing.T) {
 	if _, _, err := s.ClaimCode(ctx, "g", "u"); !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("ClaimCode after Close: %v, want ErrClosed", err)
 	}
+}
+
+// TestRateLegacyWindow: a rate limit stored as a fixed window, as escrowd
+// wrote them before GCRA, is converted at its key's first use: a current
+// window's count is debt (3 per hour, 2 taken this hour: one more now,
+// the next 20 minutes later), a window that is over is none.
+func TestRateLegacyWindow(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(filepath.Join(t.TempDir(), "escrowd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	now := time.Date(2026, 1, 2, 10, 30, 0, 0, time.UTC)
+	hour := now.Truncate(time.Hour).UnixNano()
+	err = s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketRates)
+		if err := b.Put([]byte("current"), fmt.Appendf(nil, `{"start":%d,"count":2}`, hour)); err != nil {
+			return err
+		}
+		return b.Put([]byte("over"), fmt.Appendf(nil, `{"start":%d,"count":3}`, hour-int64(24*time.Hour)))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := testClock(s)
+	set(now)
+	take := func(key string, n int) {
+		t.Helper()
+		l := []store.RateLimit{{Key: key, Max: 3, Window: time.Hour}}
+		for i := range n {
+			if _, err := s.TakeRate(ctx, l); err != nil {
+				t.Fatalf("%s: take %d of %d: %v", key, i+1, n, err)
+			}
+		}
+		if _, err := s.TakeRate(ctx, l); !errors.Is(err, store.ErrRateLimited) {
+			t.Fatalf("%s: take %d: %v, want ErrRateLimited", key, n+1, err)
+		}
+	}
+	take("current", 1)
+	take("over", 3)
+	set(now.Add(20 * time.Minute))
+	take("current", 1)
 }

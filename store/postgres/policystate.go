@@ -13,54 +13,94 @@ import (
 	"github.com/escrowd/escrowd/store"
 )
 
-// TakeRate implements store.Store. The rows of all the request's limits
-// are locked in key order (so two requests never wait on each other in a
-// cycle), checked, and counted together or not at all.
-func (s *Store) TakeRate(ctx context.Context, now time.Time, limits []store.RateLimit) (int, error) {
-	order := make([]int, len(limits))
-	for i := range order {
-		order[i] = i
+// TakeRate implements store.Store, at the database's time: every
+// replica reads the one clock, so a replica whose own clock is off can
+// neither reset nor run ahead a limit that others count. In one
+// transaction the rows of all the request's limits are created if absent
+// and locked in key order (so two requests never wait on each other in a
+// cycle), the database's clock is read once the locks are held, and every
+// limit is checked and counted together or not at all.
+func (s *Store) TakeRate(ctx context.Context, limits []store.RateLimit) (int, error) {
+	if err := store.CheckRateLimits(limits); err != nil {
+		return -1, err
 	}
-	slices.SortFunc(order, func(a, b int) int {
-		switch {
-		case limits[a].Key < limits[b].Key:
-			return -1
-		case limits[a].Key > limits[b].Key:
-			return 1
+	keys := make([]string, 0, len(limits))
+	for _, l := range limits {
+		if !slices.Contains(keys, l.Key) {
+			keys = append(keys, l.Key)
 		}
-		return 0
-	})
+	}
+	slices.Sort(keys)
 	full := -1
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		counts := make([]int, len(limits))
-		for _, i := range order {
-			l := limits[i]
-			start := store.WindowStart(now, l.Window).UnixNano()
-			if _, err := tx.Exec(ctx, "INSERT INTO rate_windows (key, window_start, count) VALUES ($1, $2, 0) ON CONFLICT (key) DO NOTHING", l.Key, start); err != nil {
-				return err
-			}
-			var ws int64
-			var n int
-			if err := tx.QueryRow(ctx, "SELECT window_start, count FROM rate_windows WHERE key = $1 FOR UPDATE", l.Key).Scan(&ws, &n); err != nil {
-				return err
-			}
-			if ws != start {
-				n = 0
-			}
-			if n >= l.Max {
-				full = i
-				return fmt.Errorf("%s: %w", l.Key, store.ErrRateLimited)
-			}
-			counts[i] = n + 1
+		full = -1
+		if _, err := tx.Exec(ctx, `INSERT INTO rate_limits (key) SELECT k FROM unnest($1::text[]) AS k ORDER BY k COLLATE "C" ON CONFLICT (key) DO NOTHING`, keys); err != nil {
+			return err
 		}
-		for i, l := range limits {
-			start := store.WindowStart(now, l.Window).UnixNano()
-			if _, err := tx.Exec(ctx, "UPDATE rate_windows SET window_start = $2, count = $3 WHERE key = $1", l.Key, start, counts[i]); err != nil {
+		type state struct {
+			tat, start *int64
+			count      *int32
+		}
+		rows, err := tx.Query(ctx, "SELECT key, tat, window_start, count FROM rate_limits WHERE key = ANY($1) ORDER BY key FOR UPDATE", keys)
+		if err != nil {
+			return err
+		}
+		stored := map[string]state{}
+		for rows.Next() {
+			var (
+				k  string
+				st state
+			)
+			if err := rows.Scan(&k, &st.tat, &st.start, &st.count); err != nil {
+				rows.Close()
 				return err
 			}
+			stored[k] = st
 		}
-		return nil
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		var t time.Time
+		if err := tx.QueryRow(ctx, s.clockQuery).Scan(&t); err != nil {
+			return fmt.Errorf("reading the database's clock: %w", err)
+		}
+		now := t.UnixNano()
+		tats := make(map[string]int64, len(keys))
+		for _, l := range limits {
+			if _, seen := tats[l.Key]; seen {
+				continue
+			}
+			switch st := stored[l.Key]; {
+			case st.tat != nil:
+				tats[l.Key] = *st.tat
+			case st.start != nil && st.count != nil:
+				tats[l.Key] = l.LegacyTAT(*st.start, int(*st.count), now)
+			default:
+				tats[l.Key] = 0
+			}
+		}
+		var write map[string]int64
+		write, full = store.TakeAll(limits, tats, now)
+		if full >= 0 && len(write) == 0 {
+			// Refused, and nothing to store: roll back.
+			return fmt.Errorf("%s: %w", limits[full].Key, store.ErrRateLimited)
+		}
+		ks := make([]string, 0, len(write))
+		vs := make([]int64, 0, len(write))
+		for _, k := range keys {
+			if v, ok := write[k]; ok {
+				ks, vs = append(ks, k), append(vs, v)
+			}
+		}
+		_, err = tx.Exec(ctx, `UPDATE rate_limits AS r SET tat = v.tat, window_start = NULL, count = NULL
+			FROM unnest($1::text[], $2::bigint[]) AS v(key, tat) WHERE r.key = v.key`, ks, vs)
+		return err
 	})
+	if err == nil && full >= 0 {
+		// Refused, with a clamped tat stored.
+		err = fmt.Errorf("%s: %w", limits[full].Key, store.ErrRateLimited)
+	}
 	if err != nil && !errors.Is(err, store.ErrRateLimited) {
 		full = -1
 	}

@@ -37,10 +37,21 @@ const migrationLock = 0x657363726f7764
 
 // Store is the PostgreSQL back end.
 type Store struct {
-	pool   *pgxpool.Pool
-	now    func() time.Time
-	closed atomic.Bool
+	pool *pgxpool.Pool
+	// now is this replica's clock, for the times it records (an epoch's
+	// Updated, a job's Updated). Rate limits never read it: see clockQuery.
+	now func() time.Time
+	// clockQuery reads the database's clock, which TakeRate uses so that
+	// every replica counts on the same one. Tests point it at a clock of
+	// their own in their throw-away database.
+	clockQuery string
+	closed     atomic.Bool
 }
+
+// databaseClock is the default clockQuery: the database's current time,
+// read after the rate-limit rows are locked (not the transaction's start,
+// now(), which may be earlier than a write it waited for).
+const databaseClock = "SELECT clock_timestamp()"
 
 var _ store.Store = (*Store)(nil)
 
@@ -64,7 +75,7 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		pool.Close()
 		return nil, err
 	}
-	return &Store{pool: pool, now: time.Now}, nil
+	return &Store{pool: pool, now: time.Now, clockQuery: databaseClock}, nil
 }
 
 type migration struct {

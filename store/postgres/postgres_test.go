@@ -3,8 +3,10 @@ package postgres
 import (
 	"bytes"
 	"context"
+	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -14,26 +16,63 @@ import (
 )
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) (store.Store, func() store.Store) {
-		url := pgtest.New(t)
-		s, err := Open(context.Background(), url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cur := s
-		t.Cleanup(func() { cur.Close() })
-		return s, func() store.Store {
-			if err := cur.Close(); err != nil {
-				t.Fatal(err)
-			}
-			n, err := Open(context.Background(), url)
+	storetest.Run(t, storetest.Backend{
+		Open: func(t *testing.T) (store.Store, func() store.Store) {
+			url := pgtest.New(t)
+			s, err := Open(context.Background(), url)
 			if err != nil {
 				t.Fatal(err)
 			}
-			cur = n
-			return n
-		}
+			cur := s
+			t.Cleanup(func() { cur.Close() })
+			return s, func() store.Store {
+				if err := cur.Close(); err != nil {
+					t.Fatal(err)
+				}
+				n, err := Open(context.Background(), url)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cur = n
+				return n
+			}
+		},
+		Clock: func(t *testing.T, s store.Store) func(time.Time) { return testClock(t, s.(*Store)) },
+		Replicas: func(t *testing.T, nows ...func() time.Time) ([]store.Store, func(time.Time)) {
+			url := pgtest.New(t)
+			var hs []store.Store
+			var set func(time.Time)
+			for _, now := range nows {
+				s, err := Open(context.Background(), url)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { s.Close() })
+				s.now = now
+				set = testClock(t, s)
+				hs = append(hs, s)
+			}
+			return hs, set
+		},
 	})
+}
+
+// testClock points the rate limits of s at a clock in its database, a
+// one-row table, and returns the setter of that clock. Every handle on
+// the database that testClock was called for reads the same clock, as
+// every replica reads the database's.
+func testClock(t *testing.T, s *Store) func(time.Time) {
+	ctx := context.Background()
+	if _, err := s.pool.Exec(ctx, "CREATE TABLE IF NOT EXISTS escrowd_test_clock (one boolean PRIMARY KEY DEFAULT true, t timestamptz NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	s.clockQuery = "SELECT t FROM escrowd_test_clock"
+	return func(at time.Time) {
+		t.Helper()
+		if _, err := s.pool.Exec(ctx, "INSERT INTO escrowd_test_clock (t) VALUES ($1) ON CONFLICT (one) DO UPDATE SET t = excluded.t", at); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // TestMigrateConcurrently: replicas starting together on an empty database
@@ -144,5 +183,121 @@ func TestMigrateEpochNonce(t *testing.T) {
 	}
 	if c, err = s.Codes(ctx, "g", "u"); err != nil || c.Epoch != 4 || !bytes.Equal(c.Nonce, n) {
 		t.Fatalf("next epoch read back %+v, %v", c, err)
+	}
+}
+
+// TestRateLimitsUseTheDatabaseClock: with the database's own clock (the
+// store as it runs), two replicas whose clocks are an hour ahead and an
+// hour behind share one limit as one, and the state they store is
+// anchored at the database's time, not at either replica's.
+func TestRateLimitsUseTheDatabaseClock(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.New(t)
+	open := func(skew time.Duration) *Store {
+		s, err := Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		s.now = func() time.Time { return time.Now().Add(skew) }
+		return s
+	}
+	ahead, behind := open(time.Hour), open(-time.Hour)
+	dbNow := func() int64 {
+		var at time.Time
+		if err := ahead.pool.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		return at.UnixNano()
+	}
+	l := []store.RateLimit{{Key: "k", Max: 2, Window: time.Hour}}
+	before := dbNow()
+	if _, err := ahead.TakeRate(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := behind.TakeRate(ctx, l); err != nil {
+		t.Fatalf("the replica behind, after one take by the replica ahead: %v (it must not see a full window)", err)
+	}
+	after := dbNow()
+	for _, s := range []*Store{ahead, behind} {
+		if i, err := s.TakeRate(ctx, l); !errors.Is(err, store.ErrRateLimited) || i != 0 {
+			t.Fatalf("a third take: %d, %v; want 0, ErrRateLimited (a skewed replica reset the limit)", i, err)
+		}
+	}
+	var tat int64
+	if err := ahead.pool.QueryRow(ctx, "SELECT tat FROM rate_limits WHERE key = 'k'").Scan(&tat); err != nil {
+		t.Fatal(err)
+	}
+	// Two takes from idle: tat = the first take's time + 2 × 30 min.
+	if lo, hi := before+int64(time.Hour), after+int64(time.Hour); tat < lo || tat > hi {
+		t.Fatalf("stored tat %s, want it between %s and %s (the database's time + 1h)",
+			time.Unix(0, tat).UTC(), time.Unix(0, lo).UTC(), time.Unix(0, hi).UTC())
+	}
+}
+
+// TestMigrateRateWindows: a database at schema version 4 holding fixed
+// windows migrates to version 5 with each window converted at its key's
+// first use: a current window's count is debt (3 per hour, 2 taken this
+// hour: one more now, the next 20 minutes later), a window that is over
+// is none, and a converted row keeps only its tat.
+func TestMigrateRateWindows(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.New(t)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ms, err := loadMigrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE schema_migrations (
+		version integer PRIMARY KEY, name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())`); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms[:4] {
+		if _, err := pool.Exec(ctx, m.sql); err != nil {
+			t.Fatalf("%s: %v", m.name, err)
+		}
+		if _, err := pool.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Date(2026, 1, 2, 10, 30, 0, 0, time.UTC)
+	hour := now.Truncate(time.Hour).UnixNano()
+	if _, err := pool.Exec(ctx, "INSERT INTO rate_windows (key, window_start, count) VALUES ('current', $1, 2), ('over', $2, 3)",
+		hour, hour-int64(24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, err := s.SchemaVersion(ctx); err != nil || v < 5 {
+		t.Fatalf("schema version %d, %v", v, err)
+	}
+	set := testClock(t, s)
+	set(now)
+	take := func(key string, n int) {
+		t.Helper()
+		l := []store.RateLimit{{Key: key, Max: 3, Window: time.Hour}}
+		for i := range n {
+			if _, err := s.TakeRate(ctx, l); err != nil {
+				t.Fatalf("%s: take %d of %d: %v", key, i+1, n, err)
+			}
+		}
+		if _, err := s.TakeRate(ctx, l); !errors.Is(err, store.ErrRateLimited) {
+			t.Fatalf("%s: take %d: %v, want ErrRateLimited", key, n+1, err)
+		}
+	}
+	take("current", 1)
+	take("over", 3)
+	set(now.Add(20 * time.Minute))
+	take("current", 1)
+	var n int
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM rate_limits WHERE tat IS NULL OR window_start IS NOT NULL OR count IS NOT NULL").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d rows not converted, %v", n, err)
 	}
 }

@@ -18,8 +18,26 @@ import (
 // and opens the same data again, as a daemon restart would.
 type Opener func(t *testing.T) (s store.Store, reopen func() store.Store)
 
+// Backend is a back end under test.
+type Backend struct {
+	// Open opens a fresh, empty store for one test.
+	Open Opener
+	// Clock returns a function that sets the time the rate limits of s
+	// read from then on: the process's clock of a store one process holds,
+	// the database's clock of a shared one. s is a store that Open, or its
+	// reopen, returned.
+	Clock func(t *testing.T, s store.Store) func(time.Time)
+	// Replicas, if not nil, opens one handle per element of nows on one
+	// fresh, empty store, as replicas on as many machines would: each
+	// handle's own (process) clock is its element of nows. setClock sets
+	// the clock the store's rate limits read, as Clock does. Nil for a
+	// back end that one process holds.
+	Replicas func(t *testing.T, nows ...func() time.Time) (handles []store.Store, setClock func(time.Time))
+}
+
 // Run runs the suite.
-func Run(t *testing.T, open Opener) {
+func Run(t *testing.T, b Backend) {
+	open := b.Open
 	tests := []struct {
 		name string
 		fn   func(*testing.T, Opener)
@@ -44,15 +62,14 @@ func Run(t *testing.T, open Opener) {
 		{"CommitBatchFenced", testCommitBatchFenced},
 		{"CommitBatchConflictWritesNothing", testCommitBatchConflict},
 		{"JobsSurviveReopen", testJobsReopen},
-		{"RateLimitWindows", testRateWindows},
-		{"RateLimitAllOrNothing", testRateAllOrNothing},
-		{"RateLimitConcurrentExact", testRateConcurrent},
-		{"RateLimitSurvivesReopen", testRateReopen},
 		{"ApprovalRules", testApprovalRules},
 		{"ApprovalConcurrent", testApprovalConcurrent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open) })
+	}
+	for _, tt := range rateTests {
+		t.Run(tt.name, func(t *testing.T) { tt.fn(t, b) })
 	}
 }
 
@@ -703,96 +720,6 @@ func testJobsReopen(t *testing.T, open Opener) {
 }
 
 var t0 = time.Date(2026, 1, 2, 10, 30, 0, 0, time.UTC)
-
-func testRateWindows(t *testing.T, open Opener) {
-	s, _ := open(t)
-	ctx := context.Background()
-	l := []store.RateLimit{{Key: "k", Max: 2, Window: time.Hour}}
-	for i := range 2 {
-		if _, err := s.TakeRate(ctx, t0.Add(time.Duration(i)*time.Minute), l); err != nil {
-			t.Fatalf("take %d: %v", i, err)
-		}
-	}
-	if i, err := s.TakeRate(ctx, t0.Add(29*time.Minute), l); !errors.Is(err, store.ErrRateLimited) || i != 0 {
-		t.Fatalf("third take in the window: %d, %v; want 0, ErrRateLimited", i, err)
-	}
-	// The next window (11:00) starts empty.
-	if _, err := s.TakeRate(ctx, t0.Add(30*time.Minute), l); err != nil {
-		t.Fatalf("take in the next window: %v", err)
-	}
-	// Keys are independent.
-	if _, err := s.TakeRate(ctx, t0, []store.RateLimit{{Key: "other", Max: 1, Window: time.Hour}}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func testRateAllOrNothing(t *testing.T, open Opener) {
-	s, _ := open(t)
-	ctx := context.Background()
-	small := store.RateLimit{Key: "small", Max: 1, Window: time.Hour}
-	big := store.RateLimit{Key: "big", Max: 10, Window: time.Hour}
-	if _, err := s.TakeRate(ctx, t0, []store.RateLimit{big, small}); err != nil {
-		t.Fatal(err)
-	}
-	// small is full: the request is refused and big is not counted.
-	for range 5 {
-		if i, err := s.TakeRate(ctx, t0, []store.RateLimit{big, small}); !errors.Is(err, store.ErrRateLimited) || i != 1 {
-			t.Fatalf("take with small full: %d, %v", i, err)
-		}
-	}
-	for i := range 9 {
-		if _, err := s.TakeRate(ctx, t0, []store.RateLimit{big}); err != nil {
-			t.Fatalf("big take %d: refused requests were counted: %v", i, err)
-		}
-	}
-	if _, err := s.TakeRate(ctx, t0, []store.RateLimit{big}); !errors.Is(err, store.ErrRateLimited) {
-		t.Fatalf("big past 10: %v", err)
-	}
-}
-
-func testRateConcurrent(t *testing.T, open Opener) {
-	s, _ := open(t)
-	ctx := context.Background()
-	const max, tries = 25, 80
-	l := []store.RateLimit{{Key: "hot", Max: max, Window: time.Hour}}
-	var ok, limited int
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for range tries {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, err := s.TakeRate(ctx, t0, l)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				ok++
-			case errors.Is(err, store.ErrRateLimited):
-				limited++
-			default:
-				t.Errorf("TakeRate: %v", err)
-			}
-		}()
-	}
-	wg.Wait()
-	if ok != max || limited != tries-max {
-		t.Fatalf("%d allowed and %d limited, want exactly %d and %d", ok, limited, max, tries-max)
-	}
-}
-
-func testRateReopen(t *testing.T, open Opener) {
-	s, reopen := open(t)
-	ctx := context.Background()
-	l := []store.RateLimit{{Key: "k", Max: 1, Window: 24 * time.Hour}}
-	if _, err := s.TakeRate(ctx, t0, l); err != nil {
-		t.Fatal(err)
-	}
-	s = reopen()
-	if _, err := s.TakeRate(ctx, t0.Add(time.Minute), l); !errors.Is(err, store.ErrRateLimited) {
-		t.Fatalf("after reopen: %v; a restart must not reset rate limits", err)
-	}
-}
 
 func testApprovalRules(t *testing.T, open Opener) {
 	s, _ := open(t)
