@@ -21,6 +21,8 @@ import (
 	"time"
 
 	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/escrowd/escrowd/escrow/bundle"
 )
 
 // Version is the policy file format version.
@@ -55,8 +57,11 @@ const (
 	PerAll    Scope = "global" // one counter for everyone
 )
 
-// Limit is a rate limit the daemon must take before it serves a request.
-// Key names the counter; the store keeps one fixed window per key.
+// Limit is a rate limit the daemon must take before it serves a request:
+// a burst of Max, then one per Window/Max (store.RateLimit.Take). Key
+// names its state in the store; Decide builds it only from the limit's
+// name and scope and from ids that passed ValidID, so it is at most
+// MaxLimitKey bytes, and two different scopes never share a key.
 type Limit struct {
 	Name   string
 	Key    string
@@ -115,7 +120,34 @@ const (
 	// RuleTicket: the operation needs a ticket reference matching the
 	// policy's pattern.
 	RuleTicket = "ticket"
+	// RuleInvalid: the request's group or user id is not an id (ValidID),
+	// so no rate-limit key is built from it. Not a policy refusal: the
+	// request is malformed (the daemon answers INVALID_ARGUMENT).
+	RuleInvalid = "invalid"
 )
+
+// Bounds of what goes into a rate-limit key.
+const (
+	// MaxIDLength bounds a group or user id (bundle.MaxIDLength).
+	MaxIDLength = bundle.MaxIDLength
+	// MaxIdentity bounds an identity: a SPIFFE ID is at most 2,048 bytes
+	// (the SPIFFE ID specification); spki:sha256:HEX is 76.
+	MaxIdentity = 2048
+	// MaxLimitName bounds a rate limit's name.
+	MaxLimitName = 64
+	// MaxLimitKey bounds Limit.Key: name|scope kind|scope, where the
+	// scope is an identity, or at most two escaped ids (escapeID) and a
+	// slash.
+	MaxLimitKey = MaxLimitName + 1 + len("caller") + 1 + max(MaxIdentity, 2*3*MaxIDLength+1)
+	// MaxLimit and MaxWindow bound a rate limit's limit and window.
+	MaxLimit  = 1_000_000_000
+	MaxWindow = 366 * 24 * time.Hour
+)
+
+// ValidID reports whether id is a group or user id as every handler takes
+// it: 1 to MaxIDLength bytes of printable ASCII without spaces
+// (bundle.ValidateID).
+func ValidID(id string) bool { return bundle.ValidateID(id) == nil }
 
 // Policy is a parsed, checked policy. It is immutable.
 type Policy struct {
@@ -214,6 +246,19 @@ func (p *Policy) Decide(r Request) Decision {
 		d.Allow = true
 		return d
 	}
+	// Keys are built from checked ids only: an id of a megabyte would make
+	// a key no store takes, and a malformed request would count against
+	// the caller's limits before its handler refused it. Empty is an id
+	// the request does not have (a batch item's user): its handler
+	// refuses it if it needs one.
+	if p.limited(r.Operation) {
+		for _, f := range []struct{ name, id string }{{"group_id", r.Group}, {"user_id", r.User}} {
+			if err := bundle.ValidateID(f.id); f.id != "" && err != nil {
+				d.Reason, d.Rule = fmt.Sprintf("%s: %v", f.name, err), RuleInvalid
+				return d
+			}
+		}
+	}
 	for _, l := range p.limits {
 		if !l.ops[r.Operation] {
 			continue
@@ -221,7 +266,9 @@ func (p *Policy) Decide(r Request) Decision {
 		var scope string
 		switch l.per {
 		case PerUser:
-			scope = r.Group + "/" + r.User
+			// Ids may hold '/': escaped, group "a/b" with user "c" and
+			// group "a" with user "b/c" are two keys.
+			scope = escapeID(r.Group) + "/" + escapeID(r.User)
 		case PerGroup:
 			scope = r.Group
 		case PerCaller:
@@ -236,6 +283,26 @@ func (p *Policy) Decide(r Request) Decision {
 	}
 	d.Allow = true
 	return d
+}
+
+// limited reports whether any rate limit counts op.
+func (p *Policy) limited(op string) bool {
+	for _, l := range p.limits {
+		if l.ops[op] {
+			return true
+		}
+	}
+	return false
+}
+
+// escapeID writes '%' and '/' of an id as %25 and %2F, so that a slash
+// can join two ids into one key unambiguously. An id with neither keeps
+// the key it had before escaping existed.
+func escapeID(id string) string {
+	if !strings.ContainsAny(id, "%/") {
+		return id
+	}
+	return strings.NewReplacer("%", "%25", "/", "%2F").Replace(id)
 }
 
 // Has reports whether the policy lists id.
@@ -319,6 +386,20 @@ func globMatch(p, s string) bool {
 		pi++
 	}
 	return pi == len(p)
+}
+
+// validLimitName reports whether a rate limit's name fits in a key: 1 to
+// MaxLimitName bytes of printable ASCII, no space, no '|'.
+func validLimitName(name string) bool {
+	if name == "" || len(name) > MaxLimitName {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c > '~' || c == '|' {
+			return false
+		}
+	}
+	return true
 }
 
 // checkGroupPattern refuses a dual-control group pattern that could never
@@ -424,8 +505,11 @@ var (
 	lineRE   = regexp.MustCompile(`line (\d+)`)
 )
 
-// ValidIdentity reports whether id has one of the supported forms.
-func ValidIdentity(id string) bool { return spiffeID.MatchString(id) || spkiID.MatchString(id) }
+// ValidIdentity reports whether id has one of the supported forms, within
+// MaxIdentity bytes.
+func ValidIdentity(id string) bool {
+	return len(id) <= MaxIdentity && (spiffeID.MatchString(id) || spkiID.MatchString(id))
+}
 
 // Parse checks a policy file. file names it in errors; operations lists
 // the operations the daemon has, so that a typo is an error, not a silent
@@ -505,6 +589,9 @@ func Parse(file string, data []byte, operations []string) (*Policy, error) {
 	}
 	for _, i := range f.Identities {
 		if !ValidIdentity(i.ID.V) {
+			if len(i.ID.V) > MaxIdentity {
+				return fail(i.ID.Line, "identity of %d bytes: at most %d", len(i.ID.V), MaxIdentity)
+			}
 			return fail(i.ID.Line, "identity %q is neither spiffe://TRUST-DOMAIN/PATH nor spki:sha256:HEX", i.ID.V)
 		}
 		if _, dup := p.identities[i.ID.V]; dup {
@@ -569,8 +656,8 @@ func Parse(file string, data []byte, operations []string) (*Policy, error) {
 	names := map[string]bool{}
 	for _, l := range f.Limits {
 		lr := limitRule{name: l.V.Name.V, per: Scope(l.V.Per.V), max: l.V.Limit.V}
-		if lr.name == "" || strings.ContainsAny(lr.name, "| ") {
-			return fail(l.Line, "rate_limits: each needs a name without spaces or '|'")
+		if !validLimitName(lr.name) {
+			return fail(l.Line, "rate_limits: each needs a name of 1 to %d bytes of printable ASCII without spaces or '|'", MaxLimitName)
 		}
 		if names[lr.name] {
 			return fail(l.V.Name.Line, "rate_limits: %s is listed twice", lr.name)
@@ -589,12 +676,12 @@ func Parse(file string, data []byte, operations []string) (*Policy, error) {
 		default:
 			return fail(l.V.Per.Line, "rate limit %s: per %q must be user, group, caller or global", lr.name, l.V.Per.V)
 		}
-		if lr.max < 1 {
-			return fail(l.V.Limit.Line, "rate limit %s: limit must be at least 1", lr.name)
+		if lr.max < 1 || lr.max > MaxLimit {
+			return fail(l.V.Limit.Line, "rate limit %s: limit must be at least 1 and at most %d", lr.name, MaxLimit)
 		}
 		w, werr := time.ParseDuration(l.V.Window.V)
-		if werr != nil || w < time.Second {
-			return fail(l.V.Window.Line, "rate limit %s: window %q must be a duration of at least 1s", lr.name, l.V.Window.V)
+		if werr != nil || w < time.Second || w > MaxWindow {
+			return fail(l.V.Window.Line, "rate limit %s: window %q must be a duration from 1s to %s", lr.name, l.V.Window.V, MaxWindow)
 		}
 		lr.window = w
 		p.limits = append(p.limits, lr)

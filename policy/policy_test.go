@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/escrowd/escrowd/store"
 )
 
 var ops = []string{"ProvisionGroup", "GetEscrowKey", "Rewrap", "IssueUnlockCodes",
@@ -95,6 +97,111 @@ func TestLimitKeys(t *testing.T) {
 	}
 }
 
+// TestLimitKeysFromValidIDsOnly: a rate-limit key is built only from ids
+// that are ids; a request whose group or user id is not one gets no key
+// and is refused as malformed (RuleInvalid), after the policy's own
+// refusals, and only where a limit would count it.
+func TestLimitKeysFromValidIDsOnly(t *testing.T) {
+	p := good(t)
+	huge := strings.Repeat("g", 1<<20)
+	tests := []struct {
+		name  string
+		req   Request
+		allow bool
+		rule  string
+	}{
+		{"a group id of 1 MiB", Request{Identity: alice, Operation: "RevealUnlockCode", Group: huge, User: "u", Ticket: "SUP-1"}, false, RuleInvalid},
+		{"a user id of 1 MiB", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: huge, Ticket: "SUP-1"}, false, RuleInvalid},
+		{"a group id of 129 bytes", Request{Identity: alice, Operation: "RevealUnlockCode", Group: strings.Repeat("g", 129), User: "u", Ticket: "SUP-1"}, false, RuleInvalid},
+		{"a user id with a space", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", User: "u v", Ticket: "SUP-1"}, false, RuleInvalid},
+		{"a group id with a NUL", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g\x00", User: "u", Ticket: "SUP-1"}, false, RuleInvalid},
+		{"ids of 128 bytes", Request{Identity: alice, Operation: "RevealUnlockCode", Group: strings.Repeat("g", 128), User: strings.Repeat("u", 128), Ticket: "SUP-1"}, true, ""},
+		{"an empty user: the handler's business", Request{Identity: alice, Operation: "RevealUnlockCode", Group: "g", Ticket: "SUP-1"}, true, ""},
+		{"no limit, no key: the handler's business", Request{Identity: alice, Operation: "ListUnlockCodes", Group: huge, User: "u"}, true, ""},
+		{"a stranger is refused as one", Request{Identity: "spiffe://escrowd.dev/mallory", Operation: "RevealUnlockCode", Group: huge}, false, RuleIdentity},
+		{"a missing ticket is refused as one", Request{Identity: alice, Operation: "RevealUnlockCode", Group: huge}, false, RuleTicket},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := p.Decide(tt.req)
+			if d.Allow != tt.allow || d.Rule != tt.rule {
+				t.Fatalf("allow %v rule %q (%.80s), want %v %q", d.Allow, d.Rule, d.Reason, tt.allow, tt.rule)
+			}
+			if tt.rule == RuleInvalid && (len(d.Limits) != 0 || len(d.Reason) > 100 || strings.Contains(d.Reason, "ggg")) {
+				t.Fatalf("limits %d, reason %.120q: want no key, and a reason that does not echo the id", len(d.Limits), d.Reason)
+			}
+			for _, l := range d.Limits {
+				if len(l.Key) > MaxLimitKey {
+					t.Fatalf("key of %d bytes, more than %d", len(l.Key), MaxLimitKey)
+				}
+			}
+		})
+	}
+}
+
+// TestLimitKeysBounded: the longest key the policy can build, from the
+// longest name, identity and ids, is within MaxLimitKey, which is within
+// what every store takes (store.MaxRateKey).
+func TestLimitKeysBounded(t *testing.T) {
+	if MaxLimitKey > store.MaxRateKey {
+		t.Fatalf("policy.MaxLimitKey %d > store.MaxRateKey %d", MaxLimitKey, store.MaxRateKey)
+	}
+	if MaxLimit > store.MaxRateMax || MaxWindow > store.MaxRateWindow {
+		t.Fatal("the policy's limit or window bound is above the store's")
+	}
+	name := strings.Repeat("n", MaxLimitName)
+	id := "spiffe://escrowd.dev/" + strings.Repeat("a", MaxIdentity-len("spiffe://escrowd.dev/"))
+	slashes := strings.Repeat("/", MaxIDLength)
+	p, err := Parse("long.yaml", []byte(fmt.Sprintf(`
+version: 1
+roles: {support: {operations: [RevealUnlockCode]}}
+identities: [{id: %q, roles: [support]}]
+rate_limits:
+  - {name: %s-u, operations: [RevealUnlockCode], per: user, limit: %d, window: %s}
+  - {name: %s-c, operations: [RevealUnlockCode], per: caller, limit: 1, window: 1s}
+`, id, name[2:], MaxLimit, MaxWindow, name[2:])), ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := p.Decide(Request{Identity: id, Operation: "RevealUnlockCode", Group: slashes, User: slashes})
+	if !d.Allow || len(d.Limits) != 2 {
+		t.Fatalf("%+v", d)
+	}
+	for _, l := range d.Limits {
+		if len(l.Key) > MaxLimitKey {
+			t.Fatalf("%s: key of %d bytes, more than %d", l.Name, len(l.Key), MaxLimitKey)
+		}
+		if err := store.CheckRateLimits([]store.RateLimit{{Key: l.Key, Max: l.Max, Window: l.Window}}); err != nil {
+			t.Fatalf("%s: the store refuses it: %v", l.Name, err)
+		}
+	}
+}
+
+// TestLimitKeysUnambiguous: per-user keys of different (group, user)
+// pairs differ even when ids hold '/' or '%'; a pair without either keeps
+// the key it had before escaping existed.
+func TestLimitKeysUnambiguous(t *testing.T) {
+	p := good(t)
+	key := func(group, user string) string {
+		d := p.Decide(Request{Identity: alice, Operation: "RevealUnlockCode", Group: group, User: user, Ticket: "SUP-1"})
+		if !d.Allow {
+			t.Fatalf("%s/%s: %s", group, user, d.Reason)
+		}
+		return d.Limits[0].Key
+	}
+	if got := key("g", "u"); got != "reveals-per-user|user|g/u" {
+		t.Fatalf("key %q: changed for ids without / or %%", got)
+	}
+	seen := map[string][2]string{}
+	for _, pair := range [][2]string{{"a/b", "c"}, {"a", "b/c"}, {"a%2Fb", "c"}, {"a", "b%2Fc"}, {"a%", "2Fb/c"}, {"a/b/c", "d"}, {"a", "b/c/d"}} {
+		k := key(pair[0], pair[1])
+		if prev, dup := seen[k]; dup {
+			t.Fatalf("group %q user %q and group %q user %q share key %q", prev[0], prev[1], pair[0], pair[1], k)
+		}
+		seen[k] = pair
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	base, _ := os.ReadFile("testdata/good.yaml")
 	replace := func(old, new string) string {
@@ -130,6 +237,12 @@ func TestParseErrors(t *testing.T) {
 		{"zero limit", replace("limit: 3", "limit: 0"), 39, "at least 1"},
 		{"bad window", replace("window: 24h", "window: daily"), 40, "window"},
 		{"duplicate limit", replace("name: reveals-overall", "name: reveals-per-user"), 46, "listed twice"},
+		// What goes into a rate-limit key is bounded.
+		{"long identity", replace("spiffe://escrowd.dev/sync-backend", "spiffe://escrowd.dev/"+strings.Repeat("s", MaxIdentity)), 13, "at most 2048"},
+		{"long limit name", replace("name: reveals-per-user", "name: "+strings.Repeat("r", MaxLimitName+1)), 36, "1 to 64 bytes"},
+		{"limit name not ASCII", replace("name: reveals-per-user", "name: révélations"), 36, "printable ASCII"},
+		{"huge limit", replace("limit: 3", "limit: 1000000001"), 39, "at most 1000000000"},
+		{"huge window", replace("window: 24h", "window: 8785h"), 40, "from 1s to 8784h"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
