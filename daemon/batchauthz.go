@@ -2,15 +2,11 @@ package daemon
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/policy"
-	"github.com/escrowd/escrowd/store"
 )
 
 // A batch is admitted as a call (a caller the policy lets call the
@@ -50,6 +46,9 @@ func (d itemDenial) String() string {
 // it, why. A refused item counts against no limit.
 func (s *Server) admitItem(ctx context.Context, pol *policy.Policy, op, group, target string) (*itemDenial, error) {
 	d := pol.Decide(policy.Request{Identity: callerID(ctx), Operation: op, Group: group, Targets: []string{target}})
+	if err := invalidDecision(d); err != nil {
+		return nil, err
+	}
 	if !d.Allow {
 		return &itemDenial{reason: denialFor(d.Rule)}, status.Error(codes.PermissionDenied, d.Reason)
 	}
@@ -59,21 +58,11 @@ func (s *Server) admitItem(ctx context.Context, pol *policy.Policy, op, group, t
 		return &itemDenial{reason: DenialDualControl}, status.Errorf(codes.PermissionDenied,
 			"group %s is under dual control and a batch cannot wait for an approval: re-wrap this item with Rewrap or RewrapToEscrow", group)
 	}
-	if len(d.Limits) == 0 {
-		return nil, nil
-	}
-	limits := make([]store.RateLimit, len(d.Limits))
-	for i, l := range d.Limits {
-		limits[i] = store.RateLimit{Key: l.Key, Max: l.Max, Window: l.Window}
-	}
-	i, err := s.cfg.State.TakeRate(ctx, limits)
-	if errors.Is(err, store.ErrRateLimited) {
-		l := d.Limits[i]
-		return &itemDenial{reason: DenialRateLimit, limit: l.Name},
-			status.Errorf(codes.ResourceExhausted, "rate limit %s reached: at most %d per %s", l.Name, l.Max, l.Window)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: rate limits: %w", escrow.ErrUnavailable, err)
+	if full, err := s.takeRate(ctx, nil, d); err != nil {
+		if full != nil {
+			return &itemDenial{reason: DenialRateLimit, limit: full.Name}, err
+		}
+		return nil, err
 	}
 	return nil, nil
 }

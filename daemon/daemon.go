@@ -350,24 +350,18 @@ func (s *Server) admit(ctx context.Context, req any, method string, pol *policy.
 		Group: rec.Group, User: rec.User, Ticket: rec.Ticket, Targets: targets(req),
 		Batch: batched(req),
 	})
+	if err := invalidDecision(d); err != nil {
+		return err
+	}
 	if !d.Allow {
 		rec.denial = denialFor(d.Rule)
 		return status.Error(codes.PermissionDenied, d.Reason)
 	}
-	if len(d.Limits) > 0 {
-		limits := make([]store.RateLimit, len(d.Limits))
-		for i, l := range d.Limits {
-			limits[i] = store.RateLimit{Key: l.Key, Max: l.Max, Window: l.Window}
-		}
-		i, err := s.cfg.State.TakeRate(ctx, limits)
-		if errors.Is(err, store.ErrRateLimited) {
+	if full, err := s.takeRate(ctx, req, d); err != nil {
+		if full != nil {
 			rec.denial = DenialRateLimit
-			l := d.Limits[i]
-			return status.Errorf(codes.ResourceExhausted, "rate limit %s reached: at most %d per %s", l.Name, l.Max, l.Window)
 		}
-		if err != nil {
-			return fmt.Errorf("%w: rate limits: %w", escrow.ErrUnavailable, err)
-		}
+		return err
 	}
 	if d.DualControl {
 		if err := s.beforeApproval(ctx, req); err != nil {

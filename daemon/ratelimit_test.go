@@ -1,0 +1,86 @@
+package daemon
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/escrow/unlockcode"
+	"github.com/escrowd/escrowd/policy"
+	"github.com/escrowd/escrowd/store"
+)
+
+// countingState counts the calls of TakeRate.
+type countingState struct {
+	State
+	takes atomic.Int64
+}
+
+func (c *countingState) TakeRate(ctx context.Context, limits []store.RateLimit) (int, error) {
+	c.takes.Add(1)
+	return c.State.TakeRate(ctx, limits)
+}
+
+// TestRateLimitAfterValidIDs: an authenticated caller's request whose
+// group or user id is not an id — a megabyte long, with a space, or
+// missing — is refused INVALID_ARGUMENT before any rate limit is taken
+// (it used to get UNAVAILABLE "rate limits: key too large", from a key
+// built of the raw id), and counts against none: the caller's one reveal
+// an hour is still there for a well-formed request.
+func TestRateLimitAfterValidIDs(t *testing.T) {
+	code, _ := unlockcode.FromMaterial(0, []byte("0123456789"))
+	a := &fakeAuditor{}
+	var st *countingState
+	conn, _ := startWith(t, &fakeEscrow{code: code}, a, nil, func(c *Config) {
+		y := "version: 1\nroles:\n  all:\n    operations: [" + strings.Join(Operations(), ", ") + "]\n" +
+			"identities:\n  - id: " + testerID + "\n    roles: [all]\n" +
+			"rate_limits:\n" +
+			"  - {name: per-user, operations: [RevealUnlockCode], per: user, limit: 3, window: 24h}\n" +
+			"  - {name: per-caller, operations: [RevealUnlockCode], per: caller, limit: 1, window: 1h}\n"
+		p, err := policy.Parse("limits.yaml", []byte(y), Operations())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st = &countingState{State: c.State}
+		c.Policy, c.State = p, st
+	})
+	support := escrowdv1.NewSupportServiceClient(conn)
+	huge := strings.Repeat("g", 1<<20)
+	reveal := func(group, user string) error {
+		_, err := support.RevealUnlockCode(context.Background(), &escrowdv1.RevealUnlockCodeRequest{GroupId: group, UserId: user, Ticket: "T-1"})
+		return err
+	}
+	for _, tt := range []struct{ name, group, user, field string }{
+		{"a group id of 1 MiB", huge, "u", "group_id"},
+		{"a user id of 1 MiB", "g", huge, "user_id"},
+		{"a group id of 129 bytes", strings.Repeat("g", 129), "u", "group_id"},
+		{"a user id with a space", "g", "u v", "user_id"},
+		{"no user id", "g", "", "user_id"},
+		{"no group id", "", "u", "group_id"},
+	} {
+		err := reveal(tt.group, tt.user)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tt.field) {
+			t.Fatalf("%s: %.200v; want INVALID_ARGUMENT naming %s", tt.name, err, tt.field)
+		}
+	}
+	if n := st.takes.Load(); n != 0 {
+		t.Fatalf("TakeRate was called %d times for malformed requests", n)
+	}
+	if err := reveal("g", "u"); err != nil {
+		t.Fatalf("a well-formed reveal after the malformed ones: %v (they were counted)", err)
+	}
+	err := reveal("g", "u2")
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "per-caller") {
+		t.Fatalf("a second reveal in the hour: %v, want RESOURCE_EXHAUSTED naming per-caller", err)
+	}
+	for _, r := range a.recs[:6] {
+		if r.Code != codes.InvalidArgument.String() {
+			t.Fatalf("record %s: code %s, want InvalidArgument", r.ID, r.Code)
+		}
+	}
+}
