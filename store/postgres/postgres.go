@@ -11,11 +11,13 @@ package postgres
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -55,6 +57,10 @@ const databaseClock = "SELECT clock_timestamp()"
 
 var _ store.Store = (*Store)(nil)
 
+// ErrInsecureTransport: the store URL would reach a database away from
+// this machine without verifying its certificate and name.
+var ErrInsecureTransport = errors.New("postgres: a database away from loopback or a Unix socket must be reached with sslmode=verify-full")
+
 // Open connects to the database at url (a postgres:// URL or a libpq
 // key=value string) and brings its schema up to date.
 func Open(ctx context.Context, url string) (*Store, error) {
@@ -62,6 +68,9 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	if err != nil {
 		// The URL may hold a password: do not echo it.
 		return nil, errors.New("postgres: cannot parse the store URL")
+	}
+	if err := checkTransport(cfg.ConnConfig.Config); err != nil {
+		return nil, err
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -551,4 +560,41 @@ func (s *Store) CommitBatch(ctx context.Context, b store.Batch) (store.Job, erro
 		return store.Job{}, err
 	}
 	return j, nil
+}
+
+// checkTransport refuses a connection configuration that could reach a
+// remote database in clear or to an unverified server: the store holds
+// every wrapped group key and the code state, and a man in the middle could
+// roll codes back to unrevealed. Loopback and Unix sockets are local to the
+// machine; anything else needs sslmode=verify-full, which is the only mode
+// in which pgx checks both the chain and the server's name, and which has
+// no plain-text fallback (sslmode=prefer and allow fall back in clear).
+func checkTransport(cfg pgconn.Config) error {
+	type hop struct {
+		host string
+		tls  *tls.Config
+	}
+	hops := []hop{{cfg.Host, cfg.TLSConfig}}
+	for _, f := range cfg.Fallbacks {
+		hops = append(hops, hop{f.Host, f.TLSConfig})
+	}
+	for _, h := range hops {
+		if localHost(h.host) {
+			continue
+		}
+		if h.tls == nil || h.tls.InsecureSkipVerify || h.tls.ServerName == "" {
+			return fmt.Errorf("%w (host %q)", ErrInsecureTransport, h.host)
+		}
+	}
+	return nil
+}
+
+// localHost reports whether host is a Unix socket directory or a loopback
+// address.
+func localHost(host string) bool {
+	if strings.HasPrefix(host, "/") || host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
