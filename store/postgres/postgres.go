@@ -576,19 +576,24 @@ func (s *Store) CommitBatch(ctx context.Context, b store.Batch) (store.Job, erro
 			return fmt.Errorf("job %s is held by %q: %w", b.JobID, j.Owner, store.ErrLeaseHeld)
 		}
 		for _, g := range b.Groups {
-			cur, err := getGroup(ctx, tx, g.ID, " FOR UPDATE")
+			doc, err := json.Marshal(g)
 			if err != nil {
 				return err
 			}
-			if cur.Rev != g.Rev {
+			// The stored record's newest versions, for the key_rotated
+			// event, come back from the update itself (one round trip).
+			var escrow, unlock int64
+			err = tx.QueryRow(ctx, `WITH old AS (SELECT doc FROM groups WHERE id = $1 AND rev = $2 FOR UPDATE)
+				UPDATE groups g SET rev = g.rev + 1, doc = $3 FROM old WHERE g.id = $1
+				RETURNING coalesce((old.doc->'escrow'->-1->>'version')::bigint, 0), coalesce((old.doc->'unlock'->-1->>'version')::bigint, 0)`,
+				g.ID, int64(g.Rev), doc).Scan(&escrow, &unlock)
+			if errors.Is(err, pgx.ErrNoRows) {
 				return fmt.Errorf("group %s changed since revision %d: %w", g.ID, g.Rev, store.ErrConflict)
 			}
-			g.Rev++
-			if err := putGroup(ctx, tx, g); err != nil {
+			if err != nil {
 				return err
 			}
-			escrow, unlock := store.LatestVersions(&cur)
-			if e, ok := store.KeyEvent(ctx, &g, escrow, unlock, s.now().Truncate(time.Microsecond)); ok {
+			if e, ok := store.KeyEvent(ctx, &g, uint32(escrow), uint32(unlock), s.now().Truncate(time.Microsecond)); ok {
 				if err := insertEvent(ctx, tx, e); err != nil {
 					return err
 				}
