@@ -118,6 +118,9 @@ type Config struct {
 	// Observer, if set, learns RPC latencies, denials and health checks
 	// (metrics).
 	Observer Observer
+	// Events is the store's event outbox, read by SyncService.ListEvents
+	// (events.go); without it that RPC fails with FAILED_PRECONDITION.
+	Events EventLog
 }
 
 // Server is escrowd's gRPC server.

@@ -100,6 +100,7 @@ func (h *syncService) Rewrap(ctx context.Context, req *escrowdv1.RewrapRequest) 
 func (h *syncService) IssueUnlockCodes(ctx context.Context, req *escrowdv1.IssueUnlockCodesRequest) (*escrowdv1.IssueUnlockCodesResponse, error) {
 	rec := record(ctx)
 	rec.Group, rec.User = req.GetGroupId(), req.GetUserId()
+	ctx = h.s.withOrigin(ctx)
 	is, err := h.s.cfg.Escrow.IssueCodes(ctx, req.GetGroupId(), req.GetUserId(), req.GetEscrowSlot(), int(req.GetCount()))
 	noteVersions(ctx, is.Used)
 	if err != nil {
@@ -116,6 +117,7 @@ func (h *supportService) RevealUnlockCode(ctx context.Context, req *escrowdv1.Re
 		return nil, fmt.Errorf("%w: ticket is required: printable ASCII, no spaces, at most %d bytes", escrow.ErrInvalid, bundle.MaxIDLength)
 	}
 	rec.Ticket = req.GetTicket()
+	ctx = h.s.withOrigin(ctx)
 	rv, err := h.s.cfg.Escrow.RevealCode(ctx, req.GetGroupId(), req.GetUserId())
 	noteVersions(ctx, rv.Used)
 	if err != nil {
@@ -214,7 +216,9 @@ func (h *supportService) ApproveReveal(ctx context.Context, req *escrowdv1.Appro
 		return nil, status.Error(codes.PermissionDenied,
 			"you cannot approve your own reveal, from this certificate or another of yours: a second person must")
 	}
-	a, err := h.s.cfg.State.Approve(ctx, req.GetId(), approver, h.s.now())
+	o := h.s.origin(ctx)
+	o.RequesterName = pol.Name(p.Requester)
+	a, err := h.s.cfg.State.Approve(store.WithOrigin(ctx, o), req.GetId(), approver, h.s.now())
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return nil, status.Errorf(codes.NotFound, "no reveal %s is waiting for approval", req.GetId())

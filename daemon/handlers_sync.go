@@ -166,7 +166,7 @@ func (h *syncService) RotateGroupKey(ctx context.Context, req *escrowdv1.RotateG
 			rec.Detail = append(rec.Detail, fmt.Sprintf("recipient:%s/%s", rc.Kind, rc.ID))
 		}
 	}
-	out, err := h.s.cfg.Escrow.Rotate(ctx, req.GetGroupId(), rot)
+	out, err := h.s.cfg.Escrow.Rotate(h.s.withOrigin(ctx), req.GetGroupId(), rot)
 	noteVersions(ctx, out.Used)
 	if err != nil {
 		return nil, err

@@ -32,7 +32,7 @@ func (h *securityService) RotateGroupKeys(ctx context.Context, req *escrowdv1.Ro
 	if err != nil {
 		return nil, err
 	}
-	g, err := v.RotateGroup(ctx, req.GetGroupId(), req.GetEscrow(), req.GetUnlock())
+	g, err := v.RotateGroup(h.s.withOrigin(ctx), req.GetGroupId(), req.GetEscrow(), req.GetUnlock())
 	if err != nil {
 		return nil, err
 	}

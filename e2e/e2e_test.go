@@ -217,7 +217,7 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 		t.Fatal(err)
 	}
 	srv, err := daemon.New(daemon.Config{
-		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, State: st, Policy: loadPolicy(t, o.policy),
+		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, State: st, Events: st, Policy: loadPolicy(t, o.policy),
 		TLS: &tls.Config{Certificates: []tls.Certificate{pki.certs["server"]}}, ClientCAs: pki.ca.Pool(),
 		Checks:        map[string]daemon.Checker{"hsm": h, "vault": aud},
 		CheckInterval: o.checkInterval,

@@ -54,12 +54,13 @@ var matrixRequests = map[string]proto.Message{
 	"ListJobs":                &escrowdv1.ListJobsRequest{},
 	"CancelJob":               &escrowdv1.CancelJobRequest{Id: "no-such-job"},
 	"DestroyKEK":              &escrowdv1.DestroyKEKRequest{Version: 99},
+	"ListEvents":              &escrowdv1.ListEventsRequest{},
 }
 
 // grants is testdata/policy.yaml as a table: which caller may call what.
 var grants = map[string][]string{
 	"sync-backend": {"ProvisionGroup", "GetEscrowKey", "Rewrap", "IssueUnlockCodes", "RewrapToEscrow", "BatchRewrap",
-		"MarkUnlockCodeConsumed", "RotateGroupKey"},
+		"MarkUnlockCodeConsumed", "RotateGroupKey", "ListEvents"},
 	"alice": {"RevealUnlockCode", "ListUnlockCodes", "ListPendingReveals", "ApproveReveal"},
 	"bob":   {"RevealUnlockCode", "ListUnlockCodes", "ListPendingReveals", "ApproveReveal"},
 	"carol": {"GetGroup", "ListHSMObjects", "RotateGroupKeys", "SetMinDecryptionVersion", "DestroyKeyVersion",

@@ -418,6 +418,11 @@ func (p *pendingCodes) slots(wrapped []hsm.Sealed) ([][]byte, error) {
 	return out, nil
 }
 
+// start is p as the store starts it.
+func (p *pendingCodes) start() store.EpochStart {
+	return store.EpochStart{User: p.user, PrevEpoch: p.epoch - 1, UnlockVersion: p.unlockVersion, Codes: len(p.targets), Nonce: p.nonce}
+}
+
 // startEpoch records the new epoch: only now does it exist, and the old
 // codes die with this write.
 func (s *Service) startEpoch(ctx context.Context, p *pendingCodes) error {

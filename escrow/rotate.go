@@ -57,10 +57,11 @@ type Rotated struct {
 // and wraps the old GDK (opened from EscrowSlot inside the HSM) under the
 // new one as a chain slot. Neither GDK enters the daemon's memory.
 //
-// The users' new epochs are recorded one by one after the HSM work: if
-// one fails (a concurrent issue for that user), Rotate returns the error,
-// the new GDK is never handed out, and users whose epoch was already
-// started must be issued codes again (their old codes are dead).
+// The rotation and the users' new epochs are recorded in one store
+// transaction after the HSM work (store.RecordGDKRotation), with their
+// events: if one user's epoch cannot start (a concurrent issue for that
+// user), Rotate returns the error, nothing is recorded, every user keeps
+// the codes they had, and the new GDK is never handed out.
 func (s *Service) Rotate(ctx context.Context, group string, r Rotation) (Rotated, error) {
 	if r.OldGDKVersion == 0 {
 		return Rotated{}, fmt.Errorf("%w: old_gdk_version must be at least 1", ErrInvalid)
@@ -160,10 +161,18 @@ func (s *Service) Rotate(ctx context.Context, group string, r Rotation) (Rotated
 		out = out[len(p.targets):]
 		res.Unlock = append(res.Unlock, UserCodes{User: p.user, Epoch: p.epoch, Slots: slots})
 	}
+	rec := store.GDKRotation{Group: group, OldGDKVersion: r.OldGDKVersion, GDKVersion: next}
 	for _, p := range pending {
-		if err := s.startEpoch(ctx, p); err != nil {
-			return Rotated{}, err
+		rec.Epochs = append(rec.Epochs, p.start())
+	}
+	if _, err := s.store.RecordGDKRotation(ctx, rec); err != nil {
+		switch {
+		case errors.Is(err, store.ErrConflict):
+			return Rotated{}, fmt.Errorf("%w: codes were issued concurrently: %w", ErrConflict, err)
+		case errors.Is(err, store.ErrNotFound):
+			return Rotated{}, fmt.Errorf("%w: %s", ErrNotFound, group)
 		}
+		return Rotated{}, storeErr(err)
 	}
 	return res, nil
 }

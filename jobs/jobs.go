@@ -364,7 +364,8 @@ func (r *Runner) stepFor(ctx context.Context, j store.Job) (step, error) {
 
 // run works on a leased job until it ends, fails or the lease is lost.
 func (r *Runner) run(ctx context.Context, j store.Job) {
-	ctx, cancel := context.WithCancel(ctx)
+	// The events its checkpoints write (key_rotated) name the job.
+	ctx, cancel := context.WithCancel(store.WithOrigin(ctx, store.Origin{Job: j.ID}))
 	defer cancel()
 	go r.heartbeat(ctx, cancel, j.ID)
 	log := r.log.With(zap.String("job", j.ID), zap.String("kind", j.Kind))

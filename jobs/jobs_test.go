@@ -120,6 +120,33 @@ func TestGroupRotationTakeover(t *testing.T) {
 			t.Fatalf("group %s: %d unlock versions, %d escrow: want exactly one rotation of the unlock key", g.ID, len(g.Unlock), len(g.Escrow))
 		}
 	}
+	// One key_rotated event per group (the seed was rotated too), naming
+	// the job, across the takeover.
+	rotated := map[string]int{}
+	for after := uint64(0); ; {
+		p, err := st.Events(ctx, after, store.MaxEventPage)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Events) == 0 {
+			break
+		}
+		for _, e := range p.Events {
+			if e.Kind != store.EventKeyRotated || e.Job != j.ID || e.UnlockVersion != 2 || e.EscrowVersion != 0 || e.Caller != "" {
+				t.Fatalf("event %+v", e)
+			}
+			rotated[e.Group]++
+			after = e.Seq
+		}
+	}
+	if len(rotated) != n+1 {
+		t.Fatalf("key_rotated events for %d groups, want %d", len(rotated), n+1)
+	}
+	for g, c := range rotated {
+		if c != 1 {
+			t.Fatalf("group %s has %d key_rotated events", g, c)
+		}
+	}
 	// The new versions work.
 	g, _ := st.Group(ctx, "g-123")
 	if _, err := h.HMAC(ctx, hsm.WrappedKey{KEKVersion: g.Unlock[1].Key.KEKVersion, Blob: g.Unlock[1].Key.Blob}, []byte("x")); err != nil {

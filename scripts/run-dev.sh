@@ -54,6 +54,9 @@ Dual control: reveals in groups named vip-* wait until another person runs
   bin/escrowctl codes pending -as bob
   bin/escrowctl codes approve -as bob -id ID -group GROUP -user USER -ticket TICKET
 (stating the group, user and ticket that codes pending lists for ID)
+Event feed (what the sync backend tells users; a .run/pki made before the
+feed existed needs ListEvents added to its sync-backend role):
+  bin/escrowctl events -as sync-backend [-after N] [-follow]
 Audit trail:
   VAULT_ADDR=$vault_addr bin/escrowctl audit verify -vault-token-file $run/vault/token
 

@@ -3,7 +3,8 @@
 //
 // Every back end passes the conformance suite in store/storetest. Each
 // method is one transaction, so a crash leaves either the state before the
-// call or the state after it.
+// call or the state after it. The methods that change what a user should
+// hear of write its Event in that same transaction (events.go).
 package store
 
 import (
@@ -263,13 +264,22 @@ type Store interface {
 	// StartEpoch replaces the user's code state with a new epoch of n
 	// unrevealed codes and the epoch's nonce, if the current epoch is still
 	// prevEpoch (0 for none): ErrConflict otherwise. A nonce of another size
-	// than NonceSize is refused (CheckNonce). It returns the new state.
+	// than NonceSize is refused (CheckNonce). It returns the new state, and
+	// writes an epoch_issued event.
 	StartEpoch(ctx context.Context, group, user string, prevEpoch, unlockVersion uint32, n int, nonce []byte) (Codes, error)
 	// ClaimCode marks the lowest unrevealed code of the current epoch
 	// revealed and returns its index with the new state. Two concurrent
 	// claims never get the same index. ErrExhausted when none is left,
-	// ErrNoEpoch when no codes were issued.
+	// ErrNoEpoch when no codes were issued. It writes a code_revealed
+	// event.
 	ClaimCode(ctx context.Context, group, user string) (index int, c Codes, err error)
+	// RecordGDKRotation records a new group data key of r.Group: a
+	// gdk_rotated event, then each of r.Epochs as StartEpoch would start it,
+	// with its epoch_issued event, all in one transaction: ErrNotFound for
+	// a missing group, ErrConflict if any user's epoch is no longer its
+	// PrevEpoch, a bad nonce refused, and then nothing is written. It
+	// returns the users' new code states in r.Epochs' order.
+	RecordGDKRotation(ctx context.Context, r GDKRotation) ([]Codes, error)
 
 	// TakeRate counts one request against every limit, atomically: if any
 	// limit has no room, nothing is counted and it returns the index of
@@ -288,14 +298,16 @@ type Store interface {
 	Approval(ctx context.Context, id string) (Approval, error)
 	// Approve records approver's approval at now. ErrSelfApproval if the
 	// approver is the requester, ErrExpired past Expires, ErrNotPending if
-	// approved already, ErrNotFound if absent.
+	// approved already, ErrNotFound if absent. Approving a reveal writes a
+	// reveal_approved event.
 	Approve(ctx context.Context, id, approver string, now time.Time) (Approval, error)
 	// PendingApprovals lists unapproved, unexpired requests, oldest first.
 	PendingApprovals(ctx context.Context, now time.Time) ([]Approval, error)
 	// UpdateGroup reads group id, calls fn on it and stores the result, in
 	// one transaction that excludes every other update of the group. An
 	// error from fn aborts the update and is returned as is. ErrNotFound
-	// if absent. The id and Rev are the store's: fn cannot change them.
+	// if absent. The id and Rev are the store's: fn cannot change them. An
+	// update that adds a key version writes a key_rotated event.
 	UpdateGroup(ctx context.Context, id string, fn func(*Group) error) (Group, error)
 	// ListGroups returns up to limit groups whose id sorts after after
 	// (byte order), in id order.
@@ -314,7 +326,8 @@ type Store interface {
 	UpdateJob(ctx context.Context, id string, fn func(*Job) error) (Job, error)
 	// CommitBatch writes a job's checkpoint with the groups it changed, in
 	// one transaction: ErrLeaseHeld if b.Owner does not hold the job,
-	// ErrConflict if a group changed since it was read.
+	// ErrConflict if a group changed since it was read. Each group given a
+	// new key version writes a key_rotated event.
 	CommitBatch(ctx context.Context, b Batch) (Job, error)
 
 	// ConsumeCode marks code index of epoch consumed; consuming it again
@@ -322,6 +335,18 @@ type Store interface {
 	// when epoch is not the current one, ErrNotFound for an index outside
 	// the epoch, ErrNotRevealed for a code never revealed.
 	ConsumeCode(ctx context.Context, group, user string, epoch uint32, index int) (Codes, error)
+
+	// Events returns up to limit (at most MaxEventPage) events with
+	// Seq > after, in Seq order, and the highest Seq given so far. An event
+	// is listed only once every event with a lower Seq can be listed too,
+	// so a reader that keeps the last Seq it handled and asks for what
+	// follows never skips an event, whatever order concurrent
+	// transactions commit in.
+	Events(ctx context.Context, after uint64, limit int) (EventPage, error)
+	// PruneEvents deletes the events written before before, and the oldest
+	// beyond the newest max (0: no count bound), always a prefix in Seq
+	// order, and returns how many it deleted. Numbers are never reused.
+	PruneEvents(ctx context.Context, before time.Time, max int) (int, error)
 	Close() error
 }
 

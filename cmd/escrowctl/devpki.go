@@ -24,7 +24,7 @@ version: 1
 
 roles:
   sync-backend:
-    operations: [ProvisionGroup, GetEscrowKey, Rewrap, IssueUnlockCodes, RewrapToEscrow, BatchRewrap, MarkUnlockCodeConsumed, RotateGroupKey]
+    operations: [ProvisionGroup, GetEscrowKey, Rewrap, IssueUnlockCodes, RewrapToEscrow, BatchRewrap, MarkUnlockCodeConsumed, RotateGroupKey, ListEvents]
     rewrap_targets: [member, device, unlock, escrow]
   support:
     operations: [RevealUnlockCode, ListUnlockCodes, ListPendingReveals, ApproveReveal]

@@ -13,8 +13,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -74,6 +76,11 @@ _CA), or -as NAME to use NAME.crt, NAME.key and ca.crt in $ESCROWCTL_PKI.
   jobs start -kind kek-rotation -kek-version N
   jobs start -kind group-rotation [-escrow] [-unlock]
   jobs cancel -id ID
+  events [-after N] [-limit N] [-follow]     the event feed (as the sync backend), one
+                                             line per event after sequence N (default
+                                             0: from the oldest kept) until caught up;
+                                             the cursor to go on from goes to stderr;
+                                             -follow keeps asking every second
 
 Audit (reads Vault directly: -vault-addr or $VAULT_ADDR, -vault-token-file or
 $VAULT_TOKEN, -audit-mount, -audit-prefix):
@@ -133,8 +140,8 @@ var (
 )
 
 func run(args []string, out io.Writer) error {
-	if len(args) >= 1 && args[0] == "jobs" && (len(args) == 1 || strings.HasPrefix(args[1], "-")) {
-		args = append([]string{"jobs", "list"}, args[1:]...)
+	if len(args) >= 1 && (args[0] == "jobs" || args[0] == "events") && (len(args) == 1 || strings.HasPrefix(args[1], "-")) {
+		args = append([]string{args[0], "list"}, args[1:]...)
 	}
 	if len(args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
@@ -179,6 +186,9 @@ func run(args []string, out io.Writer) error {
 	version := fs.Uint("version", 0, "key version")
 	watch := fs.Bool("watch", false, "refresh until every job has ended")
 	format := fs.String("format", string(formatPEM), "group key output: pem, der or jwk")
+	after := fs.Uint64("after", 0, "events after this sequence number (0: from the oldest kept)")
+	limit := fs.Uint("limit", 0, "events per request (default: the daemon's, 100; at most 1000)")
+	follow := fs.Bool("follow", false, "keep asking for new events until interrupted")
 	if err := fs.Parse(args[2:]); err != nil {
 		return err
 	}
@@ -564,6 +574,15 @@ func run(args []string, out io.Writer) error {
 			}
 			fmt.Fprintln(out)
 		}
+	case "events list":
+		fctx := ctx
+		if *follow {
+			// No overall deadline: each request has its own, until ^C.
+			var stop context.CancelFunc
+			fctx, stop = signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+		}
+		return listEvents(fctx, sync, *after, uint32(*limit), *follow, *timeout, out, os.Stderr)
 	case "hsm objects":
 		r, err := security.ListHSMObjects(ctx, &escrowdv1.ListHSMObjectsRequest{})
 		if err != nil {

@@ -276,6 +276,7 @@ func run(o *options) error {
 		Logger:       log,
 		AuditTimeout: o.auditTimeout,
 		Observer:     daemonObs,
+		Events:       st,
 	})
 	if err != nil {
 		return err
@@ -309,6 +310,15 @@ func run(o *options) error {
 	defer func() {
 		jcancel()
 		<-jdone
+	}()
+	pdone := make(chan struct{})
+	go func() {
+		defer close(pdone)
+		pruneEvents(jctx, st, pruneEvery, o.eventRetention, o.eventMax, time.Now, log)
+	}()
+	defer func() {
+		jcancel()
+		<-pdone
 	}()
 
 	sigs, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

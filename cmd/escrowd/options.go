@@ -17,6 +17,7 @@ import (
 
 	"github.com/escrowd/escrowd/escrow/bundle"
 	"github.com/escrowd/escrowd/internal/config"
+	"github.com/escrowd/escrowd/store"
 )
 
 // options are escrowd's settings. Every one is a flag, and every flag but
@@ -53,6 +54,8 @@ type options struct {
 	jobPoll         time.Duration
 	jobBatch        int
 	pidFile         string
+	eventRetention  time.Duration
+	eventMax        int
 
 	configPath  string
 	checkConfig bool
@@ -98,6 +101,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.jobLease, "job-lease", 15*time.Second, "lease of a running job: another replica takes it over this long after its runner died")
 	fs.DurationVar(&o.jobPoll, "job-poll", 2*time.Second, "how often to look for jobs to run")
 	fs.IntVar(&o.jobBatch, "job-batch", 100, "groups per job checkpoint")
+	fs.DurationVar(&o.eventRetention, "event-retention", store.DefaultEventRetention, "how long the event feed (SyncService.ListEvents) keeps an event; older ones are pruned every hour")
+	fs.IntVar(&o.eventMax, "event-max", store.DefaultEventMax, "most events the feed keeps; the oldest beyond are pruned every hour (0: no bound but event-retention)")
 	fs.StringVar(&o.pidFile, "pid-file", "", "file to write escrowd's process id to, locked while it runs and removed on exit (default none); a second escrowd on the same file refuses to start")
 	return fs
 }
@@ -246,10 +251,13 @@ func (o *options) check() error {
 	for _, d := range []struct {
 		key string
 		val time.Duration
-	}{{"audit-timeout", o.auditTimeout}, {"shutdown-timeout", o.shutdownTimeout}, {"job-lease", o.jobLease}, {"job-poll", o.jobPoll}} {
+	}{{"audit-timeout", o.auditTimeout}, {"shutdown-timeout", o.shutdownTimeout}, {"job-lease", o.jobLease}, {"job-poll", o.jobPoll}, {"event-retention", o.eventRetention}} {
 		if d.val <= 0 {
 			add(o.invalid(d.key, "must be more than zero"))
 		}
+	}
+	if o.eventMax < 0 {
+		add(o.invalid("event-max", "must be 0 (no bound) or more"))
 	}
 	if o.defaultSuite != "" && !bundle.PublicKeySuite(o.defaultSuite) {
 		add(o.invalid("default-suite", "%s is not ecdh-p256, rsa-oaep-sha1 or rsa-oaep-sha256", o.quote("default-suite", o.defaultSuite)))

@@ -55,7 +55,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("failed to open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketGroups, bucketCodes, bucketMeta, bucketRates, bucketApprov, bucketJobs} {
+		for _, b := range [][]byte{bucketGroups, bucketCodes, bucketMeta, bucketRates, bucketApprov, bucketJobs, bucketEvents} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -169,22 +169,67 @@ func (s *Store) StartEpoch(ctx context.Context, group, user string, prevEpoch, u
 		if tx.Bucket(bucketGroups).Get([]byte(group)) == nil {
 			return fmt.Errorf("group %s: %w", group, store.ErrNotFound)
 		}
-		cur, err := getCodes(tx, group, user)
-		switch {
-		case errors.Is(err, store.ErrNoEpoch):
-		case err != nil:
-			return err
-		}
-		if cur.Epoch != prevEpoch {
-			return fmt.Errorf("epoch is %d, not %d: %w", cur.Epoch, prevEpoch, store.ErrConflict)
-		}
-		c = store.Codes{
-			Group: group, User: user, Epoch: prevEpoch + 1, UnlockVersion: unlockVersion,
-			Nonce: bytes.Clone(nonce), Revealed: make([]bool, n), Updated: s.now().UTC(),
-		}
-		return putCodes(tx, c)
+		var err error
+		c, err = s.startEpoch(ctx, tx, group, store.EpochStart{User: user, PrevEpoch: prevEpoch, UnlockVersion: unlockVersion, Codes: n, Nonce: nonce}, 0)
+		return err
 	})
 	return c, err
+}
+
+// startEpoch starts e's epoch of group in tx, with its event; gdkVersion is
+// the GDK version of the rotation that issues it, if any.
+func (s *Store) startEpoch(ctx context.Context, tx *bbolt.Tx, group string, e store.EpochStart, gdkVersion uint32) (store.Codes, error) {
+	cur, err := getCodes(tx, group, e.User)
+	switch {
+	case errors.Is(err, store.ErrNoEpoch):
+	case err != nil:
+		return store.Codes{}, err
+	}
+	if cur.Epoch != e.PrevEpoch {
+		return store.Codes{}, fmt.Errorf("user %s: epoch is %d, not %d: %w", e.User, cur.Epoch, e.PrevEpoch, store.ErrConflict)
+	}
+	c := store.Codes{
+		Group: group, User: e.User, Epoch: e.PrevEpoch + 1, UnlockVersion: e.UnlockVersion,
+		Nonce: bytes.Clone(e.Nonce), Revealed: make([]bool, e.Codes), Updated: s.now().UTC(),
+	}
+	if err := putCodes(tx, c); err != nil {
+		return store.Codes{}, err
+	}
+	return c, putEvent(tx, store.EpochEvent(ctx, &c, gdkVersion, c.Updated))
+}
+
+// RecordGDKRotation implements store.Store.
+func (s *Store) RecordGDKRotation(ctx context.Context, r store.GDKRotation) ([]store.Codes, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	for _, e := range r.Epochs {
+		if err := store.CheckNonce(e.Nonce); err != nil {
+			return nil, err
+		}
+	}
+	var out []store.Codes
+	err := s.update(func(tx *bbolt.Tx) error {
+		out = nil
+		if tx.Bucket(bucketGroups).Get([]byte(r.Group)) == nil {
+			return fmt.Errorf("group %s: %w", r.Group, store.ErrNotFound)
+		}
+		if err := putEvent(tx, store.GDKEvent(ctx, &r, s.now())); err != nil {
+			return err
+		}
+		for _, e := range r.Epochs {
+			c, err := s.startEpoch(ctx, tx, r.Group, e, r.GDKVersion)
+			if err != nil {
+				return err
+			}
+			out = append(out, c)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // ClaimCode implements store.Store.
@@ -212,7 +257,10 @@ func (s *Store) ClaimCode(ctx context.Context, group, user string) (int, store.C
 		}
 		c.Revealed[index] = true
 		c.Updated = s.now().UTC()
-		return putCodes(tx, c)
+		if err := putCodes(tx, c); err != nil {
+			return err
+		}
+		return putEvent(tx, store.RevealEvent(ctx, &c, index, c.Updated))
 	})
 	if err != nil {
 		return -1, store.Codes{}, err
@@ -351,7 +399,13 @@ func (s *Store) Approve(ctx context.Context, id, approver string, now time.Time)
 		if err != nil {
 			return err
 		}
-		return tx.Bucket(bucketApprov).Put([]byte(id), v)
+		if err := tx.Bucket(bucketApprov).Put([]byte(id), v); err != nil {
+			return err
+		}
+		if e, ok := store.ApprovalEvent(ctx, &a, now); ok {
+			return putEvent(tx, e)
+		}
+		return nil
 	})
 	return a, err
 }
@@ -448,11 +502,18 @@ func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(*store.Group
 			return err
 		}
 		rev := g.Rev
+		escrow, unlock := store.LatestVersions(&g)
 		if err := fn(&g); err != nil {
 			return err
 		}
 		g.ID, g.Rev = id, rev+1
-		return putGroup(tx, g)
+		if err := putGroup(tx, g); err != nil {
+			return err
+		}
+		if e, ok := store.KeyEvent(ctx, &g, escrow, unlock, s.now()); ok {
+			return putEvent(tx, e)
+		}
+		return nil
 	})
 	if err != nil {
 		return store.Group{}, err
@@ -610,6 +671,12 @@ func (s *Store) CommitBatch(ctx context.Context, b store.Batch) (store.Job, erro
 			g.Rev++
 			if err := putGroup(tx, g); err != nil {
 				return err
+			}
+			escrow, unlock := store.LatestVersions(&cur)
+			if e, ok := store.KeyEvent(ctx, &g, escrow, unlock, s.now()); ok {
+				if err := putEvent(tx, e); err != nil {
+					return err
+				}
 			}
 		}
 		j.Cursor, j.Done, j.Changed, j.Updated = b.Cursor, b.Done, b.Changed, s.now().UTC()

@@ -167,8 +167,13 @@ func (s *Store) Approve(ctx context.Context, id, approver string, now time.Time)
 		if err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, "UPDATE approvals SET doc = $2 WHERE id = $1", id, doc)
-		return err
+		if _, err := tx.Exec(ctx, "UPDATE approvals SET doc = $2 WHERE id = $1", id, doc); err != nil {
+			return err
+		}
+		if e, ok := store.ApprovalEvent(ctx, &a, now.Truncate(time.Microsecond)); ok {
+			return insertEvent(ctx, tx, e)
+		}
+		return nil
 	})
 	return a, err
 }

@@ -277,11 +277,18 @@ func (s *Store) UpdateGroup(ctx context.Context, id string, fn func(*store.Group
 			return err
 		}
 		rev := g.Rev
+		escrow, unlock := store.LatestVersions(&g)
 		if err := fn(&g); err != nil {
 			return err
 		}
 		g.ID, g.Rev = id, rev+1
-		return putGroup(ctx, tx, g)
+		if err := putGroup(ctx, tx, g); err != nil {
+			return err
+		}
+		if e, ok := store.KeyEvent(ctx, &g, escrow, unlock, s.now().Truncate(time.Microsecond)); ok {
+			return insertEvent(ctx, tx, e)
+		}
+		return nil
 	})
 	if err != nil {
 		return store.Group{}, err
@@ -357,40 +364,86 @@ func (s *Store) StartEpoch(ctx context.Context, group, user string, prevEpoch, u
 		return c, err
 	}
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		var one int
-		err := tx.QueryRow(ctx, "SELECT 1 FROM groups WHERE id = $1", group).Scan(&one)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("group %s: %w", group, store.ErrNotFound)
-		}
-		if err != nil {
+		if err := groupExists(ctx, tx, group); err != nil {
 			return err
 		}
-		cur, err := getCodes(ctx, tx, group, user, " FOR UPDATE")
-		exists := err == nil
-		if err != nil && !errors.Is(err, store.ErrNoEpoch) {
-			return err
-		}
-		if cur.Epoch != prevEpoch {
-			return fmt.Errorf("epoch is %d, not %d: %w", cur.Epoch, prevEpoch, store.ErrConflict)
-		}
-		c = store.Codes{Group: group, User: user, Epoch: prevEpoch + 1, UnlockVersion: unlockVersion, Nonce: bytes.Clone(nonce),
-			Revealed: make([]bool, n), Updated: s.now().UTC().Truncate(time.Microsecond)}
-		if exists {
-			_, err = tx.Exec(ctx, `UPDATE codes SET epoch = $3, unlock_version = $4, nonce = $5, revealed = $6, consumed = NULL, updated = $7
-				WHERE group_id = $1 AND user_id = $2`, group, user, int64(c.Epoch), int64(unlockVersion), c.Nonce, c.Revealed, c.Updated)
-			return err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO codes (group_id, user_id, epoch, unlock_version, nonce, revealed, updated)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)`, group, user, int64(c.Epoch), int64(unlockVersion), c.Nonce, c.Revealed, c.Updated)
-		if isUniqueViolation(err) {
-			return fmt.Errorf("epoch started concurrently: %w", store.ErrConflict)
-		}
+		var err error
+		c, err = s.startEpoch(ctx, tx, group, store.EpochStart{User: user, PrevEpoch: prevEpoch, UnlockVersion: unlockVersion, Codes: n, Nonce: nonce}, 0)
 		return err
 	})
 	if err != nil {
 		return store.Codes{}, err
 	}
 	return c, nil
+}
+
+func groupExists(ctx context.Context, tx pgx.Tx, group string) error {
+	var one int
+	err := tx.QueryRow(ctx, "SELECT 1 FROM groups WHERE id = $1", group).Scan(&one)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("group %s: %w", group, store.ErrNotFound)
+	}
+	return err
+}
+
+// startEpoch starts e's epoch of group in tx, with its event; gdkVersion is
+// the GDK version of the rotation that issues it, if any.
+func (s *Store) startEpoch(ctx context.Context, tx pgx.Tx, group string, e store.EpochStart, gdkVersion uint32) (store.Codes, error) {
+	cur, err := getCodes(ctx, tx, group, e.User, " FOR UPDATE")
+	exists := err == nil
+	if err != nil && !errors.Is(err, store.ErrNoEpoch) {
+		return store.Codes{}, err
+	}
+	if cur.Epoch != e.PrevEpoch {
+		return store.Codes{}, fmt.Errorf("user %s: epoch is %d, not %d: %w", e.User, cur.Epoch, e.PrevEpoch, store.ErrConflict)
+	}
+	c := store.Codes{Group: group, User: e.User, Epoch: e.PrevEpoch + 1, UnlockVersion: e.UnlockVersion, Nonce: bytes.Clone(e.Nonce),
+		Revealed: make([]bool, e.Codes), Updated: s.now().UTC().Truncate(time.Microsecond)}
+	if exists {
+		_, err = tx.Exec(ctx, `UPDATE codes SET epoch = $3, unlock_version = $4, nonce = $5, revealed = $6, consumed = NULL, updated = $7
+			WHERE group_id = $1 AND user_id = $2`, group, e.User, int64(c.Epoch), int64(c.UnlockVersion), c.Nonce, c.Revealed, c.Updated)
+	} else {
+		_, err = tx.Exec(ctx, `INSERT INTO codes (group_id, user_id, epoch, unlock_version, nonce, revealed, updated)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`, group, e.User, int64(c.Epoch), int64(c.UnlockVersion), c.Nonce, c.Revealed, c.Updated)
+		if isUniqueViolation(err) {
+			return store.Codes{}, fmt.Errorf("user %s: epoch started concurrently: %w", e.User, store.ErrConflict)
+		}
+	}
+	if err != nil {
+		return store.Codes{}, err
+	}
+	return c, insertEvent(ctx, tx, store.EpochEvent(ctx, &c, gdkVersion, c.Updated))
+}
+
+// RecordGDKRotation implements store.Store.
+func (s *Store) RecordGDKRotation(ctx context.Context, r store.GDKRotation) ([]store.Codes, error) {
+	for _, e := range r.Epochs {
+		if err := store.CheckNonce(e.Nonce); err != nil {
+			return nil, err
+		}
+	}
+	var out []store.Codes
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		out = nil
+		if err := groupExists(ctx, tx, r.Group); err != nil {
+			return err
+		}
+		if err := insertEvent(ctx, tx, store.GDKEvent(ctx, &r, s.now().Truncate(time.Microsecond))); err != nil {
+			return err
+		}
+		for _, e := range r.Epochs {
+			c, err := s.startEpoch(ctx, tx, r.Group, e, r.GDKVersion)
+			if err != nil {
+				return err
+			}
+			out = append(out, c)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // ClaimCode implements store.Store. The row is locked for the transaction,
@@ -416,9 +469,11 @@ func (s *Store) ClaimCode(ctx context.Context, group, user string) (int, store.C
 		}
 		c.Revealed[index] = true
 		c.Updated = s.now().UTC().Truncate(time.Microsecond)
-		_, err = tx.Exec(ctx, "UPDATE codes SET revealed = $3, updated = $4 WHERE group_id = $1 AND user_id = $2",
-			group, user, c.Revealed, c.Updated)
-		return err
+		if _, err := tx.Exec(ctx, "UPDATE codes SET revealed = $3, updated = $4 WHERE group_id = $1 AND user_id = $2",
+			group, user, c.Revealed, c.Updated); err != nil {
+			return err
+		}
+		return insertEvent(ctx, tx, store.RevealEvent(ctx, &c, index, c.Updated))
 	})
 	if err != nil {
 		return -1, store.Codes{}, err
@@ -545,12 +600,23 @@ func (s *Store) CommitBatch(ctx context.Context, b store.Batch) (store.Job, erro
 			if err != nil {
 				return err
 			}
-			tag, err := tx.Exec(ctx, "UPDATE groups SET rev = rev + 1, doc = $3 WHERE id = $1 AND rev = $2", g.ID, int64(g.Rev), doc)
+			// The stored record's newest versions, for the key_rotated
+			// event, come back from the update itself (one round trip).
+			var escrow, unlock int64
+			err = tx.QueryRow(ctx, `WITH old AS (SELECT doc FROM groups WHERE id = $1 AND rev = $2 FOR UPDATE)
+				UPDATE groups g SET rev = g.rev + 1, doc = $3 FROM old WHERE g.id = $1
+				RETURNING coalesce((old.doc->'escrow'->-1->>'version')::bigint, 0), coalesce((old.doc->'unlock'->-1->>'version')::bigint, 0)`,
+				g.ID, int64(g.Rev), doc).Scan(&escrow, &unlock)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("group %s changed since revision %d: %w", g.ID, g.Rev, store.ErrConflict)
+			}
 			if err != nil {
 				return err
 			}
-			if tag.RowsAffected() == 0 {
-				return fmt.Errorf("group %s changed since revision %d: %w", g.ID, g.Rev, store.ErrConflict)
+			if e, ok := store.KeyEvent(ctx, &g, uint32(escrow), uint32(unlock), s.now().Truncate(time.Microsecond)); ok {
+				if err := insertEvent(ctx, tx, e); err != nil {
+					return err
+				}
 			}
 		}
 		j.Cursor, j.Done, j.Changed, j.Updated = b.Cursor, b.Done, b.Changed, s.now().UTC()

@@ -64,6 +64,11 @@ func Run(t *testing.T, b Backend) {
 		{"JobsSurviveReopen", testJobsReopen},
 		{"ApprovalRules", testApprovalRules},
 		{"ApprovalConcurrent", testApprovalConcurrent},
+		{"EventsEachChange", testEventsEachChange},
+		{"EventsOnlyWithChange", testEventsOnlyWithChange},
+		{"EventsPaged", testEventsPaged},
+		{"EventsPrune", testEventsPrune},
+		{"EventsConcurrentReader", testEventsConcurrentReader},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open) })
@@ -335,6 +340,19 @@ func testClaimConcurrent(t *testing.T, open Opener) {
 		if n != 1 {
 			t.Errorf("index %d claimed %d times", i, n)
 		}
+	}
+	// One code_revealed event per code claimed, none for the claims
+	// refused, whatever transactions the claims shared.
+	es, _ := allEvents(t, s, 0)
+	revealed := map[uint32]int{}
+	for _, e := range es[1:] {
+		if e.Kind != store.EventCodeRevealed {
+			t.Fatalf("event %+v", e)
+		}
+		revealed[e.Index]++
+	}
+	if len(es) != 1+codes || len(revealed) != codes {
+		t.Fatalf("%d events for %d distinct codes, want 1 epoch_issued and %d code_revealed", len(es), len(revealed), codes)
 	}
 }
 

@@ -3342,6 +3342,371 @@ func (x *UserUnlockSlots) GetSlots() [][]byte {
 	return nil
 }
 
+type ListEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Events whose sequence is above after; 0 for the oldest one kept.
+	After uint64 `protobuf:"varint,1,opt,name=after,proto3" json:"after,omitempty"`
+	// Most events to return; 0 selects 100. At most 1000.
+	Limit         uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsRequest) Reset() {
+	*x = ListEventsRequest{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsRequest) ProtoMessage() {}
+
+func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListEventsRequest) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *ListEventsRequest) GetAfter() uint64 {
+	if x != nil {
+		return x.After
+	}
+	return 0
+}
+
+func (x *ListEventsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In sequence order.
+	Events []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// The cursor to pass as after next time: the last event's sequence, or
+	// after itself when no event follows it (past missed events, if any).
+	Next uint64 `protobuf:"varint,2,opt,name=next,proto3" json:"next,omitempty"`
+	// Events after `after` that retention pruned before this call could
+	// return them: lost to the caller. 0 when it kept up.
+	Missed uint64 `protobuf:"varint,3,opt,name=missed,proto3" json:"missed,omitempty"`
+	// The highest sequence given so far: while next < last, more events wait.
+	Last          uint64 `protobuf:"varint,4,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsResponse) Reset() {
+	*x = ListEventsResponse{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsResponse) ProtoMessage() {}
+
+func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListEventsResponse) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ListEventsResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *ListEventsResponse) GetNext() uint64 {
+	if x != nil {
+		return x.Next
+	}
+	return 0
+}
+
+func (x *ListEventsResponse) GetMissed() uint64 {
+	if x != nil {
+		return x.Missed
+	}
+	return 0
+}
+
+func (x *ListEventsResponse) GetLast() uint64 {
+	if x != nil {
+		return x.Last
+	}
+	return 0
+}
+
+// Event is one change a user should hear of. Fields its kind does not use
+// are empty.
+type Event struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sequence numbers are 1, 2, 3, … with no gap but events pruned.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	TimeUnix int64  `protobuf:"varint,2,opt,name=time_unix,json=timeUnix,proto3" json:"time_unix,omitempty"`
+	// code_revealed: a technician revealed (or a failed request burnt) the
+	// user's code epoch/index; reveal_approved: a second person approved a
+	// reveal under dual control; epoch_issued: the user got a new epoch of
+	// codes (gdk_version set when a GDK rotation issued it), the old ones
+	// are dead; gdk_rotated: the group got a new data key; key_rotated: the
+	// group got a new escrow and/or unlock key version.
+	Kind    string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	GroupId string `protobuf:"bytes,4,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	UserId  string `protobuf:"bytes,5,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Epoch   uint32 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Index   uint32 `protobuf:"varint,7,opt,name=index,proto3" json:"index,omitempty"`
+	// epoch_issued: the number of codes.
+	Codes uint32 `protobuf:"varint,8,opt,name=codes,proto3" json:"codes,omitempty"`
+	// code_revealed, epoch_issued: the unlock key version of the codes;
+	// key_rotated: the new unlock key version, 0 if not rotated.
+	UnlockKeyVersion uint32 `protobuf:"varint,9,opt,name=unlock_key_version,json=unlockKeyVersion,proto3" json:"unlock_key_version,omitempty"`
+	// key_rotated: the new escrow key version, 0 if not rotated.
+	EscrowKeyVersion uint32 `protobuf:"varint,10,opt,name=escrow_key_version,json=escrowKeyVersion,proto3" json:"escrow_key_version,omitempty"`
+	// gdk_rotated: from old_gdk_version to gdk_version.
+	OldGdkVersion uint32 `protobuf:"varint,11,opt,name=old_gdk_version,json=oldGdkVersion,proto3" json:"old_gdk_version,omitempty"`
+	GdkVersion    uint32 `protobuf:"varint,12,opt,name=gdk_version,json=gdkVersion,proto3" json:"gdk_version,omitempty"`
+	// code_revealed, reveal_approved: the support ticket.
+	Ticket string `protobuf:"bytes,13,opt,name=ticket,proto3" json:"ticket,omitempty"`
+	// reveal_approved: the technician whose reveal was approved, as policy
+	// identity and person.
+	Requester     string `protobuf:"bytes,14,opt,name=requester,proto3" json:"requester,omitempty"`
+	RequesterName string `protobuf:"bytes,15,opt,name=requester_name,json=requesterName,proto3" json:"requester_name,omitempty"`
+	// reveal_approved: the id of the reveal approved, which is the
+	// request_id of the code_revealed that follows.
+	RevealId string `protobuf:"bytes,16,opt,name=reveal_id,json=revealId,proto3" json:"reveal_id,omitempty"`
+	// Who made the change: the policy identity and person of the request
+	// (the technician of a reveal, the approver of an approval); empty for
+	// a job.
+	Caller     string `protobuf:"bytes,17,opt,name=caller,proto3" json:"caller,omitempty"`
+	CallerName string `protobuf:"bytes,18,opt,name=caller_name,json=callerName,proto3" json:"caller_name,omitempty"`
+	// code_revealed under dual control: who approved it.
+	Approver     string `protobuf:"bytes,19,opt,name=approver,proto3" json:"approver,omitempty"`
+	ApproverName string `protobuf:"bytes,20,opt,name=approver_name,json=approverName,proto3" json:"approver_name,omitempty"`
+	// The request's id, which is its audit record's.
+	RequestId string `protobuf:"bytes,21,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// key_rotated by a group-rotation job.
+	JobId         string `protobuf:"bytes,22,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_escrowd_v1_escrowd_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_escrowd_v1_escrowd_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *Event) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *Event) GetTimeUnix() int64 {
+	if x != nil {
+		return x.TimeUnix
+	}
+	return 0
+}
+
+func (x *Event) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Event) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *Event) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *Event) GetEpoch() uint32 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Event) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Event) GetCodes() uint32 {
+	if x != nil {
+		return x.Codes
+	}
+	return 0
+}
+
+func (x *Event) GetUnlockKeyVersion() uint32 {
+	if x != nil {
+		return x.UnlockKeyVersion
+	}
+	return 0
+}
+
+func (x *Event) GetEscrowKeyVersion() uint32 {
+	if x != nil {
+		return x.EscrowKeyVersion
+	}
+	return 0
+}
+
+func (x *Event) GetOldGdkVersion() uint32 {
+	if x != nil {
+		return x.OldGdkVersion
+	}
+	return 0
+}
+
+func (x *Event) GetGdkVersion() uint32 {
+	if x != nil {
+		return x.GdkVersion
+	}
+	return 0
+}
+
+func (x *Event) GetTicket() string {
+	if x != nil {
+		return x.Ticket
+	}
+	return ""
+}
+
+func (x *Event) GetRequester() string {
+	if x != nil {
+		return x.Requester
+	}
+	return ""
+}
+
+func (x *Event) GetRequesterName() string {
+	if x != nil {
+		return x.RequesterName
+	}
+	return ""
+}
+
+func (x *Event) GetRevealId() string {
+	if x != nil {
+		return x.RevealId
+	}
+	return ""
+}
+
+func (x *Event) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+func (x *Event) GetCallerName() string {
+	if x != nil {
+		return x.CallerName
+	}
+	return ""
+}
+
+func (x *Event) GetApprover() string {
+	if x != nil {
+		return x.Approver
+	}
+	return ""
+}
+
+func (x *Event) GetApproverName() string {
+	if x != nil {
+		return x.ApproverName
+	}
+	return ""
+}
+
+func (x *Event) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *Event) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
 var File_escrowd_v1_escrowd_proto protoreflect.FileDescriptor
 
 const file_escrowd_v1_escrowd_proto_rawDesc = "" +
@@ -3587,7 +3952,42 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\x0fUserUnlockSlots\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\rR\x05epoch\x12\x14\n" +
-	"\x05slots\x18\x03 \x03(\fR\x05slots2\xcc\x05\n" +
+	"\x05slots\x18\x03 \x03(\fR\x05slots\"?\n" +
+	"\x11ListEventsRequest\x12\x14\n" +
+	"\x05after\x18\x01 \x01(\x04R\x05after\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x7f\n" +
+	"\x12ListEventsResponse\x12)\n" +
+	"\x06events\x18\x01 \x03(\v2\x11.escrowd.v1.EventR\x06events\x12\x12\n" +
+	"\x04next\x18\x02 \x01(\x04R\x04next\x12\x16\n" +
+	"\x06missed\x18\x03 \x01(\x04R\x06missed\x12\x12\n" +
+	"\x04last\x18\x04 \x01(\x04R\x04last\"\x99\x05\n" +
+	"\x05Event\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x1b\n" +
+	"\ttime_unix\x18\x02 \x01(\x03R\btimeUnix\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x19\n" +
+	"\bgroup_id\x18\x04 \x01(\tR\agroupId\x12\x17\n" +
+	"\auser_id\x18\x05 \x01(\tR\x06userId\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\rR\x05epoch\x12\x14\n" +
+	"\x05index\x18\a \x01(\rR\x05index\x12\x14\n" +
+	"\x05codes\x18\b \x01(\rR\x05codes\x12,\n" +
+	"\x12unlock_key_version\x18\t \x01(\rR\x10unlockKeyVersion\x12,\n" +
+	"\x12escrow_key_version\x18\n" +
+	" \x01(\rR\x10escrowKeyVersion\x12&\n" +
+	"\x0fold_gdk_version\x18\v \x01(\rR\roldGdkVersion\x12\x1f\n" +
+	"\vgdk_version\x18\f \x01(\rR\n" +
+	"gdkVersion\x12\x16\n" +
+	"\x06ticket\x18\r \x01(\tR\x06ticket\x12\x1c\n" +
+	"\trequester\x18\x0e \x01(\tR\trequester\x12%\n" +
+	"\x0erequester_name\x18\x0f \x01(\tR\rrequesterName\x12\x1b\n" +
+	"\treveal_id\x18\x10 \x01(\tR\brevealId\x12\x16\n" +
+	"\x06caller\x18\x11 \x01(\tR\x06caller\x12\x1f\n" +
+	"\vcaller_name\x18\x12 \x01(\tR\n" +
+	"callerName\x12\x1a\n" +
+	"\bapprover\x18\x13 \x01(\tR\bapprover\x12#\n" +
+	"\rapprover_name\x18\x14 \x01(\tR\fapproverName\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x15 \x01(\tR\trequestId\x12\x15\n" +
+	"\x06job_id\x18\x16 \x01(\tR\x05jobId2\x99\x06\n" +
 	"\vSyncService\x12W\n" +
 	"\x0eProvisionGroup\x12!.escrowd.v1.ProvisionGroupRequest\x1a\".escrowd.v1.ProvisionGroupResponse\x12Q\n" +
 	"\fGetEscrowKey\x12\x1f.escrowd.v1.GetEscrowKeyRequest\x1a .escrowd.v1.GetEscrowKeyResponse\x12?\n" +
@@ -3596,7 +3996,9 @@ const file_escrowd_v1_escrowd_proto_rawDesc = "" +
 	"\x0eRewrapToEscrow\x12!.escrowd.v1.RewrapToEscrowRequest\x1a\".escrowd.v1.RewrapToEscrowResponse\x12N\n" +
 	"\vBatchRewrap\x12\x1e.escrowd.v1.BatchRewrapRequest\x1a\x1f.escrowd.v1.BatchRewrapResponse\x12o\n" +
 	"\x16MarkUnlockCodeConsumed\x12).escrowd.v1.MarkUnlockCodeConsumedRequest\x1a*.escrowd.v1.MarkUnlockCodeConsumedResponse\x12W\n" +
-	"\x0eRotateGroupKey\x12!.escrowd.v1.RotateGroupKeyRequest\x1a\".escrowd.v1.RotateGroupKeyResponse2\x86\x03\n" +
+	"\x0eRotateGroupKey\x12!.escrowd.v1.RotateGroupKeyRequest\x1a\".escrowd.v1.RotateGroupKeyResponse\x12K\n" +
+	"\n" +
+	"ListEvents\x12\x1d.escrowd.v1.ListEventsRequest\x1a\x1e.escrowd.v1.ListEventsResponse2\x86\x03\n" +
 	"\x0eSupportService\x12]\n" +
 	"\x10RevealUnlockCode\x12#.escrowd.v1.RevealUnlockCodeRequest\x1a$.escrowd.v1.RevealUnlockCodeResponse\x12Z\n" +
 	"\x0fListUnlockCodes\x12\".escrowd.v1.ListUnlockCodesRequest\x1a#.escrowd.v1.ListUnlockCodesResponse\x12c\n" +
@@ -3627,7 +4029,7 @@ func file_escrowd_v1_escrowd_proto_rawDescGZIP() []byte {
 }
 
 var file_escrowd_v1_escrowd_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_escrowd_v1_escrowd_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_escrowd_v1_escrowd_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_escrowd_v1_escrowd_proto_goTypes = []any{
 	(Recipient_Kind)(0),                     // 0: escrowd.v1.Recipient.Kind
 	(UnlockCodeState_State)(0),              // 1: escrowd.v1.UnlockCodeState.State
@@ -3685,8 +4087,11 @@ var file_escrowd_v1_escrowd_proto_goTypes = []any{
 	(*RotateGroupKeyRequest)(nil),           // 53: escrowd.v1.RotateGroupKeyRequest
 	(*RotateGroupKeyResponse)(nil),          // 54: escrowd.v1.RotateGroupKeyResponse
 	(*UserUnlockSlots)(nil),                 // 55: escrowd.v1.UserUnlockSlots
-	nil,                                     // 56: escrowd.v1.StartJobRequest.ParamsEntry
-	nil,                                     // 57: escrowd.v1.Job.ParamsEntry
+	(*ListEventsRequest)(nil),               // 56: escrowd.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),              // 57: escrowd.v1.ListEventsResponse
+	(*Event)(nil),                           // 58: escrowd.v1.Event
+	nil,                                     // 59: escrowd.v1.StartJobRequest.ParamsEntry
+	nil,                                     // 60: escrowd.v1.Job.ParamsEntry
 }
 var file_escrowd_v1_escrowd_proto_depIdxs = []int32{
 	4,  // 0: escrowd.v1.ProvisionGroupResponse.escrow_key:type_name -> escrowd.v1.EscrowKey
@@ -3703,11 +4108,11 @@ var file_escrowd_v1_escrowd_proto_depIdxs = []int32{
 	19, // 11: escrowd.v1.RotateGroupKeysResponse.group:type_name -> escrowd.v1.GetGroupResponse
 	19, // 12: escrowd.v1.SetMinDecryptionVersionResponse.group:type_name -> escrowd.v1.GetGroupResponse
 	19, // 13: escrowd.v1.DestroyKeyVersionResponse.group:type_name -> escrowd.v1.GetGroupResponse
-	56, // 14: escrowd.v1.StartJobRequest.params:type_name -> escrowd.v1.StartJobRequest.ParamsEntry
+	59, // 14: escrowd.v1.StartJobRequest.params:type_name -> escrowd.v1.StartJobRequest.ParamsEntry
 	40, // 15: escrowd.v1.StartJobResponse.job:type_name -> escrowd.v1.Job
 	40, // 16: escrowd.v1.ListJobsResponse.jobs:type_name -> escrowd.v1.Job
 	40, // 17: escrowd.v1.CancelJobResponse.job:type_name -> escrowd.v1.Job
-	57, // 18: escrowd.v1.Job.params:type_name -> escrowd.v1.Job.ParamsEntry
+	60, // 18: escrowd.v1.Job.params:type_name -> escrowd.v1.Job.ParamsEntry
 	46, // 19: escrowd.v1.BatchRewrapRequest.items:type_name -> escrowd.v1.BatchRewrapItem
 	7,  // 20: escrowd.v1.BatchRewrapItem.recipient:type_name -> escrowd.v1.Recipient
 	47, // 21: escrowd.v1.BatchRewrapItem.escrow:type_name -> escrowd.v1.EscrowTarget
@@ -3716,53 +4121,56 @@ var file_escrowd_v1_escrowd_proto_depIdxs = []int32{
 	16, // 24: escrowd.v1.MarkUnlockCodeConsumedResponse.codes:type_name -> escrowd.v1.UnlockCodeState
 	7,  // 25: escrowd.v1.RotateGroupKeyRequest.recipients:type_name -> escrowd.v1.Recipient
 	55, // 26: escrowd.v1.RotateGroupKeyResponse.unlock:type_name -> escrowd.v1.UserUnlockSlots
-	2,  // 27: escrowd.v1.SyncService.ProvisionGroup:input_type -> escrowd.v1.ProvisionGroupRequest
-	5,  // 28: escrowd.v1.SyncService.GetEscrowKey:input_type -> escrowd.v1.GetEscrowKeyRequest
-	8,  // 29: escrowd.v1.SyncService.Rewrap:input_type -> escrowd.v1.RewrapRequest
-	10, // 30: escrowd.v1.SyncService.IssueUnlockCodes:input_type -> escrowd.v1.IssueUnlockCodesRequest
-	43, // 31: escrowd.v1.SyncService.RewrapToEscrow:input_type -> escrowd.v1.RewrapToEscrowRequest
-	45, // 32: escrowd.v1.SyncService.BatchRewrap:input_type -> escrowd.v1.BatchRewrapRequest
-	51, // 33: escrowd.v1.SyncService.MarkUnlockCodeConsumed:input_type -> escrowd.v1.MarkUnlockCodeConsumedRequest
-	53, // 34: escrowd.v1.SyncService.RotateGroupKey:input_type -> escrowd.v1.RotateGroupKeyRequest
-	12, // 35: escrowd.v1.SupportService.RevealUnlockCode:input_type -> escrowd.v1.RevealUnlockCodeRequest
-	14, // 36: escrowd.v1.SupportService.ListUnlockCodes:input_type -> escrowd.v1.ListUnlockCodesRequest
-	24, // 37: escrowd.v1.SupportService.ListPendingReveals:input_type -> escrowd.v1.ListPendingRevealsRequest
-	26, // 38: escrowd.v1.SupportService.ApproveReveal:input_type -> escrowd.v1.ApproveRevealRequest
-	17, // 39: escrowd.v1.SecurityService.GetGroup:input_type -> escrowd.v1.GetGroupRequest
-	20, // 40: escrowd.v1.SecurityService.ListHSMObjects:input_type -> escrowd.v1.ListHSMObjectsRequest
-	28, // 41: escrowd.v1.SecurityService.RotateGroupKeys:input_type -> escrowd.v1.RotateGroupKeysRequest
-	30, // 42: escrowd.v1.SecurityService.SetMinDecryptionVersion:input_type -> escrowd.v1.SetMinDecryptionVersionRequest
-	32, // 43: escrowd.v1.SecurityService.DestroyKeyVersion:input_type -> escrowd.v1.DestroyKeyVersionRequest
-	34, // 44: escrowd.v1.SecurityService.StartJob:input_type -> escrowd.v1.StartJobRequest
-	36, // 45: escrowd.v1.SecurityService.ListJobs:input_type -> escrowd.v1.ListJobsRequest
-	38, // 46: escrowd.v1.SecurityService.CancelJob:input_type -> escrowd.v1.CancelJobRequest
-	41, // 47: escrowd.v1.SecurityService.DestroyKEK:input_type -> escrowd.v1.DestroyKEKRequest
-	3,  // 48: escrowd.v1.SyncService.ProvisionGroup:output_type -> escrowd.v1.ProvisionGroupResponse
-	6,  // 49: escrowd.v1.SyncService.GetEscrowKey:output_type -> escrowd.v1.GetEscrowKeyResponse
-	9,  // 50: escrowd.v1.SyncService.Rewrap:output_type -> escrowd.v1.RewrapResponse
-	11, // 51: escrowd.v1.SyncService.IssueUnlockCodes:output_type -> escrowd.v1.IssueUnlockCodesResponse
-	44, // 52: escrowd.v1.SyncService.RewrapToEscrow:output_type -> escrowd.v1.RewrapToEscrowResponse
-	48, // 53: escrowd.v1.SyncService.BatchRewrap:output_type -> escrowd.v1.BatchRewrapResponse
-	52, // 54: escrowd.v1.SyncService.MarkUnlockCodeConsumed:output_type -> escrowd.v1.MarkUnlockCodeConsumedResponse
-	54, // 55: escrowd.v1.SyncService.RotateGroupKey:output_type -> escrowd.v1.RotateGroupKeyResponse
-	13, // 56: escrowd.v1.SupportService.RevealUnlockCode:output_type -> escrowd.v1.RevealUnlockCodeResponse
-	15, // 57: escrowd.v1.SupportService.ListUnlockCodes:output_type -> escrowd.v1.ListUnlockCodesResponse
-	25, // 58: escrowd.v1.SupportService.ListPendingReveals:output_type -> escrowd.v1.ListPendingRevealsResponse
-	27, // 59: escrowd.v1.SupportService.ApproveReveal:output_type -> escrowd.v1.ApproveRevealResponse
-	19, // 60: escrowd.v1.SecurityService.GetGroup:output_type -> escrowd.v1.GetGroupResponse
-	22, // 61: escrowd.v1.SecurityService.ListHSMObjects:output_type -> escrowd.v1.ListHSMObjectsResponse
-	29, // 62: escrowd.v1.SecurityService.RotateGroupKeys:output_type -> escrowd.v1.RotateGroupKeysResponse
-	31, // 63: escrowd.v1.SecurityService.SetMinDecryptionVersion:output_type -> escrowd.v1.SetMinDecryptionVersionResponse
-	33, // 64: escrowd.v1.SecurityService.DestroyKeyVersion:output_type -> escrowd.v1.DestroyKeyVersionResponse
-	35, // 65: escrowd.v1.SecurityService.StartJob:output_type -> escrowd.v1.StartJobResponse
-	37, // 66: escrowd.v1.SecurityService.ListJobs:output_type -> escrowd.v1.ListJobsResponse
-	39, // 67: escrowd.v1.SecurityService.CancelJob:output_type -> escrowd.v1.CancelJobResponse
-	42, // 68: escrowd.v1.SecurityService.DestroyKEK:output_type -> escrowd.v1.DestroyKEKResponse
-	48, // [48:69] is the sub-list for method output_type
-	27, // [27:48] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	58, // 27: escrowd.v1.ListEventsResponse.events:type_name -> escrowd.v1.Event
+	2,  // 28: escrowd.v1.SyncService.ProvisionGroup:input_type -> escrowd.v1.ProvisionGroupRequest
+	5,  // 29: escrowd.v1.SyncService.GetEscrowKey:input_type -> escrowd.v1.GetEscrowKeyRequest
+	8,  // 30: escrowd.v1.SyncService.Rewrap:input_type -> escrowd.v1.RewrapRequest
+	10, // 31: escrowd.v1.SyncService.IssueUnlockCodes:input_type -> escrowd.v1.IssueUnlockCodesRequest
+	43, // 32: escrowd.v1.SyncService.RewrapToEscrow:input_type -> escrowd.v1.RewrapToEscrowRequest
+	45, // 33: escrowd.v1.SyncService.BatchRewrap:input_type -> escrowd.v1.BatchRewrapRequest
+	51, // 34: escrowd.v1.SyncService.MarkUnlockCodeConsumed:input_type -> escrowd.v1.MarkUnlockCodeConsumedRequest
+	53, // 35: escrowd.v1.SyncService.RotateGroupKey:input_type -> escrowd.v1.RotateGroupKeyRequest
+	56, // 36: escrowd.v1.SyncService.ListEvents:input_type -> escrowd.v1.ListEventsRequest
+	12, // 37: escrowd.v1.SupportService.RevealUnlockCode:input_type -> escrowd.v1.RevealUnlockCodeRequest
+	14, // 38: escrowd.v1.SupportService.ListUnlockCodes:input_type -> escrowd.v1.ListUnlockCodesRequest
+	24, // 39: escrowd.v1.SupportService.ListPendingReveals:input_type -> escrowd.v1.ListPendingRevealsRequest
+	26, // 40: escrowd.v1.SupportService.ApproveReveal:input_type -> escrowd.v1.ApproveRevealRequest
+	17, // 41: escrowd.v1.SecurityService.GetGroup:input_type -> escrowd.v1.GetGroupRequest
+	20, // 42: escrowd.v1.SecurityService.ListHSMObjects:input_type -> escrowd.v1.ListHSMObjectsRequest
+	28, // 43: escrowd.v1.SecurityService.RotateGroupKeys:input_type -> escrowd.v1.RotateGroupKeysRequest
+	30, // 44: escrowd.v1.SecurityService.SetMinDecryptionVersion:input_type -> escrowd.v1.SetMinDecryptionVersionRequest
+	32, // 45: escrowd.v1.SecurityService.DestroyKeyVersion:input_type -> escrowd.v1.DestroyKeyVersionRequest
+	34, // 46: escrowd.v1.SecurityService.StartJob:input_type -> escrowd.v1.StartJobRequest
+	36, // 47: escrowd.v1.SecurityService.ListJobs:input_type -> escrowd.v1.ListJobsRequest
+	38, // 48: escrowd.v1.SecurityService.CancelJob:input_type -> escrowd.v1.CancelJobRequest
+	41, // 49: escrowd.v1.SecurityService.DestroyKEK:input_type -> escrowd.v1.DestroyKEKRequest
+	3,  // 50: escrowd.v1.SyncService.ProvisionGroup:output_type -> escrowd.v1.ProvisionGroupResponse
+	6,  // 51: escrowd.v1.SyncService.GetEscrowKey:output_type -> escrowd.v1.GetEscrowKeyResponse
+	9,  // 52: escrowd.v1.SyncService.Rewrap:output_type -> escrowd.v1.RewrapResponse
+	11, // 53: escrowd.v1.SyncService.IssueUnlockCodes:output_type -> escrowd.v1.IssueUnlockCodesResponse
+	44, // 54: escrowd.v1.SyncService.RewrapToEscrow:output_type -> escrowd.v1.RewrapToEscrowResponse
+	48, // 55: escrowd.v1.SyncService.BatchRewrap:output_type -> escrowd.v1.BatchRewrapResponse
+	52, // 56: escrowd.v1.SyncService.MarkUnlockCodeConsumed:output_type -> escrowd.v1.MarkUnlockCodeConsumedResponse
+	54, // 57: escrowd.v1.SyncService.RotateGroupKey:output_type -> escrowd.v1.RotateGroupKeyResponse
+	57, // 58: escrowd.v1.SyncService.ListEvents:output_type -> escrowd.v1.ListEventsResponse
+	13, // 59: escrowd.v1.SupportService.RevealUnlockCode:output_type -> escrowd.v1.RevealUnlockCodeResponse
+	15, // 60: escrowd.v1.SupportService.ListUnlockCodes:output_type -> escrowd.v1.ListUnlockCodesResponse
+	25, // 61: escrowd.v1.SupportService.ListPendingReveals:output_type -> escrowd.v1.ListPendingRevealsResponse
+	27, // 62: escrowd.v1.SupportService.ApproveReveal:output_type -> escrowd.v1.ApproveRevealResponse
+	19, // 63: escrowd.v1.SecurityService.GetGroup:output_type -> escrowd.v1.GetGroupResponse
+	22, // 64: escrowd.v1.SecurityService.ListHSMObjects:output_type -> escrowd.v1.ListHSMObjectsResponse
+	29, // 65: escrowd.v1.SecurityService.RotateGroupKeys:output_type -> escrowd.v1.RotateGroupKeysResponse
+	31, // 66: escrowd.v1.SecurityService.SetMinDecryptionVersion:output_type -> escrowd.v1.SetMinDecryptionVersionResponse
+	33, // 67: escrowd.v1.SecurityService.DestroyKeyVersion:output_type -> escrowd.v1.DestroyKeyVersionResponse
+	35, // 68: escrowd.v1.SecurityService.StartJob:output_type -> escrowd.v1.StartJobResponse
+	37, // 69: escrowd.v1.SecurityService.ListJobs:output_type -> escrowd.v1.ListJobsResponse
+	39, // 70: escrowd.v1.SecurityService.CancelJob:output_type -> escrowd.v1.CancelJobResponse
+	42, // 71: escrowd.v1.SecurityService.DestroyKEK:output_type -> escrowd.v1.DestroyKEKResponse
+	50, // [50:72] is the sub-list for method output_type
+	28, // [28:50] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_escrowd_v1_escrowd_proto_init() }
@@ -3780,7 +4188,7 @@ func file_escrowd_v1_escrowd_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_escrowd_v1_escrowd_proto_rawDesc), len(file_escrowd_v1_escrowd_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   56,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -34,6 +34,7 @@ const (
 	SyncService_BatchRewrap_FullMethodName            = "/escrowd.v1.SyncService/BatchRewrap"
 	SyncService_MarkUnlockCodeConsumed_FullMethodName = "/escrowd.v1.SyncService/MarkUnlockCodeConsumed"
 	SyncService_RotateGroupKey_FullMethodName         = "/escrowd.v1.SyncService/RotateGroupKey"
+	SyncService_ListEvents_FullMethodName             = "/escrowd.v1.SyncService/ListEvents"
 )
 
 // SyncServiceClient is the client API for SyncService service.
@@ -75,6 +76,17 @@ type SyncServiceClient interface {
 	// (opened from escrow_slot in the HSM) wrapped under the new one as a
 	// chain slot. Neither key leaves the HSM in clear.
 	RotateGroupKey(ctx context.Context, in *RotateGroupKeyRequest, opts ...grpc.CallOption) (*RotateGroupKeyResponse, error)
+	// ListEvents pages through the event feed: every unlock code revealed,
+	// reveal approved, unlock-code epoch issued, group data key rotated and
+	// group key version added, in the order of their sequence numbers, so
+	// that the sync backend can tell the users concerned. Each event was
+	// written in the same store transaction as its change. Pass the last
+	// sequence handled as after (0 at first) and store next once the page is
+	// handled: delivery is then at least once (docs/OPERATIONS.md, "The
+	// event feed"). A cursor past the newest event (a store restored from a
+	// backup) is FAILED_PRECONDITION. No event holds a code, a key or a
+	// wrapped value.
+	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
 }
 
 type syncServiceClient struct {
@@ -165,6 +177,16 @@ func (c *syncServiceClient) RotateGroupKey(ctx context.Context, in *RotateGroupK
 	return out, nil
 }
 
+func (c *syncServiceClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEventsResponse)
+	err := c.cc.Invoke(ctx, SyncService_ListEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SyncServiceServer is the server API for SyncService service.
 // All implementations must embed UnimplementedSyncServiceServer
 // for forward compatibility.
@@ -204,6 +226,17 @@ type SyncServiceServer interface {
 	// (opened from escrow_slot in the HSM) wrapped under the new one as a
 	// chain slot. Neither key leaves the HSM in clear.
 	RotateGroupKey(context.Context, *RotateGroupKeyRequest) (*RotateGroupKeyResponse, error)
+	// ListEvents pages through the event feed: every unlock code revealed,
+	// reveal approved, unlock-code epoch issued, group data key rotated and
+	// group key version added, in the order of their sequence numbers, so
+	// that the sync backend can tell the users concerned. Each event was
+	// written in the same store transaction as its change. Pass the last
+	// sequence handled as after (0 at first) and store next once the page is
+	// handled: delivery is then at least once (docs/OPERATIONS.md, "The
+	// event feed"). A cursor past the newest event (a store restored from a
+	// backup) is FAILED_PRECONDITION. No event holds a code, a key or a
+	// wrapped value.
+	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
 	mustEmbedUnimplementedSyncServiceServer()
 }
 
@@ -237,6 +270,9 @@ func (UnimplementedSyncServiceServer) MarkUnlockCodeConsumed(context.Context, *M
 }
 func (UnimplementedSyncServiceServer) RotateGroupKey(context.Context, *RotateGroupKeyRequest) (*RotateGroupKeyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RotateGroupKey not implemented")
+}
+func (UnimplementedSyncServiceServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
 }
 func (UnimplementedSyncServiceServer) mustEmbedUnimplementedSyncServiceServer() {}
 func (UnimplementedSyncServiceServer) testEmbeddedByValue()                     {}
@@ -403,6 +439,24 @@ func _SyncService_RotateGroupKey_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SyncService_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SyncServiceServer).ListEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SyncService_ListEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SyncServiceServer).ListEvents(ctx, req.(*ListEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SyncService_ServiceDesc is the grpc.ServiceDesc for SyncService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -441,6 +495,10 @@ var SyncService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateGroupKey",
 			Handler:    _SyncService_RotateGroupKey_Handler,
+		},
+		{
+			MethodName: "ListEvents",
+			Handler:    _SyncService_ListEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
