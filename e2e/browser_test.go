@@ -3,10 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/ecdh"
 	"crypto/hmac"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
@@ -167,38 +165,6 @@ type pageResult struct {
 	} `json:"typed"`
 }
 
-// browserKeys is alice's key pair in each public-key suite: her member id
-// "alice" and her phone "alice-phone" use the same keys.
-type browserKeys struct {
-	rsa    *rsa.PrivateKey
-	rsaPub []byte
-	ec     *ecdh.PrivateKey
-	ecPub  []byte
-}
-
-func newBrowserKeys(t *testing.T) browserKeys {
-	t.Helper()
-	r, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := ecdh.P256().GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp, _ := x509.MarshalPKIXPublicKey(&r.PublicKey)
-	ep, _ := x509.MarshalPKIXPublicKey(e.PublicKey())
-	return browserKeys{rsa: r, rsaPub: rp, ec: e, ecPub: ep}
-}
-
-func (k browserKeys) to(kind escrowdv1.Recipient_Kind, id, suite string) *escrowdv1.Recipient {
-	pub := k.rsaPub
-	if suite == bundle.SuiteECDHP256 {
-		pub = k.ecPub
-	}
-	return &escrowdv1.Recipient{Kind: kind, Id: id, KeyVersion: 1, Suite: suite, PublicKey: pub}
-}
-
 // typedLikeAPerson writes a code in lower case with the separators a phone
 // or a PDF gives: an en dash and a no-break space.
 func typedLikeAPerson(code string) string {
@@ -272,7 +238,7 @@ func TestBrowserDevice(t *testing.T) {
 	gdk1 := must(device.NewGDK())
 	commit1 := format.Commitment(group, 1, gdk1)
 	escrow1 := must(device.SealEscrow(ek.GetPublicKey(), device.To{Group: group, GDKVersion: 1, KeyVersion: ek.GetVersion()}, ek.GetSuite(), gdk1))
-	alice := newBrowserKeys(t)
+	alice := newKeys(t) // her member id "alice" and her phone "alice-phone" use the same keys
 	rewrap := func(escrowSlot []byte, r *escrowdv1.Recipient) []byte {
 		t.Helper()
 		rw, err := s.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: group, EscrowSlot: escrowSlot, Recipient: r})
@@ -286,10 +252,10 @@ func TestBrowserDevice(t *testing.T) {
 	addSlot := func(name, key, id string, version uint32, slot []byte) {
 		fx.Slots = append(fx.Slots, browserSlot{Name: name, Key: key, ID: id, Slot: string(slot), Version: version})
 	}
-	addSlot("v1 member alice rsa-oaep-sha1 (Rewrap)", "rsa", "alice", 1, rewrap(escrow1, alice.to(member, "alice", bundle.SuiteRSAOAEPSHA1)))
-	addSlot("v1 member alice ecdh-p256 (Rewrap)", "p256", "alice", 1, rewrap(escrow1, alice.to(member, "alice", bundle.SuiteECDHP256)))
-	addSlot("v1 device alice-phone ecdh-p256 (Rewrap)", "p256", "alice-phone", 1, rewrap(escrow1, alice.to(dev, "alice-phone", bundle.SuiteECDHP256)))
-	addSlot("v1 device alice-phone rsa-oaep-sha1 (Rewrap)", "rsa", "alice-phone", 1, rewrap(escrow1, alice.to(dev, "alice-phone", bundle.SuiteRSAOAEPSHA1)))
+	addSlot("v1 member alice rsa-oaep-sha1 (Rewrap)", "rsa", "alice", 1, rewrap(escrow1, alice.recipient(member, "alice", bundle.SuiteRSAOAEPSHA1)))
+	addSlot("v1 member alice ecdh-p256 (Rewrap)", "p256", "alice", 1, rewrap(escrow1, alice.recipient(member, "alice", bundle.SuiteECDHP256)))
+	addSlot("v1 device alice-phone ecdh-p256 (Rewrap)", "p256", "alice-phone", 1, rewrap(escrow1, alice.recipient(dev, "alice-phone", bundle.SuiteECDHP256)))
+	addSlot("v1 device alice-phone rsa-oaep-sha1 (Rewrap)", "rsa", "alice-phone", 1, rewrap(escrow1, alice.recipient(dev, "alice-phone", bundle.SuiteRSAOAEPSHA1)))
 
 	// Unlock codes for bob (epoch 1, GDK 1); support reveals two.
 	issued, err := s.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: group, UserId: "bob", EscrowSlot: escrow1, Count: 3})
@@ -327,8 +293,8 @@ func TestBrowserDevice(t *testing.T) {
 	rot, err := s.sync.RotateGroupKey(ctx, &escrowdv1.RotateGroupKeyRequest{
 		GroupId: group, EscrowSlot: rte.GetSlot(), OldGdkVersion: 1,
 		Recipients: []*escrowdv1.Recipient{
-			alice.to(member, "alice", bundle.SuiteRSAOAEPSHA1),
-			alice.to(dev, "alice-phone", bundle.SuiteECDHP256),
+			alice.recipient(member, "alice", bundle.SuiteRSAOAEPSHA1),
+			alice.recipient(dev, "alice-phone", bundle.SuiteECDHP256),
 		},
 		UnlockUserIds: []string{"bob"}, CodesPerUser: 3,
 	})
@@ -353,8 +319,8 @@ func TestBrowserDevice(t *testing.T) {
 	}
 	addSlot("v2 member alice rsa-oaep-sha1 (RotateGroupKey)", "rsa", "alice", 2, rot.GetRecipientSlots()[0])
 	addSlot("v2 device alice-phone ecdh-p256 (RotateGroupKey)", "p256", "alice-phone", 2, rot.GetRecipientSlots()[1])
-	addSlot("v2 member alice ecdh-p256 (Rewrap)", "p256", "alice", 2, rewrap(rot.GetEscrowSlot(), alice.to(member, "alice", bundle.SuiteECDHP256)))
-	addSlot("v2 device alice-phone rsa-oaep-sha1 (Rewrap)", "rsa", "alice-phone", 2, rewrap(rot.GetEscrowSlot(), alice.to(dev, "alice-phone", bundle.SuiteRSAOAEPSHA1)))
+	addSlot("v2 member alice ecdh-p256 (Rewrap)", "p256", "alice", 2, rewrap(rot.GetEscrowSlot(), alice.recipient(member, "alice", bundle.SuiteECDHP256)))
+	addSlot("v2 device alice-phone rsa-oaep-sha1 (Rewrap)", "rsa", "alice-phone", 2, rewrap(rot.GetEscrowSlot(), alice.recipient(dev, "alice-phone", bundle.SuiteRSAOAEPSHA1)))
 	// SoftHSM does OAEP with SHA-1 only: the Go device makes the
 	// rsa-oaep-sha256 slot, so the browser proves that suite too.
 	addSlot("v2 member alice rsa-oaep-sha256 (Go device)", "rsa", "alice", 2,
