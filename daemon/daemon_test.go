@@ -202,12 +202,17 @@ func startWith(t *testing.T, e *fakeEscrow, a *fakeAuditor, checks map[string]Ch
 		return conn
 	}
 	anonymous = dial()
+	lastPKI, lastAddr = pki, lis.Addr().String()
 	return dial(pki.client), s
 }
 
 // anonymous is a connection without a client certificate to the server
-// start made last.
-var anonymous *grpc.ClientConn
+// start made last; lastPKI and lastAddr are that server's CA and address.
+var (
+	anonymous *grpc.ClientConn
+	lastPKI   *testPKI
+	lastAddr  string
+)
 
 func TestErrorCodes(t *testing.T) {
 	tests := []struct {
