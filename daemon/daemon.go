@@ -1,8 +1,9 @@
 // Package daemon serves escrowd's gRPC API. It owns everything gRPC: the
-// request pipeline that authenticates, checks, authorises and audits every
-// request, unary or streaming, before its result is released
-// (pipeline.go), the mapping of errors to status codes, health and
-// reflection. Handlers only translate between protobuf messages and
+// listeners and what a connection may cost before it authenticates
+// (listen.go), the request pipeline that authenticates, checks, authorises
+// and audits every request, unary or streaming, before its result is
+// released (pipeline.go), the mapping of errors to status codes, health
+// and reflection. Handlers only translate between protobuf messages and
 // the escrow package.
 package daemon
 
@@ -16,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -105,9 +108,9 @@ type Config struct {
 	State   State
 	// Policy is in force from the start; SetPolicy replaces it.
 	Policy *policy.Policy
-	// TLS holds the server certificate. The server requires TLS 1.3 and
-	// asks every caller for a client certificate, verified against
-	// ClientCAs.
+	// TLS holds the server certificate. The API listener requires TLS
+	// 1.3 and a client certificate that verifies against ClientCAs, at
+	// the handshake.
 	TLS       *tls.Config
 	ClientCAs *x509.CertPool
 	// Versions and Jobs are optional: without them their RPCs fail with
@@ -122,8 +125,18 @@ type Config struct {
 	// AuditTimeout bounds the audit commit of one request.
 	AuditTimeout time.Duration
 	// Observer, if set, learns RPC latencies, denials and health checks
-	// (metrics).
+	// (metrics), and refused handshakes if it is a HandshakeObserver.
 	Observer Observer
+
+	// Limits of the API listener; zero takes the Default* value
+	// (listen.go explains each).
+	MaxRecvMsgSize       int           // bytes of one request message
+	MaxConcurrentStreams uint32        // RPCs one connection runs at once
+	MaxConnections       int           // connections open at once
+	HandshakeTimeout     time.Duration // TLS handshake and HTTP/2 set-up
+	// HandshakeFailureRate is the failed handshakes a second the listener
+	// absorbs before it slows its accepts; negative: no such bound.
+	HandshakeFailureRate float64
 }
 
 func (cfg Config) withDefaults() Config {
@@ -139,27 +152,48 @@ func (cfg Config) withDefaults() Config {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
+	if cfg.MaxRecvMsgSize <= 0 {
+		cfg.MaxRecvMsgSize = DefaultMaxRecvMsgSize
+	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.HandshakeFailureRate == 0 {
+		cfg.HandshakeFailureRate = DefaultHandshakeFailureRate
+	}
 	return cfg
 }
 
-// Server is escrowd's gRPC server.
+// Server is escrowd's gRPC server: the API listener, and optionally a
+// plain health listener (ServeHealth) for orchestrators that have no
+// client certificate.
 type Server struct {
-	cfg    Config
-	log    *zap.Logger
-	grpc   *grpc.Server
-	health *health.Server
-	now    func() time.Time
-	policy atomic.Pointer[policy.Policy]
+	cfg        Config
+	log        *zap.Logger
+	grpc       *grpc.Server
+	healthGRPC *grpc.Server
+	health     *health.Server
+	now        func() time.Time
+	policy     atomic.Pointer[policy.Policy]
 	// verified remembers client certificate chains that verified.
 	verified verifyCache
 	codec    *markingCodec
 	// methods and healthMethods are the full names the API listener
 	// serves, for the pipeline's kindOf.
 	methods, healthMethods map[string]bool
+	budget                 *failureBudget
+	handshakeLog           logLimiter
 
-	stopOnce sync.Once
-	stop     chan struct{}
-	wg       sync.WaitGroup
+	watchOnce sync.Once
+	stopOnce  sync.Once
+	stop      chan struct{}
+	wg        sync.WaitGroup
 }
 
 // HeaderRequestID carries the request id, which is also the audit record id.
@@ -191,14 +225,21 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	for _, m := range healthpb.Health_ServiceDesc.Streams {
 		s.healthMethods[healthService+m.StreamName] = true
 	}
+	if cfg.HandshakeFailureRate > 0 {
+		s.budget = newFailureBudget(cfg.HandshakeFailureRate)
+	}
 	s.policy.Store(cfg.Policy)
 	tc := cfg.TLS.Clone()
 	tc.MinVersion = tls.VersionTLS13
-	// Ask, verify in the pipeline: see identify.
-	tc.ClientAuth = tls.RequestClientCert
+	tc.ClientAuth = tls.RequireAndVerifyClientCert
+	tc.ClientCAs = cfg.ClientCAs
 	opts = append(opts,
-		grpc.Creds(credentials.NewTLS(tc)),
+		grpc.Creds(handshakeCreds{TransportCredentials: credentials.NewTLS(tc), s: s}),
 		grpc.ForceServerCodecV2(s.codec),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.ConnectionTimeout(cfg.HandshakeTimeout),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
 		grpc.StatsHandler(unrouted{s}),
 		grpc.UnknownServiceHandler(unknownMethod),
 		grpc.ChainUnaryInterceptor(s.unaryChain()...),
@@ -208,8 +249,24 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	escrowdv1.RegisterSyncServiceServer(s.grpc, &syncService{s: s})
 	escrowdv1.RegisterSupportServiceServer(s.grpc, &supportService{s: s})
 	escrowdv1.RegisterSecurityServiceServer(s.grpc, &securityService{s: s})
-	healthpb.RegisterHealthServer(s.grpc, drainingHealth{Server: s.health, stop: s.stop})
+	hs := drainingHealth{Server: s.health, stop: s.stop}
+	healthpb.RegisterHealthServer(s.grpc, hs)
 	reflection.Register(s.grpc)
+
+	// The health listener: plain gRPC, health only, small limits, and no
+	// audit (it serves nothing else). Its chain is the metrics and
+	// recovery stages of the API's.
+	s.healthGRPC = grpc.NewServer(
+		grpc.MaxRecvMsgSize(healthMaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(healthMaxStreams),
+		grpc.ConnectionTimeout(cfg.HandshakeTimeout),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
+		grpc.ChainUnaryInterceptor(s.beginUnary, interceptors.UnaryServerInterceptor(s.metricsStage()),
+			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered))),
+		grpc.ChainStreamInterceptor(s.beginStream, interceptors.StreamServerInterceptor(s.metricsStage()),
+			recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered))),
+	)
+	healthpb.RegisterHealthServer(s.healthGRPC, hs)
 	s.setServing(false)
 	return s, nil
 }
@@ -235,12 +292,32 @@ func (s *Server) setServing(ok bool) {
 	}
 }
 
-// Serve accepts connections on lis until Shutdown.
+// startChecks runs the dependency checks, once, from the first Serve.
+func (s *Server) startChecks() {
+	s.watchOnce.Do(func() {
+		s.checkHealth()
+		s.wg.Add(1)
+		go s.watchHealth()
+	})
+}
+
+// Serve accepts API connections on lis until Shutdown, within the
+// listener limits of Config.
 func (s *Server) Serve(lis net.Listener) error {
-	s.checkHealth()
-	s.wg.Add(1)
-	go s.watchHealth()
-	err := s.grpc.Serve(lis)
+	s.startChecks()
+	err := s.grpc.Serve(guard(lis, s.cfg.MaxConnections, s.budget))
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// ServeHealth serves gRPC health alone, in plain text, on lis until
+// Shutdown: for orchestrators' probes, which carry no client certificate.
+// It takes at most 64 connections, 4 streams each.
+func (s *Server) ServeHealth(lis net.Listener) error {
+	s.startChecks()
+	err := s.healthGRPC.Serve(guard(lis, healthMaxConnections, nil))
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
 	}
@@ -256,13 +333,22 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.stopOnce.Do(func() { close(s.stop) })
 	done := make(chan struct{})
 	go func() {
-		s.grpc.GracefulStop()
+		var wg sync.WaitGroup
+		for _, g := range []*grpc.Server{s.grpc, s.healthGRPC} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				g.GracefulStop()
+			}()
+		}
+		wg.Wait()
 		close(done)
 	}()
 	select {
 	case <-done:
 	case <-ctx.Done():
 		s.grpc.Stop()
+		s.healthGRPC.Stop()
 		<-done
 	}
 	s.wg.Wait()

@@ -44,8 +44,8 @@ import (
 //	recovery     a handler's panic → INTERNAL, still audited
 //
 // Health skips logging, audit and the three checks: it needs no
-// certificate (load balancers probe without one), touches no key, and
-// would flood the trail. An RPC grpc-go refuses before the chain (a message over the size
+// certificate on the health listener, touches no key, and would flood the
+// trail. An RPC grpc-go refuses before the chain (a message over the size
 // limit) is still counted, logged and recorded, by unrouted.
 
 // kind sorts the methods the API listener can be asked for.
@@ -357,9 +357,10 @@ func (s *Server) settle(ctx context.Context, c *call, err error) error {
 }
 
 // authenticate names the caller by its verified client certificate. The
-// TLS handshake only asks for one; the chain is verified here
-// (remembered: see identify), so that a caller with none, an expired or a
-// foreign one reaches the trail as a denial.
+// TLS handshake of the API listener already refused a connection without
+// one; this checks the chain again at each request (remembered: see
+// identify), so that a certificate that expires during a long connection
+// stops working when it expires.
 func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 	c := callFrom(ctx)
 	c.who = s.identify(ctx)

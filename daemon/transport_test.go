@@ -26,8 +26,8 @@ import (
 )
 
 // These tests pin what reaches the request pipeline and in what form:
-// every stream through the same stages as unary calls, and refused
-// requests recorded in bounded form. They use
+// nothing without a certificate, every stream through the same stages as
+// unary calls, and refused requests recorded in bounded form. They use
 // only the Config of the first release of the pipeline, so that each one
 // can be run against older code and seen to fail.
 
@@ -86,6 +86,27 @@ func reflect(ctx context.Context, conn *grpc.ClientConn) error {
 	_, err = st.Recv()
 	st.CloseSend()
 	return err
+}
+
+// TestNoCertificateGetsNothing: a connection without a client certificate
+// is refused at the TLS handshake: no unary call, no stream (reflection)
+// reaches the server, and nothing is written to the audit trail for it.
+func TestNoCertificateGetsNothing(t *testing.T) {
+	a := &fakeAuditor{}
+	start(t, &fakeEscrow{}, a, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := escrowdv1.NewSecurityServiceClient(anonymous).GetGroup(ctx, &escrowdv1.GetGroupRequest{GroupId: "g"})
+	// The client sees the alert or, if it was writing, a broken pipe.
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("GetGroup without a certificate: %v, want the handshake refused", err)
+	}
+	if err := reflect(ctx, anonymous); status.Code(err) != codes.Unavailable {
+		t.Fatalf("reflection without a certificate: %v, want the handshake refused", err)
+	}
+	if recs := a.await(t, 1); len(recs) != 0 {
+		t.Fatalf("a connection without a certificate reached the audit trail: %+v", recs)
+	}
 }
 
 // TestStreamsPassTheChain: a stream is authenticated, authorised and
