@@ -137,6 +137,10 @@ type Config struct {
 	// HandshakeFailureRate is the failed handshakes a second the listener
 	// absorbs before it slows its accepts; negative: no such bound.
 	HandshakeFailureRate float64
+	// RefusalRate is how many refusals a second one caller gets answered
+	// before the next waits its turn (throttle.go); zero takes
+	// DefaultRefusalRate, negative: no pacing.
+	RefusalRate float64
 }
 
 func (cfg Config) withDefaults() Config {
@@ -167,6 +171,9 @@ func (cfg Config) withDefaults() Config {
 	if cfg.HandshakeFailureRate == 0 {
 		cfg.HandshakeFailureRate = DefaultHandshakeFailureRate
 	}
+	if cfg.RefusalRate == 0 {
+		cfg.RefusalRate = DefaultRefusalRate
+	}
 	return cfg
 }
 
@@ -189,6 +196,7 @@ type Server struct {
 	methods, healthMethods map[string]bool
 	budget                 *failureBudget
 	handshakeLog           logLimiter
+	refusals               refusalPacer
 
 	watchOnce sync.Once
 	stopOnce  sync.Once
@@ -228,6 +236,7 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	if cfg.HandshakeFailureRate > 0 {
 		s.budget = newFailureBudget(cfg.HandshakeFailureRate)
 	}
+	s.refusals.rate = max(cfg.RefusalRate, 0)
 	s.policy.Store(cfg.Policy)
 	tc := cfg.TLS.Clone()
 	tc.MinVersion = tls.VersionTLS13

@@ -300,3 +300,88 @@ func TestMaxRecvMsgSize(t *testing.T) {
 		t.Fatalf("records %+v", recs)
 	}
 }
+
+// TestRefusalPacerTurns: a caller gets its burst, then one turn every
+// 1/rate; its debt is bounded; callers are paced apart.
+func TestRefusalPacerTurns(t *testing.T) {
+	p := refusalPacer{rate: 10}
+	t0 := time.Now()
+	for i := range 10 {
+		if d := p.reserve("a", t0); d != 0 {
+			t.Fatalf("refusal %d of the burst waits %s", i, d)
+		}
+	}
+	if d := p.reserve("a", t0); d != 100*time.Millisecond {
+		t.Fatalf("the 11th waits %s, want 100ms", d)
+	}
+	if d := p.reserve("b", t0); d != 0 {
+		t.Fatalf("another caller waits %s", d)
+	}
+	for range 1000 {
+		p.reserve("a", t0)
+	}
+	if d := p.reserve("a", t0); d > maxRefusalWait {
+		t.Fatalf("the debt grew to %s", d)
+	}
+	if d := p.reserve("a", t0.Add(maxRefusalWait+2*time.Second)); d != 0 {
+		t.Fatalf("a caller that stopped for longer than the debt still waits %s", d)
+	}
+}
+
+// TestRefusedCallerPaced: a caller refused past RefusalRate waits its
+// turn for each further refusal, however many it sends at once, while a
+// caller that is not refused is not held up.
+func TestRefusedCallerPaced(t *testing.T) {
+	const rate = 20
+	a := &fakeAuditor{}
+	conn, s := startWith(t, &fakeEscrow{}, a, nil, func(c *Config) { c.RefusalRate = rate })
+	stranger := escrowdv1.NewSyncServiceClient(dialAs(t, s, strangerID))
+	tester := escrowdv1.NewSyncServiceClient(conn)
+	ctx := context.Background()
+	const refusals = 3 * rate
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < refusals; i += 8 {
+				if _, err := stranger.GetEscrowKey(ctx, &escrowdv1.GetEscrowKeyRequest{GroupId: "g"}); status.Code(err) != codes.PermissionDenied {
+					t.Errorf("the stranger: %v", err)
+				}
+			}
+		}()
+	}
+	var served int
+	var slowest time.Duration
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	for wait := true; wait; {
+		select {
+		case <-done:
+			wait = false
+		default:
+			s := time.Now()
+			if _, err := tester.GetEscrowKey(ctx, &escrowdv1.GetEscrowKeyRequest{GroupId: "g"}); err != nil {
+				t.Fatal(err)
+			}
+			served++
+			slowest = max(slowest, time.Since(s))
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	took := time.Since(t0)
+	if min := time.Duration(float64(refusals-rate) / rate * 0.8 * float64(time.Second)); took < min {
+		t.Fatalf("%d refusals took %s, want at least %s", refusals, took, min)
+	}
+	if served < 20 {
+		t.Fatalf("the tester was served %d times meanwhile", served)
+	}
+	t.Logf("%d refusals in %s; the tester served %d times meanwhile, slowest %s", refusals, took, served, slowest)
+	if n := len(a.await(t, refusals+served)); n != refusals+served {
+		t.Fatalf("%d records, want %d", n, refusals+served)
+	}
+}

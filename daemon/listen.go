@@ -66,6 +66,7 @@ const (
 	DefaultMaxConnections       = 1000
 	DefaultHandshakeTimeout     = 5 * time.Second
 	DefaultHandshakeFailureRate = 50
+	DefaultRefusalRate          = 50
 )
 
 // Fixed limits: the HTTP/2 header list of one request (escrowd's own

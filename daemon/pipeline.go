@@ -319,7 +319,9 @@ func (a *auditedStream) SendMsg(m any) error {
 //
 // A call refused before its handler ran releases nothing, so its record
 // goes to the auditor's refusal lane if it has one (RefusalAuditor): a
-// flood of refusals then cannot delay or fail the records of results.
+// flood of refusals then cannot delay or fail the records of results. And
+// a caller refused more than RefusalRate times a second waits its turn
+// first.
 func (s *Server) settle(ctx context.Context, c *call, err error) error {
 	st := s.status(c.rec.ID, err)
 	c.rec.Code = st.Code().String()
@@ -330,6 +332,10 @@ func (s *Server) settle(ctx context.Context, c *call, err error) error {
 		c.rec.Outcome, c.rec.Reason = audit.OutcomeDenied, st.Message()
 	default:
 		c.rec.Outcome, c.rec.Reason = audit.OutcomeError, st.Message()
+	}
+	if !c.admitted {
+		// A caller refused again and again waits its turn (throttle.go).
+		s.refusals.wait(ctx, c.rec.Caller, s.now())
 	}
 	// A caller that hangs up does not cancel the record of what was done.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.AuditTimeout)

@@ -122,9 +122,9 @@ func loggerConfig(level, sampling string) (zap.Config, error) {
 	return cfg, nil
 }
 
-// handshakeRate is -handshake-failure-rate as daemon.Config takes it: 0
-// (no bound) is negative there, where 0 means the default.
-func handshakeRate(perSecond int) float64 {
+// orNone is a rate setting as daemon.Config takes it: 0 (no bound) is
+// negative there, where 0 means the default.
+func orNone(perSecond int) float64 {
 	if perSecond == 0 {
 		return -1
 	}
@@ -290,7 +290,8 @@ func run(o *options) error {
 		MaxConcurrentStreams: uint32(o.maxConcurrentStreams),
 		MaxConnections:       o.maxConnections,
 		HandshakeTimeout:     o.handshakeTimeout,
-		HandshakeFailureRate: handshakeRate(o.handshakeFailureRate),
+		HandshakeFailureRate: orNone(o.handshakeFailureRate),
+		RefusalRate:          orNone(o.refusalRate),
 	})
 	if err != nil {
 		return err

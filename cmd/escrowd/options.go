@@ -60,6 +60,7 @@ type options struct {
 	maxConnections       int
 	handshakeTimeout     time.Duration
 	handshakeFailureRate int
+	refusalRate          int
 
 	configPath  string
 	checkConfig bool
@@ -88,6 +89,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.maxConnections, "max-connections", daemon.DefaultMaxConnections, "connections open at once on -listen; more wait in the kernel's accept queue")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", daemon.DefaultHandshakeTimeout, "time a connection has for its TLS handshake and HTTP/2 set-up")
 	fs.IntVar(&o.handshakeFailureRate, "handshake-failure-rate", daemon.DefaultHandshakeFailureRate, "failed TLS handshakes a second -listen absorbs; past it, it accepts new connections only at this rate (0: no bound)")
+	fs.IntVar(&o.refusalRate, "refusal-rate", daemon.DefaultRefusalRate, "refused requests a second one caller is answered at once; past it, each waits its turn (0: no pacing)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "server certificate, PEM (required)")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "server private key, PEM (required)")
 	fs.StringVar(&o.clientCA, "client-ca", "", "CA certificates that sign client certificates, PEM (required)")
@@ -287,6 +289,9 @@ func (o *options) check() error {
 	}
 	if o.handshakeFailureRate < 0 {
 		add(o.invalid("handshake-failure-rate", "must be 0 (no bound) or more"))
+	}
+	if o.refusalRate < 0 {
+		add(o.invalid("refusal-rate", "must be 0 (no pacing) or more"))
 	}
 	return errors.Join(errs...)
 }

@@ -176,6 +176,7 @@ func TestConfigErrors(t *testing.T) {
 			`bad-transport.yaml:12: max-connections: invalid configuration: must be at least 1`,
 			`bad-transport.yaml:13: handshake-timeout: invalid configuration: must be more than zero`,
 			`bad-transport.yaml:14: handshake-failure-rate: invalid configuration: must be 0 (no bound) or more`,
+			`bad-transport.yaml:15: refusal-rate: invalid configuration: must be 0 (no pacing) or more`,
 		}},
 		{"one port for both", []string{"-config", "testdata/same-port.yaml"},
 			[]string{"same-port.yaml:8: metrics-listen: invalid configuration: is the gRPC address"}},
