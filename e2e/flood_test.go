@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -308,6 +309,37 @@ func (r floodResult) check(t *testing.T) {
 	}
 }
 
+// trailStats reports the size of the trail at prefix (records, and bytes
+// of their JSON) and how long verifying it takes, as the review measured
+// Vault's growth and `escrowctl audit verify`.
+func trailStats(t *testing.T, ctx context.Context, prefix string) (records, bytes int, verify time.Duration) {
+	t.Helper()
+	v, err := audit.NewVault(audit.VaultConfig{Address: vaultSrv.Addr, Token: vaultSrv.Token, Prefix: prefix, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	err = v.Walk(ctx, func(_ uint64, b *audit.Batch) error {
+		if b != nil {
+			raw, err := json.Marshal(b.Records)
+			if err != nil {
+				return err
+			}
+			records, bytes = records+len(b.Records), bytes+len(raw)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	p, _, _, err := v.Verify(ctx)
+	if err != nil || p != nil {
+		t.Fatalf("verify: %v %v", p, err)
+	}
+	return records, bytes, time.Since(t0)
+}
+
 // TestAnonymousFlood: callers without a client certificate send reveals
 // whose group and user ids are 4 MB or 1 MiB, each on a connection of its
 // own, as fast as they can, in windows interleaved with windows without
@@ -373,6 +405,8 @@ func TestAnonymousFlood(t *testing.T) {
 	})
 	t.Logf("anonymous calls: %d made, %d got past the TLS handshake; escrowd's log grew %d bytes in quiet windows, %d in flood windows",
 		attempts.Load(), reached.Load(), res.logBytes[0], res.logBytes[1])
+	recs, size, took := trailStats(t, ctx, trailOf(t))
+	t.Logf("the trail: %d records, %d bytes of JSON; verifying it took %s", recs, size, took)
 	res.check(t)
 	if attempts.Load() < 100 {
 		t.Fatalf("the flood made only %d calls", attempts.Load())
