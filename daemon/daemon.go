@@ -1,7 +1,10 @@
 // Package daemon serves escrowd's gRPC API. It owns everything gRPC: the
-// interceptor that audits every request before its result is released,
-// the mapping of errors to status codes, health and reflection. Handlers
-// only translate between protobuf messages and the escrow package.
+// listeners and what a connection may cost before it authenticates
+// (listen.go), the request pipeline that authenticates, checks, authorises
+// and audits every request, unary or streaming, before its result is
+// released (pipeline.go), the mapping of errors to status codes, health
+// and reflection. Handlers only translate between protobuf messages and
+// the escrow package.
 package daemon
 
 import (
@@ -9,23 +12,19 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"net"
-	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/status"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
 	"github.com/escrowd/escrowd/audit"
@@ -71,6 +70,16 @@ type Auditor interface {
 	Commit(ctx context.Context, r *audit.Record) error
 }
 
+// RefusalAuditor is an Auditor with a lane of its own for requests refused
+// before their handler ran, which release nothing. CommitRefusal returns
+// once the record is committed, or at once when the lane is full and the
+// refusal is counted into a summary record instead; either way a flood of
+// refusals cannot delay or fail the records of results.
+type RefusalAuditor interface {
+	Auditor
+	CommitRefusal(ctx context.Context, r *audit.Record) error
+}
+
 // ObjectLister lists the HSM token's objects.
 type ObjectLister interface {
 	Objects(ctx context.Context) ([]hsm.ObjectInfo, error)
@@ -99,9 +108,9 @@ type Config struct {
 	State   State
 	// Policy is in force from the start; SetPolicy replaces it.
 	Policy *policy.Policy
-	// TLS holds the server certificate. The server requires TLS 1.3 and
-	// asks every caller for a client certificate, verified against
-	// ClientCAs.
+	// TLS holds the server certificate. The API listener requires TLS
+	// 1.3 and a client certificate that verifies against ClientCAs, at
+	// the handshake.
 	TLS       *tls.Config
 	ClientCAs *x509.CertPool
 	// Versions and Jobs are optional: without them their RPCs fail with
@@ -116,27 +125,86 @@ type Config struct {
 	// AuditTimeout bounds the audit commit of one request.
 	AuditTimeout time.Duration
 	// Observer, if set, learns RPC latencies, denials and health checks
-	// (metrics).
+	// (metrics), and refused handshakes if it is a HandshakeObserver.
 	Observer Observer
 	// Events is the store's event outbox, read by SyncService.ListEvents
 	// (events.go); without it that RPC fails with FAILED_PRECONDITION.
 	Events EventLog
+
+	// Limits of the API listener; zero takes the Default* value
+	// (listen.go explains each).
+	MaxRecvMsgSize       int           // bytes of one request message
+	MaxConcurrentStreams uint32        // RPCs one connection runs at once
+	MaxConnections       int           // connections open at once
+	HandshakeTimeout     time.Duration // TLS handshake and HTTP/2 set-up
+	// HandshakeFailureRate is the failed handshakes a second the listener
+	// absorbs before it slows its accepts; negative: no such bound.
+	HandshakeFailureRate float64
+	// RefusalRate is how many refusals a second one caller gets answered
+	// before the next waits its turn (throttle.go); zero takes
+	// DefaultRefusalRate, negative: no pacing.
+	RefusalRate float64
 }
 
-// Server is escrowd's gRPC server.
+func (cfg Config) withDefaults() Config {
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.AuditTimeout <= 0 {
+		cfg.AuditTimeout = 5 * time.Second
+	}
+	if cfg.CheckInterval <= 0 {
+		cfg.CheckInterval = 5 * time.Second
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
+	if cfg.MaxRecvMsgSize <= 0 {
+		cfg.MaxRecvMsgSize = DefaultMaxRecvMsgSize
+	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.HandshakeFailureRate == 0 {
+		cfg.HandshakeFailureRate = DefaultHandshakeFailureRate
+	}
+	if cfg.RefusalRate == 0 {
+		cfg.RefusalRate = DefaultRefusalRate
+	}
+	return cfg
+}
+
+// Server is escrowd's gRPC server: the API listener, and optionally a
+// plain health listener (ServeHealth) for orchestrators that have no
+// client certificate.
 type Server struct {
-	cfg    Config
-	log    *zap.Logger
-	grpc   *grpc.Server
-	health *health.Server
-	now    func() time.Time
-	policy atomic.Pointer[policy.Policy]
+	cfg        Config
+	log        *zap.Logger
+	grpc       *grpc.Server
+	healthGRPC *grpc.Server
+	health     *health.Server
+	now        func() time.Time
+	policy     atomic.Pointer[policy.Policy]
 	// verified remembers client certificate chains that verified.
 	verified verifyCache
+	codec    *markingCodec
+	// methods and healthMethods are the full names the API listener
+	// serves, for the pipeline's kindOf.
+	methods, healthMethods map[string]bool
+	budget                 *failureBudget
+	handshakeLog           logLimiter
+	refusals               refusalPacer
 
-	stopOnce sync.Once
-	stop     chan struct{}
-	wg       sync.WaitGroup
+	watchOnce sync.Once
+	stopOnce  sync.Once
+	stop      chan struct{}
+	wg        sync.WaitGroup
 }
 
 // HeaderRequestID carries the request id, which is also the audit record id.
@@ -156,31 +224,61 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	if cfg.ClientCAs == nil {
 		return nil, errors.New("daemon: client CAs are required")
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = zap.NewNop()
+	cfg = cfg.withDefaults()
+	s := &Server{cfg: cfg, log: cfg.Logger, health: health.NewServer(), now: time.Now, stop: make(chan struct{}),
+		codec: newMarkingCodec(), methods: map[string]bool{}, healthMethods: map[string]bool{}}
+	for _, m := range Methods() {
+		s.methods[m] = true
 	}
-	if cfg.AuditTimeout <= 0 {
-		cfg.AuditTimeout = 5 * time.Second
+	for _, m := range healthpb.Health_ServiceDesc.Methods {
+		s.healthMethods[healthService+m.MethodName] = true
 	}
-	if cfg.CheckInterval <= 0 {
-		cfg.CheckInterval = 5 * time.Second
+	for _, m := range healthpb.Health_ServiceDesc.Streams {
+		s.healthMethods[healthService+m.StreamName] = true
 	}
-	if cfg.Observer == nil {
-		cfg.Observer = nopObserver{}
+	if cfg.HandshakeFailureRate > 0 {
+		s.budget = newFailureBudget(cfg.HandshakeFailureRate)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, health: health.NewServer(), now: time.Now, stop: make(chan struct{})}
+	s.refusals.rate = max(cfg.RefusalRate, 0)
 	s.policy.Store(cfg.Policy)
 	tc := cfg.TLS.Clone()
 	tc.MinVersion = tls.VersionTLS13
-	// Ask, verify in the interceptor: see identity.
-	tc.ClientAuth = tls.RequestClientCert
-	opts = append(opts, grpc.Creds(credentials.NewTLS(tc)), grpc.ChainUnaryInterceptor(s.intercept))
+	tc.ClientAuth = tls.RequireAndVerifyClientCert
+	tc.ClientCAs = cfg.ClientCAs
+	opts = append(opts,
+		grpc.Creds(handshakeCreds{TransportCredentials: credentials.NewTLS(tc), s: s}),
+		grpc.ForceServerCodecV2(s.codec),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.ConnectionTimeout(cfg.HandshakeTimeout),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
+		grpc.StatsHandler(unrouted{s}),
+		grpc.UnknownServiceHandler(unknownMethod),
+		grpc.ChainUnaryInterceptor(s.unaryChain()...),
+		grpc.ChainStreamInterceptor(s.streamChain()...),
+	)
 	s.grpc = grpc.NewServer(opts...)
 	escrowdv1.RegisterSyncServiceServer(s.grpc, &syncService{s: s})
 	escrowdv1.RegisterSupportServiceServer(s.grpc, &supportService{s: s})
 	escrowdv1.RegisterSecurityServiceServer(s.grpc, &securityService{s: s})
-	healthpb.RegisterHealthServer(s.grpc, drainingHealth{Server: s.health, stop: s.stop})
+	hs := drainingHealth{Server: s.health, stop: s.stop}
+	healthpb.RegisterHealthServer(s.grpc, hs)
 	reflection.Register(s.grpc)
+
+	// The health listener: plain gRPC, health only, small limits, and no
+	// audit (it serves nothing else). Its chain is the metrics and
+	// recovery stages of the API's.
+	s.healthGRPC = grpc.NewServer(
+		grpc.MaxRecvMsgSize(healthMaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(healthMaxStreams),
+		grpc.ConnectionTimeout(cfg.HandshakeTimeout),
+		grpc.MaxHeaderListSize(maxHeaderListSize),
+		grpc.ChainUnaryInterceptor(s.beginUnary, interceptors.UnaryServerInterceptor(s.metricsStage()),
+			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered))),
+		grpc.ChainStreamInterceptor(s.beginStream, interceptors.StreamServerInterceptor(s.metricsStage()),
+			recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(s.recovered))),
+	)
+	healthpb.RegisterHealthServer(s.healthGRPC, hs)
 	s.setServing(false)
 	return s, nil
 }
@@ -206,12 +304,32 @@ func (s *Server) setServing(ok bool) {
 	}
 }
 
-// Serve accepts connections on lis until Shutdown.
+// startChecks runs the dependency checks, once, from the first Serve.
+func (s *Server) startChecks() {
+	s.watchOnce.Do(func() {
+		s.checkHealth()
+		s.wg.Add(1)
+		go s.watchHealth()
+	})
+}
+
+// Serve accepts API connections on lis until Shutdown, within the
+// listener limits of Config.
 func (s *Server) Serve(lis net.Listener) error {
-	s.checkHealth()
-	s.wg.Add(1)
-	go s.watchHealth()
-	err := s.grpc.Serve(lis)
+	s.startChecks()
+	err := s.grpc.Serve(guard(lis, s.cfg.MaxConnections, s.budget))
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// ServeHealth serves gRPC health alone, in plain text, on lis until
+// Shutdown: for orchestrators' probes, which carry no client certificate.
+// It takes at most 64 connections, 4 streams each.
+func (s *Server) ServeHealth(lis net.Listener) error {
+	s.startChecks()
+	err := s.healthGRPC.Serve(guard(lis, healthMaxConnections, nil))
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
 	}
@@ -227,13 +345,22 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.stopOnce.Do(func() { close(s.stop) })
 	done := make(chan struct{})
 	go func() {
-		s.grpc.GracefulStop()
+		var wg sync.WaitGroup
+		for _, g := range []*grpc.Server{s.grpc, s.healthGRPC} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				g.GracefulStop()
+			}()
+		}
+		wg.Wait()
 		close(done)
 	}()
 	select {
 	case <-done:
 	case <-ctx.Done():
 		s.grpc.Stop()
+		s.healthGRPC.Stop()
 		<-done
 	}
 	s.wg.Wait()
@@ -267,224 +394,3 @@ func (s *Server) checkHealth() {
 	}
 	s.setServing(ok)
 }
-
-type recordKey struct{}
-
-// record returns the audit record of the request in ctx, for handlers to
-// fill in what they learn (group, user, key versions).
-func record(ctx context.Context) *audit.Record {
-	if r, ok := ctx.Value(recordKey{}).(*audit.Record); ok {
-		return r
-	}
-	// Handlers always run under intercept; a bare record keeps them safe
-	// if called directly.
-	return &audit.Record{}
-}
-
-func unaudited(method string) bool {
-	// Health probes carry no key operation, need no certificate (load
-	// balancers probe without one) and would flood the trail.
-	return method == "/grpc.health.v1.Health/Check" || method == "/grpc.health.v1.Health/List"
-}
-
-func isReflection(method string) bool {
-	return strings.HasPrefix(method, "/grpc.reflection.")
-}
-
-// intercept authenticates, authorises, rate-limits and audits every
-// request, and releases a result only once its record is committed.
-func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if unaudited(info.FullMethod) {
-		start := time.Now()
-		resp, err := handler(ctx, req)
-		s.cfg.Observer.ObserveRPC(info.FullMethod, status.Code(err).String(), time.Since(start))
-		return resp, err
-	}
-	start := s.now()
-	pol := s.policy.Load()
-	id := s.identify(ctx)
-	rec := &pendingRecord{Record: audit.Record{
-		ID:        audit.NewID(start),
-		Time:      start.UTC(),
-		Caller:    id.name(pol),
-		Operation: info.FullMethod,
-	}}
-	rec.Group, rec.User, rec.Ticket = requestFields(req)
-	_ = grpc.SetHeader(ctx, metadata.Pairs(HeaderRequestID, rec.ID))
-
-	var resp any
-	err := s.admit(ctx, req, info.FullMethod, pol, id, rec)
-	if err == nil {
-		ctx = context.WithValue(ctx, callerKey{}, id.match(pol))
-		ctx = context.WithValue(ctx, policyKey{}, pol)
-		if a := rec.approver; a != "" {
-			ctx = context.WithValue(ctx, approverKey{}, a)
-		}
-		resp, err = s.call(context.WithValue(ctx, recordKey{}, &rec.Record), req, handler)
-	}
-	return s.finish(ctx, start, rec, info.FullMethod, resp, err)
-}
-
-// pendingRecord is an audit record with what the admission learned.
-type pendingRecord struct {
-	audit.Record
-	approver string
-	denial   string // a Denial* reason if the rules refused the request
-}
-
-// admit decides whether the request may run: a verified certificate, a
-// policy grant, room in its rate limits, and for dual-control operations a
-// second identity's approval.
-func (s *Server) admit(ctx context.Context, req any, method string, pol *policy.Policy, id identity, rec *pendingRecord) error {
-	if len(id.ids) == 0 {
-		rec.denial = DenialCertificate
-		return status.Error(codes.Unauthenticated, "a client certificate is required")
-	}
-	if id.err != nil {
-		rec.denial = DenialCertificate
-		return status.Error(codes.Unauthenticated, id.err.Error())
-	}
-	if isReflection(method) {
-		return nil
-	}
-	op := operation(method)
-	d := pol.Decide(policy.Request{
-		Identity: id.match(pol), Operation: op,
-		Group: rec.Group, User: rec.User, Ticket: rec.Ticket, Targets: targets(req),
-		Batch: batched(req),
-	})
-	if err := invalidDecision(d); err != nil {
-		return err
-	}
-	if !d.Allow {
-		rec.denial = denialFor(d.Rule)
-		return status.Error(codes.PermissionDenied, d.Reason)
-	}
-	if full, err := s.takeRate(ctx, req, d); err != nil {
-		if full != nil {
-			rec.denial = DenialRateLimit
-		}
-		return err
-	}
-	if d.DualControl {
-		if err := s.beforeApproval(ctx, req); err != nil {
-			return err
-		}
-		approver, err := s.awaitApproval(ctx, op, id.match(pol), d.ApprovalTimeout, rec)
-		if err != nil {
-			if status.Code(err) == codes.PermissionDenied {
-				rec.denial = DenialApproval
-			}
-			return err
-		}
-		rec.approver = pol.Name(approver)
-		rec.Detail = append(rec.Detail, "approved-by:"+approver)
-	}
-	return nil
-}
-
-// denialFor maps the policy rule that refused a request to its Denial*
-// reason.
-func denialFor(rule string) string {
-	switch rule {
-	case policy.RuleRole:
-		return DenialRole
-	case policy.RuleTicket:
-		return DenialTicket
-	}
-	return DenialIdentity
-}
-
-// awaitApproval records a pending request and waits for a second identity
-// to approve it through ApproveReveal, on this replica or another.
-func (s *Server) awaitApproval(ctx context.Context, op, requester string, timeout time.Duration, rec *pendingRecord) (string, error) {
-	now := s.now()
-	a := store.Approval{ID: rec.ID, Operation: op, Group: rec.Group, User: rec.User, Ticket: rec.Ticket,
-		Requester: requester, Created: now.UTC(), Expires: now.Add(timeout).UTC()}
-	if err := s.cfg.State.CreateApproval(ctx, a); err != nil {
-		return "", fmt.Errorf("%w: approvals: %w", escrow.ErrUnavailable, err)
-	}
-	t := time.NewTicker(approvalPoll)
-	defer t.Stop()
-	for {
-		got, err := s.cfg.State.Approval(ctx, a.ID)
-		if err != nil && ctx.Err() == nil {
-			return "", fmt.Errorf("%w: approvals: %w", escrow.ErrUnavailable, err)
-		}
-		if got.Approver != "" {
-			return got.Approver, nil
-		}
-		if !s.now().Before(a.Expires) {
-			return "", status.Errorf(codes.PermissionDenied,
-				"group %s needs a second technician's approval, and none came within %s (pending request %s)", a.Group, timeout, a.ID)
-		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-t.C:
-		}
-	}
-}
-
-// finish maps the outcome to a status, commits the audit record, and only
-// then releases the response.
-func (s *Server) finish(ctx context.Context, start time.Time, rec *pendingRecord, method string, resp any, err error) (any, error) {
-	st := s.status(rec.ID, err)
-	rec.Code = st.Code().String()
-	switch st.Code() {
-	case codes.OK:
-		rec.Outcome = audit.OutcomeOK
-	case codes.PermissionDenied, codes.Unauthenticated, codes.ResourceExhausted:
-		rec.Outcome, rec.Reason = audit.OutcomeDenied, st.Message()
-	default:
-		rec.Outcome, rec.Reason = audit.OutcomeError, st.Message()
-	}
-	// A caller that hangs up does not cancel the record of what was done.
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.AuditTimeout)
-	aerr := s.cfg.Auditor.Commit(actx, &rec.Record)
-	cancel()
-	fields := []zap.Field{
-		zap.String("request_id", rec.ID), zap.String("method", method),
-		zap.String("identity", rec.Caller), zap.String("code", rec.Code),
-		zap.Duration("duration", s.now().Sub(start)),
-	}
-	if rec.Group != "" {
-		fields = append(fields, zap.String("group", rec.Group))
-	}
-	if rec.denial != "" {
-		s.cfg.Observer.ObserveDenial(operation(method), rec.denial)
-	}
-	if aerr != nil {
-		s.log.Error("audit commit failed; result withheld", append(fields, zap.Error(aerr))...)
-		s.cfg.Observer.ObserveRPC(method, codes.Unavailable.String(), s.now().Sub(start))
-		return nil, status.Errorf(codes.Unavailable,
-			"the audit trail cannot record this request, so its result is withheld; retry later (request %s)", rec.ID)
-	}
-	switch st.Code() {
-	case codes.Internal, codes.Unknown:
-		s.log.Error("request failed", append(fields, zap.Error(err))...)
-	case codes.PermissionDenied, codes.Unauthenticated, codes.ResourceExhausted:
-		s.log.Warn("request denied", append(fields, zap.String("reason", st.Message()))...)
-	default:
-		s.log.Info("request", fields...)
-	}
-	s.cfg.Observer.ObserveRPC(method, rec.Code, s.now().Sub(start))
-	if st.Code() != codes.OK {
-		return nil, st.Err()
-	}
-	return resp, nil
-}
-
-// call runs the handler, turning a panic into an Internal error so that
-// the request is still audited.
-func (s *Server) call(ctx context.Context, req any, handler grpc.UnaryHandler) (resp any, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			s.log.Error("handler panic", zap.String("panic", fmt.Sprint(p)), zap.ByteString("stack", debug.Stack()))
-			resp, err = nil, errPanic
-		}
-	}()
-	return handler(ctx, req)
-}
-
-var errPanic = errors.New("handler panic")

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -202,12 +203,17 @@ func startWith(t *testing.T, e *fakeEscrow, a *fakeAuditor, checks map[string]Ch
 		return conn
 	}
 	anonymous = dial()
+	lastPKI, lastAddr = pki, lis.Addr().String()
 	return dial(pki.client), s
 }
 
 // anonymous is a connection without a client certificate to the server
-// start made last.
-var anonymous *grpc.ClientConn
+// start made last; lastPKI and lastAddr are that server's CA and address.
+var (
+	anonymous *grpc.ClientConn
+	lastPKI   *testPKI
+	lastAddr  string
+)
 
 func TestErrorCodes(t *testing.T) {
 	tests := []struct {
@@ -343,12 +349,15 @@ func TestHealth(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			a := &fakeAuditor{}
-			start(t, &fakeEscrow{}, a, tt.checks)
-			for _, svc := range serviceNames {
-				// Health answers callers without a certificate.
-				r, err := healthpb.NewHealthClient(anonymous).Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
-				if err != nil || r.GetStatus() != tt.want {
-					t.Fatalf("health %q: %v %v, want %v", svc, r.GetStatus(), err, tt.want)
+			conn, s := startWith(t, &fakeEscrow{}, a, tt.checks, nil)
+			// Health answers on the health listener without a
+			// certificate, and on the API listener with one.
+			for _, c := range []*grpc.ClientConn{startHealth(t, s), conn} {
+				for _, svc := range serviceNames {
+					r, err := healthpb.NewHealthClient(c).Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
+					if err != nil || r.GetStatus() != tt.want {
+						t.Fatalf("health %q: %v %v, want %v", svc, r.GetStatus(), err, tt.want)
+					}
 				}
 			}
 			if len(a.recs) != 0 {
@@ -358,18 +367,20 @@ func TestHealth(t *testing.T) {
 	}
 }
 
-// TestNoCertificate: without a client certificate a caller gets nothing
-// but health, and the refusal is audited.
-func TestNoCertificate(t *testing.T) {
-	a := &fakeAuditor{}
-	start(t, &fakeEscrow{}, a, nil)
-	_, err := escrowdv1.NewSecurityServiceClient(anonymous).GetGroup(context.Background(), &escrowdv1.GetGroupRequest{GroupId: "g"})
-	if status.Code(err) != codes.Unauthenticated {
-		t.Fatalf("GetGroup without a certificate: %v", err)
+// startHealth serves s's health listener and connects to it without TLS.
+func startHealth(t *testing.T, s *Server) *grpc.ClientConn {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(a.recs) != 1 || a.recs[0].Outcome != audit.OutcomeDenied || !strings.HasPrefix(a.recs[0].Caller, "anonymous@127.0.0.1:") {
-		t.Fatalf("records %+v", a.recs)
+	go s.ServeHealth(lis)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 // TestBatchItemErrors: each item's error is its own, internal errors keep

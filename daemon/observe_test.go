@@ -25,6 +25,14 @@ type recorder struct {
 	rpcs    []string // method code
 	denials []string // operation reason
 	checks  []string // dependency healthy
+	// handshakes are the refused TLS handshakes' reasons.
+	handshakes []string
+}
+
+func (r *recorder) ObserveHandshakeFailure(reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.handshakes = append(r.handshakes, reason)
 }
 
 func (r *recorder) ObserveRPC(method, code string, took time.Duration) {
@@ -74,10 +82,11 @@ func onlyProvision(t *testing.T) *policy.Policy {
 func TestObserver(t *testing.T) {
 	rec := &recorder{}
 	a := &fakeAuditor{}
-	conn, _ := startWith(t, &fakeEscrow{}, a, map[string]Checker{"vault": fakeCheck{errors.New("down")}}, func(c *Config) {
+	conn, srv := startWith(t, &fakeEscrow{}, a, map[string]Checker{"vault": fakeCheck{errors.New("down")}}, func(c *Config) {
 		c.Observer = rec
 		c.Policy = onlyProvision(t)
 	})
+	healthConn := startHealth(t, srv)
 	ctx := context.Background()
 	sync := escrowdv1.NewSyncServiceClient(conn)
 	if _, err := sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: "secret-group-name"}); err != nil {
@@ -96,12 +105,12 @@ func TestObserver(t *testing.T) {
 			_, err := escrowdv1.NewSupportServiceClient(conn).RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "g", UserId: "u", Ticket: "T-1"})
 			return err
 		}, codes.PermissionDenied},
-		{"certificate", func() error {
+		{"no certificate", func() error {
 			_, err := escrowdv1.NewSecurityServiceClient(anonymous).GetGroup(ctx, &escrowdv1.GetGroupRequest{GroupId: "g"})
 			return err
-		}, codes.Unauthenticated},
+		}, codes.Unavailable},
 		{"health", func() error {
-			_, err := healthpb.NewHealthClient(anonymous).Check(ctx, &healthpb.HealthCheckRequest{})
+			_, err := healthpb.NewHealthClient(healthConn).Check(ctx, &healthpb.HealthCheckRequest{})
 			return err
 		}, codes.OK},
 	}
@@ -119,18 +128,24 @@ func TestObserver(t *testing.T) {
 	}
 
 	rpcs, denials, checks := rec.snapshot()
+	// The server counts a refused handshake as the client hears of it.
+	var handshakes []string
+	for deadline := time.Now().Add(5 * time.Second); len(handshakes) == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		rec.mu.Lock()
+		handshakes = slices.Clone(rec.handshakes)
+		rec.mu.Unlock()
+	}
 	wantRPCs := []string{
 		"/escrowd.v1.SyncService/ProvisionGroup OK",
 		"/escrowd.v1.SecurityService/GetGroup PermissionDenied",
 		"/escrowd.v1.SupportService/RevealUnlockCode PermissionDenied",
-		"/escrowd.v1.SecurityService/GetGroup Unauthenticated",
 		"/grpc.health.v1.Health/Check OK",
 		"/escrowd.v1.SyncService/ProvisionGroup Unavailable",
 	}
 	if !slices.Equal(rpcs, wantRPCs) {
 		t.Errorf("RPCs observed:\n%s\nwant:\n%s", strings.Join(rpcs, "\n"), strings.Join(wantRPCs, "\n"))
 	}
-	wantDenials := []string{"GetGroup role", "RevealUnlockCode ticket", "GetGroup certificate"}
+	wantDenials := []string{"GetGroup role", "RevealUnlockCode ticket"}
 	if !slices.Equal(denials, wantDenials) {
 		t.Errorf("denials observed %q, want %q", denials, wantDenials)
 	}
@@ -138,6 +153,10 @@ func TestObserver(t *testing.T) {
 		if !slices.Contains(DenialReasons(), strings.Fields(d)[1]) {
 			t.Errorf("denial reason %q is not in DenialReasons", d)
 		}
+	}
+	// The connection without a certificate was refused at the handshake.
+	if !slices.Equal(handshakes, []string{HandshakeNoCertificate}) {
+		t.Errorf("handshake failures observed %q, want one %s", handshakes, HandshakeNoCertificate)
 	}
 	if len(checks) == 0 || checks[0] != "vault false" {
 		t.Errorf("checks observed %q, want vault false first", checks)

@@ -161,9 +161,11 @@ type stack struct {
 	srv      *daemon.Server
 	prefix   string
 	addr     string
-	sync     escrowdv1.SyncServiceClient
-	support  escrowdv1.SupportServiceClient
-	sec      escrowdv1.SecurityServiceClient
+	// healthAddr is the plain health listener (no TLS, no certificate).
+	healthAddr string
+	sync       escrowdv1.SyncServiceClient
+	support    escrowdv1.SupportServiceClient
+	sec        escrowdv1.SecurityServiceClient
 }
 
 type stackOpts struct {
@@ -229,8 +231,14 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	hlis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	go srv.Serve(lis)
-	s := &stack{t: t, hsm: h, store: st, ownStore: o.store == nil, audit: aud, srv: srv, prefix: o.prefix, addr: lis.Addr().String()}
+	go srv.ServeHealth(hlis)
+	s := &stack{t: t, hsm: h, store: st, ownStore: o.store == nil, audit: aud, srv: srv, prefix: o.prefix,
+		addr: lis.Addr().String(), healthAddr: hlis.Addr().String()}
 	t.Cleanup(s.stop)
 	s.sync = escrowdv1.NewSyncServiceClient(s.dial("sync-backend"))
 	s.support = escrowdv1.NewSupportServiceClient(s.dial("alice"))

@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -20,11 +22,24 @@ import (
 
 const healthEvery = 100 * time.Millisecond
 
-// awaitHealth polls gRPC health (as a load balancer would, without a
-// client certificate) until it reports want, for at most 15 s.
+// healthClient connects to the stack's health listener as an
+// orchestrator's probe would: plain gRPC, no certificate.
+func (s *stack) healthClient() healthpb.HealthClient {
+	s.t.Helper()
+	conn, err := grpc.NewClient(s.healthAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { conn.Close() })
+	return healthpb.NewHealthClient(conn)
+}
+
+// awaitHealth polls gRPC health on the health listener (as a load
+// balancer would, without a client certificate) until it reports want,
+// for at most 15 s.
 func (s *stack) awaitHealth(t *testing.T, want healthpb.HealthCheckResponse_ServingStatus) {
 	t.Helper()
-	hc := healthpb.NewHealthClient(s.dial(""))
+	hc := s.healthClient()
 	var last healthpb.HealthCheckResponse_ServingStatus
 	var lastErr error
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {

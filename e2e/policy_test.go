@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,7 +19,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -67,9 +71,60 @@ var grants = map[string][]string{
 		"StartJob", "ListJobs", "CancelJob", "DestroyKEK"},
 }
 
-// TestAuthorizationMatrix calls every RPC as every role, without a
-// certificate, with an unknown, an expired and a foreign one: each is
-// allowed or denied as the policy says, and every denial is audited.
+// streams are the streaming RPCs the API listener serves (escrowd's own
+// services have none: the matrix checks that too). Each is opened, sent
+// a first message if it takes one, and read once.
+var streams = []struct {
+	method string
+	desc   grpc.StreamDesc
+	req    proto.Message
+	// audited: a stream that passes the pipeline's audit stage;
+	// health is served without a record.
+	audited bool
+}{
+	{"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", grpc.StreamDesc{ClientStreams: true, ServerStreams: true},
+		&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{ListServices: "*"}}, true},
+	{"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", grpc.StreamDesc{ClientStreams: true, ServerStreams: true},
+		&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{ListServices: "*"}}, true},
+	{"/grpc.health.v1.Health/Watch", grpc.StreamDesc{ServerStreams: true}, &healthpb.HealthCheckRequest{}, false},
+}
+
+// openStream runs one of streams on conn and returns the request id
+// header and its first answer's error.
+func openStream(ctx context.Context, conn *grpc.ClientConn, i int) ([]string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st := streams[i]
+	cs, err := conn.NewStream(ctx, &st.desc, st.method)
+	if err != nil {
+		return nil, err
+	}
+	if err := cs.SendMsg(st.req); err != nil {
+		return nil, recvErr(cs)
+	}
+	if !st.desc.ClientStreams {
+		cs.CloseSend()
+	}
+	err = recvErr(cs)
+	hdr, _ := cs.Header()
+	return hdr.Get(daemon.HeaderRequestID), err
+}
+
+func recvErr(cs grpc.ClientStream) error {
+	var m emptypb.Empty
+	err := cs.RecvMsg(&m)
+	if err == io.EOF {
+		return nil
+	}
+	return err
+}
+
+// TestAuthorizationMatrix calls every RPC, unary and streaming, as every
+// role, and on connections with no certificate, an expired one and one
+// from another CA: each is allowed or denied as the policy says, every
+// denial is audited, and a connection without a valid certificate gets
+// nothing but health (on the health listener): the API listener refuses
+// it at the TLS handshake, before any RPC, so it leaves no record.
 func TestAuthorizationMatrix(t *testing.T) {
 	s := newStack(t, vaultSrv)
 	ctx := ctxT(t)
@@ -78,57 +133,91 @@ func TestAuthorizationMatrix(t *testing.T) {
 		for _, m := range sd.Methods {
 			methods[m.MethodName] = "/" + sd.ServiceName + "/" + m.MethodName
 		}
+		if len(sd.Streams) > 0 {
+			t.Fatalf("%s has streaming RPCs: add them to the matrix's streams", sd.ServiceName)
+		}
 	}
 	if len(methods) != len(matrixRequests) {
 		t.Fatalf("%d RPCs but %d matrix requests: add the new RPC to the matrix", len(methods), len(matrixRequests))
 	}
 	callers := []struct {
 		name string
-		want codes.Code // for calls the policy does not grant
+		// refused: the TLS handshake refuses the connection.
+		refused bool
 	}{
-		{"sync-backend", codes.PermissionDenied},
-		{"alice", codes.PermissionDenied},
-		{"carol", codes.PermissionDenied},
-		{"mallory", codes.PermissionDenied},
-		{"", codes.Unauthenticated},
-		{"expired", codes.Unauthenticated},
-		{"foreign", codes.Unauthenticated},
+		{"sync-backend", false},
+		{"alice", false},
+		{"carol", false},
+		{"mallory", false}, // a valid certificate the policy does not list
+		{"", true},
+		{"expired", true},
+		{"foreign", true},
 	}
-	var denials []string
+	var denials, served []string
 	for _, c := range callers {
 		conn := s.dial(c.name)
+		name := c.name
+		if name == "" {
+			name = "no certificate"
+		}
+		_, listed := grants[c.name]
 		for op, method := range methods {
-			allowed := false
-			for _, g := range grants[c.name] {
-				allowed = allowed || g == op
-			}
+			allowed := slices.Contains(grants[c.name], op)
 			var hdr metadata.MD
 			err := conn.Invoke(ctx, method, matrixRequests[op], &emptypb.Empty{}, grpc.Header(&hdr))
 			code := status.Code(err)
-			name := c.name
-			if name == "" {
-				name = "no certificate"
-			}
-			if allowed {
+			ids := hdr.Get(daemon.HeaderRequestID)
+			switch {
+			case c.refused:
+				if code != codes.Unavailable || len(ids) != 0 {
+					t.Errorf("%s → %s: %v (request ids %v), want the connection refused", name, op, err, ids)
+				}
+			case allowed:
 				if code == codes.PermissionDenied || code == codes.Unauthenticated {
 					t.Errorf("%s → %s: %v, want it allowed", name, op, err)
 				}
-				continue
-			}
-			if code != c.want {
-				t.Errorf("%s → %s: %v, want %v", name, op, err, c.want)
-				continue
-			}
-			ids := hdr.Get(daemon.HeaderRequestID)
-			if len(ids) != 1 {
+			case code != codes.PermissionDenied:
+				t.Errorf("%s → %s: %v, want PermissionDenied", name, op, err)
+			case len(ids) != 1:
 				t.Errorf("%s → %s: no request id", name, op)
-				continue
+			default:
+				denials = append(denials, ids[0])
 			}
-			denials = append(denials, ids[0])
+		}
+		for i, st := range streams {
+			ids, err := openStream(ctx, conn, i)
+			code := status.Code(err)
+			switch {
+			case c.refused:
+				if code != codes.Unavailable || len(ids) != 0 {
+					t.Errorf("%s → stream %s: %v, want the connection refused", name, st.method, err)
+				}
+			case !st.audited:
+				if err != nil || len(ids) != 0 {
+					t.Errorf("%s → stream %s: %v (request ids %v), want it served unaudited", name, st.method, err, ids)
+				}
+			case !listed:
+				if code != codes.PermissionDenied || len(ids) != 1 {
+					t.Errorf("%s → stream %s: %v, want PermissionDenied with a request id", name, st.method, err)
+					continue
+				}
+				denials = append(denials, ids[0])
+			default:
+				if err != nil || len(ids) != 1 {
+					t.Errorf("%s → stream %s: %v (request ids %v), want it served with a request id", name, st.method, err, ids)
+					continue
+				}
+				served = append(served, ids[0])
+			}
+		}
+		// Health answers everyone on the health listener.
+		if r, err := s.healthClient().Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("%s → health listener: %v %v", name, r.GetStatus(), err)
 		}
 	}
-	if want := 4*len(methods) - len(grants["sync-backend"]) - len(grants["alice"]) - len(grants["carol"]) + 3*len(methods); len(denials) != want {
-		t.Fatalf("%d denials, want %d", len(denials), want)
+	wantDenials := 4*len(methods) - len(grants["sync-backend"]) - len(grants["alice"]) - len(grants["carol"]) + 2 // mallory's reflection streams
+	if len(denials) != wantDenials || len(served) != 3*2 {
+		t.Fatalf("%d denials and %d served streams, want %d and %d", len(denials), len(served), wantDenials, 3*2)
 	}
 	byID := map[string]audit.Chained{}
 	err := s.audit.Walk(ctx, func(_ uint64, b *audit.Batch) error {
@@ -150,10 +239,15 @@ func TestAuthorizationMatrix(t *testing.T) {
 			t.Errorf("denial %s recorded as %s (%q)", id, r.Outcome, r.Reason)
 		}
 	}
-	// The record names who was refused and why.
+	for _, id := range served {
+		if r, ok := byID[id]; !ok || r.Outcome != audit.OutcomeOK || !strings.Contains(r.Operation, "ServerReflection") {
+			t.Errorf("stream %s recorded as %+v", id, r)
+		}
+	}
+	// Nothing of a refused connection reached the trail; health is not in it.
 	for _, r := range byID {
-		if strings.HasPrefix(r.Caller, "unverified") && !strings.Contains(r.Reason, "not valid") {
-			t.Errorf("record %s: unverified caller with reason %q", r.ID, r.Reason)
+		if strings.HasPrefix(r.Caller, "anonymous") || strings.HasPrefix(r.Caller, "unverified") || strings.Contains(r.Operation, "Health") {
+			t.Errorf("record %s: caller %s, operation %s", r.ID, r.Caller, r.Operation)
 		}
 	}
 }

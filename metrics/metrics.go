@@ -28,9 +28,10 @@ const Namespace = "escrowd"
 
 // Labels names the series made up front. Any field may be empty.
 type Labels struct {
-	Methods      []string // full gRPC method names, each seeded with code OK
-	HSMOps       []string
-	Dependencies []string // health check names
+	Methods          []string // full gRPC method names, each seeded with code OK
+	HSMOps           []string
+	Dependencies     []string // health check names
+	HandshakeReasons []string // reasons a TLS handshake is refused
 }
 
 // Metrics holds every metric. It is safe for concurrent use.
@@ -45,6 +46,8 @@ type Metrics struct {
 	vaultErrors  *prometheus.CounterVec
 	denials      *prometheus.CounterVec
 	dependencyUp *prometheus.GaugeVec
+	handshakes   *prometheus.CounterVec
+	summarised   prometheus.Counter
 }
 
 // Result label values.
@@ -103,8 +106,17 @@ func New(l Labels) *Metrics {
 			Namespace: Namespace, Name: "dependency_healthy",
 			Help: "1 if the last health check of the dependency passed, else 0; while any is 0 gRPC health reports NOT_SERVING.",
 		}, []string{"dependency"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "tls", Name: "handshake_failures_total",
+			Help: "TLS handshakes the API listener refused, by reason (no_certificate, expired, unknown_authority, invalid_certificate, timeout, closed, protocol).",
+		}, []string{"reason"}),
+		summarised: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "audit", Name: "refusals_summarised_total",
+			Help: "Refused requests that found the audit trail's refusal lane full and were counted in a summary record instead of recorded one by one.",
+		}),
 	}
 	m.reg.MustRegister(m.rpc, m.hsmOp, m.sessionWait, m.auditBatch, m.auditCommit, m.vaultErrors, m.denials, m.dependencyUp,
+		m.handshakes, m.summarised,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.seed(l)
 	return m
@@ -126,6 +138,9 @@ func (m *Metrics) seed(l Labels) {
 	m.vaultErrors.WithLabelValues("health")
 	for _, d := range l.Dependencies {
 		m.dependencyUp.WithLabelValues(d)
+	}
+	for _, r := range l.HandshakeReasons {
+		m.handshakes.WithLabelValues(r)
 	}
 }
 
@@ -155,6 +170,14 @@ func (m *Metrics) ObserveCheck(dependency string, healthy bool) {
 	}
 	m.dependencyUp.WithLabelValues(dependency).Set(v)
 }
+
+// ObserveHandshakeFailure satisfies daemon.HandshakeObserver.
+func (m *Metrics) ObserveHandshakeFailure(reason string) {
+	m.handshakes.WithLabelValues(reason).Inc()
+}
+
+// ObserveRefusalSummarised satisfies audit.RefusalObserver.
+func (m *Metrics) ObserveRefusalSummarised() { m.summarised.Inc() }
 
 // ObserveHSMOp satisfies hsm.Observer.
 func (m *Metrics) ObserveHSMOp(op string, took time.Duration, err error) {

@@ -19,13 +19,16 @@ import (
 
 // One value serves the three packages' observers.
 var (
-	_ daemon.Observer = (*metrics.Metrics)(nil)
-	_ hsm.Observer    = (*metrics.Metrics)(nil)
-	_ audit.Observer  = (*metrics.Metrics)(nil)
+	_ daemon.Observer          = (*metrics.Metrics)(nil)
+	_ daemon.HandshakeObserver = (*metrics.Metrics)(nil)
+	_ hsm.Observer             = (*metrics.Metrics)(nil)
+	_ audit.Observer           = (*metrics.Metrics)(nil)
+	_ audit.RefusalObserver    = (*metrics.Metrics)(nil)
 )
 
 func newMetrics() *metrics.Metrics {
-	return metrics.New(metrics.Labels{Methods: daemon.Methods(), HSMOps: hsm.Ops(), Dependencies: []string{"hsm", "vault"}})
+	return metrics.New(metrics.Labels{Methods: daemon.Methods(), HSMOps: hsm.Ops(), Dependencies: []string{"hsm", "vault"},
+		HandshakeReasons: daemon.HandshakeReasons()})
 }
 
 func scrape(t *testing.T, m *metrics.Metrics) string {
@@ -86,6 +89,14 @@ func TestObservations(t *testing.T) {
 			`escrowd_vault_errors_total{call="write"}`, "1"},
 		{"vault health error", func(m *metrics.Metrics) { m.ObserveVaultHealth(fail); m.ObserveVaultHealth(nil) },
 			`escrowd_vault_errors_total{call="health"}`, "1"},
+		{"handshake refused", func(m *metrics.Metrics) {
+			m.ObserveHandshakeFailure(daemon.HandshakeNoCertificate)
+			m.ObserveHandshakeFailure(daemon.HandshakeNoCertificate)
+		}, `escrowd_tls_handshake_failures_total{reason="no_certificate"}`, "2"},
+		{"seeded handshake reason", func(*metrics.Metrics) {},
+			`escrowd_tls_handshake_failures_total{reason="expired"}`, "0"},
+		{"refusal summarised", func(m *metrics.Metrics) { m.ObserveRefusalSummarised() },
+			`escrowd_audit_refusals_summarised_total`, "1"},
 		{"seeded before any observation", func(*metrics.Metrics) {},
 			`escrowd_rpc_duration_seconds_count{code="OK",method="/escrowd.v1.SupportService/RevealUnlockCode"}`, "0"},
 		{"seeded hsm op", func(*metrics.Metrics) {},
@@ -163,10 +174,10 @@ func TestDocumented(t *testing.T) {
 			}
 		}
 	}
-	if n != 8 {
-		t.Errorf("%d escrowd metrics; the test and the docs know 8", n)
+	if n != 10 {
+		t.Errorf("%d escrowd metrics; the test and the docs know 10", n)
 	}
-	for _, v := range append(hsm.Ops(), daemon.DenialReasons()...) {
+	for _, v := range append(append(hsm.Ops(), daemon.DenialReasons()...), daemon.HandshakeReasons()...) {
 		if !strings.Contains(string(doc), "`"+v+"`") {
 			t.Errorf("docs/OPERATIONS.md does not name %q", v)
 		}

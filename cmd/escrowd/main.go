@@ -91,16 +91,45 @@ func main() {
 	}
 }
 
-func newLogger(level string) (*zap.Logger, error) {
+func newLogger(level, sampling string) (*zap.Logger, error) {
+	cfg, err := loggerConfig(level, sampling)
+	if err != nil {
+		return nil, err
+	}
+	return cfg.Build()
+}
+
+// loggerConfig is zap's production configuration (JSON to stderr) at
+// level, with sampling only if -log-sampling asks for it. zap's default
+// samples every message past 100 lines a second, and every request line
+// has the same message: under load it dropped a third of them.
+func loggerConfig(level, sampling string) (zap.Config, error) {
 	var l zapcore.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("-log-level: %w", err)
+		return zap.Config{}, fmt.Errorf("-log-level: %w", err)
+	}
+	first, thereafter, err := parseSampling(sampling)
+	if err != nil {
+		return zap.Config{}, fmt.Errorf("-log-sampling: %w", err)
 	}
 	cfg := zap.NewProductionConfig()
 	cfg.Level = zap.NewAtomicLevelAt(l)
 	cfg.EncoderConfig.TimeKey = "time"
 	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	return cfg.Build()
+	cfg.Sampling = nil
+	if first > 0 {
+		cfg.Sampling = &zap.SamplingConfig{Initial: first, Thereafter: thereafter}
+	}
+	return cfg, nil
+}
+
+// orNone is a rate setting as daemon.Config takes it: 0 (no bound) is
+// negative there, where 0 means the default.
+func orNone(perSecond int) float64 {
+	if perSecond == 0 {
+		return -1
+	}
+	return float64(perSecond)
 }
 
 // metricsMux serves /metrics and nothing else.
@@ -174,14 +203,14 @@ func checkOnly(o *options) error {
 		return err
 	}
 	p.pin, p.vaultToken = "", ""
-	if _, err := newLogger(o.logLevel); err != nil {
+	if _, err := newLogger(o.logLevel, o.logSampling); err != nil {
 		return err
 	}
 	return nil
 }
 
 func run(o *options) error {
-	log, err := newLogger(o.logLevel)
+	log, err := newLogger(o.logLevel, o.logSampling)
 	if err != nil {
 		return err
 	}
@@ -224,7 +253,8 @@ func run(o *options) error {
 		if metricsLn, err = net.Listen("tcp", o.metricsListen); err != nil {
 			return fmt.Errorf("failed to listen on -metrics-listen: %w", err)
 		}
-		mtr = metrics.New(metrics.Labels{Methods: daemon.Methods(), HSMOps: hsm.Ops(), Dependencies: []string{"hsm", "vault"}})
+		mtr = metrics.New(metrics.Labels{Methods: daemon.Methods(), HSMOps: hsm.Ops(), Dependencies: []string{"hsm", "vault"},
+			HandshakeReasons: daemon.HandshakeReasons()})
 		hsmObs, auditObs, daemonObs = mtr, mtr, mtr
 	}
 
@@ -277,6 +307,13 @@ func run(o *options) error {
 		AuditTimeout: o.auditTimeout,
 		Observer:     daemonObs,
 		Events:       st,
+
+		MaxRecvMsgSize:       o.maxRecvMsgSize,
+		MaxConcurrentStreams: uint32(o.maxConcurrentStreams),
+		MaxConnections:       o.maxConnections,
+		HandshakeTimeout:     o.handshakeTimeout,
+		HandshakeFailureRate: orNone(o.handshakeFailureRate),
+		RefusalRate:          orNone(o.refusalRate),
 	})
 	if err != nil {
 		return err
@@ -284,6 +321,13 @@ func run(o *options) error {
 	lis, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("failed to listen: %w", err)
+	}
+	var healthLn net.Listener
+	if o.healthListen != "" {
+		if healthLn, err = net.Listen("tcp", o.healthListen); err != nil {
+			lis.Close()
+			return fmt.Errorf("failed to listen on -health-listen: %w", err)
+		}
 	}
 	log.Info("escrowd serving", zap.String("addr", lis.Addr().String()), zap.String("hsm_token", o.hsmToken),
 		zap.String("store", storeName), zap.String("vault", o.vaultAddr), zap.String("job_owner", runner.Owner()))
@@ -326,8 +370,16 @@ func run(o *options) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(lis) }()
+	if healthLn != nil {
+		go func() {
+			if err := srv.ServeHealth(healthLn); err != nil {
+				errc <- fmt.Errorf("health listener: %w", err)
+			}
+		}()
+		log.Info("health serving", zap.String("addr", healthLn.Addr().String()), zap.String("protocol", "gRPC health, no TLS"))
+	}
 	for running := true; running; {
 		select {
 		case err := <-errc:

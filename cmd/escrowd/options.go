@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
+	"github.com/escrowd/escrowd/daemon"
 	"github.com/escrowd/escrowd/escrow/bundle"
 	"github.com/escrowd/escrowd/internal/config"
 	"github.com/escrowd/escrowd/store"
@@ -30,6 +32,7 @@ import (
 type options struct {
 	listen          string
 	metricsListen   string
+	healthListen    string
 	tlsCert         string
 	tlsKey          string
 	clientCA        string
@@ -56,6 +59,14 @@ type options struct {
 	pidFile         string
 	eventRetention  time.Duration
 	eventMax        int
+	logSampling     string
+
+	maxRecvMsgSize       int
+	maxConcurrentStreams int
+	maxConnections       int
+	handshakeTimeout     time.Duration
+	handshakeFailureRate int
+	refusalRate          int
 
 	configPath  string
 	checkConfig bool
@@ -78,6 +89,13 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.checkConfig, "check-config", false, "check the flags, the configuration file and the files they name, then exit: 0 if all is well")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7420", "gRPC listen address")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "address of the Prometheus /metrics listener, plain HTTP, e.g. 127.0.0.1:9420 (default off)")
+	fs.StringVar(&o.healthListen, "health-listen", "", "address of a gRPC health listener without TLS, for probes that have no client certificate, e.g. 127.0.0.1:7421 (default off: health only on -listen, with a certificate)")
+	fs.IntVar(&o.maxRecvMsgSize, "max-recv-msg-size", daemon.DefaultMaxRecvMsgSize, "largest request message, in bytes; a larger one is refused RESOURCE_EXHAUSTED")
+	fs.IntVar(&o.maxConcurrentStreams, "max-concurrent-streams", daemon.DefaultMaxConcurrentStreams, "RPCs one connection may run at once")
+	fs.IntVar(&o.maxConnections, "max-connections", daemon.DefaultMaxConnections, "connections open at once on -listen; more wait in the kernel's accept queue")
+	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", daemon.DefaultHandshakeTimeout, "time a connection has for its TLS handshake and HTTP/2 set-up")
+	fs.IntVar(&o.handshakeFailureRate, "handshake-failure-rate", daemon.DefaultHandshakeFailureRate, "failed TLS handshakes a second -listen absorbs; past it, it accepts new connections only at this rate (0: no bound)")
+	fs.IntVar(&o.refusalRate, "refusal-rate", daemon.DefaultRefusalRate, "refused requests a second one caller is answered at once; past it, each waits its turn (0: no pacing)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "server certificate, PEM (required)")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "server private key, PEM (required)")
 	fs.StringVar(&o.clientCA, "client-ca", "", "CA certificates that sign client certificates, PEM (required)")
@@ -97,6 +115,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.auditMaxBatch, "audit-max-batch", 512, "most records in one Vault write (group commit); 1 makes one write per request")
 	fs.StringVar(&o.defaultSuite, "default-suite", "ecdh-p256", "escrow key suite of new groups: ecdh-p256 (milliseconds to provision), rsa-oaep-sha1 (SoftHSM) or rsa-oaep-sha256 (hardware HSMs), about a second each")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logSampling, "log-sampling", "off", "off: every log line is written; FIRST:THEREAFTER, e.g. 100:100: each second, of the lines with one message and level, the first FIRST and then every THEREAFTER-th (request lines included)")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long running requests may finish on SIGTERM")
 	fs.DurationVar(&o.jobLease, "job-lease", 15*time.Second, "lease of a running job: another replica takes it over this long after its runner died")
 	fs.DurationVar(&o.jobPoll, "job-poll", 2*time.Second, "how often to look for jobs to run")
@@ -222,6 +241,15 @@ func (o *options) check() error {
 			add(o.invalid("metrics-listen", "is the gRPC address (-listen); give it a port of its own"))
 		}
 	}
+	if o.healthListen != "" {
+		add(o.checkAddr("health-listen", o.healthListen))
+		switch o.healthListen {
+		case o.listen:
+			add(o.invalid("health-listen", "is the gRPC address (-listen); give it a port of its own"))
+		case o.metricsListen:
+			add(o.invalid("health-listen", "is the metrics address (-metrics-listen); give it a port of its own"))
+		}
+	}
 	if o.vaultAddr != "" {
 		if u, err := url.Parse(o.vaultAddr); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			add(o.invalid("vault-addr", "%s is not an http:// or https:// URL", o.quote("vault-addr", o.vaultAddr)))
@@ -243,7 +271,8 @@ func (o *options) check() error {
 	for _, n := range []struct {
 		key string
 		val int
-	}{{"hsm-sessions", o.hsmSessions}, {"audit-max-batch", o.auditMaxBatch}, {"job-batch", o.jobBatch}} {
+	}{{"hsm-sessions", o.hsmSessions}, {"audit-max-batch", o.auditMaxBatch}, {"job-batch", o.jobBatch},
+		{"max-concurrent-streams", o.maxConcurrentStreams}, {"max-connections", o.maxConnections}} {
 		if n.val < 1 {
 			add(o.invalid(n.key, "must be at least 1"))
 		}
@@ -251,7 +280,8 @@ func (o *options) check() error {
 	for _, d := range []struct {
 		key string
 		val time.Duration
-	}{{"audit-timeout", o.auditTimeout}, {"shutdown-timeout", o.shutdownTimeout}, {"job-lease", o.jobLease}, {"job-poll", o.jobPoll}, {"event-retention", o.eventRetention}} {
+	}{{"audit-timeout", o.auditTimeout}, {"shutdown-timeout", o.shutdownTimeout}, {"job-lease", o.jobLease}, {"job-poll", o.jobPoll},
+		{"event-retention", o.eventRetention}, {"handshake-timeout", o.handshakeTimeout}} {
 		if d.val <= 0 {
 			add(o.invalid(d.key, "must be more than zero"))
 		}
@@ -266,7 +296,49 @@ func (o *options) check() error {
 	if err := l.UnmarshalText([]byte(o.logLevel)); err != nil {
 		add(o.invalid("log-level", "%s is not debug, info, warn or error", o.quote("log-level", o.logLevel)))
 	}
+	if _, _, err := parseSampling(o.logSampling); err != nil {
+		add(o.invalid("log-sampling", "%s is not off or FIRST:THEREAFTER (two whole numbers, at least 1)", o.quote("log-sampling", o.logSampling)))
+	}
+	if o.maxRecvMsgSize < minRecvMsgSize || o.maxRecvMsgSize > maxRecvMsgSize {
+		add(o.invalid("max-recv-msg-size", "must be %d to %d bytes", minRecvMsgSize, maxRecvMsgSize))
+	}
+	if o.maxConcurrentStreams > math.MaxUint32 {
+		add(o.invalid("max-concurrent-streams", "must be at most %d", uint32(math.MaxUint32)))
+	}
+	if o.handshakeFailureRate < 0 {
+		add(o.invalid("handshake-failure-rate", "must be 0 (no bound) or more"))
+	}
+	if o.refusalRate < 0 {
+		add(o.invalid("refusal-rate", "must be 0 (no pacing) or more"))
+	}
 	return errors.Join(errs...)
+}
+
+// Bounds of -max-recv-msg-size: a full BatchRewrap (256 items of at most
+// 8 KiB of slot and 1 KiB of public key) is about 2.4 MiB; gRPC itself
+// allows no more than 2 GiB, and Vault's audit trail is not the place for
+// what a larger request could do.
+const (
+	minRecvMsgSize = 64 << 10
+	maxRecvMsgSize = 64 << 20
+)
+
+// parseSampling reads -log-sampling: "off" (0, 0), or FIRST:THEREAFTER.
+func parseSampling(v string) (first, thereafter int, err error) {
+	if v == "off" {
+		return 0, 0, nil
+	}
+	a, b, ok := strings.Cut(v, ":")
+	if !ok {
+		return 0, 0, errors.New("no colon")
+	}
+	if first, err = strconv.Atoi(a); err == nil {
+		thereafter, err = strconv.Atoi(b)
+	}
+	if err != nil || first < 1 || thereafter < 1 {
+		return 0, 0, errors.New("not two whole numbers, at least 1")
+	}
+	return first, thereafter, nil
 }
 
 func (o *options) checkAddr(key, addr string) error {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/escrowd/escrowd/internal/config"
 )
 
@@ -168,6 +170,16 @@ func TestConfigErrors(t *testing.T) {
 		}},
 		{"a pid file in no directory", []string{"-config", "testdata/minimal.yaml", "-pid-file", "/nonexistent/escrowd.pid"},
 			[]string{`-pid-file: invalid configuration: "/nonexistent/escrowd.pid": its directory does not exist`}},
+		{"every bad transport value at once", []string{"-config", "testdata/bad-transport.yaml"}, []string{
+			`bad-transport.yaml:8: health-listen: invalid configuration: is the gRPC address`,
+			`bad-transport.yaml:9: log-sampling: invalid configuration: "sometimes" is not off or FIRST:THEREAFTER`,
+			`bad-transport.yaml:10: max-recv-msg-size: invalid configuration: must be 65536 to 67108864 bytes`,
+			`bad-transport.yaml:11: max-concurrent-streams: invalid configuration: must be at least 1`,
+			`bad-transport.yaml:12: max-connections: invalid configuration: must be at least 1`,
+			`bad-transport.yaml:13: handshake-timeout: invalid configuration: must be more than zero`,
+			`bad-transport.yaml:14: handshake-failure-rate: invalid configuration: must be 0 (no bound) or more`,
+			`bad-transport.yaml:15: refusal-rate: invalid configuration: must be 0 (no pacing) or more`,
+		}},
 		{"one port for both", []string{"-config", "testdata/same-port.yaml"},
 			[]string{"same-port.yaml:8: metrics-listen: invalid configuration: is the gRPC address"}},
 		{"a bad flag is named as a flag", []string{"-config", "testdata/minimal.yaml", "-tls-cert", filepath.Join(dir, "nope.crt")},
@@ -233,7 +245,7 @@ func TestContribExample(t *testing.T) {
 	if err := o.applyFile(fs, lookup); err != nil {
 		t.Fatal(err)
 	}
-	if o.hsmPINFile != "/run/credentials/escrowd.service/hsm.pin" || o.metricsListen == "" {
+	if o.hsmPINFile != "/run/credentials/escrowd.service/hsm.pin" || o.metricsListen == "" || o.healthListen == "" {
 		t.Fatalf("example: %+v", o)
 	}
 	unit, err := os.ReadFile("../../contrib/systemd/escrowd.service")
@@ -256,5 +268,46 @@ func TestContribExample(t *testing.T) {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("the unit lacks %s", want)
 		}
+	}
+}
+
+// TestLogSampling: by default every log line is written, however many
+// share a message (zap's production default kept the first 100 a second
+// of each and then one in 100: under load a third of the request lines
+// were lost); -log-sampling turns sampling on, explicitly.
+func TestLogSampling(t *testing.T) {
+	for _, tt := range []struct {
+		sampling string
+		min, max int
+	}{
+		{"off", 3200, 3200},
+		{"100:100", 100, 200},
+	} {
+		t.Run(tt.sampling, func(t *testing.T) {
+			cfg, err := loggerConfig("info", tt.sampling)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(t.TempDir(), "log")
+			cfg.OutputPaths = []string{out}
+			l, err := cfg.Build()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 3200 {
+				l.Info("finished call", zap.Int("i", i))
+			}
+			l.Sync()
+			b, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := strings.Count(string(b), "\n"); n < tt.min || n > tt.max {
+				t.Fatalf("%d of 3200 lines written, want %d to %d", n, tt.min, tt.max)
+			}
+		})
+	}
+	if _, err := loggerConfig("info", "0:5"); err == nil {
+		t.Fatal("log-sampling 0:5 accepted")
 	}
 }
