@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,7 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
@@ -55,12 +61,14 @@ func scrapeMetrics(t *testing.T, addr string) map[string]float64 {
 
 // TestConfigFileAndMetrics runs escrowd from a configuration file alone:
 // -check-config accepts it and refuses a broken one naming the key; the
-// daemon serves, its /metrics counts what the requests did in the HSM,
-// the audit trail and the policy; SIGTERM drains it and exits 0.
+// daemon serves, health answers a probe without a certificate on
+// health-listen, its /metrics counts what the requests did in the HSM,
+// the audit trail, the policy and the TLS handshake; SIGTERM drains it
+// and exits 0, both listeners closed.
 func TestConfigFileAndMetrics(t *testing.T) {
 	escrowd, _ := buildBinaries(t)
 	dir := t.TempDir()
-	addr, maddr := freeAddr(t), freeAddr(t)
+	addr, maddr, haddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	policyPath, err := filepath.Abs("testdata/policy.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -71,6 +79,7 @@ func TestConfigFileAndMetrics(t *testing.T) {
 	conf := fmt.Sprintf(`# escrowd e2e: every path absolute, as in /etc/escrowd/escrowd.yaml
 listen: %s
 metrics-listen: %s
+health-listen: %s
 store: %s
 hsm-module: %s
 hsm-token: %s
@@ -85,7 +94,7 @@ client-ca: %s
 policy: %s
 log-level: warn
 shutdown-timeout: 10s
-`, addr, maddr, filepath.Join(dir, "escrowd.db"), token.Module, token.Label, vaultSrv.Addr, writeSecret(t, vaultSrv.Token),
+`, addr, maddr, haddr, filepath.Join(dir, "escrowd.db"), token.Module, token.Label, vaultSrv.Addr, writeSecret(t, vaultSrv.Token),
 		filepath.Join(pki.dir, "server.crt"), filepath.Join(pki.dir, "server.key"), filepath.Join(pki.dir, "ca.crt"), policyPath)
 	confPath := filepath.Join(dir, "escrowd.yaml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
@@ -101,7 +110,7 @@ shutdown-timeout: 10s
 		t.Fatal(err)
 	}
 	out, err = exec.Command(escrowd, "-config", bad, "-check-config").CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "bad.yaml:12: audit-max-batches: unknown setting") {
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "bad.yaml:13: audit-max-batches: unknown setting") {
 		t.Fatalf("-check-config of a bad file: %v\n%s", err, out)
 	}
 
@@ -119,6 +128,29 @@ shutdown-timeout: 10s
 	// A reveal needs a ticket reference: a denial by the ticket rule.
 	if _, err := r.sup.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: "cfg-family", UserId: "u"}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("reveal without a ticket: %v", err)
+	}
+	// Health answers a probe without a certificate on health-listen; the
+	// API listener refuses one at the handshake.
+	hconn, err := grpc.NewClient(haddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hconn.Close()
+	if h, err := healthpb.NewHealthClient(hconn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || h.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health on health-listen: %v %v", h.GetStatus(), err)
+	}
+	anon, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pki.ca.Pool(), MinVersion: tls.VersionTLS13})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anon.Close()
+	if _, err := healthpb.NewHealthClient(anon).Check(ctx, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("health on listen without a certificate: %v, want the handshake refused", err)
+	}
+	// The server counts the refusal as the client hears of it.
+	deadline := time.Now().Add(5 * time.Second)
+	for scrapeMetrics(t, maddr)[`escrowd_tls_handshake_failures_total{reason="no_certificate"}`] < 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
 	}
 
 	m := scrapeMetrics(t, maddr)
@@ -144,6 +176,10 @@ shutdown-timeout: 10s
 		{`escrowd_dependency_healthy{dependency="hsm"}`, 1, 1},
 		{`escrowd_dependency_healthy{dependency="vault"}`, 1, 1},
 		{`escrowd_hsm_session_wait_seconds_count{result="timeout"}`, 0, 0},
+		{`escrowd_tls_handshake_failures_total{reason="no_certificate"}`, 1, 1},
+		{`escrowd_tls_handshake_failures_total{reason="expired"}`, 0, 0},
+		{`escrowd_audit_refusals_summarised_total`, 0, 0},
+		{`escrowd_rpc_duration_seconds_count{code="OK",method="/grpc.health.v1.Health/Check"}`, 1, 1},
 	} {
 		v, ok := m[c.series]
 		if !ok {
@@ -173,6 +209,10 @@ shutdown-timeout: 10s
 	}
 	if _, err := http.Get("http://" + maddr + "/metrics"); err == nil {
 		t.Fatal("the metrics listener outlived the daemon")
+	}
+	if c, err := net.DialTimeout("tcp", haddr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the health listener outlived the daemon")
 	}
 	if strings.Contains(r.logs(), token.UserPIN) || strings.Contains(r.logs(), vaultSrv.Token) {
 		t.Fatal("the log holds a secret")

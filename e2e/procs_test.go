@@ -65,19 +65,21 @@ func startReplica(t *testing.T, bin string, tok *softhsm.Token, storeSpec string
 // connect makes the clients: carol (security), alice (support) and the
 // sync backend.
 func (r *replica) connect() {
-	t := r.t
-	dial := func(name string) *grpc.ClientConn {
-		creds := credentials.NewTLS(&tls.Config{RootCAs: pki.ca.Pool(), Certificates: []tls.Certificate{pki.certs[name]}, MinVersion: tls.VersionTLS13})
-		conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(creds))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn
+	r.sec = escrowdv1.NewSecurityServiceClient(r.dial("carol"))
+	r.sup = escrowdv1.NewSupportServiceClient(r.dial("alice"))
+	r.sync = escrowdv1.NewSyncServiceClient(r.dial("sync-backend"))
+}
+
+// dial makes a connection of its own as the named identity.
+func (r *replica) dial(name string) *grpc.ClientConn {
+	r.t.Helper()
+	creds := credentials.NewTLS(&tls.Config{RootCAs: pki.ca.Pool(), Certificates: []tls.Certificate{pki.certs[name]}, MinVersion: tls.VersionTLS13})
+	conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		r.t.Fatal(err)
 	}
-	r.sec = escrowdv1.NewSecurityServiceClient(dial("carol"))
-	r.sup = escrowdv1.NewSupportServiceClient(dial("alice"))
-	r.sync = escrowdv1.NewSyncServiceClient(dial("sync-backend"))
+	r.t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func (r *replica) start() {
