@@ -89,6 +89,13 @@ func (s *Server) identify(ctx context.Context) identity {
 	}
 	id.ids = append(id.ids, SPKIIdentity(leaf))
 	now := s.now()
+	// Revocation first, remembered chain or not: a certificate revoked
+	// by a CRL loaded since its connection opened is refused from the
+	// reload on.
+	if err := s.revocations.Load().check(certs, now); err != nil {
+		id.err = err
+		return id
+	}
 	key := chainKey(certs)
 	if s.verified.valid(key, now) {
 		return id
@@ -118,7 +125,8 @@ func (s *Server) identify(ctx context.Context) identity {
 // at most verifyTTL and never past the moment the first of its
 // certificates expires: what a fresh check would say. Failures are not
 // remembered; they are refused and audited either way. The client CAs are
-// fixed for the life of the server, so nothing else can change the answer.
+// fixed for the life of the server; a new CRL (SetRevocations) empties the
+// cache, and revocation is checked outside it on every request.
 const (
 	verifyTTL     = 5 * time.Minute
 	verifyEntries = 4096
@@ -152,6 +160,13 @@ func (c *verifyCache) valid(key [sha256.Size]byte, now time.Time) bool {
 		return false
 	}
 	return ok
+}
+
+// reset forgets every remembered chain.
+func (c *verifyCache) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.until = nil
 }
 
 func (c *verifyCache) add(key [sha256.Size]byte, now time.Time, chains [][]*x509.Certificate) {

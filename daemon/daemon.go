@@ -113,6 +113,9 @@ type Config struct {
 	// the handshake.
 	TLS       *tls.Config
 	ClientCAs *x509.CertPool
+	// Revocations, if set, are the client CRLs in force from the start
+	// (revocation.go); SetRevocations replaces them.
+	Revocations *Revocations
 	// Versions and Jobs are optional: without them their RPCs fail with
 	// FAILED_PRECONDITION.
 	Versions Versions
@@ -188,6 +191,8 @@ type Server struct {
 	health     *health.Server
 	now        func() time.Time
 	policy     atomic.Pointer[policy.Policy]
+	// revocations are the client CRLs in force; nil: none.
+	revocations atomic.Pointer[Revocations]
 	// verified remembers client certificate chains that verified.
 	verified verifyCache
 	codec    *markingCodec
@@ -238,10 +243,12 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	}
 	s.refusals.rate = max(cfg.RefusalRate, 0)
 	s.policy.Store(cfg.Policy)
+	s.revocations.Store(cfg.Revocations)
 	tc := cfg.TLS.Clone()
 	tc.MinVersion = tls.VersionTLS13
 	tc.ClientAuth = tls.RequireAndVerifyClientCert
 	tc.ClientCAs = cfg.ClientCAs
+	tc.VerifyPeerCertificate = s.verifyPeer
 	opts = append(opts,
 		grpc.Creds(handshakeCreds{TransportCredentials: credentials.NewTLS(tc), s: s}),
 		grpc.ForceServerCodecV2(s.codec),
