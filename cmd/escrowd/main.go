@@ -17,6 +17,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -152,6 +153,8 @@ type prepared struct {
 	policy     *policy.Policy
 	cert       tls.Certificate
 	clientCAs  *x509.CertPool
+	caCerts    []*x509.Certificate
+	crl        *daemon.Revocations
 	pin        string
 	vaultToken string
 }
@@ -175,6 +178,12 @@ func prepare(o *options) (*prepared, error) {
 	if !p.clientCAs.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("%s: %s holds no PEM certificate", o.where("client-ca"), o.quote("client-ca", o.clientCA))
 	}
+	if p.caCerts, err = parseCerts(caPEM); err != nil {
+		return nil, fmt.Errorf("%s: %w", o.where("client-ca"), err)
+	}
+	if p.crl, err = loadCRL(o, p.caCerts); err != nil {
+		return nil, err
+	}
 	if p.pin, err = o.loadSecret("HSM user PIN", "hsm-pin-file", o.hsmPINFile, "ESCROWD_HSM_PIN"); err != nil {
 		return nil, err
 	}
@@ -182,6 +191,62 @@ func prepare(o *options) (*prepared, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// reload is SIGHUP: the policy and the client CRL, each on its own. A
+// file that does not load is logged and the one in force stays.
+func reload(o *options, srv *daemon.Server, cas []*x509.Certificate, log *zap.Logger) {
+	if p, err := loadPolicy(o.policyPath); err != nil {
+		log.Error("policy reload refused; the previous policy stays in force", zap.Error(err))
+	} else {
+		srv.SetPolicy(p)
+		log.Info("policy reloaded", zap.String("file", o.policyPath))
+	}
+	if o.clientCRL != "" {
+		if r, err := loadCRL(o, cas); err != nil {
+			log.Error("client CRL reload refused; the previous CRL stays in force", zap.Error(err))
+		} else {
+			srv.SetRevocations(r)
+			log.Info("client CRL reloaded", zap.String("file", o.clientCRL), zap.Int("crls", r.Len()))
+		}
+	}
+}
+
+// parseCerts reads every certificate of a PEM bundle.
+func parseCerts(b []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return certs, nil
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
+	}
+}
+
+// loadCRL reads -client-crl, if set, and checks it against the client
+// CAs: nil when unset.
+func loadCRL(o *options, cas []*x509.Certificate) (*daemon.Revocations, error) {
+	if o.clientCRL == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(o.clientCRL)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read -client-crl: %w", err)
+	}
+	r, err := daemon.ParseCRLs(b, cas, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.where("client-crl"), err)
+	}
+	return r, nil
 }
 
 // loadSecret reads a secret from the file the setting key names, else the
@@ -280,7 +345,7 @@ func run(o *options) error {
 	runner := jobs.New(st, svc, h, jobs.Config{Lease: o.jobLease, Poll: o.jobPoll, Batch: o.jobBatch, Logger: log})
 	srv, err := daemon.New(daemon.Config{
 		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, Jobs: runner, State: st, Policy: p.policy,
-		TLS: &tls.Config{Certificates: []tls.Certificate{p.cert}}, ClientCAs: p.clientCAs,
+		TLS: &tls.Config{Certificates: []tls.Certificate{p.cert}}, ClientCAs: p.clientCAs, Revocations: p.crl,
 		Checks:       map[string]daemon.Checker{"hsm": h, "vault": aud},
 		Logger:       log,
 		AuditTimeout: o.auditTimeout,
@@ -354,13 +419,7 @@ func run(o *options) error {
 		case err := <-errc:
 			return err
 		case <-hup:
-			p, err := loadPolicy(o.policyPath)
-			if err != nil {
-				log.Error("policy reload refused; the previous policy stays in force", zap.Error(err))
-				continue
-			}
-			srv.SetPolicy(p)
-			log.Info("policy reloaded", zap.String("file", o.policyPath))
+			reload(o, srv, p.caCerts, log)
 		case <-sigs.Done():
 			running = false
 		}

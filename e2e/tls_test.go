@@ -1,0 +1,131 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/internal/devpki"
+)
+
+// handshake makes one TLS connection to addr as the named identity and
+// returns the server's verdict on the client certificate (TLS 1.3 sends
+// it after the client's side of the handshake: read to hear it).
+func handshake(t *testing.T, addr string, cert tls.Certificate, roots *devpki.CA) error {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{
+		RootCAs: roots.Pool(), Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"},
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != nil && !errors.Is(err, io.EOF) {
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return err
+		}
+	}
+	return nil
+}
+
+// sighup signals r and waits until its log holds want once more than
+// before.
+func (r *replica) sighup(t *testing.T, want string) {
+	t.Helper()
+	before := strings.Count(r.logs(), want)
+	if err := r.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); strings.Count(r.logs(), want) == before; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q logged after SIGHUP:\n%s", want, r.logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestCRLReloadRevokes: escrowd started with -client-crl; a certificate
+// revoked by a new CRL is refused from the SIGHUP on, at the handshake and
+// on a connection it had opened before; a broken CRL is refused on reload
+// and the one in force stays; other certificates keep working.
+func TestCRLReloadRevokes(t *testing.T) {
+	escrowd, _ := buildBinaries(t)
+	crlPath := filepath.Join(t.TempDir(), "clients.crl")
+	writeCRL := func(revoked ...*big.Int) {
+		t.Helper()
+		der, err := pki.ca.CRL(revoked, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(crlPath, devpki.PEMCRL(der), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCRL()
+	r := startReplica(t, escrowd, token, filepath.Join(t.TempDir(), "escrowd.db"),
+		"-client-crl", crlPath, "-log-level", "info", "-audit-prefix", trailOf(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := r.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: "crl-family"}); err != nil {
+		t.Fatal(err)
+	}
+	backend := pki.certs["sync-backend"]
+	if err := handshake(t, r.addr, backend, pki.ca); err != nil {
+		t.Fatalf("handshake before revocation: %v", err)
+	}
+
+	writeCRL(backend.Leaf.SerialNumber)
+	r.sighup(t, "client CRL reloaded")
+	refused := func(when string) {
+		t.Helper()
+		if err := handshake(t, r.addr, backend, pki.ca); err == nil {
+			t.Fatalf("%s: handshake with a revoked certificate succeeded", when)
+		}
+		_, err := r.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: "crl-family-2"})
+		if c := status.Code(err); c != codes.Unauthenticated && c != codes.Unavailable {
+			t.Fatalf("%s: request on the revoked certificate's open connection: %v", when, err)
+		}
+	}
+	refused("after the reload")
+	if _, err := r.sec.GetGroup(ctx, &escrowdv1.GetGroupRequest{GroupId: "crl-family"}); err != nil {
+		t.Fatalf("a certificate the CRL does not name: %v", err)
+	}
+
+	// A broken CRL, then one signed by another CA: each refused, the
+	// revocation stays in force.
+	if err := os.WriteFile(crlPath, []byte("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.sighup(t, "client CRL reload refused")
+	other, err := devpki.NewCA("another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := other.CRL(nil, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(crlPath, devpki.PEMCRL(der), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.sighup(t, "not signed by a client CA")
+	refused("after bad CRLs")
+	if _, err := r.sec.GetGroup(ctx, &escrowdv1.GetGroupRequest{GroupId: "crl-family"}); err != nil {
+		t.Fatalf("a certificate the CRL does not name, after bad CRLs: %v", err)
+	}
+}
