@@ -105,7 +105,7 @@ func (s *Server) identify(ctx context.Context) identity {
 		inter.AddCert(c)
 	}
 	chains, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         s.cfg.ClientCAs,
+		Roots:         s.clientCAs(),
 		Intermediates: inter,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		CurrentTime:   now,
@@ -118,15 +118,23 @@ func (s *Server) identify(ctx context.Context) identity {
 	return id
 }
 
+// clientCAs are the client CAs in force.
+func (s *Server) clientCAs() *x509.CertPool {
+	if c := s.creds.Load(); c != nil {
+		return c.cas
+	}
+	return s.cfg.ClientCAs
+}
+
 // Verifying a chain costs more than the rest of a cheap request (a
 // quarter of a reveal's CPU, measured by make bench), and the same caller
 // presents the same chain on every request of every connection. So a
 // chain that verified is remembered, by the hash of its certificates, for
 // at most verifyTTL and never past the moment the first of its
 // certificates expires: what a fresh check would say. Failures are not
-// remembered; they are refused and audited either way. The client CAs are
-// fixed for the life of the server; a new CRL (SetRevocations) empties the
-// cache, and revocation is checked outside it on every request.
+// remembered; they are refused and audited either way. New client CAs
+// (SetCredentials) or a new CRL (SetRevocations) empty the cache, and
+// revocation is checked outside it on every request.
 const (
 	verifyTTL     = 5 * time.Minute
 	verifyEntries = 4096

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -148,13 +149,18 @@ func (s *Server) SetRevocations(r *Revocations) {
 	s.verified.reset()
 }
 
-// verifyPeer is the API listener's tls.Config.VerifyPeerCertificate: it
-// runs after the chain verified against the client CAs, and refuses a
+// verifyConn is the API listener's tls.Config.VerifyConnection: it runs
+// after the chain verified against the client CAs, on every handshake
+// (resumed ones too, though the listener issues no tickets), and refuses a
 // revoked certificate (or any, once a CRL has expired).
-func (s *Server) verifyPeer(_ [][]byte, chains [][]*x509.Certificate) error {
+func (s *Server) verifyConn(cs tls.ConnectionState) error {
 	r := s.revocations.Load()
-	for _, ch := range chains {
-		if err := r.check(ch, s.now()); err != nil {
+	now := s.now()
+	if err := r.check(cs.PeerCertificates, now); err != nil {
+		return err
+	}
+	for _, ch := range cs.VerifiedChains {
+		if err := r.check(ch, now); err != nil {
 			return err
 		}
 	}
