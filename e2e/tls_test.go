@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"math/big"
@@ -26,21 +27,28 @@ import (
 // it after the client's side of the handshake: read to hear it).
 func handshake(t *testing.T, addr string, cert tls.Certificate, roots *devpki.CA) error {
 	t.Helper()
+	_, err := served(t, addr, cert, roots)
+	return err
+}
+
+// served is handshake that also returns the server's certificate.
+func served(t *testing.T, addr string, cert tls.Certificate, roots *devpki.CA) (*x509.Certificate, error) {
+	t.Helper()
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{
 		RootCAs: roots.Pool(), Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"},
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err != nil && !errors.Is(err, io.EOF) {
 		var ne net.Error
 		if !errors.As(err, &ne) || !ne.Timeout() {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return c.ConnectionState().PeerCertificates[0], nil
 }
 
 // sighup signals r and waits until its log holds want once more than
@@ -127,5 +135,65 @@ func TestCRLReloadRevokes(t *testing.T) {
 	refused("after bad CRLs")
 	if _, err := r.sec.GetGroup(ctx, &escrowdv1.GetGroupRequest{GroupId: "crl-family"}); err != nil {
 		t.Fatalf("a certificate the CRL does not name, after bad CRLs: %v", err)
+	}
+}
+
+// TestServerCertReloaded: a rotated server certificate is served from the
+// SIGHUP on while the connections open before keep working; a broken new
+// pair is refused and the one in force stays.
+func TestServerCertReloaded(t *testing.T) {
+	escrowd, _ := buildBinaries(t)
+	dir := t.TempDir()
+	first, err := pki.ca.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Write(dir, "server"); err != nil {
+		t.Fatal(err)
+	}
+	r := startReplica(t, escrowd, token, filepath.Join(t.TempDir(), "escrowd.db"), "-log-level", "info", "-audit-prefix", trailOf(t),
+		"-tls-cert", filepath.Join(dir, "server.crt"), "-tls-key", filepath.Join(dir, "server.key"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := r.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: "rotate-family"}); err != nil {
+		t.Fatal(err)
+	}
+	servedSerial := func() *big.Int {
+		t.Helper()
+		c, err := served(t, r.addr, pki.certs["carol"], pki.ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.SerialNumber
+	}
+	if got := servedSerial(); got.Cmp(first.Cert.SerialNumber) != 0 {
+		t.Fatalf("served %x, want the first certificate %x", got, first.Cert.SerialNumber)
+	}
+	second, err := pki.ca.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Write(dir, "server"); err != nil {
+		t.Fatal(err)
+	}
+	r.sighup(t, "server certificate reloaded")
+	if got := servedSerial(); got.Cmp(second.Cert.SerialNumber) != 0 {
+		t.Fatalf("served %x after the reload, want the rotated certificate %x", got, second.Cert.SerialNumber)
+	}
+	if _, err := r.sync.GetEscrowKey(ctx, &escrowdv1.GetEscrowKeyRequest{GroupId: "rotate-family"}); err != nil {
+		t.Fatalf("the connection open before the reload: %v", err)
+	}
+	// A key that does not match the certificate: refused, the rotated
+	// certificate stays.
+	third, err := pki.ca.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "server.crt"), third.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.sighup(t, "server certificate reload refused")
+	if got := servedSerial(); got.Cmp(second.Cert.SerialNumber) != 0 {
+		t.Fatalf("served %x after a broken reload, want %x", got, second.Cert.SerialNumber)
 	}
 }

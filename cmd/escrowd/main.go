@@ -167,19 +167,11 @@ func prepare(o *options) (*prepared, error) {
 	if p.policy, err = loadPolicy(o.policyPath); err != nil {
 		return nil, err
 	}
-	if p.cert, err = tls.LoadX509KeyPair(o.tlsCert, o.tlsKey); err != nil {
-		return nil, fmt.Errorf("failed to load the server certificate (-tls-cert, -tls-key): %w", err)
+	if p.cert, err = loadServerCert(o); err != nil {
+		return nil, err
 	}
-	caPEM, err := os.ReadFile(o.clientCA)
-	if err != nil {
-		return nil, fmt.Errorf("failed to read -client-ca: %w", err)
-	}
-	p.clientCAs = x509.NewCertPool()
-	if !p.clientCAs.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("%s: %s holds no PEM certificate", o.where("client-ca"), o.quote("client-ca", o.clientCA))
-	}
-	if p.caCerts, err = parseCerts(caPEM); err != nil {
-		return nil, fmt.Errorf("%s: %w", o.where("client-ca"), err)
+	if p.clientCAs, p.caCerts, err = loadClientCAs(o); err != nil {
+		return nil, err
 	}
 	if p.crl, err = loadCRL(o, p.caCerts); err != nil {
 		return nil, err
@@ -193,14 +185,29 @@ func prepare(o *options) (*prepared, error) {
 	return p, nil
 }
 
-// reload is SIGHUP: the policy and the client CRL, each on its own. A
-// file that does not load is logged and the one in force stays.
-func reload(o *options, srv *daemon.Server, cas []*x509.Certificate, log *zap.Logger) {
+// reload is SIGHUP: the policy, the server certificate and key, the
+// client CAs and the client CRL, each on its own. A file that does not
+// load is logged and what was in force stays. The CRL is checked against
+// the client CAs in force after the reload. It returns those CAs.
+func reload(o *options, srv *daemon.Server, cas []*x509.Certificate, log *zap.Logger) []*x509.Certificate {
 	if p, err := loadPolicy(o.policyPath); err != nil {
 		log.Error("policy reload refused; the previous policy stays in force", zap.Error(err))
 	} else {
 		srv.SetPolicy(p)
 		log.Info("policy reloaded", zap.String("file", o.policyPath))
+	}
+	if cert, err := loadServerCert(o); err != nil {
+		log.Error("server certificate reload refused; the previous one stays in force", zap.Error(err))
+	} else {
+		srv.SetCredentials(&cert, nil)
+		log.Info("server certificate reloaded", zap.String("file", o.tlsCert), zap.Time("not_after", cert.Leaf.NotAfter))
+	}
+	if pool, certs, err := loadClientCAs(o); err != nil {
+		log.Error("client CA reload refused; the previous CAs stay in force", zap.Error(err))
+	} else {
+		srv.SetCredentials(nil, pool)
+		cas = certs
+		log.Info("client CAs reloaded", zap.String("file", o.clientCA), zap.Int("cas", len(certs)))
 	}
 	if o.clientCRL != "" {
 		if r, err := loadCRL(o, cas); err != nil {
@@ -210,6 +217,36 @@ func reload(o *options, srv *daemon.Server, cas []*x509.Certificate, log *zap.Lo
 			log.Info("client CRL reloaded", zap.String("file", o.clientCRL), zap.Int("crls", r.Len()))
 		}
 	}
+	return cas
+}
+
+// loadServerCert reads -tls-cert and -tls-key.
+func loadServerCert(o *options) (tls.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+	if err != nil {
+		return cert, fmt.Errorf("failed to load the server certificate (-tls-cert, -tls-key): %w", err)
+	}
+	return cert, nil
+}
+
+// loadClientCAs reads -client-ca.
+func loadClientCAs(o *options) (*x509.CertPool, []*x509.Certificate, error) {
+	caPEM, err := os.ReadFile(o.clientCA)
+	if err != nil {
+		return nil, nil, fmt.Errorf("failed to read -client-ca: %w", err)
+	}
+	certs, err := parseCerts(caPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", o.where("client-ca"), err)
+	}
+	if len(certs) == 0 {
+		return nil, nil, fmt.Errorf("%s: %s holds no PEM certificate", o.where("client-ca"), o.quote("client-ca", o.clientCA))
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool, certs, nil
 }
 
 // parseCerts reads every certificate of a PEM bundle.
@@ -419,7 +456,7 @@ func run(o *options) error {
 		case err := <-errc:
 			return err
 		case <-hup:
-			reload(o, srv, p.caCerts, log)
+			p.caCerts = reload(o, srv, p.caCerts, log)
 		case <-sigs.Done():
 			running = false
 		}
