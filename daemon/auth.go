@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -29,9 +30,24 @@ type identity struct {
 	// ids are the names policy may know the caller by: its SPIFFE IDs,
 	// then "spki:sha256:HEX" of its public key, as MinIO KES names keys.
 	ids []string
+	// issuers are the "spki:sha256:HEX" names of the CAs of the chains
+	// the certificate verified by (every certificate but the leaf), for
+	// the policy's trust domains.
+	issuers []string
 	// err says why the certificate is not valid; nil when verified.
 	err  error
 	addr string
+}
+
+// spiffeIDs are the caller's SPIFFE IDs.
+func (id identity) spiffeIDs() []string {
+	var out []string
+	for _, i := range id.ids {
+		if strings.HasPrefix(i, "spiffe://") {
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // name is the caller's identity for the audit record.
@@ -97,7 +113,8 @@ func (s *Server) identify(ctx context.Context) identity {
 		return id
 	}
 	key := chainKey(certs)
-	if s.verified.valid(key, now) {
+	if issuers, ok := s.verified.valid(key, now); ok {
+		id.issuers = issuers
 		return id
 	}
 	inter := x509.NewCertPool()
@@ -114,7 +131,8 @@ func (s *Server) identify(ctx context.Context) identity {
 		id.err = fmt.Errorf("client certificate not valid: %s", strings.TrimPrefix(err.Error(), "x509: "))
 		return id
 	}
-	s.verified.add(key, now, chains)
+	id.issuers = chainIssuers(chains)
+	s.verified.add(key, now, chains, id.issuers)
 	return id
 }
 
@@ -142,7 +160,25 @@ const (
 
 type verifyCache struct {
 	mu    sync.Mutex
-	until map[[sha256.Size]byte]time.Time
+	until map[[sha256.Size]byte]verified
+}
+
+type verified struct {
+	until   time.Time
+	issuers []string
+}
+
+// chainIssuers names the CAs of chains, each once.
+func chainIssuers(chains [][]*x509.Certificate) []string {
+	var out []string
+	for _, ch := range chains {
+		for _, c := range ch[1:] {
+			if n := SPKIIdentity(c); !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }
 
 // chainKey names the certificates a caller presented, in order.
@@ -159,15 +195,15 @@ func chainKey(certs []*x509.Certificate) [sha256.Size]byte {
 	return k
 }
 
-func (c *verifyCache) valid(key [sha256.Size]byte, now time.Time) bool {
+func (c *verifyCache) valid(key [sha256.Size]byte, now time.Time) ([]string, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	until, ok := c.until[key]
-	if ok && !now.Before(until) {
+	v, ok := c.until[key]
+	if ok && !now.Before(v.until) {
 		delete(c.until, key)
-		return false
+		return nil, false
 	}
-	return ok
+	return v.issuers, ok
 }
 
 // reset forgets every remembered chain.
@@ -177,7 +213,7 @@ func (c *verifyCache) reset() {
 	c.until = nil
 }
 
-func (c *verifyCache) add(key [sha256.Size]byte, now time.Time, chains [][]*x509.Certificate) {
+func (c *verifyCache) add(key [sha256.Size]byte, now time.Time, chains [][]*x509.Certificate, issuers []string) {
 	// Valid until the earliest expiry along the chain that verified; and
 	// not at all if a certificate is not yet valid by then (Verify checked
 	// NotBefore against now).
@@ -195,9 +231,9 @@ func (c *verifyCache) add(key [sha256.Size]byte, now time.Time, chains [][]*x509
 	if c.until == nil || len(c.until) >= verifyEntries {
 		// Many distinct callers within the TTL: start afresh rather than
 		// track recency; the cost is one verification per caller.
-		c.until = make(map[[sha256.Size]byte]time.Time)
+		c.until = make(map[[sha256.Size]byte]verified)
 	}
-	c.until[key] = until
+	c.until[key] = verified{until: until, issuers: issuers}
 }
 
 // Operations lists the operation names of the API, for policy checks.

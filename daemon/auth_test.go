@@ -81,12 +81,13 @@ func TestVerifyCacheBounded(t *testing.T) {
 	var last [32]byte
 	for i := range 3 * verifyEntries {
 		last[0], last[1], last[2] = byte(i), byte(i>>8), byte(i>>16)
-		c.add(last, now, chain)
+		c.add(last, now, chain, nil)
 		if len(c.until) > verifyEntries {
 			t.Fatalf("%d entries after %d callers", len(c.until), i+1)
 		}
 	}
-	if !c.valid(last, now) || c.valid(last, now.Add(verifyTTL)) {
+	_, fresh := c.valid(last, now)
+	if _, stale := c.valid(last, now.Add(verifyTTL)); !fresh || stale {
 		t.Fatal("the newest entry is gone, or an entry outlived the TTL")
 	}
 }
