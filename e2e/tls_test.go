@@ -15,12 +15,17 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/daemon"
 	"github.com/escrowd/escrowd/internal/devpki"
 )
+
+var daemonSPKI = daemon.SPKIIdentity
 
 // handshake makes one TLS connection to addr as the named identity and
 // returns the server's verdict on the client certificate (TLS 1.3 sends
@@ -195,5 +200,66 @@ func TestServerCertReloaded(t *testing.T) {
 	r.sighup(t, "server certificate reload refused")
 	if got := servedSerial(); got.Cmp(second.Cert.SerialNumber) != 0 {
 		t.Fatalf("served %x after a broken reload, want %x", got, second.Cert.SerialNumber)
+	}
+}
+
+// TestCrossDomainIdentityRefused: escrowd trusts two client CAs, and its
+// policy binds escrowd.test to the e2e CA. A certificate the other CA
+// issued for carol's SPIFFE ID is refused at its first request, audited;
+// carol's own certificate works; a certificate of the other CA in its own
+// trust domain is let through to the policy (which does not list it).
+func TestCrossDomainIdentityRefused(t *testing.T) {
+	escrowd, _ := buildBinaries(t)
+	dir := t.TempDir()
+	other, err := devpki.NewCA("tenant CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(dir, "cas.crt")
+	if err := os.WriteFile(bundle, append(append([]byte{}, pki.ca.PEM...), other.PEM...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base, err := os.ReadFile("testdata/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	policyPath := filepath.Join(dir, "policy.yaml")
+	bound := string(base) + "\ntrust_domains:\n  - {domain: escrowd.test, cas: [\"" + daemonSPKI(pki.ca.Cert) + "\"]}\n" +
+		"  - {domain: tenant.test, cas: [\"" + daemonSPKI(other.Cert) + "\"]}\n"
+	if err := os.WriteFile(policyPath, []byte(bound), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := startReplica(t, escrowd, token, filepath.Join(t.TempDir(), "escrowd.db"), "-audit-prefix", trailOf(t),
+		"-client-ca", bundle, "-policy", policyPath)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dialWith := func(id string) escrowdv1.SecurityServiceClient {
+		t.Helper()
+		pair, err := other.Client(id, time.Time{}, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := pair.TLS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds := credentials.NewTLS(&tls.Config{RootCAs: pki.ca.Pool(), Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
+		conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return escrowdv1.NewSecurityServiceClient(conn)
+	}
+	_, err = dialWith(identities["carol"]).ListJobs(ctx, &escrowdv1.ListJobsRequest{})
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "trust domain") {
+		t.Fatalf("carol's ID from the tenant CA: %v", err)
+	}
+	if _, err := r.sec.ListJobs(ctx, &escrowdv1.ListJobsRequest{}); err != nil {
+		t.Fatalf("carol's own certificate: %v", err)
+	}
+	_, err = dialWith("spiffe://tenant.test/security/carol").ListJobs(ctx, &escrowdv1.ListJobsRequest{})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("the tenant CA in its own trust domain: %v (want PermissionDenied: not in the policy)", err)
 	}
 }
