@@ -263,3 +263,62 @@ func TestCrossDomainIdentityRefused(t *testing.T) {
 		t.Fatalf("the tenant CA in its own trust domain: %v (want PermissionDenied: not in the policy)", err)
 	}
 }
+
+// TestClientCAReloaded: a CA added to the client CA bundle is trusted from
+// the SIGHUP on, a bundle with no certificate is refused on reload and the
+// CAs in force stay, and a CA taken out stops answering for its open
+// connections at the reload.
+func TestClientCAReloaded(t *testing.T) {
+	escrowd, _ := buildBinaries(t)
+	dir := t.TempDir()
+	tenant, err := devpki.NewCA("tenant CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tenant.Client("spiffe://tenant.test/someone", time.Time{}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tenantCert, err := pair.TLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(dir, "cas.crt")
+	write := func(b []byte) {
+		t.Helper()
+		if err := os.WriteFile(bundle, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(pki.ca.PEM)
+	r := startReplica(t, escrowd, token, filepath.Join(t.TempDir(), "escrowd.db"), "-log-level", "info", "-audit-prefix", trailOf(t),
+		"-client-ca", bundle)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := handshake(t, r.addr, tenantCert, pki.ca); err == nil {
+		t.Fatal("a certificate of a CA not in the bundle got in")
+	}
+	write(append(append([]byte{}, pki.ca.PEM...), tenant.PEM...))
+	r.sighup(t, "client CAs reloaded")
+	if err := handshake(t, r.addr, tenantCert, pki.ca); err != nil {
+		t.Fatalf("a certificate of the CA added: %v", err)
+	}
+	write([]byte("no certificate here\n"))
+	r.sighup(t, "client CA reload refused")
+	if err := handshake(t, r.addr, tenantCert, pki.ca); err != nil {
+		t.Fatalf("after a broken bundle: %v", err)
+	}
+	if _, err := r.sec.ListJobs(ctx, &escrowdv1.ListJobsRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	// The e2e CA taken out: carol's open connection is refused its next
+	// request, and a new handshake too.
+	write(tenant.PEM)
+	r.sighup(t, "client CAs reloaded")
+	if _, err := r.sec.ListJobs(ctx, &escrowdv1.ListJobsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("an open connection of the CA taken out: %v", err)
+	}
+	if err := handshake(t, r.addr, pki.certs["carol"], pki.ca); err == nil {
+		t.Fatal("a certificate of the CA taken out got in")
+	}
+}
