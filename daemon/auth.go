@@ -113,6 +113,7 @@ func (s *Server) identify(ctx context.Context) identity {
 		return id
 	}
 	key := chainKey(certs)
+	gen := s.verified.generation()
 	if issuers, ok := s.verified.valid(key, now); ok {
 		id.issuers = issuers
 		return id
@@ -132,7 +133,7 @@ func (s *Server) identify(ctx context.Context) identity {
 		return id
 	}
 	id.issuers = chainIssuers(chains)
-	s.verified.add(key, now, chains, id.issuers)
+	s.verified.add(key, gen, now, chains, id.issuers)
 	return id
 }
 
@@ -161,6 +162,9 @@ const (
 type verifyCache struct {
 	mu    sync.Mutex
 	until map[[sha256.Size]byte]verified
+	// gen counts resets: a verification that began before one (against
+	// the CAs of before) is not remembered after it.
+	gen uint64
 }
 
 type verified struct {
@@ -206,14 +210,24 @@ func (c *verifyCache) valid(key [sha256.Size]byte, now time.Time) ([]string, boo
 	return v.issuers, ok
 }
 
-// reset forgets every remembered chain.
+// reset forgets every remembered chain, and every verification under way.
 func (c *verifyCache) reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.until = nil
+	c.gen++
 }
 
-func (c *verifyCache) add(key [sha256.Size]byte, now time.Time, chains [][]*x509.Certificate, issuers []string) {
+// generation is the number of resets so far; pass it to add.
+func (c *verifyCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+// add remembers a chain that verified, unless the cache was reset since
+// gen was read, before the verification began.
+func (c *verifyCache) add(key [sha256.Size]byte, gen uint64, now time.Time, chains [][]*x509.Certificate, issuers []string) {
 	// Valid until the earliest expiry along the chain that verified; and
 	// not at all if a certificate is not yet valid by then (Verify checked
 	// NotBefore against now).
@@ -228,6 +242,9 @@ func (c *verifyCache) add(key [sha256.Size]byte, now time.Time, chains [][]*x509
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
 	if c.until == nil || len(c.until) >= verifyEntries {
 		// Many distinct callers within the TTL: start afresh rather than
 		// track recency; the cost is one verification per caller.
