@@ -200,7 +200,11 @@ func reload(o *options, srv *daemon.Server, cas []*x509.Certificate, log *zap.Lo
 		log.Error("server certificate reload refused; the previous one stays in force", zap.Error(err))
 	} else {
 		srv.SetCredentials(&cert, nil)
-		log.Info("server certificate reloaded", zap.String("file", o.tlsCert), zap.Time("not_after", cert.Leaf.NotAfter))
+		fields := []zap.Field{zap.String("file", o.tlsCert)}
+		if cert.Leaf != nil {
+			fields = append(fields, zap.Time("not_after", cert.Leaf.NotAfter))
+		}
+		log.Info("server certificate reloaded", fields...)
 	}
 	if pool, certs, err := loadClientCAs(o); err != nil {
 		log.Error("client CA reload refused; the previous CAs stay in force", zap.Error(err))
