@@ -40,6 +40,8 @@ type Revocations struct {
 
 type crl struct {
 	issuer     []byte // the issuing CA's raw subject
+	name       string // the issuer's name, for errors
+	thisUpdate time.Time
 	nextUpdate time.Time
 	serials    map[string]bool // big.Int.String() of each revoked serial
 }
@@ -95,7 +97,7 @@ func ParseCRLs(b []byte, cas []*x509.Certificate, now time.Time) (*Revocations, 
 		if !now.Before(l.NextUpdate) {
 			return nil, fmt.Errorf("CRL %d (issuer %q): expired at its nextUpdate %s", i+1, l.Issuer.String(), l.NextUpdate.UTC().Format(time.RFC3339))
 		}
-		c := &crl{issuer: l.RawIssuer, nextUpdate: l.NextUpdate, serials: map[string]bool{}}
+		c := &crl{issuer: l.RawIssuer, name: l.Issuer.String(), thisUpdate: l.ThisUpdate, nextUpdate: l.NextUpdate, serials: map[string]bool{}}
 		for _, e := range l.RevokedCertificateEntries {
 			if e.SerialNumber != nil {
 				c.serials[e.SerialNumber.String()] = true
@@ -105,6 +107,30 @@ func ParseCRLs(b []byte, cas []*x509.Certificate, now time.Time) (*Revocations, 
 	}
 	return r, nil
 }
+
+// ErrOlderCRL: a CRL file that would put an older CRL of a CA in force
+// than the one in force, undoing the revocations made since.
+var ErrOlderCRL = errors.New("older than the CRL in force")
+
+// NotOlder refuses r if any of its CRLs was issued (thisUpdate) before the
+// CRL of the same CA in old: reloading an old copy of the file must not
+// un-revoke a certificate.
+func (r *Revocations) NotOlder(old *Revocations) error {
+	if r == nil || old == nil {
+		return nil
+	}
+	for _, n := range r.crls {
+		for _, o := range old.crls {
+			if bytes.Equal(n.issuer, o.issuer) && n.thisUpdate.Before(o.thisUpdate) {
+				return fmt.Errorf("CRL of %q issued %s: %w (issued %s)", n.name, n.thisUpdate.UTC().Format(time.RFC3339), ErrOlderCRL, o.thisUpdate.UTC().Format(time.RFC3339))
+			}
+		}
+	}
+	return nil
+}
+
+// Revocations returns the client CRLs in force (nil: none).
+func (s *Server) Revocations() *Revocations { return s.revocations.Load() }
 
 // Len is the number of CRLs.
 func (r *Revocations) Len() int {

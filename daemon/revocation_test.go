@@ -224,3 +224,35 @@ func TestExpiredCRLFailsClosed(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestOlderCRLRefused: a CRL file whose CRL of a CA was issued before the
+// one in force is refused (an old copy would un-revoke certificates); the
+// same CRL again, a newer one, or one of another CA is not.
+func TestOlderCRLRefused(t *testing.T) {
+	ca, _ := devpki.NewCA("client CA")
+	ca2, _ := devpki.NewCA("second client CA")
+	cas := []*x509.Certificate{ca.Cert, ca2.Cert}
+	now := time.Now()
+	parse := func(ca *devpki.CA, issued time.Time) *Revocations {
+		t.Helper()
+		r, err := ParseCRLs(mustCRL(t, ca, nil, issued, now.Add(time.Hour)), cas, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	inForce := parse(ca, now.Add(-time.Hour))
+	if err := parse(ca, now.Add(-2*time.Hour)).NotOlder(inForce); !errors.Is(err, ErrOlderCRL) {
+		t.Fatalf("an older CRL: %v", err)
+	}
+	for name, r := range map[string]*Revocations{
+		"the same": inForce, "newer": parse(ca, now.Add(-time.Minute)), "another CA's": parse(ca2, now.Add(-3*time.Hour)),
+	} {
+		if err := r.NotOlder(inForce); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if err := inForce.NotOlder(nil); err != nil {
+		t.Errorf("none in force: %v", err)
+	}
+}

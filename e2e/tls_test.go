@@ -79,17 +79,20 @@ func (r *replica) sighup(t *testing.T, want string) {
 func TestCRLReloadRevokes(t *testing.T) {
 	escrowd, _ := buildBinaries(t)
 	crlPath := filepath.Join(t.TempDir(), "clients.crl")
-	writeCRL := func(revoked ...*big.Int) {
+	issued := time.Now().Add(-2 * time.Minute)
+	writeCRL := func(revoked ...*big.Int) []byte {
 		t.Helper()
-		der, err := pki.ca.CRL(revoked, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+		issued = issued.Add(time.Minute) // each CRL issued after the one before
+		der, err := pki.ca.CRL(revoked, issued, time.Now().Add(time.Hour))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(crlPath, devpki.PEMCRL(der), 0o644); err != nil {
 			t.Fatal(err)
 		}
+		return devpki.PEMCRL(der)
 	}
-	writeCRL()
+	first := writeCRL()
 	r := startReplica(t, escrowd, token, filepath.Join(t.TempDir(), "escrowd.db"),
 		"-client-crl", crlPath, "-log-level", "info", "-audit-prefix", trailOf(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -137,6 +140,12 @@ func TestCRLReloadRevokes(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.sighup(t, "not signed by a client CA")
+	// The first CRL again, which does not revoke it: an old copy must not
+	// undo a revocation.
+	if err := os.WriteFile(crlPath, first, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.sighup(t, "older than the CRL in force")
 	refused("after bad CRLs")
 	if _, err := r.sec.GetGroup(ctx, &escrowdv1.GetGroupRequest{GroupId: "crl-family"}); err != nil {
 		t.Fatalf("a certificate the CRL does not name, after bad CRLs: %v", err)

@@ -214,7 +214,11 @@ func reload(o *options, srv *daemon.Server, cas []*x509.Certificate, log *zap.Lo
 		log.Info("client CAs reloaded", zap.String("file", o.clientCA), zap.Int("cas", len(certs)))
 	}
 	if o.clientCRL != "" {
-		if r, err := loadCRL(o, cas); err != nil {
+		r, err := loadCRL(o, cas)
+		if err == nil {
+			err = r.NotOlder(srv.Revocations())
+		}
+		if err != nil {
 			log.Error("client CRL reload refused; the previous CRL stays in force", zap.Error(err))
 		} else {
 			srv.SetRevocations(r)
