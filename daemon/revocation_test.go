@@ -195,7 +195,9 @@ func TestExpiredCRLFailsClosed(t *testing.T) {
 		c.HandshakeFailureRate = -1
 	})
 	now := time.Now()
-	r, err := ParseCRLs(mustCRL(t, lastPKI.ca, nil, now.Add(-time.Minute), now.Add(time.Second)), []*x509.Certificate{lastPKI.ca.Cert}, now)
+	// A CRL's times are whole seconds: this one expires 2 to 3 s from now.
+	next := now.Truncate(time.Second).Add(3 * time.Second)
+	r, err := ParseCRLs(mustCRL(t, lastPKI.ca, nil, now.Add(-time.Minute), next), []*x509.Certificate{lastPKI.ca.Cert}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +207,7 @@ func TestExpiredCRLFailsClosed(t *testing.T) {
 		t.Fatalf("before nextUpdate: %v", err)
 	}
 	c.Close()
-	time.Sleep(1100 * time.Millisecond)
+	time.Sleep(time.Until(next) + 100*time.Millisecond)
 	if c, err := tlsDial(t, lastPKI.client); err == nil {
 		c.Close()
 		t.Fatal("handshake succeeded past the CRL's nextUpdate")
