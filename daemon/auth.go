@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -29,9 +30,24 @@ type identity struct {
 	// ids are the names policy may know the caller by: its SPIFFE IDs,
 	// then "spki:sha256:HEX" of its public key, as MinIO KES names keys.
 	ids []string
+	// issuers are the "spki:sha256:HEX" names of the CAs of the chains
+	// the certificate verified by (every certificate but the leaf), for
+	// the policy's trust domains.
+	issuers []string
 	// err says why the certificate is not valid; nil when verified.
 	err  error
 	addr string
+}
+
+// spiffeIDs are the caller's SPIFFE IDs.
+func (id identity) spiffeIDs() []string {
+	var out []string
+	for _, i := range id.ids {
+		if strings.HasPrefix(i, "spiffe://") {
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // name is the caller's identity for the audit record.
@@ -89,8 +105,17 @@ func (s *Server) identify(ctx context.Context) identity {
 	}
 	id.ids = append(id.ids, SPKIIdentity(leaf))
 	now := s.now()
+	// Revocation first, remembered chain or not: a certificate revoked
+	// by a CRL loaded since its connection opened is refused from the
+	// reload on.
+	if err := s.revocations.Load().check(certs, now); err != nil {
+		id.err = err
+		return id
+	}
 	key := chainKey(certs)
-	if s.verified.valid(key, now) {
+	gen := s.verified.generation()
+	if issuers, ok := s.verified.valid(key, now); ok {
+		id.issuers = issuers
 		return id
 	}
 	inter := x509.NewCertPool()
@@ -98,7 +123,7 @@ func (s *Server) identify(ctx context.Context) identity {
 		inter.AddCert(c)
 	}
 	chains, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         s.cfg.ClientCAs,
+		Roots:         s.clientCAs(),
 		Intermediates: inter,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		CurrentTime:   now,
@@ -107,8 +132,17 @@ func (s *Server) identify(ctx context.Context) identity {
 		id.err = fmt.Errorf("client certificate not valid: %s", strings.TrimPrefix(err.Error(), "x509: "))
 		return id
 	}
-	s.verified.add(key, now, chains)
+	id.issuers = chainIssuers(chains)
+	s.verified.add(key, gen, now, chains, id.issuers)
 	return id
+}
+
+// clientCAs are the client CAs in force.
+func (s *Server) clientCAs() *x509.CertPool {
+	if c := s.creds.Load(); c != nil {
+		return c.cas
+	}
+	return s.cfg.ClientCAs
 }
 
 // Verifying a chain costs more than the rest of a cheap request (a
@@ -117,8 +151,9 @@ func (s *Server) identify(ctx context.Context) identity {
 // chain that verified is remembered, by the hash of its certificates, for
 // at most verifyTTL and never past the moment the first of its
 // certificates expires: what a fresh check would say. Failures are not
-// remembered; they are refused and audited either way. The client CAs are
-// fixed for the life of the server, so nothing else can change the answer.
+// remembered; they are refused and audited either way. New client CAs
+// (SetCredentials) or a new CRL (SetRevocations) empty the cache, and
+// revocation is checked outside it on every request.
 const (
 	verifyTTL     = 5 * time.Minute
 	verifyEntries = 4096
@@ -126,7 +161,28 @@ const (
 
 type verifyCache struct {
 	mu    sync.Mutex
-	until map[[sha256.Size]byte]time.Time
+	until map[[sha256.Size]byte]verified
+	// gen counts resets: a verification that began before one (against
+	// the CAs of before) is not remembered after it.
+	gen uint64
+}
+
+type verified struct {
+	until   time.Time
+	issuers []string
+}
+
+// chainIssuers names the CAs of chains, each once.
+func chainIssuers(chains [][]*x509.Certificate) []string {
+	var out []string
+	for _, ch := range chains {
+		for _, c := range ch[1:] {
+			if n := SPKIIdentity(c); !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }
 
 // chainKey names the certificates a caller presented, in order.
@@ -143,18 +199,35 @@ func chainKey(certs []*x509.Certificate) [sha256.Size]byte {
 	return k
 }
 
-func (c *verifyCache) valid(key [sha256.Size]byte, now time.Time) bool {
+func (c *verifyCache) valid(key [sha256.Size]byte, now time.Time) ([]string, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	until, ok := c.until[key]
-	if ok && !now.Before(until) {
+	v, ok := c.until[key]
+	if ok && !now.Before(v.until) {
 		delete(c.until, key)
-		return false
+		return nil, false
 	}
-	return ok
+	return v.issuers, ok
 }
 
-func (c *verifyCache) add(key [sha256.Size]byte, now time.Time, chains [][]*x509.Certificate) {
+// reset forgets every remembered chain, and every verification under way.
+func (c *verifyCache) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.until = nil
+	c.gen++
+}
+
+// generation is the number of resets so far; pass it to add.
+func (c *verifyCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+// add remembers a chain that verified, unless the cache was reset since
+// gen was read, before the verification began.
+func (c *verifyCache) add(key [sha256.Size]byte, gen uint64, now time.Time, chains [][]*x509.Certificate, issuers []string) {
 	// Valid until the earliest expiry along the chain that verified; and
 	// not at all if a certificate is not yet valid by then (Verify checked
 	// NotBefore against now).
@@ -169,12 +242,15 @@ func (c *verifyCache) add(key [sha256.Size]byte, now time.Time, chains [][]*x509
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
 	if c.until == nil || len(c.until) >= verifyEntries {
 		// Many distinct callers within the TTL: start afresh rather than
 		// track recency; the cost is one verification per caller.
-		c.until = make(map[[sha256.Size]byte]time.Time)
+		c.until = make(map[[sha256.Size]byte]verified)
 	}
-	c.until[key] = until
+	c.until[key] = verified{until: until, issuers: issuers}
 }
 
 // Operations lists the operation names of the API, for policy checks.

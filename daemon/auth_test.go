@@ -81,13 +81,33 @@ func TestVerifyCacheBounded(t *testing.T) {
 	var last [32]byte
 	for i := range 3 * verifyEntries {
 		last[0], last[1], last[2] = byte(i), byte(i>>8), byte(i>>16)
-		c.add(last, now, chain)
+		c.add(last, 0, now, chain, nil)
 		if len(c.until) > verifyEntries {
 			t.Fatalf("%d entries after %d callers", len(c.until), i+1)
 		}
 	}
-	if !c.valid(last, now) || c.valid(last, now.Add(verifyTTL)) {
+	_, fresh := c.valid(last, now)
+	if _, stale := c.valid(last, now.Add(verifyTTL)); !fresh || stale {
 		t.Fatal("the newest entry is gone, or an entry outlived the TTL")
+	}
+}
+
+// TestVerifyCacheGeneration: a verification that began before a reset
+// (new client CAs or CRL) is not remembered after it.
+func TestVerifyCacheGeneration(t *testing.T) {
+	var c verifyCache
+	now := time.Now()
+	chain := [][]*x509.Certificate{{{NotAfter: now.Add(time.Hour)}}}
+	key := [32]byte{1}
+	gen := c.generation()
+	c.reset() // the CAs change while the chain is being verified
+	c.add(key, gen, now, chain, nil)
+	if _, ok := c.valid(key, now); ok {
+		t.Fatal("a chain verified under the CAs of before the reset was remembered")
+	}
+	c.add(key, c.generation(), now, chain, nil)
+	if _, ok := c.valid(key, now); !ok {
+		t.Fatal("a chain verified after the reset was not remembered")
 	}
 }
 

@@ -110,9 +110,13 @@ type Config struct {
 	Policy *policy.Policy
 	// TLS holds the server certificate. The API listener requires TLS
 	// 1.3 and a client certificate that verifies against ClientCAs, at
-	// the handshake.
+	// the handshake, and issues no session tickets. SetCredentials
+	// replaces the certificate and the CAs.
 	TLS       *tls.Config
 	ClientCAs *x509.CertPool
+	// Revocations, if set, are the client CRLs in force from the start
+	// (revocation.go); SetRevocations replaces them.
+	Revocations *Revocations
 	// Versions and Jobs are optional: without them their RPCs fail with
 	// FAILED_PRECONDITION.
 	Versions Versions
@@ -191,6 +195,13 @@ type Server struct {
 	health     *health.Server
 	now        func() time.Time
 	policy     atomic.Pointer[policy.Policy]
+	// revocations are the client CRLs in force; nil: none.
+	revocations atomic.Pointer[Revocations]
+	// tlsBase is the API listener's TLS configuration but for the server
+	// certificate and the client CAs, which creds holds (SetCredentials).
+	tlsBase *tls.Config
+	creds   atomic.Pointer[credState]
+	credsMu sync.Mutex
 	// verified remembers client certificate chains that verified.
 	verified verifyCache
 	codec    *markingCodec
@@ -241,10 +252,22 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	}
 	s.refusals.rate = max(cfg.RefusalRate, 0)
 	s.policy.Store(cfg.Policy)
-	tc := cfg.TLS.Clone()
-	tc.MinVersion = tls.VersionTLS13
-	tc.ClientAuth = tls.RequireAndVerifyClientCert
-	tc.ClientCAs = cfg.ClientCAs
+	s.revocations.Store(cfg.Revocations)
+	s.tlsBase = cfg.TLS.Clone()
+	s.tlsBase.MinVersion = tls.VersionTLS13
+	s.tlsBase.ClientAuth = tls.RequireAndVerifyClientCert
+	s.tlsBase.VerifyConnection = s.verifyConn
+	// No resumption: every connection presents and verifies its
+	// certificate against the CAs and CRLs in force when it connects.
+	s.tlsBase.SessionTicketsDisabled = true
+	s.tlsBase.GetConfigForClient = nil
+	var cert *tls.Certificate
+	if len(cfg.TLS.Certificates) > 0 {
+		cert = &cfg.TLS.Certificates[0]
+	}
+	s.SetCredentials(cert, cfg.ClientCAs)
+	tc := s.tlsBase.Clone()
+	tc.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) { return s.creds.Load().tls, nil }
 	opts = append(opts,
 		grpc.Creds(handshakeCreds{TransportCredentials: credentials.NewTLS(tc), s: s}),
 		grpc.ForceServerCodecV2(s.codec),
@@ -281,6 +304,40 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	healthpb.RegisterHealthServer(s.healthGRPC, hs)
 	s.setServing(false)
 	return s, nil
+}
+
+// credState is the server certificate and client CAs in force, and the
+// TLS configuration handshakes take them from.
+type credState struct {
+	tls *tls.Config
+	cas *x509.CertPool
+}
+
+// SetCredentials puts a server certificate (nil: keep the one in force)
+// and client CAs (nil: keep those in force) in force for handshakes from
+// now on, and for the chain verification of every request. Connections
+// open stay open; chains remembered as verified are forgotten, so that a
+// CA taken out of the bundle stops answering for its certificates at
+// once.
+func (s *Server) SetCredentials(cert *tls.Certificate, clientCAs *x509.CertPool) {
+	s.credsMu.Lock()
+	defer s.credsMu.Unlock()
+	tc := s.tlsBase.Clone()
+	old := s.creds.Load()
+	switch {
+	case cert != nil:
+		tc.Certificates = []tls.Certificate{*cert}
+	case old != nil:
+		tc.Certificates = old.tls.Certificates
+	}
+	tc.ClientCAs = clientCAs
+	if clientCAs == nil && old != nil {
+		tc.ClientCAs = old.cas
+	}
+	s.creds.Store(&credState{tls: tc, cas: tc.ClientCAs})
+	if clientCAs != nil {
+		s.verified.reset()
+	}
 }
 
 // SetPolicy puts p in force for requests that arrive from now on; those

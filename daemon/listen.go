@@ -48,6 +48,8 @@ const (
 	HandshakeExpired          = "expired"             // its certificate (or a CA's) has expired or is not yet valid
 	HandshakeUnknownAuthority = "unknown_authority"   // not signed by a CA of -client-ca
 	HandshakeBadCertificate   = "invalid_certificate" // any other certificate problem (usage, constraints)
+	HandshakeRevoked          = "revoked"             // revoked by the CRL of -client-crl
+	HandshakeCRLExpired       = "crl_expired"         // a CRL of -client-crl is past its nextUpdate: all are refused
 	HandshakeTimeout          = "timeout"             // did not finish within the handshake timeout
 	HandshakeClosed           = "closed"              // the client hung up mid-handshake
 	HandshakeProtocol         = "protocol"            // not TLS 1.3, no common cipher, a malformed message
@@ -56,7 +58,7 @@ const (
 // HandshakeReasons lists every reason ObserveHandshakeFailure reports.
 func HandshakeReasons() []string {
 	return []string{HandshakeNoCertificate, HandshakeExpired, HandshakeUnknownAuthority, HandshakeBadCertificate,
-		HandshakeTimeout, HandshakeClosed, HandshakeProtocol}
+		HandshakeRevoked, HandshakeCRLExpired, HandshakeTimeout, HandshakeClosed, HandshakeProtocol}
 }
 
 // Defaults of the listener limits (Config).
@@ -87,6 +89,10 @@ func handshakeReason(err error) string {
 	var cve *tls.CertificateVerificationError
 	var ne net.Error
 	switch {
+	case errors.Is(err, ErrRevoked):
+		return HandshakeRevoked
+	case errors.Is(err, ErrCRLExpired):
+		return HandshakeCRLExpired
 	case errors.As(err, &cve):
 		var inv x509.CertificateInvalidError
 		var ua x509.UnknownAuthorityError

@@ -375,6 +375,14 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 		c.denial = DenialCertificate
 		return nil, status.Error(codes.Unauthenticated, "a client certificate is required")
 	}
+	if c.who.err == nil {
+		// A SPIFFE ID counts only from a CA its trust domain is bound to
+		// (the policy's trust_domains).
+		c.who.err = c.pol.CheckIssuer(c.who.spiffeIDs(), c.who.issuers)
+		if c.who.err != nil {
+			c.rec.Caller = c.who.name(c.pol)
+		}
+	}
 	if c.who.err != nil {
 		c.denial = DenialCertificate
 		return nil, status.Error(codes.Unauthenticated, c.who.err.Error())

@@ -108,7 +108,7 @@ func New(l Labels) *Metrics {
 		}, []string{"dependency"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "tls", Name: "handshake_failures_total",
-			Help: "TLS handshakes the API listener refused, by reason (no_certificate, expired, unknown_authority, invalid_certificate, timeout, closed, protocol).",
+			Help: "TLS handshakes the API listener refused, by reason (no_certificate, expired, unknown_authority, invalid_certificate, revoked, crl_expired, timeout, closed, protocol).",
 		}, []string{"reason"}),
 		summarised: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "audit", Name: "refusals_summarised_total",

@@ -157,6 +157,9 @@ type Policy struct {
 	tickets    *ticketRule
 	dual       *dualRule
 	limits     []limitRule
+	// domains binds each SPIFFE trust domain to the "spki:sha256:HEX"
+	// names of the CAs that may issue its IDs; nil: no binding.
+	domains map[string][]string
 }
 
 type identity struct {
@@ -303,6 +306,41 @@ func escapeID(id string) string {
 		return id
 	}
 	return strings.NewReplacer("%", "%25", "/", "%2F").Replace(id)
+}
+
+// ErrTrustDomain: a SPIFFE ID issued by a CA its trust domain is not
+// bound to.
+var ErrTrustDomain = errors.New("trust domain not issued by this CA")
+
+// CheckIssuer checks that a certificate's SPIFFE IDs may come from the CAs
+// its chain verified by (issuers, "spki:sha256:HEX" names): each ID's
+// trust domain must be listed in trust_domains with one of those CAs.
+// Without trust_domains every CA may issue every trust domain.
+func (p *Policy) CheckIssuer(spiffeIDs, issuers []string) error {
+	if p.domains == nil {
+		return nil
+	}
+	for _, id := range spiffeIDs {
+		td := TrustDomain(id)
+		cas, ok := p.domains[td]
+		if !ok {
+			return fmt.Errorf("%w: %s: trust domain %q is not in the policy's trust_domains", ErrTrustDomain, id, td)
+		}
+		if !slices.ContainsFunc(issuers, func(i string) bool { return slices.Contains(cas, i) }) {
+			return fmt.Errorf("%w: %s: no CA of its chain is bound to trust domain %q", ErrTrustDomain, id, td)
+		}
+	}
+	return nil
+}
+
+// TrustDomain is the trust domain of a spiffe:// ID ("" if it has none).
+func TrustDomain(id string) string {
+	rest, ok := strings.CutPrefix(id, "spiffe://")
+	if !ok {
+		return ""
+	}
+	td, _, _ := strings.Cut(rest, "/")
+	return strings.ToLower(td)
 }
 
 // Has reports whether the policy lists id.
@@ -464,6 +502,12 @@ type fileFormat struct {
 	Tickets    *located[fileTickets]        `yaml:"tickets"`
 	Dual       *located[fileDual]           `yaml:"dual_control"`
 	Limits     []located[fileLimit]         `yaml:"rate_limits"`
+	Domains    []located[fileDomain]        `yaml:"trust_domains"`
+}
+
+type fileDomain struct {
+	Domain located[string]   `yaml:"domain"`
+	CAs    []located[string] `yaml:"cas"`
 }
 
 type fileIdentity struct {
@@ -502,7 +546,9 @@ const MaxSize = 1 << 20
 var (
 	spiffeID = regexp.MustCompile(`^spiffe://[a-z0-9.\-_]+(/[A-Za-z0-9.\-_]+)*$`)
 	spkiID   = regexp.MustCompile(`^spki:sha256:[0-9a-f]{64}$`)
-	lineRE   = regexp.MustCompile(`line (\d+)`)
+	// trustDomainRE is the trust domain part of spiffeID.
+	trustDomainRE = regexp.MustCompile(`^[a-z0-9.\-_]+$`)
+	lineRE        = regexp.MustCompile(`line (\d+)`)
 )
 
 // ValidIdentity reports whether id has one of the supported forms, within
@@ -587,6 +633,29 @@ func Parse(file string, data []byte, operations []string) (*Policy, error) {
 		}
 		p.roles[name] = ro
 	}
+	if f.Domains != nil {
+		p.domains = map[string][]string{}
+		for _, d := range f.Domains {
+			td := d.V.Domain.V
+			if !trustDomainRE.MatchString(td) {
+				return fail(d.V.Domain.Line, "trust_domains: %q is not a trust domain (lower case letters, digits, '.', '-', '_')", td)
+			}
+			if _, dup := p.domains[td]; dup {
+				return fail(d.V.Domain.Line, "trust_domains: %s is listed twice", td)
+			}
+			if len(d.V.CAs) == 0 {
+				return fail(d.Line, "trust_domains: %s names no CA", td)
+			}
+			var cas []string
+			for _, ca := range d.V.CAs {
+				if !spkiID.MatchString(ca.V) {
+					return fail(ca.Line, "trust_domains: %s: CA %q is not spki:sha256:HEX (the SHA-256 of the CA's public key)", td, ca.V)
+				}
+				cas = append(cas, ca.V)
+			}
+			p.domains[td] = cas
+		}
+	}
 	for _, i := range f.Identities {
 		if !ValidIdentity(i.ID.V) {
 			if len(i.ID.V) > MaxIdentity {
@@ -599,6 +668,11 @@ func Parse(file string, data []byte, operations []string) (*Policy, error) {
 		}
 		if len(i.Roles) == 0 {
 			return fail(i.ID.Line, "identity %s has no roles", i.ID.V)
+		}
+		if td := TrustDomain(i.ID.V); td != "" && p.domains != nil {
+			if _, ok := p.domains[td]; !ok {
+				return fail(i.ID.Line, "identity %s: trust domain %s is not in trust_domains", i.ID.V, td)
+			}
 		}
 		id := &identity{id: i.ID.V, name: i.Name}
 		if id.name == "" {

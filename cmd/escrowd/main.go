@@ -17,6 +17,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -153,6 +154,8 @@ type prepared struct {
 	policy     *policy.Policy
 	cert       tls.Certificate
 	clientCAs  *x509.CertPool
+	caCerts    []*x509.Certificate
+	crl        *daemon.Revocations
 	pin        string
 	vaultToken string
 }
@@ -165,16 +168,14 @@ func prepare(o *options) (*prepared, error) {
 	if p.policy, err = loadPolicy(o.policyPath); err != nil {
 		return nil, err
 	}
-	if p.cert, err = tls.LoadX509KeyPair(o.tlsCert, o.tlsKey); err != nil {
-		return nil, fmt.Errorf("failed to load the server certificate (-tls-cert, -tls-key): %w", err)
+	if p.cert, err = loadServerCert(o); err != nil {
+		return nil, err
 	}
-	caPEM, err := os.ReadFile(o.clientCA)
-	if err != nil {
-		return nil, fmt.Errorf("failed to read -client-ca: %w", err)
+	if p.clientCAs, p.caCerts, err = loadClientCAs(o); err != nil {
+		return nil, err
 	}
-	p.clientCAs = x509.NewCertPool()
-	if !p.clientCAs.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("%s: %s holds no PEM certificate", o.where("client-ca"), o.quote("client-ca", o.clientCA))
+	if p.crl, err = loadCRL(o, p.caCerts); err != nil {
+		return nil, err
 	}
 	if p.pin, err = o.loadSecret("HSM user PIN", "hsm-pin-file", o.hsmPINFile, "ESCROWD_HSM_PIN"); err != nil {
 		return nil, err
@@ -183,6 +184,115 @@ func prepare(o *options) (*prepared, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// reload is SIGHUP: the policy, the server certificate and key, the
+// client CAs and the client CRL, each on its own. A file that does not
+// load is logged and what was in force stays. The CRL is checked against
+// the client CAs in force after the reload. It returns those CAs.
+func reload(o *options, srv *daemon.Server, cas []*x509.Certificate, log *zap.Logger) []*x509.Certificate {
+	if p, err := loadPolicy(o.policyPath); err != nil {
+		log.Error("policy reload refused; the previous policy stays in force", zap.Error(err))
+	} else {
+		srv.SetPolicy(p)
+		log.Info("policy reloaded", zap.String("file", o.policyPath))
+	}
+	if cert, err := loadServerCert(o); err != nil {
+		log.Error("server certificate reload refused; the previous one stays in force", zap.Error(err))
+	} else {
+		srv.SetCredentials(&cert, nil)
+		fields := []zap.Field{zap.String("file", o.tlsCert)}
+		if cert.Leaf != nil {
+			fields = append(fields, zap.Time("not_after", cert.Leaf.NotAfter))
+		}
+		log.Info("server certificate reloaded", fields...)
+	}
+	if pool, certs, err := loadClientCAs(o); err != nil {
+		log.Error("client CA reload refused; the previous CAs stay in force", zap.Error(err))
+	} else {
+		srv.SetCredentials(nil, pool)
+		cas = certs
+		log.Info("client CAs reloaded", zap.String("file", o.clientCA), zap.Int("cas", len(certs)))
+	}
+	if o.clientCRL != "" {
+		r, err := loadCRL(o, cas)
+		if err == nil {
+			err = r.NotOlder(srv.Revocations())
+		}
+		if err != nil {
+			log.Error("client CRL reload refused; the previous CRL stays in force", zap.Error(err))
+		} else {
+			srv.SetRevocations(r)
+			log.Info("client CRL reloaded", zap.String("file", o.clientCRL), zap.Int("crls", r.Len()))
+		}
+	}
+	return cas
+}
+
+// loadServerCert reads -tls-cert and -tls-key.
+func loadServerCert(o *options) (tls.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+	if err != nil {
+		return cert, fmt.Errorf("failed to load the server certificate (-tls-cert, -tls-key): %w", err)
+	}
+	return cert, nil
+}
+
+// loadClientCAs reads -client-ca.
+func loadClientCAs(o *options) (*x509.CertPool, []*x509.Certificate, error) {
+	caPEM, err := os.ReadFile(o.clientCA)
+	if err != nil {
+		return nil, nil, fmt.Errorf("failed to read -client-ca: %w", err)
+	}
+	certs, err := parseCerts(caPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", o.where("client-ca"), err)
+	}
+	if len(certs) == 0 {
+		return nil, nil, fmt.Errorf("%s: %s holds no PEM certificate", o.where("client-ca"), o.quote("client-ca", o.clientCA))
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool, certs, nil
+}
+
+// parseCerts reads every certificate of a PEM bundle.
+func parseCerts(b []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return certs, nil
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
+	}
+}
+
+// loadCRL reads -client-crl, if set, and checks it against the client
+// CAs: nil when unset.
+func loadCRL(o *options, cas []*x509.Certificate) (*daemon.Revocations, error) {
+	if o.clientCRL == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(o.clientCRL)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read -client-crl: %w", err)
+	}
+	r, err := daemon.ParseCRLs(b, cas, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.where("client-crl"), err)
+	}
+	return r, nil
 }
 
 // loadSecret reads a secret from the file the setting key names, else the
@@ -301,7 +411,7 @@ func run(o *options) error {
 	}
 	srv, err := daemon.New(daemon.Config{
 		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, Jobs: runner, State: st, Policy: p.policy,
-		TLS: &tls.Config{Certificates: []tls.Certificate{p.cert}}, ClientCAs: p.clientCAs,
+		TLS: &tls.Config{Certificates: []tls.Certificate{p.cert}}, ClientCAs: p.clientCAs, Revocations: p.crl,
 		Checks:       map[string]daemon.Checker{"hsm": h, "vault": aud},
 		Logger:       log,
 		AuditTimeout: o.auditTimeout,
@@ -385,13 +495,7 @@ func run(o *options) error {
 		case err := <-errc:
 			return err
 		case <-hup:
-			p, err := loadPolicy(o.policyPath)
-			if err != nil {
-				log.Error("policy reload refused; the previous policy stays in force", zap.Error(err))
-				continue
-			}
-			srv.SetPolicy(p)
-			log.Info("policy reloaded", zap.String("file", o.policyPath))
+			p.caCerts = reload(o, srv, p.caCerts, log)
 		case <-sigs.Done():
 			running = false
 		}

@@ -36,6 +36,7 @@ type options struct {
 	tlsCert         string
 	tlsKey          string
 	clientCA        string
+	clientCRL       string
 	policyPath      string
 	storePath       string
 	hsmModule       string
@@ -99,6 +100,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "server certificate, PEM (required)")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "server private key, PEM (required)")
 	fs.StringVar(&o.clientCA, "client-ca", "", "CA certificates that sign client certificates, PEM (required)")
+	fs.StringVar(&o.clientCRL, "client-crl", "", "CRLs of the client CAs, PEM (one or more) or DER (one), each signed by a CA of -client-ca; checked at every handshake and request; past a CRL's nextUpdate every client is refused; SIGHUP reloads it (default off: no revocation)")
 	fs.StringVar(&o.policyPath, "policy", "", "policy file (required); SIGHUP reloads it")
 	fs.StringVar(&o.storePath, "store", "escrowd.db", "embedded store file, or a postgres:// URL for the PostgreSQL store (several replicas)")
 	fs.StringVar(&o.hsmModule, "hsm-module", "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module path")
@@ -256,7 +258,7 @@ func (o *options) check() error {
 		}
 	}
 	for _, f := range []struct{ key, path string }{
-		{"tls-cert", o.tlsCert}, {"tls-key", o.tlsKey}, {"client-ca", o.clientCA}, {"policy", o.policyPath},
+		{"tls-cert", o.tlsCert}, {"tls-key", o.tlsKey}, {"client-ca", o.clientCA}, {"client-crl", o.clientCRL}, {"policy", o.policyPath},
 		{"hsm-module", o.hsmModule}, {"hsm-pin-file", o.hsmPINFile}, {"vault-token-file", o.vaultTokenFile},
 	} {
 		if f.path != "" {

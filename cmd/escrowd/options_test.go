@@ -26,7 +26,7 @@ const fakePIN = "271828-not-a-path"
 func testEnv(t *testing.T) (dir string, lookup func(string) (string, bool)) {
 	t.Helper()
 	dir = t.TempDir()
-	for _, f := range []string{"server.crt", "server.key", "ca.crt", "policy.yaml", "module.so", "hsm.pin", "vault.token"} {
+	for _, f := range []string{"server.crt", "server.key", "ca.crt", "clients.crl", "policy.yaml", "module.so", "hsm.pin", "vault.token"} {
 		if err := os.WriteFile(filepath.Join(dir, f), []byte("x\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}

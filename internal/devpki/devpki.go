@@ -141,3 +141,23 @@ func serial() *big.Int {
 	}
 	return n
 }
+
+// CRL issues a CRL revoking serials, valid from thisUpdate until
+// nextUpdate, DER encoded (PEMCRL encodes it).
+func (ca *CA) CRL(serials []*big.Int, thisUpdate, nextUpdate time.Time) ([]byte, error) {
+	var entries []x509.RevocationListEntry
+	for _, s := range serials {
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: s, RevocationTime: thisUpdate})
+	}
+	return x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number:                    serial(),
+		ThisUpdate:                thisUpdate,
+		NextUpdate:                nextUpdate,
+		RevokedCertificateEntries: entries,
+	}, ca.Cert, ca.Key)
+}
+
+// PEMCRL encodes a DER CRL as PEM.
+func PEMCRL(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+}
