@@ -285,6 +285,27 @@ func (h *HSM) gdkBindKey(s session, gdk pkcs11.ObjectHandle) (pkcs11.ObjectHandl
 	return kb, nil
 }
 
+// derivedAESTemplate is the template of an AES-256 key derived inside the
+// HSM (a chain key, an ecdh-p256 slot key): a session object that never
+// leaves the token and may do exactly one thing, usage (CKA_WRAP,
+// CKA_UNWRAP or CKA_ENCRYPT).
+func derivedAESTemplate(usage uint) []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, format.KeySize),
+		boolAttr(pkcs11.CKA_TOKEN, false),
+		boolAttr(pkcs11.CKA_PRIVATE, true),
+		boolAttr(pkcs11.CKA_SENSITIVE, true),
+		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
+		boolAttr(pkcs11.CKA_ENCRYPT, usage == pkcs11.CKA_ENCRYPT),
+		boolAttr(pkcs11.CKA_DECRYPT, false),
+		boolAttr(pkcs11.CKA_WRAP, usage == pkcs11.CKA_WRAP),
+		boolAttr(pkcs11.CKA_UNWRAP, usage == pkcs11.CKA_UNWRAP),
+		boolAttr(pkcs11.CKA_DERIVE, false),
+	}
+}
+
 func hmacKeyTemplate() []*pkcs11.Attribute {
 	return []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -364,20 +385,7 @@ func (h *HSM) bindOutput(s session, kb pkcs11.ObjectHandle, tc *format.SlotConte
 // under old's binding key kbOld: a chain slot is bound by the GDK it holds,
 // like every slot.
 func (h *HSM) sealChain(s session, next, old, kbOld pkcs11.ObjectHandle, chain *format.SlotContext, commitOld []byte) (Sealed, error) {
-	kc, err := h.deriveECB(s, next, format.LabelChain[:], []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, format.KeySize),
-		boolAttr(pkcs11.CKA_TOKEN, false),
-		boolAttr(pkcs11.CKA_PRIVATE, true),
-		boolAttr(pkcs11.CKA_SENSITIVE, true),
-		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
-		boolAttr(pkcs11.CKA_WRAP, true),
-		boolAttr(pkcs11.CKA_UNWRAP, false),
-		boolAttr(pkcs11.CKA_ENCRYPT, false),
-		boolAttr(pkcs11.CKA_DECRYPT, false),
-		boolAttr(pkcs11.CKA_DERIVE, false),
-	})
+	kc, err := h.deriveECB(s, next, format.LabelChain[:], derivedAESTemplate(pkcs11.CKA_WRAP))
 	if err != nil {
 		return Sealed{}, wrapErr("rotate: derive the chain key", err)
 	}
@@ -514,20 +522,7 @@ func (h *HSM) ecdhSlotKey(s session, priv pkcs11.ObjectHandle, peer []byte, info
 		return 0, wrapErrAs("derive ECDH secret", err, ErrBadCiphertext, pkcs11.CKR_DOMAIN_PARAMS_INVALID, pkcs11.CKR_ARGUMENTS_BAD)
 	}
 	defer h.destroy(s, z)
-	k, err := h.deriveECB(s, z, info[:], []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, format.KeySize),
-		boolAttr(pkcs11.CKA_TOKEN, false),
-		boolAttr(pkcs11.CKA_PRIVATE, true),
-		boolAttr(pkcs11.CKA_SENSITIVE, true),
-		boolAttr(pkcs11.CKA_EXTRACTABLE, false),
-		boolAttr(pkcs11.CKA_ENCRYPT, usage == pkcs11.CKA_ENCRYPT),
-		boolAttr(pkcs11.CKA_DECRYPT, false),
-		boolAttr(pkcs11.CKA_WRAP, false),
-		boolAttr(pkcs11.CKA_UNWRAP, usage == pkcs11.CKA_UNWRAP),
-		boolAttr(pkcs11.CKA_DERIVE, false),
-	})
+	k, err := h.deriveECB(s, z, info[:], derivedAESTemplate(usage))
 	if err != nil {
 		return 0, wrapErr("derive the ecdh-p256 slot key", err)
 	}
