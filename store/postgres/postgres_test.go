@@ -136,28 +136,7 @@ func TestNewerSchemaRefused(t *testing.T) {
 // stores its nonce.
 func TestMigrateEpochNonce(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.New(t)
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	ms, err := loadMigrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, `CREATE TABLE schema_migrations (
-		version integer PRIMARY KEY, name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())`); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range ms[:3] {
-		if _, err := pool.Exec(ctx, m.sql); err != nil {
-			t.Fatalf("%s: %v", m.name, err)
-		}
-		if _, err := pool.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name); err != nil {
-			t.Fatal(err)
-		}
-	}
+	url, pool := databaseAt(t, 3)
 	if _, err := pool.Exec(ctx, `INSERT INTO groups (id, rev, doc) VALUES ('g', 1, '{"id":"g","rev":1}')`); err != nil {
 		t.Fatal(err)
 	}
@@ -242,28 +221,7 @@ func TestRateLimitsUseTheDatabaseClock(t *testing.T) {
 // is none, and a converted row keeps only its tat.
 func TestMigrateRateWindows(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.New(t)
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	ms, err := loadMigrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, `CREATE TABLE schema_migrations (
-		version integer PRIMARY KEY, name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())`); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range ms[:4] {
-		if _, err := pool.Exec(ctx, m.sql); err != nil {
-			t.Fatalf("%s: %v", m.name, err)
-		}
-		if _, err := pool.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name); err != nil {
-			t.Fatal(err)
-		}
-	}
+	url, pool := databaseAt(t, 4)
 	now := time.Date(2026, 1, 2, 10, 30, 0, 0, time.UTC)
 	hour := now.Truncate(time.Hour).UnixNano()
 	if _, err := pool.Exec(ctx, "INSERT INTO rate_windows (key, window_start, count) VALUES ('current', $1, 2), ('over', $2, 3)",
@@ -390,28 +348,7 @@ func TestEventWritersDoNotWait(t *testing.T) {
 // migrates to version 6, and the next reveal writes the first event.
 func TestMigrateEvents(t *testing.T) {
 	ctx := context.Background()
-	url := pgtest.New(t)
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	ms, err := loadMigrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, `CREATE TABLE schema_migrations (
-		version integer PRIMARY KEY, name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())`); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range ms[:5] {
-		if _, err := pool.Exec(ctx, m.sql); err != nil {
-			t.Fatalf("%s: %v", m.name, err)
-		}
-		if _, err := pool.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name); err != nil {
-			t.Fatal(err)
-		}
-	}
+	url, pool := databaseAt(t, 5)
 	if _, err := pool.Exec(ctx, `INSERT INTO groups (id, rev, doc) VALUES ('g', 1, '{"id":"g","rev":1}')`); err != nil {
 		t.Fatal(err)
 	}
@@ -437,4 +374,34 @@ func TestMigrateEvents(t *testing.T) {
 	if err != nil || len(p.Events) != 1 || p.Events[0].Seq != 1 || p.Events[0].Kind != store.EventCodeRevealed || p.Events[0].Epoch != 2 || p.Events[0].Index != 1 {
 		t.Fatalf("events after a reveal: %+v, %v", p, err)
 	}
+}
+
+// databaseAt is a throw-away database migrated by hand to schema version
+// n, the way an escrowd of that version left it, for the upgrade tests.
+func databaseAt(t *testing.T, n int) (string, *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	url := pgtest.New(t)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	ms, err := loadMigrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE schema_migrations (
+		version integer PRIMARY KEY, name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())`); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms[:n] {
+		if _, err := pool.Exec(ctx, m.sql); err != nil {
+			t.Fatalf("%s: %v", m.name, err)
+		}
+		if _, err := pool.Exec(ctx, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return url, pool
 }
