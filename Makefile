@@ -30,7 +30,7 @@ build:
 # a PostgreSQL answering on 127.0.0.1:5432 for the store tests (trust
 # authentication for user postgres on the loopback, as the tests' harness
 # expects; set ESCROWD_PG_URL to use another server).
-deps: $(SOFTHSM) $(CHROMIUM) web/node_modules postgres
+deps: $(SOFTHSM) $(CHROMIUM) web/node_modules clients/web/node_modules postgres
 
 postgres:
 	@if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then exit 0; fi; \
@@ -59,6 +59,12 @@ $(CHROMIUM):
 web/node_modules:
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix web --no-audit --no-fund
 
+# The device SDK (@escrowd/device): TypeScript and esbuild from npm's lock
+# file. `make lint` type-checks it in strict mode.
+clients/web/node_modules: clients/web/package-lock.json
+	npm ci --prefix clients/web --no-audit --no-fund
+	@touch $@
+
 # The Vault dev server is its own module (tools/vaultdev) so that Vault's
 # dependencies never reach the daemon's go.mod. A cold build takes minutes.
 vaultdev: $(VAULTDEV)
@@ -73,7 +79,8 @@ test: deps vaultdev lint
 	node web/strictjson_node_test.mjs
 	node web/unlockcode_node_test.mjs
 
-lint:
+lint: clients/web/node_modules
+	npm run --prefix clients/web --silent check
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
