@@ -78,9 +78,11 @@ test: deps vaultdev lint
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	node web/strictjson_node_test.mjs
 	node web/unlockcode_node_test.mjs
+	node --test clients/web/test/
 
 lint: clients/web/node_modules
 	npm run --prefix clients/web --silent check
+	node clients/web/scripts/states-diagram.mjs --check docs/DEVICE-STATES.md
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
