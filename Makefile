@@ -78,7 +78,7 @@ test: deps vaultdev lint
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	node web/strictjson_node_test.mjs
 	node web/unlockcode_node_test.mjs
-	node --test clients/web/test/
+	node --test clients/web/test/*.test.mjs
 
 lint: clients/web/node_modules
 	npm run --prefix clients/web --silent check

@@ -1,5 +1,5 @@
 // The transition table and the key machine: unit tests in Node.
-// Run: node --test clients/web/test/
+// Run: node --test clients/web/test/*.test.mjs
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { loadState } from "../scripts/load-state.mjs";
