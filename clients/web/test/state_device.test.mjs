@@ -45,6 +45,7 @@ function tab(o, opts = {}) {
     marker: memoryMarkers(),
     share: { device: { toWire: (h) => ({ ...h }), fromWire: (w) => w }, ...(opts.shareGroup === false ? {} : { group: { toWire: (h) => ({ ...h }), fromWire: (w) => w } }) },
     ...(opts.clock ? { clock: opts.clock, idleMs: opts.idleMs } : {}),
+    ...(opts.role ? { role: opts.role } : {}),
   });
   const events = [];
   d.on((e) => events.push(e.type === "state" ? e.change.scope + ":" + e.change.to : "version:" + e.group + "=" + e.version));
@@ -305,4 +306,59 @@ test("the idle lock counts activity in every tab and locks them all", async () =
   assert.equal(states(B), "locked a=locked");
   A.close();
   B.close();
+});
+
+test("a background Device (service worker) never shares its keys and follows only logout and versions", async () => {
+  const o = origin();
+  o.versions.set("a", 1);
+  const A = tab(o);
+  const W = tab(o, { role: "background" });
+  A.group("a");
+  W.group("a");
+  await A.unlock("pw");
+  await settle();
+  assert.equal(W.state, "locked", "the worker does not take a page's keys");
+  await W.unlock("pw"); // in a real worker: the device key, no user
+  A.lock();
+  await settle();
+  assert.equal(states(W), "unlocked a=unlocked", "a page's lock does not stop background work");
+  const C = tab(o);
+  C.group("a");
+  await settle();
+  assert.equal(C.state, "locked", "a new page gets nothing from the worker");
+  assert.equal(o.bus.sent.filter((m) => m.from === W.tab && m.t !== "version").length, 0, "the worker posted nothing but versions");
+  o.versions.set("a", 1);
+  await W.publishVersion("a", 2);
+  await settle();
+  assert.equal(A.knownVersion("a"), 2, "versions cross from the worker");
+  await C.logout();
+  await settle();
+  assert.equal(states(W), "wiped a=wiped", "logout reaches the worker");
+  for (const d of [A, C, W]) d.close();
+});
+
+test("logout in a tab already wiped by another does not wipe again", async () => {
+  const o = origin();
+  const A = tab(o);
+  const B = tab(o);
+  await A.logout();
+  await settle();
+  assert.equal(B.state, "wiped");
+  await B.logout();
+  assert.equal(o.wipes, 1);
+  A.close();
+  B.close();
+});
+
+test("watchActivity touches the device on input events until stopped", async () => {
+  const { watchActivity } = await loadState();
+  const target = new EventTarget();
+  let n = 0;
+  const stop = watchActivity({ touch: () => n++ }, target);
+  target.dispatchEvent(new Event("keydown"));
+  target.dispatchEvent(new Event("pointerdown"));
+  target.dispatchEvent(new Event("scroll"));
+  stop();
+  target.dispatchEvent(new Event("keydown"));
+  assert.equal(n, 2);
 });

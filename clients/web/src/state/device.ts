@@ -48,6 +48,15 @@ export interface DeviceOptions<S, DH, GH> {
   /** How keys cross to other tabs. Without a codec a scope's unlock stays in its tab (lock and logout still cross). */
   readonly share?: { readonly device?: HandleCodec<DH>; readonly group?: HandleCodec<GH> };
   readonly drop?: { readonly device?: (h: DH) => void; readonly group?: (h: GH) => void };
+  /**
+   * "ui" (default): a page the user works in. "background": a service
+   * worker that opens groups with the device key and no user. A background
+   * Device never posts its keys (they would unlock the pages without the
+   * user's secret), and neither follows nor sends unlock, lock and
+   * activity; it follows logout and key versions, and writes under the
+   * same locks.
+   */
+  readonly role?: "ui" | "background";
 }
 
 /** What Device subscribers receive. */
@@ -71,10 +80,12 @@ export class Device<S, DH, GH> {
   readonly #clock: Clock;
   readonly #onMessage = (ev: MessageEvent) => void this.#receive(ev.data);
   #lastPosted = -Infinity;
+  readonly #ui: boolean;
 
   constructor(opts: DeviceOptions<S, DH, GH>) {
     this.#opts = opts;
     this.#clock = opts.clock ?? systemClock;
+    this.#ui = (opts.role ?? "ui") === "ui";
     this.machine = new KeyMachine<S, DH>({
       scope: DEVICE_SCOPE,
       unlock: opts.unlock,
@@ -173,6 +184,9 @@ export class Device<S, DH, GH> {
    * group gone (VersionStore.newest is undefined) and fails "wiped".
    */
   async logout(): Promise<void> {
+    // Wiped already: another tab logged out and deletes the storage. A second
+    // wipe here could land after a new enrolment and delete it.
+    if (this.machine.state === "wiped") return;
     this.machine.logout();
     this.#post({ t: "logout" });
     if (this.#locks !== undefined) await withDeviceExclusive(this.#locks, () => this.#opts.wipe());
@@ -330,6 +344,7 @@ export class Device<S, DH, GH> {
   async #receive(data: unknown): Promise<void> {
     const m = readMessage(data);
     if (m === undefined || m.from === this.tab) return;
+    if (!this.#ui && uiOnly.has(m.t)) return;
     switch (m.t) {
       case "hello":
         this.#postUnlocked(DEVICE_SCOPE, this.#opts.share?.device, this.machine);
@@ -382,6 +397,7 @@ export class Device<S, DH, GH> {
   }
 
   #post(body: DistributiveOmit<Message, "v" | "from">): void {
+    if (!this.#ui && uiOnly.has(body.t)) return;
     this.#channel?.postMessage({ v: 1, from: this.tab, ...body });
   }
 
@@ -397,5 +413,8 @@ export class Device<S, DH, GH> {
     }
   }
 }
+
+/** The messages only pages exchange: a background Device neither sends nor follows them. */
+const uiOnly: ReadonlySet<Message["t"]> = new Set(["hello", "unlocked", "locked", "activity"]);
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;

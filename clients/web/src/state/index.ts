@@ -9,4 +9,5 @@ export { KeyMachine, type MachineOptions, type UnlockWork, type StateChange, typ
 export { type HandleCodec, assertShareable } from "./share.js";
 export { type Channel, type Message, CHANNEL } from "./tabs.js";
 export { type Locks, DEVICE_LOCK, groupLock, withGroupWriter, withDeviceExclusive } from "./locks.js";
+export { type Touchable, watchActivity } from "./activity.js";
 export { Device, type DeviceOptions, type DeviceEvent, type VersionStore, DEVICE_SCOPE, groupScope } from "./device.js";
