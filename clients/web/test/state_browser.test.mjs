@@ -24,7 +24,7 @@ before(async () => {
   await access(CHROMIUM).catch(() => assert.fail(CHROMIUM + " is missing: run `make deps` (Debian's chromium)"));
   await access(PLAYWRIGHT).catch(() => assert.fail("web/node_modules/playwright-core is missing: run `make deps` (npm ci --prefix web)"));
   const { chromium } = await import(pathToFileURL(PLAYWRIGHT).href);
-  const js = await bundle("test/browser/page.mjs", "browser");
+  const js = await bundle("test/state/page.mjs", "browser");
   server = createServer((req, res) => {
     if (req.url === "/page.js") {
       res.writeHead(200, { "content-type": "text/javascript" }).end(js);
@@ -55,7 +55,7 @@ after(async () => {
   if (consoles.length) console.log(consoles.join("\n"));
 });
 
-/** Loads the page in p and starts its Device. */
+/** Loads the page in p and starts its DeviceStates. */
 async function load(p) {
   await p.goto(base);
   await p.waitForFunction(() => window.ready === true);
@@ -79,11 +79,11 @@ test("browser: unlock in one page reaches the other; a wrong password fails only
   assert.deepEqual(pick(await load(A)), all("locked", "locked"));
   assert.deepEqual(pick(await load(B)), all("locked", "locked"));
 
-  assert.deepEqual(await A.evaluate(() => window.t.unlock("not the password")), { ok: false, code: "wrong-password" });
+  assert.deepEqual(await A.evaluate(() => window.t.unlock("not the password")), { ok: false, code: "wrong-secret" });
   const s = await state(A);
   assert.equal(s.device, "failed");
-  assert.equal(s.failure, "wrong-password");
-  assert.equal(s.message, "Wrong password.");
+  assert.equal(s.failure, "wrong-secret");
+  assert.equal(s.message, "Wrong password or passkey.");
   assert.equal((await state(B)).device, "locked", "a failure stays in its tab");
   assert.equal(await B.evaluate(() => window.t.keysError("g1")), "locked", "a key never derived: refused at once");
 

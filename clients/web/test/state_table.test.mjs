@@ -91,23 +91,51 @@ test("machine: unlock, keys, lock", async () => {
 
 test("machine: a decryption failure fails with its code and message; retry or logout", async () => {
   const { m, calls, changes } = rig();
-  const wrong = Object.assign(new Error("Wrong password."), { code: "wrong-password" });
+  const wrong = Object.assign(new Error("Wrong password or passkey."), { code: "wrong-secret" });
   const p = m.unlock("bad");
   calls[0].reject(wrong);
   await assert.rejects(p, (e) => e === wrong);
   assert.equal(m.state, "failed");
-  assert.equal(m.failure.code, "wrong-password");
-  assert.equal(m.failure.message, "Wrong password.");
+  assert.equal(m.failure.code, "wrong-secret");
+  assert.equal(m.failure.message, "Wrong password or passkey.");
   const r = m.unlock("good");
   assert.equal(m.state, "unlocking");
   assert.equal(m.failure, undefined);
-  calls[1].reject(Object.assign(new Error("The slot is damaged."), { code: "damaged-slot" }));
+  calls[1].reject(Object.assign(new Error("The slot is damaged."), { code: "damaged" }));
   await assert.rejects(r);
-  assert.equal(m.failure.code, "damaged-slot");
+  assert.equal(m.failure.code, "damaged");
   m.logout();
   assert.equal(m.state, "wiped");
   assert.throws(() => m.keys(), (e) => e instanceof StateError && e.code === "wiped");
   assert.deepEqual(changes, ["locked -unlock-> unlocking", "unlocking -fail-> failed", "failed -retry-> unlocking", "unlocking -fail-> failed", "failed -logout-> wiped"]);
+});
+
+test("failureOf: a coded error's message without its log detail; others generic", () => {
+  const { failureOf } = S;
+  class DeviceError extends Error {
+    constructor(code, message, detail) {
+      super(message + (detail ? " (" + detail + ")" : ""));
+      this.code = code;
+      this.detail = detail;
+    }
+  }
+  const cases = [
+    [new DeviceError("wrong-secret", "Wrong password or passkey.", "slot 2 of 3"), "wrong-secret", "Wrong password or passkey."],
+    [new DeviceError("damaged", "The copy of the key is damaged.", ""), "damaged", "The copy of the key is damaged."],
+    [Object.assign(new Error("Plain (kept)"), { code: "offline" }), "offline", "Plain (kept)"],
+    [Object.assign(new Error(""), { code: "limit" }), "limit", "Unlock failed."],
+    [new DOMException("The operation failed for an operation-specific reason", "OperationError"), "unlock-failed", "Unlock failed."],
+    [new Error("secret text"), "unlock-failed", "Unlock failed."],
+    ["a string", "unlock-failed", "Unlock failed."],
+    [null, "unlock-failed", "Unlock failed."],
+    [{ code: 7, message: "numeric code" }, "unlock-failed", "Unlock failed."],
+  ];
+  for (const [err, code, message] of cases) {
+    const f = failureOf(err);
+    assert.equal(f.code, code, String(err));
+    assert.equal(f.message, message, String(err));
+    assert.equal(f.cause, err);
+  }
 });
 
 test("machine: an error without a code shows a generic message, not its text", async () => {
@@ -230,9 +258,9 @@ test("machine: calls that make no sense are refused; remote ones are ignored", a
   assert.equal(m.remoteLock(), false, "another tab's lock does not stop this tab's unlock");
   calls[0].resolve({ k: 1 });
   await p;
-  m.fault(Object.assign(new Error("A newer key will not open."), { code: "damaged-slot" }));
+  m.fault(Object.assign(new Error("A newer key will not open."), { code: "damaged" }));
   assert.equal(m.state, "failed");
-  assert.equal(m.failure.code, "damaged-slot");
+  assert.equal(m.failure.code, "damaged");
   m.logout();
   m.logout(); // a no-op when wiped
   m.enrol();

@@ -1,7 +1,7 @@
-// User activity for the idle lock: the app can call Device.touch itself,
+// User activity for the idle lock: the app can call DeviceStates.touch itself,
 // or let this watch the usual input events.
 
-/** What watchActivity needs of a Device. */
+/** What watchActivity needs of a DeviceStates. */
 export interface Touchable {
   touch(): void;
 }

@@ -1,7 +1,7 @@
 // Errors of the key state machines. Each has a stable code a UI can switch
 // on and a message a user can read; none ever carries a secret.
 
-import type { State } from "./table.js";
+import type { KeyState } from "./table.js";
 
 /** Codes the state layer itself raises. The unlock work adds its own. */
 export type StateErrorCode =
@@ -14,7 +14,7 @@ export type StateErrorCode =
   | "aborted"; // the caller's AbortSignal fired
 
 const messages: Record<StateErrorCode, string> = {
-  locked: "The data is locked. Unlock to continue.",
+  locked: "The data is locked. Unlock it with your password or passkey first.",
   wiped: "You are logged out on this device.",
   "invalid-transition": "That cannot be done right now.",
   interrupted: "Unlocking was interrupted. Please unlock again.",
@@ -27,9 +27,9 @@ export class StateError extends Error {
   override readonly name = "StateError";
   readonly code: StateErrorCode;
   /** The machine's state when the error was raised, when one applies. */
-  readonly state: State | undefined;
+  readonly state: KeyState | undefined;
 
-  constructor(code: StateErrorCode, opts: { state?: State; detail?: string; cause?: unknown } = {}) {
+  constructor(code: StateErrorCode, opts: { state?: KeyState; detail?: string; cause?: unknown } = {}) {
     super(opts.detail ? messages[code] + " (" + opts.detail + ")" : messages[code], opts.cause === undefined ? undefined : { cause: opts.cause });
     this.code = code;
     this.state = opts.state;
@@ -40,7 +40,8 @@ export class StateError extends Error {
  * Why a machine is in the failed state. code comes from the unlock work's
  * error when it carries a string `code` (the crypto layer's error classes
  * do), or is "unlock-failed". message is the error's own when it has a
- * code, else a generic one: an unknown error's text is not shown to users.
+ * code (without a trailing " (detail)" that repeats its `detail` field),
+ * else a generic one: an unknown error's text is not shown to users.
  */
 export interface Failure {
   readonly code: string;
@@ -51,10 +52,13 @@ export interface Failure {
 
 export function failureOf(err: unknown): Failure {
   if (typeof err === "object" && err !== null) {
-    const code = (err as { code?: unknown }).code;
-    const message = (err as { message?: unknown }).message;
+    const { code, message, detail } = err as { code?: unknown; message?: unknown; detail?: unknown };
     if (typeof code === "string" && code !== "") {
-      return { code, message: typeof message === "string" && message !== "" ? message : "Unlock failed.", cause: err };
+      let text = typeof message === "string" && message !== "" ? message : "Unlock failed.";
+      // A DeviceError's message ends with " (detail)", written for logs: the user sees the message alone.
+      const tail = typeof detail === "string" && detail !== "" ? " (" + detail + ")" : "";
+      if (tail !== "" && text.endsWith(tail)) text = text.slice(0, -tail.length);
+      return { code, message: text, cause: err };
     }
   }
   return { code: "unlock-failed", message: "Unlock failed.", cause: err };

@@ -6,7 +6,7 @@
 import { type Clock, systemClock } from "./clock.js";
 import { type Failure, StateError, failureOf, isAbort } from "./errors.js";
 import { type MarkerStore, defaultMarkers, markerKey } from "./marker.js";
-import { type Event, type State, next } from "./table.js";
+import { type KeyEvent, type KeyState, next } from "./table.js";
 
 /**
  * The unlock work: given the secret (a password or PRF output for the
@@ -18,20 +18,20 @@ import { type Event, type State, next } from "./table.js";
 export type UnlockWork<S, H> = (secret: S, signal: AbortSignal) => Promise<H>;
 
 /** Which side caused a move. */
-export type Origin = "local" | "remote";
+export type ChangeOrigin = "local" | "remote";
 
 /** What subscribers receive on every move. */
 export interface StateChange {
   readonly scope: string;
-  readonly from: State;
-  readonly to: State;
-  readonly event: Event;
-  readonly origin: Origin;
+  readonly from: KeyState;
+  readonly to: KeyState;
+  readonly event: KeyEvent;
+  readonly origin: ChangeOrigin;
   /** Set when to is "failed". */
   readonly failure?: Failure;
 }
 
-export type Listener = (change: StateChange) => void;
+export type StateListener = (change: StateChange) => void;
 
 export interface MachineOptions<S, H> {
   /** "device" or "group:<id>"; names the marker and the messages to other tabs. */
@@ -54,7 +54,7 @@ interface Attempt {
 
 export class KeyMachine<S, H> {
   readonly scope: string;
-  #state: State;
+  #state: KeyState;
   #handle: H | undefined;
   #failure: Failure | undefined;
   #attempt: Attempt | undefined;
@@ -63,7 +63,7 @@ export class KeyMachine<S, H> {
   readonly #clock: Clock;
   readonly #marker: MarkerStore | null;
   readonly #drop: ((h: H) => void) | undefined;
-  readonly #listeners = new Set<Listener>();
+  readonly #listeners = new Set<StateListener>();
   #lastActivity = 0;
   #timer: unknown;
 
@@ -87,7 +87,7 @@ export class KeyMachine<S, H> {
     }
   }
 
-  get state(): State {
+  get state(): KeyState {
     return this.#state;
   }
 
@@ -97,7 +97,7 @@ export class KeyMachine<S, H> {
   }
 
   /** Subscribes to every move; returns the unsubscribe function. */
-  on(listener: Listener): () => void {
+  on(listener: StateListener): () => void {
     this.#listeners.add(listener);
     return () => void this.#listeners.delete(listener);
   }
@@ -146,7 +146,7 @@ export class KeyMachine<S, H> {
     this.#move("lock", "local");
   }
 
-  /** Drops everything held and moves to wiped. Storage is the caller's (Device.logout). */
+  /** Drops everything held and moves to wiped. Storage is the caller's (DeviceStates.logout). */
   logout(): void {
     if (this.#state === "wiped") return;
     this.#move("logout", "local");
@@ -232,7 +232,7 @@ export class KeyMachine<S, H> {
    * aborts an attempt, drops the handle), runs enter, enters the new state,
    * tells the subscribers. Returns false for a remote event without a row.
    */
-  #move(event: Event, origin: Origin, enter?: () => void): boolean {
+  #move(event: KeyEvent, origin: ChangeOrigin, enter?: () => void): boolean {
     const from = this.#state;
     const to = next(from, event);
     if (to === undefined) {

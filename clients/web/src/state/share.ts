@@ -7,6 +7,7 @@ import { StateError } from "./errors.js";
 
 /** Turns a handle into what is posted to other tabs, and back. */
 export interface HandleCodec<H> {
+  /** The form posted: plain data and non-extractable CryptoKeys only (checked by assertShareable). */
   toWire(handle: H): unknown;
   fromWire(wire: unknown): H | Promise<H>;
 }

@@ -4,10 +4,10 @@
 // is given. docs/DEVICE-STATES.md is generated from this table.
 
 /** Where a scope's keys are. */
-export type State = "locked" | "unlocking" | "unlocked" | "failed" | "wiped";
+export type KeyState = "locked" | "unlocking" | "unlocked" | "failed" | "wiped";
 
 /** What moves a machine. Events named remote-* come from another tab. */
-export type Event =
+export type KeyEvent =
   | "unlock"
   | "succeed"
   | "fail"
@@ -24,14 +24,14 @@ export type Event =
   | "remote-logout";
 
 export interface Transition {
-  readonly from: State;
-  readonly event: Event;
-  readonly to: State;
+  readonly from: KeyState;
+  readonly event: KeyEvent;
+  readonly to: KeyState;
   /** Why the row exists; printed in the generated diagram's table. */
   readonly why: string;
 }
 
-export const STATES: readonly State[] = ["locked", "unlocking", "unlocked", "failed", "wiped"];
+export const STATES: readonly KeyState[] = ["locked", "unlocking", "unlocked", "failed", "wiped"];
 
 /**
  * Every allowed move. A pair (state, event) not listed here is refused when
@@ -69,9 +69,9 @@ export const TRANSITIONS: readonly Transition[] = [
   { from: "wiped", event: "enrol", to: "locked", why: "a user enrolled this device again: new keys are stored" },
 ];
 
-const index = new Map<string, State>(TRANSITIONS.map((t) => [t.from + " " + t.event, t.to]));
+const index = new Map<string, KeyState>(TRANSITIONS.map((t) => [t.from + " " + t.event, t.to]));
 
 /** The state (from, event) leads to, or undefined when the table has no row. */
-export function next(from: State, event: Event): State | undefined {
+export function next(from: KeyState, event: KeyEvent): KeyState | undefined {
   return index.get(from + " " + event);
 }

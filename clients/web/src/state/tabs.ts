@@ -13,7 +13,7 @@ export interface Channel {
   close(): void;
 }
 
-export type Message =
+export type TabMessage =
   /** A tab starts and asks the others for their open keys. */
   | { readonly v: 1; readonly t: "hello"; readonly from: string }
   /** scope unlocked here; keys is the codec's wire form (absent: no codec). */
@@ -27,7 +27,7 @@ export type Message =
 
 const isStr = (x: unknown): x is string => typeof x === "string" && x.length > 0 && x.length <= 512;
 
-export function readMessage(data: unknown): Message | undefined {
+export function readMessage(data: unknown): TabMessage | undefined {
   if (typeof data !== "object" || data === null) return undefined;
   const m = data as Record<string, unknown>;
   if (m["v"] !== 1 || !isStr(m["from"])) return undefined;

@@ -7,10 +7,10 @@ import type { Clock } from "./clock.js";
 import { systemClock } from "./clock.js";
 import { StateError } from "./errors.js";
 import { type Locks, defaultLocks, withDeviceExclusive, withGroupWriter } from "./locks.js";
-import { KeyMachine, type Origin, type StateChange, type UnlockWork } from "./machine.js";
+import { KeyMachine, type ChangeOrigin, type StateChange, type UnlockWork } from "./machine.js";
 import type { MarkerStore } from "./marker.js";
 import { type HandleCodec, assertShareable } from "./share.js";
-import { type Channel, type Message, defaultChannel, newTabId, readMessage } from "./tabs.js";
+import { type Channel, type TabMessage, defaultChannel, newTabId, readMessage } from "./tabs.js";
 
 /**
  * The newest group key (GDK) version stored on the device, per group. The
@@ -25,10 +25,10 @@ export interface VersionStore {
   raise(group: string, version: number): Promise<void>;
 }
 
-export interface DeviceOptions<S, DH, GH> {
+export interface DeviceStatesOptions<S, DH, GH> {
   /** Opens the device's keys with a password, a PRF output…: one slow KDF for all groups. */
   readonly unlock: UnlockWork<S, DH>;
-  /** Opens one group's keys with the device's. Throws a coded error when it cannot (no slot: "not-derived"). */
+  /** Opens one group's keys with the device's. Throws a coded error when it cannot (no slot: "not-enrolled"). */
   readonly openGroup: (group: string, device: DH, signal: AbortSignal) => Promise<GH>;
   /** The GDK version a group handle writes with. */
   readonly groupVersion: (keys: GH) => number;
@@ -51,7 +51,7 @@ export interface DeviceOptions<S, DH, GH> {
   /**
    * "ui" (default): a page the user works in. "background": a service
    * worker that opens groups with the device key and no user. A background
-   * Device never posts its keys (they would unlock the pages without the
+   * DeviceStates never posts its keys (they would unlock the pages without the
    * user's secret), and neither follows nor sends unlock, lock and
    * activity; it follows logout and key versions, and writes under the
    * same locks.
@@ -59,22 +59,24 @@ export interface DeviceOptions<S, DH, GH> {
   readonly role?: "ui" | "background";
 }
 
-/** What Device subscribers receive. */
-export type DeviceEvent =
+/** What DeviceStates subscribers receive. */
+export type StatesEvent =
   | { readonly type: "state"; readonly change: StateChange }
   /** A group's newest key version rose; a handle older than it can no longer write. */
-  | { readonly type: "version"; readonly group: string; readonly version: number; readonly origin: Origin };
+  | { readonly type: "version"; readonly group: string; readonly version: number; readonly origin: ChangeOrigin }
+  /** The codec failed or its wire form was refused (StateError "unshareable"): the other tabs stay locked. */
+  | { readonly type: "share-refused"; readonly scope: string; readonly error: unknown };
 
 export const DEVICE_SCOPE = "device";
 export const groupScope = (group: string): string => "group:" + group;
 
-export class Device<S, DH, GH> {
+export class DeviceStates<S, DH, GH> {
   readonly machine: KeyMachine<S, DH>;
   readonly tab = newTabId();
-  readonly #opts: DeviceOptions<S, DH, GH>;
+  readonly #opts: DeviceStatesOptions<S, DH, GH>;
   readonly #groups = new Map<string, KeyMachine<DH, GH>>();
   readonly #known = new Map<string, number>();
-  readonly #listeners = new Set<(e: DeviceEvent) => void>();
+  readonly #listeners = new Set<(e: StatesEvent) => void>();
   readonly #channel: Channel | undefined;
   readonly #locks: Locks | undefined;
   readonly #clock: Clock;
@@ -82,7 +84,7 @@ export class Device<S, DH, GH> {
   #lastPosted = -Infinity;
   readonly #ui: boolean;
 
-  constructor(opts: DeviceOptions<S, DH, GH>) {
+  constructor(opts: DeviceStatesOptions<S, DH, GH>) {
     this.#opts = opts;
     this.#clock = opts.clock ?? systemClock;
     this.#ui = (opts.role ?? "ui") === "ui";
@@ -106,7 +108,7 @@ export class Device<S, DH, GH> {
     return this.machine.state;
   }
 
-  on(listener: (e: DeviceEvent) => void): () => void {
+  on(listener: (e: StatesEvent) => void): () => void {
     this.#listeners.add(listener);
     return () => void this.#listeners.delete(listener);
   }
@@ -277,7 +279,7 @@ export class Device<S, DH, GH> {
     throw new StateError("stale-key", { state: "unlocked", detail: groupScope(group) + " v" + have + " < v" + known });
   }
 
-  #learn(group: string, version: number, origin: Origin): void {
+  #learn(group: string, version: number, origin: ChangeOrigin): void {
     if (version <= this.knownVersion(group)) return;
     this.#known.set(group, version);
     this.#emit({ type: "version", group, version, origin });
@@ -334,11 +336,23 @@ export class Device<S, DH, GH> {
     }
   }
 
+  /**
+   * Posts scope's keys in the codec's wire form. toWire may return a
+   * promise (deriving a non-extractable key is asynchronous); the keys are
+   * posted only if the scope is still unlocked when it settles.
+   */
   #postUnlocked<X, H>(scope: string, codec: HandleCodec<H> | undefined, m: KeyMachine<X, H>): void {
     if (codec === undefined || m.state !== "unlocked") return;
-    const keys = codec.toWire(m.keys());
-    assertShareable(keys);
-    this.#post({ t: "unlocked", scope, keys });
+    const handle = m.keys();
+    void Promise.resolve(codec.toWire(handle)).then((keys) => {
+      if (m.state !== "unlocked" || m.keys() !== handle) return;
+      assertShareable(keys);
+      this.#post({ t: "unlocked", scope, keys });
+    }).catch((err: unknown) => {
+      // A codec that fails, or whose wire form holds bytes or an extractable
+      // key, shares nothing: this tab stays unlocked, the others locked.
+      this.#emit({ type: "share-refused", scope, error: err });
+    });
   }
 
   async #receive(data: unknown): Promise<void> {
@@ -369,7 +383,7 @@ export class Device<S, DH, GH> {
     }
   }
 
-  async #adopt(m: Extract<Message, { t: "unlocked" }>): Promise<void> {
+  async #adopt(m: Extract<TabMessage, { t: "unlocked" }>): Promise<void> {
     if (!("keys" in m)) return;
     try {
       if (m.scope === DEVICE_SCOPE) {
@@ -396,12 +410,12 @@ export class Device<S, DH, GH> {
     return scope.startsWith("group:") ? this.#groups.get(scope.slice(6)) : undefined;
   }
 
-  #post(body: DistributiveOmit<Message, "v" | "from">): void {
+  #post(body: DistributiveOmit<TabMessage, "v" | "from">): void {
     if (!this.#ui && uiOnly.has(body.t)) return;
     this.#channel?.postMessage({ v: 1, from: this.tab, ...body });
   }
 
-  #emit(e: DeviceEvent): void {
+  #emit(e: StatesEvent): void {
     for (const l of [...this.#listeners]) {
       try {
         l(e);
@@ -414,7 +428,7 @@ export class Device<S, DH, GH> {
   }
 }
 
-/** The messages only pages exchange: a background Device neither sends nor follows them. */
-const uiOnly: ReadonlySet<Message["t"]> = new Set(["hello", "unlocked", "locked", "activity"]);
+/** The messages only pages exchange: a background DeviceStates neither sends nor follows them. */
+const uiOnly: ReadonlySet<TabMessage["t"]> = new Set(["hello", "unlocked", "locked", "activity"]);
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;

@@ -1,8 +1,8 @@
-// The page the browser test drives: a Device from src/state with a
+// The page the browser test drives: a DeviceStates from src/state with a
 // stand-in crypto layer (PBKDF2 → HKDF → AES-GCM, all keys non-extractable)
 // and a stand-in record store (an AES-GCM counter per group in IndexedDB),
 // enough to exercise the machines, the channel and the locks for real.
-import { Device } from "../../src/state/index.ts";
+import { DeviceStates } from "../../src/state/index.ts";
 
 const DB = "escrowd-state-test";
 const STORES = ["meta", "versions", "records"];
@@ -67,24 +67,24 @@ const t = {
   },
   async start(groups) {
     const enrolled = (await get("meta", "salt")) !== undefined;
-    device = new Device({
+    device = new DeviceStates({
       initial: enrolled ? "locked" : "wiped",
       unlock: async (password, signal) => {
         if (hold) await hold;
         const salt = await get("meta", "salt");
-        if (!salt) throw coded("not-derived", "This device holds no keys.");
+        if (!salt) throw coded("not-enrolled", "This device holds no keys.");
         const root = await rootKey(password, salt);
         signal.throwIfAborted();
         try {
           await open(await aesFrom(root, "check"), "check", await get("meta", "check"));
         } catch {
-          throw coded("wrong-password", "Wrong password.");
+          throw coded("wrong-secret", "Wrong password or passkey.");
         }
         return { root };
       },
       openGroup: async (g, dk) => {
         const version = await get("versions", g);
-        if (version === undefined) throw coded("not-derived", "You have no key for this group.");
+        if (version === undefined) throw coded("not-enrolled", "You have no key for this group.");
         return { key: await aesFrom(dk.root, "group:" + g + ":v" + version), version };
       },
       groupVersion: (gk) => gk.version,
@@ -128,7 +128,7 @@ const t = {
     const k = device.group(g).keys();
     return open(k.key, g, await get("records", "counter:" + g));
   },
-  /** n increments at once, each a read, a pause and a write in separate transactions; locked: under Device.write. */
+  /** n increments at once, each a read, a pause and a write in separate transactions; locked: under DeviceStates.write. */
   async incr(g, n, locked) {
     const one = async (k) => {
       const v = await open(k.key, g, await get("records", "counter:" + g));

@@ -1,4 +1,4 @@
-// Device: the device and group machines together, several tabs on one
+// DeviceStates: the device and group machines together, several tabs on one
 // channel bus, one writer per group under (fake) Web Locks, and the rule
 // that no write uses a group key older than the newest stored.
 import { test } from "node:test";
@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { loadState } from "../scripts/load-state.mjs";
 import { FakeLocks, ManualClock, bus, deferred, settle } from "./fakes.mjs";
 
-const { Device, StateError, memoryMarkers, assertShareable } = await loadState();
+const { DeviceStates, StateError, memoryMarkers, assertShareable } = await loadState();
 
 /** Storage shared by the tabs of one origin: a version per group, a counter per group, and a wipe. */
 function origin() {
@@ -14,23 +14,23 @@ function origin() {
 }
 class Locks extends FakeLocks {}
 
-/** A tab: a Device whose unlock checks the password "pw" and whose group keys carry a version. */
+/** A tab: a DeviceStates whose unlock checks the password "pw" and whose group keys carry a version. */
 function tab(o, opts = {}) {
   const store = {
     newest: async (g) => o.versions.get(g),
     raise: async (g, v) => void o.versions.set(g, v),
   };
   const opened = [];
-  const d = new Device({
+  const d = new DeviceStates({
     unlock: async (secret) => {
       await settle(1);
-      if (secret !== "pw") throw Object.assign(new Error("Wrong password."), { code: "wrong-password" });
+      if (secret !== "pw") throw Object.assign(new Error("Wrong password or passkey."), { code: "wrong-secret" });
       return { device: "dk" };
     },
     openGroup: async (id, dk) => {
       opened.push(id);
       assert.deepEqual(dk, { device: "dk" });
-      if (id === "nokey") throw Object.assign(new Error("You have no key for this group."), { code: "not-derived" });
+      if (id === "nokey") throw Object.assign(new Error("You have no key for this group."), { code: "not-enrolled" });
       return { group: id, version: opts.version?.(id) ?? o.versions.get(id) ?? 1 };
     },
     groupVersion: (gk) => gk.version,
@@ -63,7 +63,7 @@ test("device: one unlock opens every group; a group that cannot open fails alone
   d.group("nokey");
   await d.unlock("pw");
   assert.equal(states(d), "unlocked a=unlocked b=unlocked nokey=failed");
-  assert.equal(d.group("nokey").failure.code, "not-derived");
+  assert.equal(d.group("nokey").failure.code, "not-enrolled");
   assert.deepEqual(d.group("a").keys(), { group: "a", version: 1 });
   d.group("late"); // added while unlocked: opens at once
   await d.settled();
@@ -79,9 +79,9 @@ test("device: a wrong password fails the device, not the groups; retry unlocks a
   const o = origin();
   const d = tab(o);
   d.group("a");
-  await assert.rejects(d.unlock("nope"), (e) => e.code === "wrong-password");
+  await assert.rejects(d.unlock("nope"), (e) => e.code === "wrong-secret");
   assert.equal(states(d), "failed a=locked");
-  assert.equal(d.machine.failure.message, "Wrong password.");
+  assert.equal(d.machine.failure.message, "Wrong password or passkey.");
   await d.unlock("pw");
   assert.equal(states(d), "unlocked a=unlocked");
   d.close();
@@ -134,7 +134,7 @@ test("tabs: what crosses is checked: no raw bytes, no extractable key", async ()
   const o = origin();
   const A = tab(o);
   A.close();
-  const leaky = new Device({
+  const leaky = new DeviceStates({
     unlock: async () => ({ raw: new Uint8Array([1, 2, 3]) }),
     openGroup: async () => ({}),
     groupVersion: () => 1,
@@ -146,11 +146,63 @@ test("tabs: what crosses is checked: no raw bytes, no extractable key", async ()
     clock: new ManualClock(),
     share: { device: { toWire: (h) => h, fromWire: (w) => w } },
   });
+  const refused = [];
+  leaky.on((e) => e.type === "share-refused" && refused.push(e.error.code));
+  const B = tab(o);
+  await settle(); // B's hello is answered by nobody: leaky is locked
   const before = o.bus.sent.length;
   await leaky.unlock("x");
+  await settle();
   assert.equal(leaky.state, "unlocked");
   assert.equal(o.bus.sent.slice(before).filter((m) => m.t === "unlocked").length, 0);
+  assert.deepEqual(refused, ["unshareable"]);
+  assert.equal(B.state, "locked");
   leaky.close();
+  B.close();
+});
+
+test("tabs: an asynchronous codec posts non-extractable keys, not after a lock", async () => {
+  const o = origin();
+  o.versions.set("a", 1);
+  const gate = deferred();
+  const mk = (extra) => new DeviceStates({
+    unlock: async () => ({ n: 1 }),
+    openGroup: async () => ({ v: 1 }),
+    groupVersion: (g) => g.v,
+    versions: { newest: async () => 1, raise: async () => {} },
+    wipe: async () => {},
+    channel: o.bus.make(),
+    locks: o.locks,
+    marker: memoryMarkers(),
+    share: { device: {
+      toWire: async (h) => {
+        await extra?.();
+        return { n: h.n, key: await crypto.subtle.generateKey({ name: "AES-GCM", length: 128 }, false, ["encrypt"]) };
+      },
+      fromWire: (w) => {
+        assert.equal(w.key.extractable, false);
+        return { n: w.n, key: w.key };
+      },
+    } },
+  });
+  const A = mk();
+  const B = mk();
+  await A.unlock("x");
+  await settle();
+  assert.equal(B.state, "unlocked");
+  assert.equal(B.machine.keys().key.type, "secret");
+  // A slow codec whose tab locks before it settles posts nothing.
+  const C = mk(() => gate.promise);
+  A.lock();
+  await settle();
+  assert.equal(B.state, "locked");
+  const before = o.bus.sent.length;
+  await C.unlock("x");
+  C.lock();
+  gate.resolve();
+  await settle();
+  assert.equal(o.bus.sent.slice(before).filter((m) => m.t === "unlocked").length, 0);
+  for (const d of [A, B, C]) d.close();
 });
 
 test("tabs: messages of another shape are ignored", async () => {
@@ -308,7 +360,7 @@ test("the idle lock counts activity in every tab and locks them all", async () =
   B.close();
 });
 
-test("a background Device (service worker) never shares its keys and follows only logout and versions", async () => {
+test("a background DeviceStates (service worker) never shares its keys and follows only logout and versions", async () => {
   const o = origin();
   o.versions.set("a", 1);
   const A = tab(o);
