@@ -24,7 +24,7 @@ before(async () => {
   await access(CHROMIUM).catch(() => assert.fail(CHROMIUM + " is missing: run `make deps` (Debian's chromium)"));
   await access(PLAYWRIGHT).catch(() => assert.fail("web/node_modules/playwright-core is missing: run `make deps` (npm ci --prefix web)"));
   const { chromium } = await import(pathToFileURL(PLAYWRIGHT).href);
-  const js = await bundle("test/state/page.mjs", "browser");
+  const js = await bundle("test/state/page.ts", "browser");
   server = createServer((req, res) => {
     if (req.url === "/page.js") {
       res.writeHead(200, { "content-type": "text/javascript" }).end(js);
