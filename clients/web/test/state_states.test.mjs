@@ -414,3 +414,50 @@ test("watchActivity touches the device on input events until stopped", async () 
   target.dispatchEvent(new Event("keydown"));
   assert.equal(n, 2);
 });
+
+test("refreshGroup opens a group that failed once a sync brought its key", async () => {
+  const o = origin();
+  o.versions.set("a", 1);
+  let has = false;
+  const d = new DeviceStates({
+    unlock: async () => ({ dk: 1 }),
+    openGroup: async (id) => {
+      if (!has) throw Object.assign(new Error("You have no key for this group."), { code: "not-enrolled" });
+      return { id, version: 1 };
+    },
+    groupVersion: (g) => g.version,
+    versions: { newest: async () => 1, raise: async () => {} },
+    wipe: async () => {},
+    channel: null,
+    locks: o.locks,
+    marker: memoryMarkers(),
+  });
+  await assert.rejects(d.refreshGroup("a"), (e) => e.code === "locked", "the device is locked");
+  d.group("a");
+  await d.unlock("x");
+  assert.equal(d.group("a").failure.code, "not-enrolled");
+  await assert.rejects(d.refreshGroup("a"), (e) => e.code === "not-enrolled");
+  has = true;
+  await d.refreshGroup("a");
+  assert.deepEqual(d.keys("a"), { id: "a", version: 1 });
+  // A group first named while the device is unlocked: refreshGroup waits for its opening.
+  await d.refreshGroup("b");
+  assert.equal(d.group("b").state, "unlocked");
+  has = false;
+  await assert.rejects(d.refreshGroup("c"), (e) => e.code === "not-enrolled");
+  assert.throws(() => d.keys("nope"), (e) => e.code === "locked");
+  d.close();
+});
+
+test("past the idle deadline no key is handed out, even before the timer fires", async () => {
+  const o = origin();
+  const clock = new ManualClock();
+  const d = tab(o, { clock, idleMs: 60_000 });
+  d.group("a");
+  await d.unlock("pw");
+  clock.t += 60_000; // time passes; the throttled timer has not run
+  assert.throws(() => d.keys("a"), (e) => e.code === "locked");
+  assert.equal(states(d), "locked a=locked");
+  await assert.rejects(d.write("a", async () => assert.fail("wrote")), (e) => e.code === "locked");
+  d.close();
+});

@@ -167,9 +167,13 @@ export class KeyMachine<S, H> {
    * The handle to the open keys, counted as activity. Throws StateError
    * "locked" (or "wiped") when the keys are not open: an operation that
    * needs a key never derived fails at once and never falls back to clear
-   * data.
+   * data. Past the idle deadline it locks first, even if the idle timer has
+   * not fired yet.
    */
   keys(): H {
+    // The idle deadline holds even when its timer runs late (a hidden tab's
+    // timers are throttled): past it, the keys are not handed out.
+    if (this.#state === "unlocked" && this.#idleMs > 0 && this.#clock.now() - this.#lastActivity >= this.#idleMs) this.#move("idle", "local");
     if (this.#state !== "unlocked" || this.#handle === undefined) {
       throw new StateError(this.#state === "wiped" ? "wiped" : "locked", { state: this.#state, detail: this.scope });
     }

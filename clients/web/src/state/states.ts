@@ -164,6 +164,43 @@ export class DeviceStates<S, DH, GH> {
     }
   }
 
+  /**
+   * The open keys of group, counted as activity. Throws StateError
+   * "locked" or "wiped" when the device or the group is not unlocked
+   * (the device's idle deadline included).
+   */
+  keys(group: string): GH {
+    this.machine.keys();
+    const g = this.#groups.get(group);
+    if (g === undefined) throw new StateError("locked", { state: "locked", detail: groupScope(group) });
+    return g.keys();
+  }
+
+  /**
+   * Opens group again with the device's keys: after a sync brought it a
+   * slot it lacked (failed, "not-enrolled") or a newer key version.
+   * Resolves when the group is unlocked; rejects with its unlock error, or
+   * StateError "locked" when the device is not unlocked.
+   */
+  async refreshGroup(id: string): Promise<void> {
+    const dk = this.machine.keys();
+    const g = this.group(id);
+    if (g.state === "unlocking") {
+      const to = await new Promise<string>((resolve) => {
+        const off = g.on((c) => {
+          if (c.to !== "unlocking") {
+            off();
+            resolve(c.to);
+          }
+        });
+      });
+      if (to === "unlocked") return;
+      throw g.failure?.cause ?? new StateError(to === "wiped" ? "wiped" : "locked", { detail: groupScope(id) });
+    }
+    g.lock();
+    await g.unlock(dk);
+  }
+
   /** Locks the device and every group, in every tab. */
   lock(): void {
     const was = this.machine.state;
@@ -227,12 +264,12 @@ export class DeviceStates<S, DH, GH> {
   async write<T>(group: string, fn: (keys: GH) => Promise<T>, signal?: AbortSignal): Promise<T> {
     const g = this.#groups.get(group);
     if (g === undefined) throw new StateError("locked", { state: "locked", detail: groupScope(group) });
-    this.#checkFresh(group, g.keys());
+    this.#checkFresh(group, this.keys(group));
     this.touch();
     const locks = this.#locks;
     if (locks === undefined) throw new Error("navigator.locks is not available: writes need the Web Locks API");
     return withGroupWriter(locks, group, async () => {
-      const keys = g.keys();
+      const keys = this.keys(group);
       const have = this.#opts.groupVersion(keys);
       const newest = await this.#opts.versions.newest(group);
       if (newest === undefined) throw new StateError("wiped", { state: g.state, detail: groupScope(group) });
