@@ -170,3 +170,29 @@ test("browser: reload in the middle of an unlock lands in failed (interrupted), 
   await assertNoSecrets(A);
   await assertNoSecrets(B);
 });
+
+test("browser: reload in the middle of a recovery lands in failed (interrupted, recovery); another page's keys then arrive", async () => {
+  await A.evaluate(() => window.t.lock());
+  await until(B, () => window.t.state().device === "locked");
+  // The code opened the keys; the new password is not sealed yet.
+  const mid = await A.evaluate((pw) => window.t.recoverUntilPending(pw), PASSWORD);
+  assert.equal(mid.device, "unlocked");
+  assert.ok(mid.marker && mid.marker.includes('"step":"recovery"') && !mid.marker.includes("correct"), mid.marker);
+  await until(B, () => window.t.state().device === "unlocked");
+  await A.reload();
+  await A.waitForFunction(() => window.ready === true);
+  const s = await A.evaluate((g) => window.t.start(g), GROUPS);
+  assert.equal(s.device, "failed", "the state right after the reload, before any other page answers");
+  assert.equal(s.failure, "interrupted");
+  assert.equal(s.step, "recovery");
+  assert.equal(s.message, "The recovery was interrupted. Please start it again.");
+  assert.equal(s.marker, null);
+  // B is unlocked: its keys reach A, which the app has already told to ask for the new password again.
+  await until(A, () => window.t.state().device === "unlocked");
+  // Finished this time: a reload shows no failure.
+  assert.ok((await A.evaluate(() => window.t.markRecovery())).marker.includes("recovery"));
+  await A.evaluate(() => window.t.endRecovery());
+  assert.equal((await state(A)).marker, null);
+  assert.equal((await load(A)).failure, null);
+  await assertNoSecrets(A);
+});

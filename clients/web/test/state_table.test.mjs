@@ -204,6 +204,45 @@ test("case: reload during unlock lands in failed/interrupted once, then locked",
   assert.equal(marker.get("escrowd.unlocking.device"), null, "no marker outlives its unlock");
 });
 
+test("case: reload in a pending step (recovery) lands in failed/interrupted with the step", async () => {
+  const marker = memoryMarkers();
+  const before = rig({ marker });
+  assert.throws(() => before.m.pending("recovery"), (e) => e.code === "locked");
+  const p = before.m.unlock("AB12-CD34-EF56-GH78");
+  before.calls[0].resolve({ k: 1 });
+  await p;
+  assert.throws(() => before.m.pending("Recovery!"), TypeError);
+  assert.throws(() => before.m.pending(""), TypeError);
+  const done = before.m.pending("recovery");
+  const stored = marker.get("escrowd.unlocking.device");
+  assert.ok(!stored.includes("AB12") && !stored.toLowerCase().includes("ab12"), "no code in the marker");
+  const after = rig({ marker });
+  assert.equal(after.m.state, "failed");
+  assert.equal(after.m.failure.code, "interrupted");
+  assert.equal(after.m.failure.step, "recovery");
+  assert.equal(after.m.failure.message, "The recovery was interrupted. Please start it again.");
+  // Ended: a reload is a plain lock screen.
+  const d2 = before.m.pending("recovery");
+  d2();
+  assert.equal(rig({ marker }).m.state, "locked");
+  // A step ended by a later one's end does not clear the later marker.
+  const d3 = before.m.pending("recovery");
+  done(); // the first, stale, ender
+  assert.notEqual(marker.get("escrowd.unlocking.device"), null);
+  // Leaving unlocked ends the step.
+  before.m.lock();
+  assert.equal(marker.get("escrowd.unlocking.device"), null);
+  d3();
+  // Markers this code did not write are read as a plain interrupted unlock.
+  for (const bad of ["{", "null", '{"step":"<b>x</b>"}', '{"step":7}', '"recovery"']) {
+    marker.set("escrowd.unlocking.device", bad);
+    const m = rig({ marker }).m;
+    assert.equal(m.failure.code, "interrupted", bad);
+    assert.equal(m.failure.step, undefined, bad);
+    assert.equal(m.failure.message, "Unlocking was interrupted. Please unlock again.", bad);
+  }
+});
+
 test("case: a key never derived fails at once with locked, or waits until unlocked", async () => {
   const { m, calls } = rig();
   assert.throws(() => m.keys(), (e) => e instanceof StateError && e.code === "locked" && e.state === "locked");

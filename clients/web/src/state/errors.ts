@@ -48,6 +48,8 @@ export interface Failure {
   readonly message: string;
   /** The original error, for the app's own diagnostics; never posted to other tabs. */
   readonly cause?: unknown;
+  /** For code "interrupted": the step a reload cut off (KeyMachine.pending); absent for an unlock. */
+  readonly step?: string;
 }
 
 export function failureOf(err: unknown): Failure {

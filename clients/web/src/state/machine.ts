@@ -48,6 +48,21 @@ export interface MachineOptions<S, H> {
   readonly drop?: (handle: H) => void;
 }
 
+const STEP = /^[a-z-]{1,32}$/;
+// Tells one pending() marker from the next, so a stale ender leaves a newer step marked.
+let stepSeq = 0;
+
+/** The step named in a marker, if it is one pending() wrote. */
+function stepOf(marker: string): string | undefined {
+  try {
+    const v = JSON.parse(marker) as unknown;
+    const step = typeof v === "object" && v !== null ? (v as { step?: unknown }).step : undefined;
+    return typeof step === "string" && STEP.test(step) ? step : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 interface Attempt {
   readonly ac: AbortController;
 }
@@ -76,12 +91,16 @@ export class KeyMachine<S, H> {
     this.#drop = opts.drop;
     this.#state = opts.initial ?? "locked";
     // A marker left by the previous document of this tab: it reloaded (or
-    // crashed) while unlocking. The secret died with it; say so.
+    // crashed) while unlocking, or in a step marked with pending(). The
+    // secret died with it; say so.
     const key = markerKey(this.scope);
-    if (this.#marker !== null && this.#marker.get(key) !== null) {
-      this.#marker.remove(key);
+    const left = this.#marker?.get(key) ?? null;
+    if (left !== null) {
+      this.#marker?.remove(key);
       if (this.#state === "locked") {
-        this.#failure = failureOf(new StateError("interrupted"));
+        const step = stepOf(left);
+        const f = failureOf(new StateError("interrupted"));
+        this.#failure = step === undefined ? f : { ...f, message: "The " + step + " was interrupted. Please start it again.", step };
         this.#state = next("locked", "interrupted") ?? "failed";
       }
     }
@@ -206,6 +225,25 @@ export class KeyMachine<S, H> {
     });
   }
 
+  /**
+   * Marks a step that must not be half done across a reload (a recovery
+   * between "code accepted" and "new password sealed"). While it is marked,
+   * a reload lands in failed, code "interrupted", with failure.step = step.
+   * The returned function ends the step; leaving unlocked ends it too.
+   * step is a short lowercase name ([a-z-], at most 32 characters); it is
+   * kept in sessionStorage, so it must never carry a secret.
+   */
+  pending(step: string): () => void {
+    if (!STEP.test(step)) throw new TypeError("a step name is [a-z-]{1,32}");
+    this.keys();
+    const key = markerKey(this.scope);
+    const value = JSON.stringify({ since: this.#clock.now(), step, n: ++stepSeq });
+    this.#marker?.set(key, value);
+    return () => {
+      if (this.#marker?.get(key) === value) this.#marker.remove(key);
+    };
+  }
+
   /** Marks activity now: pushes the idle lock back. */
   touch(): void {
     this.#lastActivity = this.#clock.now();
@@ -250,6 +288,7 @@ export class KeyMachine<S, H> {
       a?.ac.abort();
     }
     if (from === "unlocked") {
+      this.#marker?.remove(markerKey(this.scope));
       this.#stopIdle();
       const h = this.#handle;
       this.#handle = undefined;

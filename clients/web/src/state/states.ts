@@ -201,6 +201,11 @@ export class DeviceStates<S, DH, GH> {
     await g.unlock(dk);
   }
 
+  /** KeyMachine.pending on the device machine: a step a reload must not leave half done. */
+  pending(step: string): () => void {
+    return this.machine.pending(step);
+  }
+
   /** Locks the device and every group, in every tab. */
   lock(): void {
     const was = this.machine.state;

@@ -65,6 +65,7 @@ const coded = (code: string, message: string) => Object.assign(new Error(message
 
 const events: string[] = [];
 let device: DeviceStates<string, DeviceKeys, GroupKeys>;
+let endRecovery: (() => void) | undefined;
 let hold: Promise<void> | undefined; // when set, the unlock work waits on it (to reload in the middle)
 const codeOf = (e: unknown) => (e as Partial<StateError>).code ?? String(e);
 
@@ -132,7 +133,8 @@ const t = {
   state() {
     const groups: Record<string, string> = {};
     for (const g of device.groups()) groups[g] = device.group(g).state;
-    return { device: device.state, failure: device.machine.failure?.code ?? null, message: device.machine.failure?.message ?? null, groups,
+    const f = device.machine.failure;
+    return { device: device.state, failure: f?.code ?? null, message: f?.message ?? null, step: f?.step ?? null, groups,
       marker: sessionStorage.getItem("escrowd.unlocking.device") };
   },
   async unlock(password: string) {
@@ -149,6 +151,16 @@ const t = {
     device.unlock(password).catch(() => {});
     return device.state;
   },
+  /** A recovery stand-in: the code opens the keys, then the new password is pending until done() is called. */
+  async recoverUntilPending(password: string) {
+    await device.unlock(password);
+    return t.markRecovery();
+  },
+  markRecovery() {
+    endRecovery = device.pending("recovery");
+    return t.state();
+  },
+  endRecovery: () => endRecovery?.(),
   lock: () => device.lock(),
   logout: () => device.logout(),
   /** The group's counter, read with this tab's group keys (posted by another tab or its own). */
