@@ -101,6 +101,15 @@ export async function settle(rounds = 10) {
   for (let i = 0; i < rounds; i++) await new Promise((r) => setTimeout(r, 0));
 }
 
+/** Waits until pred() holds, polling; fails after ms. For waits on real asynchronous work (WebCrypto), whose time a fixed number of rounds cannot bound. */
+export async function waitFor(pred, ms = 5000, what = "condition") {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error("timed out waiting for " + what);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
 /** A promise with its resolve and reject functions. */
 export function deferred() {
   let resolve, reject;

@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { loadState } from "../scripts/load-state.mjs";
-import { FakeLocks, ManualClock, bus, deferred, settle } from "./fakes.mjs";
+import { FakeLocks, ManualClock, bus, deferred, settle, waitFor } from "./fakes.mjs";
 
 const { DeviceStates, StateError, memoryMarkers, assertShareable } = await loadState();
 
@@ -165,6 +165,7 @@ test("tabs: an asynchronous codec posts non-extractable keys, not after a lock",
   const o = origin();
   o.versions.set("a", 1);
   const gate = deferred();
+  let cWired = false;
   const mk = (extra) => new DeviceStates({
     unlock: async () => ({ n: 1 }),
     openGroup: async () => ({ v: 1 }),
@@ -177,7 +178,9 @@ test("tabs: an asynchronous codec posts non-extractable keys, not after a lock",
     share: { device: {
       toWire: async (h) => {
         await extra?.();
-        return { n: h.n, key: await crypto.subtle.generateKey({ name: "AES-GCM", length: 128 }, false, ["encrypt"]) };
+        const key = await crypto.subtle.generateKey({ name: "AES-GCM", length: 128 }, false, ["encrypt"]);
+        if (extra) cWired = true;
+        return { n: h.n, key };
       },
       fromWire: (w) => {
         assert.equal(w.key.extractable, false);
@@ -188,18 +191,18 @@ test("tabs: an asynchronous codec posts non-extractable keys, not after a lock",
   const A = mk();
   const B = mk();
   await A.unlock("x");
-  await settle();
-  assert.equal(B.state, "unlocked");
+  await waitFor(() => B.state === "unlocked", 5000, "B to adopt A's keys");
   assert.equal(B.machine.keys().key.type, "secret");
   // A slow codec whose tab locks before it settles posts nothing.
-  const C = mk(() => gate.promise);
   A.lock();
+  await waitFor(() => B.state === "locked", 5000, "B to lock");
+  const C = mk(() => gate.promise); // created once every tab is locked: its hello gets no keys
   await settle();
-  assert.equal(B.state, "locked");
   const before = o.bus.sent.length;
   await C.unlock("x");
   C.lock();
   gate.resolve();
+  await waitFor(() => cWired, 5000, "C's codec to settle");
   await settle();
   assert.equal(o.bus.sent.slice(before).filter((m) => m.t === "unlocked").length, 0);
   for (const d of [A, B, C]) d.close();
