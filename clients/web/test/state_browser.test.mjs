@@ -56,10 +56,10 @@ after(async () => {
 });
 
 /** Loads the page in p and starts its DeviceStates. */
-async function load(p) {
+async function load(p, idleMs = 0) {
   await p.goto(base);
   await p.waitForFunction(() => window.ready === true);
-  return p.evaluate((g) => window.t.start(g), GROUPS);
+  return p.evaluate(([g, ms]) => window.t.start(g, ms), [GROUPS, idleMs]);
 }
 const state = (p) => p.evaluate(() => window.t.state());
 const until = (p, fn, arg) => p.waitForFunction(fn, arg, { timeout: 10_000 });
@@ -195,4 +195,30 @@ test("browser: reload in the middle of a recovery lands in failed (interrupted, 
   assert.equal((await state(A)).marker, null);
   assert.equal((await load(A)).failure, null);
   await assertNoSecrets(A);
+});
+
+test("browser: the idle lock counts activity in either page and then locks both", async () => {
+  const IDLE = 2000;
+  await A.evaluate(() => window.t.lock());
+  await until(B, () => window.t.state().device === "locked");
+  await load(A, IDLE);
+  await load(B, IDLE);
+  assert.deepEqual(await A.evaluate((pw) => window.t.unlock(pw), PASSWORD), { ok: true });
+  await until(B, () => window.t.state().device === "unlocked");
+  // The user works in B only, for longer than the idle time: A stays open.
+  const t0 = Date.now();
+  while (Date.now() - t0 < IDLE * 1.5) {
+    await B.evaluate(() => window.t.touch());
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.equal((await state(A)).device, "unlocked", "B's activity kept A open");
+  // Then nobody does anything: both lock, A by its timer, B by its own.
+  const t1 = Date.now();
+  await until(A, () => window.t.state().device === "locked");
+  await until(B, () => window.t.state().device === "locked");
+  const waited = Date.now() - t1;
+  assert.ok(waited >= IDLE * 0.5, "locked after " + waited + " ms, not at once");
+  assert.deepEqual(pick(await state(A)), all("locked", "locked"));
+  const ev = await A.evaluate(() => window.t.events);
+  assert.ok(ev.includes("device unlocked idle locked local") || ev.includes("device unlocked remote-lock locked remote"), ev.join("\n"));
 });

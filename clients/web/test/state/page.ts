@@ -82,10 +82,11 @@ const t = {
       await put("records", "counter:" + g, await seal(await aesFrom(root, "group:" + g + ":v1"), g, 0));
     }
   },
-  async start(groups: string[]) {
+  async start(groups: string[], idleMs = 0) {
     const enrolled = (await get("meta", "salt")) !== undefined;
     device = new DeviceStates<string, DeviceKeys, GroupKeys>({
       initial: enrolled ? "locked" : "wiped",
+      idleMs,
       unlock: async (password, signal) => {
         if (hold) await hold;
         const salt = await get<Uint8Array<ArrayBuffer>>("meta", "salt");
@@ -162,6 +163,7 @@ const t = {
   },
   endRecovery: () => endRecovery?.(),
   lock: () => device.lock(),
+  touch: () => device.touch(),
   logout: () => device.logout(),
   /** The group's counter, read with this tab's group keys (posted by another tab or its own). */
   async read(g: string) {
