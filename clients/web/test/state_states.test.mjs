@@ -464,3 +464,18 @@ test("past the idle deadline no key is handed out, even before the timer fires",
   await assert.rejects(d.write("a", async () => assert.fail("wrote")), (e) => e.code === "locked");
   d.close();
 });
+
+test("answering another tab's hello is not activity: it does not keep this tab open", async () => {
+  const o = origin();
+  const clock = new ManualClock();
+  const A = tab(o, { clock, idleMs: 60_000 });
+  await A.unlock("pw");
+  clock.advance(50_000);
+  const B = tab(o, { clock, idleMs: 60_000 });
+  await settle();
+  assert.equal(B.state, "unlocked", "B got A's keys");
+  clock.advance(10_000);
+  assert.equal(A.state, "locked", "A locked on time despite answering B");
+  A.close();
+  B.close();
+});

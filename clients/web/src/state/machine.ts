@@ -200,6 +200,17 @@ export class KeyMachine<S, H> {
     return this.#handle;
   }
 
+  /**
+   * The handle while unlocked, else undefined, without counting as
+   * activity: for the machinery (posting keys to a new tab must not keep
+   * this one open). Past the idle deadline it is undefined.
+   */
+  held(): H | undefined {
+    if (this.#state !== "unlocked") return undefined;
+    if (this.#idleMs > 0 && this.#clock.now() - this.#lastActivity >= this.#idleMs) return undefined;
+    return this.#handle;
+  }
+
   /** Waits until unlocked; rejects on wiped or when signal fires. */
   whenUnlocked(signal?: AbortSignal): Promise<H> {
     if (this.#state === "unlocked" && this.#handle !== undefined) return Promise.resolve(this.#handle);

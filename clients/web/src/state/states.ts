@@ -326,15 +326,17 @@ export class DeviceStates<S, DH, GH> {
     this.#known.set(group, version);
     this.#emit({ type: "version", group, version, origin });
     const g = this.#groups.get(group);
-    if (g?.state === "unlocked" && this.#opts.groupVersion(g.keys()) < version) this.#reopen(group);
+    const keys = g?.held();
+    if (keys !== undefined && this.#opts.groupVersion(keys) < version) this.#reopen(group);
   }
 
   /** Opens group with the device's keys; its failure shows in its state. */
   #open(id: string): void {
     const g = this.#groups.get(id);
     if (g === undefined || this.machine.state !== "unlocked") return;
-    if (g.state !== "locked" && g.state !== "failed") return;
-    g.unlock(this.machine.keys()).catch(() => {});
+    const dk = this.machine.held();
+    if (dk === undefined || (g.state !== "locked" && g.state !== "failed")) return;
+    g.unlock(dk).catch(() => {});
   }
 
   /** Drops a group's keys and opens it again, to reach its newest version. */
@@ -384,10 +386,10 @@ export class DeviceStates<S, DH, GH> {
    * posted only if the scope is still unlocked when it settles.
    */
   #postUnlocked<X, H>(scope: string, codec: HandleCodec<H> | undefined, m: KeyMachine<X, H>): void {
-    if (codec === undefined || m.state !== "unlocked") return;
-    const handle = m.keys();
+    const handle = m.held();
+    if (codec === undefined || handle === undefined) return;
     void Promise.resolve(codec.toWire(handle)).then((keys) => {
-      if (m.state !== "unlocked" || m.keys() !== handle) return;
+      if (m.held() !== handle) return;
       assertShareable(keys);
       this.#post({ t: "unlocked", scope, keys });
     }).catch((err: unknown) => {
