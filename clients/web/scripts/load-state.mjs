@@ -23,12 +23,13 @@ export async function bundle(entry, platform = "neutral") {
   return r.outputFiles[0].text;
 }
 
-export async function loadState() {
+/** Imports entry (default: the state module's index) bundled for Node. */
+export async function loadState(entry = "src/state/index.ts") {
   const dir = await mkdtemp(join(tmpdir(), "escrowd-state-"));
   try {
     const file = join(dir, "state.mjs");
     const { writeFile } = await import("node:fs/promises");
-    await writeFile(file, await bundle("src/state/index.ts"));
+    await writeFile(file, await bundle(entry));
     return await import(pathToFileURL(file).href);
   } finally {
     await rm(dir, { recursive: true, force: true });
