@@ -1,7 +1,7 @@
 // Command syncbackend is escrowd's reference sync backend: the part a team
 // writes between its devices and escrowd. See README.md.
 //
-//	syncbackend -escrowd 127.0.0.1:8443 -ca ca.crt -cert sync-backend.crt -key sync-backend.key
+//	syncbackend -escrowd 127.0.0.1:7420 -ca ca.crt -cert sync-backend.crt -key sync-backend.key
 //
 // The PostgreSQL store is chosen by SYNCBACKEND_POSTGRES_URL (the URL may
 // hold a password, so it is never a flag); without it the backend keeps
@@ -37,7 +37,7 @@ func run() error {
 	listen := flag.String("listen", "127.0.0.1:8080", "address of the device API (put TLS in front of it)")
 	metricsListen := flag.String("metrics-listen", "", "address of the Prometheus metrics endpoint (none if empty)")
 	storePath := flag.String("store", "syncbackend.db", "the bbolt file, unless SYNCBACKEND_POSTGRES_URL is set")
-	addr := flag.String("escrowd", "127.0.0.1:8443", "escrowd's gRPC address")
+	addr := flag.String("escrowd", "127.0.0.1:7420", "escrowd's gRPC address")
 	ca := flag.String("ca", "ca.crt", "the CA that signed escrowd's certificate")
 	cert := flag.String("cert", "sync-backend.crt", "the sync-backend identity's client certificate")
 	key := flag.String("key", "sync-backend.key", "its private key")

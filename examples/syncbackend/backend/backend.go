@@ -43,6 +43,9 @@ type Config struct {
 	// EventsEvery how often the event feed is read (default 10 s).
 	CycleEvery  time.Duration
 	EventsEvery time.Duration
+	// BatchSize is the most items of one BatchRewrap call (default and
+	// at most MaxBatch).
+	BatchSize int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -75,6 +78,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.EventsEvery <= 0 {
 		cfg.EventsEvery = 10 * time.Second
+	}
+	if cfg.BatchSize <= 0 || cfg.BatchSize > MaxBatch {
+		cfg.BatchSize = MaxBatch
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

@@ -19,7 +19,7 @@ type CycleReport struct {
 // Cycle runs the cycle job once over every group: the re-wraps that a
 // join left undone, the escrow slots whose escrow key has a newer version,
 // and the unlock epochs still owed. Re-wraps go to escrowd in batches of up
-// to MaxBatch items (BatchRewrap); a lone escrow re-seal goes through
+// to Config.BatchSize items (BatchRewrap); a lone escrow re-seal goes through
 // RewrapToEscrow, which names the version it sealed to.
 func (s *Server) Cycle(ctx context.Context) (CycleReport, error) {
 	start := time.Now()
@@ -57,7 +57,7 @@ func (s *Server) Cycle(ctx context.Context) (CycleReport, error) {
 			}
 			for _, w := range ws {
 				pending = append(pending, w)
-				if len(pending) == MaxBatch {
+				if len(pending) == s.cfg.BatchSize {
 					flush()
 				}
 			}
