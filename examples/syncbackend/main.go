@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -33,6 +34,16 @@ func main() {
 	}
 }
 
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 func run() error {
 	listen := flag.String("listen", "127.0.0.1:8080", "address of the device API (put TLS in front of it)")
 	metricsListen := flag.String("metrics-listen", "", "address of the Prometheus metrics endpoint (none if empty)")
@@ -44,6 +55,7 @@ func run() error {
 	cycle := flag.Duration("cycle", 15*time.Minute, "how often the cycle job runs")
 	events := flag.Duration("events", 10*time.Second, "how often escrowd's event feed is read")
 	window := flag.Duration("window", 2*time.Minute, "how far a signed request's time may be from this clock")
+	origins := flag.String("allow-origins", "", "comma-separated web origins whose pages may call the API (CORS)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", flag.Arg(0))
@@ -72,7 +84,8 @@ func run() error {
 		return err
 	}
 	defer esc.Close()
-	srv, err := backend.New(backend.Config{Store: st, Escrowd: esc, Log: log, Window: *window, CycleEvery: *cycle, EventsEvery: *events})
+	srv, err := backend.New(backend.Config{Store: st, Escrowd: esc, Log: log, Window: *window, CycleEvery: *cycle, EventsEvery: *events,
+		AllowOrigins: splitList(*origins)})
 	if err != nil {
 		return err
 	}

@@ -46,6 +46,9 @@ type Config struct {
 	// BatchSize is the most items of one BatchRewrap call (default and
 	// at most MaxBatch).
 	BatchSize int
+	// AllowOrigins are the web origins (scheme://host:port) whose pages
+	// may call the API from a browser (CORS); none by default.
+	AllowOrigins []string
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }

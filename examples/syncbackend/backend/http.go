@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/escrowd/escrowd/examples/syncbackend/auth"
@@ -49,7 +51,30 @@ func (s *Server) Handler() http.Handler {
 	route("PUT /v1/groups/{group}/records/{id}", s.authed(s.handlePutRecord))
 	route("POST /v1/groups/{group}/codes/consumed", s.authed(s.handleConsumed))
 	route("GET /v1/notifications", s.authed(s.handleNotifications))
-	return mux
+	return s.cors(mux)
+}
+
+// cors lets the pages of the configured origins call the API. Requests
+// are authenticated by their signature, never by cookies, so no
+// credentials are allowed.
+func (s *Server) cors(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		if origin == "" || !slices.Contains(s.cfg.AllowOrigins, origin) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Access-Control-Allow-Origin", origin)
+		w.Header().Add("Vary", "Origin")
+		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			w.Header().Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
+			w.Header().Set("Access-Control-Allow-Headers", strings.Join([]string{"Content-Type", auth.HeaderDevice, auth.HeaderTime, auth.HeaderNonce, auth.HeaderSignature}, ", "))
+			w.Header().Set("Access-Control-Max-Age", "600")
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 type statusWriter struct {

@@ -74,14 +74,16 @@ type apiTest struct {
 	now time.Time
 }
 
-func newAPITest(t *testing.T) *apiTest {
+func newAPITest(t *testing.T) *apiTest { return newAPITestWith(t, nil) }
+
+func newAPITestWith(t *testing.T, origins []string) *apiTest {
 	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "sync.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
 	a := &apiTest{t: t, now: time.Unix(1_800_000_000, 0)}
-	a.srv, err = New(Config{Store: st, Escrowd: &fakeEscrowd{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return a.now }})
+	a.srv, err = New(Config{Store: st, Escrowd: &fakeEscrowd{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return a.now }, AllowOrigins: origins})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,5 +242,28 @@ func TestErrors(t *testing.T) {
 	code, eb := a.send(ann, "PUT", "/v1/groups/ann-notes/bundle", `{"version":9,"bundle":"e30="}`, a.now, nil)
 	if code != 409 || eb.Current == nil || *eb.Current != 1 {
 		t.Fatalf("conflict body: %+v", eb)
+	}
+}
+
+func TestCORS(t *testing.T) {
+	a := newAPITestWith(t, []string{"http://127.0.0.1:5173"})
+	preflight := func(origin string) *http.Response {
+		req, _ := http.NewRequest("OPTIONS", a.hs.URL+"/v1/groups", nil)
+		req.Header.Set("Origin", origin)
+		req.Header.Set("Access-Control-Request-Method", "POST")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	resp := preflight("http://127.0.0.1:5173")
+	if resp.StatusCode != 204 || resp.Header.Get("Access-Control-Allow-Origin") != "http://127.0.0.1:5173" ||
+		!strings.Contains(resp.Header.Get("Access-Control-Allow-Headers"), auth.HeaderSignature) || resp.Header.Get("Access-Control-Allow-Credentials") != "" {
+		t.Fatalf("preflight from the allowed origin: %d %v", resp.StatusCode, resp.Header)
+	}
+	if resp := preflight("http://evil.example"); resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatalf("preflight from another origin allowed: %v", resp.Header)
 	}
 }
