@@ -2,11 +2,14 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
@@ -30,6 +34,8 @@ import (
 	"github.com/escrowd/escrowd/examples/syncbackend/backend"
 	"github.com/escrowd/escrowd/examples/syncbackend/grpcescrowd"
 	"github.com/escrowd/escrowd/examples/syncbackend/store"
+	"github.com/escrowd/escrowd/examples/syncbackend/store/postgres"
+	"github.com/escrowd/escrowd/internal/pgtest"
 )
 
 // syncDevice is a device of the reference sync backend, driven in Go with
@@ -271,7 +277,59 @@ func counter(t *testing.T, g prometheus.Gatherer, name string, labels map[string
 // leaving (rotation), a code revealed by support and used (new epoch, and
 // a notification), and the cycle job re-sealing escrow slots after escrow
 // key rotations, through RewrapToEscrow and BatchRewrap.
+//
+// It runs once on each of the backend's stores; after each run the store's
+// contents hold none of the notes, passwords or codes in clear.
 func TestSyncBackend(t *testing.T) {
+	t.Run("bolt", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "sync.db")
+		st, err := store.OpenBolt(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		runSyncBackend(t, st, func() []byte {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		url := pgtest.New(t)
+		st, err := postgres.Open(context.Background(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		runSyncBackend(t, st, func() []byte { return dumpPostgres(t, url) })
+	})
+}
+
+// dumpPostgres returns every row of the backend's tables as text.
+func dumpPostgres(t *testing.T, url string) []byte {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var out []byte
+	for _, table := range []string{"accounts", "devices", "nonces", "groups", "members", "records", "notifications", "feed_cursor"} {
+		var text string
+		if err := conn.QueryRow(context.Background(), "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM "+table+" t").Scan(&text); err != nil {
+			t.Fatal(err)
+		}
+		if table == "records" && !strings.Contains(text, "note-1") {
+			t.Fatalf("the dump of records does not hold them: %.200s", text)
+		}
+		out = append(out, text...)
+	}
+	return out
+}
+
+func runSyncBackend(t *testing.T, st store.Store, dump func() []byte) {
 	s := newStack(t, vaultSrv)
 	ctx := ctxT(t)
 	esc, err := grpcescrowd.Dial(s.addr, filepath.Join(pki.dir, "ca.crt"), filepath.Join(pki.dir, "sync-backend.crt"), filepath.Join(pki.dir, "sync-backend.key"))
@@ -279,12 +337,6 @@ func TestSyncBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { esc.Close() })
-	dbPath := filepath.Join(t.TempDir(), "sync.db")
-	st, err := store.OpenBolt(dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
 	srv, err := backend.New(backend.Config{Store: st, Escrowd: esc, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -607,13 +659,12 @@ func TestSyncBackend(t *testing.T) {
 	}
 
 	// The backend's database holds no note, password or code in clear.
-	db, err := os.ReadFile(dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := dump()
 	for _, secret := range []string{"buy milk", "from bob", "after bob", password, "bob's password", rv.GetCode(), strings.ReplaceAll(rv.GetCode(), "-", "")} {
-		if bytes.Contains(db, []byte(secret)) {
-			t.Errorf("the backend's database holds %q", secret)
+		for _, form := range []string{secret, hex.EncodeToString([]byte(secret)), base64.StdEncoding.EncodeToString([]byte(secret))} {
+			if bytes.Contains(db, []byte(form)) {
+				t.Errorf("the backend's database holds %q", secret)
+			}
 		}
 	}
 }

@@ -91,8 +91,15 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, st: cfg.Store, esc: cfg.Escrowd, log: cfg.Log, metrics: newMetrics()}, nil
 }
 
-// Run runs the cycle job and the event reader until ctx ends.
+// Run runs the cycle job and the event reader until ctx ends, each once
+// at the start.
 func (s *Server) Run(ctx context.Context) {
+	if _, err := s.PollEvents(ctx); err != nil {
+		s.log.Error("event feed", "err", err)
+	}
+	if _, err := s.Cycle(ctx); err != nil {
+		s.log.Error("cycle", "err", err)
+	}
 	cycle := time.NewTicker(s.cfg.CycleEvery)
 	defer cycle.Stop()
 	events := time.NewTicker(s.cfg.EventsEvery)

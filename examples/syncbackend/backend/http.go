@@ -255,13 +255,8 @@ func (s *Server) handleEnrolDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.enrolDevice(r.Context(), req); err != nil {
-		if errors.Is(err, ErrEscrowdUnavailable) {
-			// Enrolled; the cycle job will add its slots.
-			s.log.Warn("device enrolled, its slots left to the cycle", "device", req.Device.ID, "err", err)
-		} else {
-			s.fail(w, r, err)
-			return
-		}
+		s.fail(w, r, err)
+		return
 	}
 	writeJSON(w, http.StatusCreated, map[string]string{"account": req.Account, "device": req.Device.ID})
 }

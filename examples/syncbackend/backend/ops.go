@@ -37,7 +37,12 @@ func (s *Server) enrolDevice(ctx context.Context, r enrolDevice) error {
 	if err := s.st.AddDevice(ctx, d); err != nil {
 		return err
 	}
-	return s.reconcileAccount(ctx, r.Account)
+	// The device is enrolled; slots that escrowd could not make now are
+	// the cycle job's.
+	if err := s.reconcileAccount(ctx, r.Account); err != nil {
+		s.log.Warn("device enrolled, some of its slots left to the cycle job", "device", d.ID, "err", err)
+	}
+	return nil
 }
 
 func (s *Server) reconcileAccount(ctx context.Context, account string) error {
