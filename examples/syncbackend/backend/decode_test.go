@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -180,4 +181,50 @@ func FuzzDecodePutRecord(f *testing.F) {
 
 func FuzzDecodeConsumed(f *testing.F) {
 	fuzzDecoder(f, func(b []byte) error { _, err := decodeConsumed(b); return err }, `{"epoch":1,"index":0}`)
+}
+
+func TestParseID(t *testing.T) {
+	for in, ok := range map[string]bool{"note-1": true, "": false, "a b": false, "a\x00": false, strings.Repeat("x", 128): true, strings.Repeat("x", 129): false, "é": false} {
+		if _, err := parseID("record", in); (err == nil) != ok || err != nil && !errors.Is(err, ErrBadRequest) {
+			t.Errorf("parseID(%q): %v", in, err)
+		}
+	}
+}
+
+func FuzzParseAfter(f *testing.F) {
+	for _, s := range []string{"", "0", "17", "-1", "1e3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := parseAfter(s)
+		if err != nil {
+			if !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("error outside ErrBadRequest: %v", err)
+			}
+			return
+		}
+		if s != "" && strconv.FormatUint(n, 10) != s {
+			t.Fatalf("%q read as %d", s, n)
+		}
+	})
+}
+
+func FuzzParseID(f *testing.F) {
+	for _, s := range []string{"note-1", "", "a b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		id, err := parseID("id", s)
+		if err != nil {
+			if !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("error outside ErrBadRequest: %v", err)
+			}
+			return
+		}
+		for _, c := range []byte(id) {
+			if c < 0x21 || c > 0x7e {
+				t.Fatalf("accepted %q", id)
+			}
+		}
+	})
 }
