@@ -90,7 +90,10 @@ func run() error {
 		return err
 	}
 
-	api := &http.Server{Addr: *listen, Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	// A request may wait on escrowd (a rotation re-wraps to every device
+	// of the group), hence the generous write timeout.
+	api := &http.Server{Addr: *listen, Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 2)
 	go func() { errc <- api.ListenAndServe() }()
 	var ms *http.Server
@@ -98,7 +101,11 @@ func run() error {
 		ms = &http.Server{Addr: *metricsListen, Handler: srv.Metrics(), ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- ms.ListenAndServe() }()
 	}
-	go srv.Run(ctx)
+	jobs := make(chan struct{})
+	go func() {
+		defer close(jobs)
+		srv.Run(ctx)
+	}()
 	log.Info("serving", "api", *listen, "metrics", *metricsListen, "escrowd", *addr, "cycle", *cycle)
 
 	select {
@@ -113,5 +120,8 @@ func run() error {
 	if ms != nil {
 		_ = ms.Shutdown(sctx)
 	}
-	return api.Shutdown(sctx)
+	err = api.Shutdown(sctx)
+	stop()
+	<-jobs // the store closes after the cycle job and the event reader stop
+	return err
 }
