@@ -6,9 +6,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -172,4 +174,38 @@ func FuzzParsePublicKey(f *testing.F) {
 			t.Fatal("accepted another curve")
 		}
 	})
+}
+
+// TestWebCryptoVector verifies a request signed by WebCrypto (Node's, by
+// testdata/webcrypto.mjs): what a browser device sends, the backend
+// accepts, and a changed body it refuses.
+func TestWebCryptoVector(t *testing.T) {
+	b, err := os.ReadFile("testdata/webcrypto.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		SignKey []byte            `json:"sign_key"`
+		Method  string            `json:"method"`
+		URI     string            `json:"uri"`
+		Body    string            `json:"body"`
+		Headers map[string]string `json:"headers"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	h := http.Header{}
+	for k, val := range v.Headers {
+		h.Set(k, val)
+	}
+	got, err := ParseHeaders(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Verify(v.SignKey, Message(v.Method, v.URI, got.Device, got.Time, got.Nonce, []byte(v.Body)), got.Signature); err != nil {
+		t.Fatalf("WebCrypto's signature: %v", err)
+	}
+	if err := Verify(v.SignKey, Message(v.Method, v.URI, got.Device, got.Time, got.Nonce, []byte(v.Body+" ")), got.Signature); !errors.Is(err, ErrSignature) {
+		t.Fatalf("WebCrypto's signature over another body: %v", err)
+	}
 }
