@@ -198,7 +198,7 @@ func (s *Server) missing(ctx context.Context, g *store.Group) ([]work, error) {
 			}
 		}
 	}
-	if es.KeyVersion < g.EscrowKeyVersion {
+	if es.KeyVersion < g.EscrowKeyVersion || g.Reseal {
 		out = append(out, work{group: g.ID, slot: raw})
 	}
 	return out, nil

@@ -56,6 +56,7 @@ func addSlots(g *store.Group, b *bundle.Bundle, raws [][]byte) error {
 				return o.Kind == bundle.KindEscrow && o.GDKVersion == s.GDKVersion && o.KeyVersion < s.KeyVersion
 			})
 			g.EscrowKeyVersion = max(g.EscrowKeyVersion, s.KeyVersion)
+			g.Reseal = false
 		case bundle.KindUnlock:
 			b.Slots = slices.DeleteFunc(b.Slots, func(o bundle.Slot) bool {
 				return o.Kind == bundle.KindUnlock && o.ID == s.ID && o.Unlock.Epoch < s.Unlock.Epoch

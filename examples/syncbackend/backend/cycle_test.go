@@ -279,6 +279,9 @@ func counterValue(t *testing.T, srv *Server, name, label string) float64 {
 	for _, mf := range mfs {
 		if mf.GetName() == name {
 			for _, m := range mf.GetMetric() {
+				if label == "" {
+					return m.GetCounter().GetValue()
+				}
 				for _, l := range m.GetLabel() {
 					if l.GetValue() == label {
 						return m.GetCounter().GetValue()
@@ -326,5 +329,49 @@ func TestConcurrentWrites(t *testing.T) {
 	g, _ := srv.st.Group(ctx, group)
 	if g.Version != before.Version+4 {
 		t.Fatalf("group version %d after 4 writes from %d", g.Version, before.Version)
+	}
+}
+
+// lossyFeed is a feed whose events were pruned before they were read.
+type lossyFeed struct {
+	*slotEscrowd
+	missed uint64
+}
+
+func (f *lossyFeed) ListEvents(_ context.Context, after uint64, _ int) (EventPage, error) {
+	if after >= 10 {
+		return EventPage{Next: after, Last: 10}, nil
+	}
+	return EventPage{Next: 10, Missed: f.missed, Last: 10}, nil
+}
+
+// TestMissedEvents: when escrowd pruned events the backend never read, a
+// key rotation may have gone unseen, so the next cycle re-seals every
+// group's escrow slot to the newest key.
+func TestMissedEvents(t *testing.T) {
+	srv, esc, group := newCycleTest(t, 1)
+	ctx := context.Background()
+	if _, err := srv.Cycle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	esc.rotate(group) // the key_rotated event is among the lost ones
+	srv.esc = &lossyFeed{slotEscrowd: esc, missed: 3}
+	if _, err := srv.PollEvents(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := srv.Cycle(ctx)
+	if err != nil || rep.Resealed != 1 {
+		t.Fatalf("cycle after lost events: %+v, %v", rep, err)
+	}
+	g, _ := srv.st.Group(ctx, group)
+	b, _ := bundle.Parse(g.Bundle)
+	if es, _, err := escrowSlot(b, 1); err != nil || es.KeyVersion != 2 || g.EscrowKeyVersion != 2 || g.Reseal {
+		t.Fatalf("after the re-seal: slot %+v, group at %d, reseal %v, %v", es, g.EscrowKeyVersion, g.Reseal, err)
+	}
+	if rep, err := srv.Cycle(ctx); err != nil || rep.Resealed != 0 {
+		t.Fatalf("the next cycle: %+v, %v", rep, err)
+	}
+	if got := counterValue(t, srv, "syncbackend_events_missed_total", ""); got != 3 {
+		t.Fatalf("missed events metric %v", got)
 	}
 }

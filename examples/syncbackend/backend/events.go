@@ -29,7 +29,12 @@ func (s *Server) PollEvents(ctx context.Context) (int, error) {
 		}
 		if p.Missed > 0 {
 			s.metrics.eventsMissed.Add(float64(p.Missed))
-			s.log.Warn("escrowd pruned events before they were read", "missed", p.Missed, "after", after)
+			s.log.Warn("escrowd pruned events before they were read: every escrow slot will be re-sealed", "missed", p.Missed, "after", after)
+			// A lost key_rotated event would leave a group's escrow slot
+			// on an old key version for good: re-seal every group once.
+			if err := s.resealAll(ctx); err != nil {
+				return n, err
+			}
 		}
 		var notes []store.Notification
 		for _, e := range p.Events {
@@ -66,5 +71,24 @@ func (s *Server) PollEvents(ctx context.Context) (int, error) {
 		if len(p.Events) == 0 || p.Next >= p.Last {
 			return n, nil
 		}
+	}
+}
+
+// resealAll marks every group for a re-seal by the next cycle.
+func (s *Server) resealAll(ctx context.Context) error {
+	for after := ""; ; {
+		ids, err := s.st.Groups(ctx, after, 100)
+		if err != nil || len(ids) == 0 {
+			return err
+		}
+		for _, id := range ids {
+			if _, err := s.mutate(ctx, id, func(g *store.Group) error {
+				g.Reseal = g.Bundle != nil
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		after = ids[len(ids)-1]
 	}
 }

@@ -84,6 +84,10 @@ type Group struct {
 	EscrowKey        []byte
 	EscrowSuite      string
 	EscrowKeyVersion uint32
+	// Reseal asks the cycle job to re-seal the escrow slot to the newest
+	// escrow key whatever version the backend knows: set when events
+	// were lost, so a key rotation may have gone unseen.
+	Reseal bool
 	// Epochs are the unlock-code epochs issued, by user.
 	Epochs map[string]uint32
 	// NeedEpoch are users who reported a consumed code and wait for a
