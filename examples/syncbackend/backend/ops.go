@@ -234,7 +234,8 @@ func (s *Server) removeMember(ctx context.Context, dev store.Device, group, acco
 	}
 	return s.mutate(ctx, group, func(g *store.Group) error {
 		if g.GDKVersion != req.OldGDKVersion {
-			return fmt.Errorf("%w: the group rotated meanwhile", store.ErrConflict)
+			// Another replica rotated meanwhile: its bundle stands.
+			return &store.ConflictError{Current: g.Version}
 		}
 		old, err := bundle.Parse(g.Bundle)
 		if err != nil {
