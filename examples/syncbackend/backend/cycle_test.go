@@ -375,3 +375,65 @@ func TestMissedEvents(t *testing.T) {
 		t.Fatalf("missed events metric %v", got)
 	}
 }
+
+// markEscrowd answers MarkUnlockCodeConsumed with err.
+type markEscrowd struct {
+	*slotEscrowd
+	err error
+}
+
+func (m *markEscrowd) MarkUnlockCodeConsumed(context.Context, string, string, uint32, uint32) error {
+	return m.err
+}
+
+// TestCodeConsumed: what a consumed-code report does, by what escrowd
+// answers when the code is marked.
+func TestCodeConsumed(t *testing.T) {
+	srv, esc, group := newCycleTest(t, 1)
+	ctx := context.Background()
+	if _, err := srv.Cycle(ctx); err != nil { // ann's first epoch
+		t.Fatal(err)
+	}
+	dev, _ := srv.st.Device(ctx, "d0")
+	epoch := func() uint32 {
+		g, _ := srv.st.Group(ctx, group)
+		return g.Epochs["ann"]
+	}
+	for _, tc := range []struct {
+		name      string
+		mark      error
+		report    consumed
+		want      error
+		epochNext uint32
+	}{
+		{"escrowd down: nothing recorded, try again", ErrEscrowdUnavailable, consumed{1, 0}, ErrEscrowdUnavailable, 1},
+		{"an epoch never issued", nil, consumed{2, 0}, ErrBadRequest, 1},
+		{"marked: a new epoch", nil, consumed{1, 0}, nil, 2},
+		{"a code of an older epoch: recorded, no new epoch", nil, consumed{1, 1}, nil, 2},
+		{"escrowd refuses (never revealed): a new epoch anyway", ErrEscrowdRefused, consumed{2, 1}, nil, 3},
+	} {
+		srv.esc = &markEscrowd{slotEscrowd: esc, err: tc.mark}
+		before, _ := srv.st.Group(ctx, group)
+		_, err := srv.codeConsumed(ctx, dev, group, tc.report)
+		if !errors.Is(err, tc.want) || tc.want == nil && err != nil {
+			t.Fatalf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+		if got := epoch(); got != tc.epochNext {
+			t.Fatalf("%s: epoch %d, want %d", tc.name, got, tc.epochNext)
+		}
+		after, _ := srv.st.Group(ctx, group)
+		recorded := len(after.Reports) - len(before.Reports)
+		if wantRec := map[bool]int{true: 1, false: 0}[err == nil]; recorded != wantRec {
+			t.Fatalf("%s: %d reports recorded, want %d", tc.name, recorded, wantRec)
+		}
+		b, _ := bundle.Parse(after.Bundle)
+		for _, s := range b.Slots {
+			if s.Kind == bundle.KindUnlock && s.Unlock.Epoch != tc.epochNext {
+				t.Fatalf("%s: an unlock slot of epoch %d next to epoch %d", tc.name, s.Unlock.Epoch, tc.epochNext)
+			}
+		}
+		if len(after.NeedEpoch) != 0 {
+			t.Fatalf("%s: users still waiting for an epoch: %v", tc.name, after.NeedEpoch)
+		}
+	}
+}
