@@ -89,12 +89,17 @@ func TestBundleRules(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Later uploads: only the account's own password slots may change,
+	// Later uploads: only the account's own password and passkey slots may
+	// change,
 	// and only under the pinned GDK.
 	b, _ := bundle.Parse(g.Bundle)
-	pw := func(user string, gdk []byte) bundle.Slot {
-		return slot(device.SealPassword(gdk, device.To{Group: "fresh", GDKVersion: 1, KeyVersion: 1, ID: user}, "pw", bundle.MinPasswordIterations))
+	// Passkey slots rather than password slots: the same rules, without
+	// 600,000 PBKDF2 iterations a slot.
+	prf := func(in []byte) ([]byte, error) { return append(make([]byte, 0, 32), in[:32]...), nil }
+	passkey := func(user string, gdk []byte, v uint32) bundle.Slot {
+		return slot(device.SealPasskey(gdk, device.To{Group: "fresh", GDKVersion: v, KeyVersion: 1, ID: user}, []byte("credential-"+user), prf))
 	}
+	pw := func(user string, gdk []byte) bundle.Slot { return passkey(user, gdk, 1) }
 	other, _ := device.NewGDK()
 	mine := pw("ann", gdk)
 	withSlots := func(extra ...bundle.Slot) []byte {
@@ -114,9 +119,9 @@ func TestBundleRules(t *testing.T) {
 		raw  []byte
 		want error
 	}{
-		{"a password slot of another user", withSlots(pw("bob", gdk)), ErrForbidden},
-		{"a password slot of another GDK", withSlots(pw("ann", other)), ErrBadRequest}, // the bundle's commitments disagree
-		{"a password slot of a GDK version not made yet", withSlots(slot(device.SealPassword(other, device.To{Group: "fresh", GDKVersion: 2, KeyVersion: 1, ID: "ann"}, "pw", bundle.MinPasswordIterations))), ErrForbidden},
+		{"a passkey slot of another user", withSlots(pw("bob", gdk)), ErrForbidden},
+		{"a passkey slot of another GDK", withSlots(pw("ann", other)), ErrBadRequest}, // the bundle's commitments disagree
+		{"a passkey slot of a GDK version not made yet", withSlots(passkey("ann", other, 2)), ErrForbidden},
 		{"dropping the unlock slots", without(bundle.KindUnlock), ErrForbidden},
 		{"dropping the member slot", without(bundle.KindMember), ErrForbidden},
 	} {
@@ -126,7 +131,7 @@ func TestBundleRules(t *testing.T) {
 	}
 	g, err = srv.putBundle(ctx, ann, "fresh", putBundle{Version: uint32(g.Version), Bundle: withSlots(mine)})
 	if err != nil {
-		t.Fatalf("ann adds her password slot: %v", err)
+		t.Fatalf("ann adds her passkey slot: %v", err)
 	}
 	// A whole bundle re-made under another GDK, with consistent
 	// commitments of its own, is refused: it replaces the slots the
