@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 )
@@ -132,6 +133,9 @@ func (s *Server) runBatch(ctx context.Context, ws []work, rep *CycleReport) erro
 			return err
 		}
 		for i, r := range res {
+			if r.Err == nil && r.Ref != items[i].Ref {
+				r.Err = fmt.Errorf("%w: BatchRewrap result %d has reference %q, want %q", ErrEscrowdRefused, i, r.Ref, items[i].Ref)
+			}
 			count(ws[i], r.Err)
 			if r.Err == nil {
 				slots[ws[i].group] = append(slots[ws[i].group], r.Slot)
