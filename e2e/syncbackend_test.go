@@ -275,8 +275,9 @@ func counter(t *testing.T, g prometheus.Gatherer, name string, labels map[string
 // Go reference device: accounts and a group, provisioning and the first
 // bundle, a second device enrolled, a surrogate joining (re-wrap) and
 // leaving (rotation), a code revealed by support and used (new epoch, and
-// a notification), and the cycle job re-sealing escrow slots after escrow
-// key rotations, through RewrapToEscrow and BatchRewrap.
+// a notification), and the cycle job making a missing device slot and
+// re-sealing escrow slots after escrow key rotations, through BatchRewrap
+// and RewrapToEscrow.
 //
 // It runs once on each of the backend's stores; after each run the store's
 // contents hold none of the notes, passwords or codes in clear.
@@ -588,8 +589,16 @@ func runSyncBackend(t *testing.T, st store.Store, dump func() []byte) {
 		t.Fatalf("bob writes after leaving: %d, want 404", code)
 	}
 
-	// Security rotates both groups' escrow keys: the feed tells the
-	// backend, and one cycle re-seals both escrow slots in one BatchRewrap.
+	// A device enrolled while escrowd could not be reached has no slot
+	// yet (stored here without the API's immediate re-wrap). Then
+	// security rotates both groups' escrow keys: the feed tells the
+	// backend, and one cycle makes the device's slot and re-seals both
+	// escrow slots in one BatchRewrap.
+	annWatch := newSyncDevice(t, hs.URL, "ann", "ann-watch", annPhone.member)
+	if err := st.AddDevice(ctx, store.Device{ID: annWatch.id, Account: "ann", SignKey: pkix(t, &annWatch.sign.PublicKey),
+		WrapKey: pkix(t, annWatch.wrap.PublicKey()), WrapKeyVersion: 1}); err != nil {
+		t.Fatal(err)
+	}
 	for _, id := range []string{group, bobGroup} {
 		if _, err := s.sec.RotateGroupKeys(ctx, &escrowdv1.RotateGroupKeysRequest{GroupId: id, Escrow: true}); err != nil {
 			t.Fatal(err)
@@ -599,8 +608,11 @@ func runSyncBackend(t *testing.T, st store.Store, dump func() []byte) {
 		t.Fatal(err)
 	}
 	rep, err := srv.Cycle(ctx)
-	if err != nil || rep.Resealed != 2 || rep.Failed != 0 || rep.Rewraps != 0 {
+	if err != nil || rep.Resealed != 2 || rep.Failed != 0 || rep.Rewraps != 1 {
 		t.Fatalf("cycle: %+v, %v", rep, err)
+	}
+	if wg, _ := annWatch.open(annWatch.group(group)); !bytes.Equal(wg, gdk2) {
+		t.Fatal("the watch opened another GDK")
 	}
 	escrowVersions := func(v groupView) []uint32 {
 		var out []uint32
@@ -650,6 +662,7 @@ func runSyncBackend(t *testing.T, st store.Store, dump func() []byte) {
 		{"syncbackend_cycle_escrowd_calls_total", map[string]string{"method": "BatchRewrap", "outcome": "ok"}, 1},
 		{"syncbackend_cycle_escrowd_calls_total", map[string]string{"method": "RewrapToEscrow", "outcome": "ok"}, 1},
 		{"syncbackend_cycle_rewraps_total", map[string]string{"target": "escrow", "outcome": "ok"}, 3},
+		{"syncbackend_cycle_rewraps_total", map[string]string{"target": "device", "outcome": "ok"}, 1},
 		{"syncbackend_cycle_runs_total", map[string]string{"outcome": "ok"}, 3},
 		{"syncbackend_events_total", map[string]string{"kind": "key_rotated"}, 3},
 	} {
