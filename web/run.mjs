@@ -1,4 +1,4 @@
-// Drives web/index.html in headless Chromium (Debian's /usr/bin/chromium,
+// Drives the browser test page (clients/web/test/browser) in headless Chromium (Debian's /usr/bin/chromium,
 // never a downloaded browser) and prints what the page did as one JSON
 // object on stdout. A virtual WebAuthn authenticator with the PRF
 // extension (DevTools Protocol) stands in for a passkey.
