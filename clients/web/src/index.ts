@@ -17,3 +17,8 @@ export {
   sealPublic, sealPassword, sealPasskey, sealChain, sealRecord, sealRecordRaw, openRecord,
 } from "./gdk.js";
 export { Keyring } from "./keyring.js";
+export {
+  Device, UnlockedKeys, type Recovery, type Secret, type PasskeyPRF, type DeviceOptions, MEMBER_KEY_RECORD, DEFAULT_MAX_ITERATIONS,
+} from "./device.js";
+export { type Transport, type ConsumedCode, type Enrolment } from "./transport.js";
+export { createPasskey, passkeyPRF, prfOf } from "./webauthn.js";
