@@ -673,6 +673,27 @@ func TestBrowserSDK(t *testing.T) {
 		}
 	}
 
+	var hostile struct {
+		Limit   sdkAttempt `json:"limit"`
+		LimitMS float64    `json:"limitMs"`
+		Range   sdkAttempt `json:"range"`
+		Size    sdkAttempt `json:"size"`
+		Deep    sdkAttempt `json:"deep"`
+	}
+	if result("hostile", &hostile) {
+		// "limit" is thrown before PBKDF2 runs; the time is reported, not judged.
+		t.Logf("hostile: 9 000 000 iterations refused in %.1f ms", hostile.LimitMS)
+		for name, w := range map[string]struct {
+			got  sdkAttempt
+			code string
+		}{"9 000 000 iterations": {hostile.Limit, "limit"}, "10 000 001 iterations": {hostile.Range, "range"},
+			"a 2 MiB bundle": {hostile.Size, "size"}, "nesting 5000 deep": {hostile.Deep, "syntax"}} {
+			if w.got.OK || w.got.Code != w.code {
+				t.Errorf("hostile: %s: %+v, want %s", name, w.got, w.code)
+			}
+		}
+	}
+
 	var lo struct {
 		Databases []string `json:"databases"`
 	}
@@ -723,8 +744,8 @@ func TestBrowserSDK(t *testing.T) {
 			}
 		}
 	}
-	if len(res.Dumps) != 8 {
-		t.Errorf("%d storage dumps, want one after each of 8 steps", len(res.Dumps))
+	if len(res.Dumps) != 9 {
+		t.Errorf("%d storage dumps, want one after each of 9 steps", len(res.Dumps))
 	}
 
 	var bench map[string]json.RawMessage

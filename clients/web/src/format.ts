@@ -135,8 +135,26 @@ export function prfInput(salt: Uint8Array): Bytes {
   return concat(utf8(PASSKEY_LABEL), u8(0), salt);
 }
 
+const RECORD_PREFIX = concat(utf8(RECORD_LABEL), u8(0));
+
+/** recordAAD is the AAD of a record: label, group, record id and GDK version (in one allocation: it is on every record's path). */
 export function recordAAD(group: string, id: string, version: number): Bytes {
-  return concat(utf8(RECORD_LABEL), u8(0), lp16(utf8(group)), lp16(utf8(id)), u32(version));
+  const g = utf8(group);
+  const i = utf8(id);
+  if (g.length > 65535 || i.length > 65535) throw new RangeError("field longer than 65535 bytes");
+  const out = new Uint8Array(RECORD_PREFIX.length + 2 + g.length + 2 + i.length + 4);
+  out.set(RECORD_PREFIX);
+  let o = RECORD_PREFIX.length;
+  out[o++] = g.length >>> 8;
+  out[o++] = g.length & 255;
+  out.set(g, o);
+  o += g.length;
+  out[o++] = i.length >>> 8;
+  out[o++] = i.length & 255;
+  out.set(i, o);
+  o += i.length;
+  out.set(u32(version), o);
+  return out;
 }
 
 export async function hmacSign(key: Bytes, msg: Bytes): Promise<Bytes> {

@@ -405,14 +405,18 @@ export async function sealChain(older: GDK, newer: GDK): Promise<string> {
 // ---- records --------------------------------------------------------------------
 
 const recordKeys = new WeakMap<GDK, Promise<CryptoKey>>();
+// The keys already derived, to use without an await on a record's path.
+const recordKeysReady = new WeakMap<GDK, CryptoKey>();
 
-/** recordKey is the AES-GCM key of gdk's records (non-extractable), derived once per GDK. */
+/** recordKey is the AES-GCM key of gdk's records (non-extractable), derived once per GDK and kept while the GDK is. */
 export function recordKey(gdk: GDK): Promise<CryptoKey> {
   let k = recordKeys.get(gdk);
   if (!k) {
     k = gdk.derive(LABEL_RECORD).then(async (rk) => {
       try {
-        return await subtle().importKey("raw", rk, "AES-GCM", false, ["encrypt", "decrypt"]);
+        const key = await subtle().importKey("raw", rk, "AES-GCM", false, ["encrypt", "decrypt"]);
+        recordKeysReady.set(gdk, key);
+        return key;
       } finally {
         rk.fill(0);
       }
@@ -434,7 +438,7 @@ export async function openRecord(input: Input | SealedRecord, gdk: GDK): Promise
   const r = typeof input === "object" && "ct" in input ? input : parseRecord(input);
   if (!(gdk instanceof GDK)) throw new TypeError("openRecord takes a GDK");
   if (r.group !== gdk.group || r.gdk_version !== gdk.version) fail("record", "the record is not of GDK " + gdk.version + " of this group");
-  const key = await recordKey(gdk);
+  const key = recordKeysReady.get(gdk) ?? (await recordKey(gdk));
   let pt: ArrayBuffer;
   try {
     pt = await subtle().decrypt({ name: "AES-GCM", iv: r.iv, additionalData: recordAAD(r.group, r.id, r.gdk_version), tagLength: 128 }, key, r.ct);
@@ -446,9 +450,11 @@ export async function openRecord(input: Input | SealedRecord, gdk: GDK): Promise
 
 /** sealRecordRaw encrypts plaintext as record id of gdk's group and version, with a fresh IV. */
 export async function sealRecordRaw(gdk: GDK, id: string, plaintext: string | Uint8Array): Promise<SealedRecord> {
-  const pt = typeof plaintext === "string" ? utf8(plaintext) : copy(plaintext);
+  // WebCrypto copies its input at the call; a copy here is needed only for
+  // a view of a SharedArrayBuffer, which it does not take.
+  const pt = typeof plaintext === "string" ? utf8(plaintext) : plaintext.buffer instanceof ArrayBuffer ? (plaintext as Bytes) : copy(plaintext);
   const r = { group: gdk.group, id: checkIDText(id), gdk_version: gdk.version, iv: random(IV_SIZE) };
-  const key = await recordKey(gdk);
+  const key = recordKeysReady.get(gdk) ?? (await recordKey(gdk));
   const ct = new Uint8Array(await subtle().encrypt({ name: "AES-GCM", iv: r.iv, additionalData: recordAAD(r.group, r.id, r.gdk_version), tagLength: 128 }, key, pt));
   return { ...r, ct };
 }
