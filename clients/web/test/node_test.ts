@@ -7,6 +7,7 @@ import { readFile } from "node:fs/promises";
 import { DeviceError, codeOf } from "../src/errors.js";
 import * as sj from "../src/strictjson.js";
 import { parseCode } from "../src/unlockcode.js";
+import { fuzz } from "./fuzz.js";
 import { runDeviceVectors, runStrictJSONVectors, runUnlockCodeVectors } from "./vectors.js";
 
 const root = new URL("../../../", import.meta.url);
@@ -88,6 +89,18 @@ for (const f of d.failures) fails.push("device " + f.name + ": got " + f.got + "
 const total = Object.keys(dv.gdks).length + dv.positive.length + dv.negative.length + dv.records.length;
 check("device: every vector ran", d.passed === total);
 
+// The decoders under mutation, seeded with every input of the vector files.
+const seeds: string[] = [];
+for (const v of sjv) if (typeof v.input === "string") seeds.push(v.input);
+for (const v of dv.positive) seeds.push(v.slot);
+for (const v of dv.negative) if (typeof v.input === "string") seeds.push(v.input);
+for (const v of dv.records) seeds.push(v.record);
+for (const c of ucv.codes) seeds.push(c.typed);
+const fz = fuzz(seeds, Number(process.env["FUZZ_ITERATIONS"] ?? "3000"));
+for (const f of fz.failures.slice(0, 20)) fails.push("fuzz " + f);
+check("fuzz: some mutated inputs decode", fz.decoded > 0);
+
 for (const f of fails) console.error("FAIL " + f);
-console.log(`strictjson ${s.passed}/${sjv.length}, unlockcode ${u.passed} checks, device ${d.passed}/${total} (${JSON.stringify(d.counts)}); ${fails.length} failures`);
+console.log(`strictjson ${s.passed}/${sjv.length}, unlockcode ${u.passed} checks, device ${d.passed}/${total} (${JSON.stringify(d.counts)}), ` +
+  `fuzz ${fz.runs} inputs (${fz.decoded} decodings); ${fails.length} failures`);
 process.exit(fails.length ? 1 : 0);
