@@ -673,6 +673,23 @@ func TestBrowserSDK(t *testing.T) {
 		}
 	}
 
+	var stale struct {
+		Before   bool       `json:"before"`
+		Stale    sdkAttempt `json:"stale"`
+		After    bool       `json:"after"`
+		Versions []uint32   `json:"versions"`
+		Old      string     `json:"old"`
+		Written  uint32     `json:"written"`
+	}
+	if result("stale key", &stale) {
+		if !stale.Before || stale.Stale.OK || stale.Stale.Code != "stale" || !stale.After {
+			t.Errorf("stale key: wrote before %v, with GDK 1 once GDK 2 arrived %+v (want stale), after unlocking again %v", stale.Before, stale.Stale, stale.After)
+		}
+		if fmt.Sprint(stale.Versions) != "[1 2]" || stale.Old != "before the rotation" || stale.Written != 2 {
+			t.Errorf("stale key: after unlocking again the keys hold %v, read %q, write under GDK %d", stale.Versions, stale.Old, stale.Written)
+		}
+	}
+
 	var hostile struct {
 		Limit   sdkAttempt `json:"limit"`
 		LimitMS float64    `json:"limitMs"`
@@ -744,8 +761,8 @@ func TestBrowserSDK(t *testing.T) {
 			}
 		}
 	}
-	if len(res.Dumps) != 9 {
-		t.Errorf("%d storage dumps, want one after each of 9 steps", len(res.Dumps))
+	if len(res.Dumps) != 10 {
+		t.Errorf("%d storage dumps, want one after each of 10 steps", len(res.Dumps))
 	}
 
 	var bench map[string]json.RawMessage

@@ -96,6 +96,7 @@ try {
     const after = await page.evaluate((c) => window.sdk.pullAfterRecovery(c), typed);
     return { ...flushed, ...after };
   });
+  await scenario("stale key", () => page.evaluate(() => window.sdk.stale()));
   await scenario("hostile", () => page.evaluate(() => window.sdk.hostile()));
   const rounds = Number(process.env.ESCROWD_BENCH_ROUNDS || "3");
   await scenario("bench", () => page.evaluate(([r]) => window.sdk.bench(r, [1024, 65536]), [rounds]));

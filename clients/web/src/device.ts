@@ -467,9 +467,25 @@ export class Device {
 
   // ---- records ------------------------------------------------------------------
 
-  /** putRecord seals plaintext under the group's newest GDK and stores it; returns the record text (to push). */
+  /** newestVersion is the highest GDK version any stored slot of the group names (0 if none): public, readable while locked. */
+  async newestVersion(group: string): Promise<number> {
+    const g = await this.db.get<GroupRow>("groups", group);
+    let v = 0;
+    for (const t of g?.slots ?? []) v = Math.max(v, parseSlot(t).gdk_version);
+    return v;
+  }
+
+  /**
+   * putRecord seals plaintext under the group's newest GDK and stores it;
+   * returns the record text (to push). It refuses ("stale") to write under
+   * a GDK older than the newest version this device's storage names: keys
+   * unlocked before a rotation reached this device (here or in another tab)
+   * must be unlocked again first.
+   */
   async putRecord(keys: UnlockedKeys, group: string, id: string, plaintext: string | Uint8Array): Promise<string> {
     const gdk = keys.ring(group).newest()!;
+    const newest = await this.newestVersion(group);
+    if (gdk.version < newest) fail("stale", "the keys hold GDK " + gdk.version + ", the device has slots of GDK " + newest);
     const text = encodeRecord(await sealRecordRaw(gdk, id, plaintext));
     await this.db.put("records", [{ group, id, record: text } satisfies RecordRow]);
     return text;

@@ -10,7 +10,7 @@ export const FORMAT_CODES = [
 ] as const;
 
 /** Codes of the device layer (docs/DEVICE.md, "Errors"). */
-export const DEVICE_CODES = ["locked", "offline", "limit", "not-enrolled", "no-prf", "storage"] as const;
+export const DEVICE_CODES = ["locked", "stale", "offline", "limit", "not-enrolled", "no-prf", "storage"] as const;
 
 export type FormatCode = (typeof FORMAT_CODES)[number];
 export type DeviceCode = (typeof DEVICE_CODES)[number];
@@ -42,6 +42,7 @@ export const MESSAGES: Readonly<Record<ErrorCode, string>> = {
   "mistyped": "A character is wrong or two are swapped. Check the code with support and type it again.",
   "record": "This record was altered or does not belong here; it cannot be read.",
   "locked": "The data is locked. Unlock it with your password or passkey first.",
+  "stale": "A newer key of this group has arrived. Unlock again to save your changes.",
   "offline": "This needs a connection. It will be done when you are back online.",
   "limit": "The key bundle asks for more work than this device allows; it was refused.",
   "not-enrolled": "This device has no key for that yet. Sync it or set it up again.",

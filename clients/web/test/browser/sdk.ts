@@ -4,7 +4,7 @@
 
 import {
   Device, DeviceError, type Transport, type UnlockedKeys, codeOf, createPasskey, hex, newGDK, openRecord, passkeyPRF, prfOf,
-  sealPublic, sealRecordRaw, toB64, type PasskeyPRF, parseBundle, encodeSlot,
+  sealPublic, sealRecordRaw, toB64, type PasskeyPRF, parseBundle, parseRecord, encodeSlot, sealChain,
 } from "../../src/index.js";
 import { exportGDK, recordKey } from "../../src/gdk.js";
 import { encodeBundle, recordAAD } from "../../src/format.js";
@@ -219,6 +219,33 @@ const api = {
     await sync();
     const used = await attempt(() => device.unlock(fx.user, { code: typed }));
     return { used };
+  },
+
+  // stale: keys unlocked before a rotation reached the device do not write.
+  async stale() {
+    const d = await Device.open({ name: "escrowd-stale", deviceId: "s" });
+    const made = await d.createUser("s", "key.s", "stale password", { spki: await device.devicePublicKey(), suite: "ecdh-p256", version: 1 });
+    made.keys.lock();
+    const member = await crypto.subtle.importKey("spki", made.memberPublic, { name: "ECDH", namedCurve: "P-256" }, true, []);
+    const g1 = await newGDK("shared", 1);
+    const slot1 = await sealPublic("member", { key_version: 1, id: "s" }, "ecdh-p256", member, g1);
+    await d.addGroup("shared", encodeBundle("shared", [slot1]), [{ version: 1, commit: g1.commit }]);
+    const k1 = await d.unlock("s", { password: "stale password" });
+    const before = await attempt(() => d.putRecord(k1, "shared", "a", "before the rotation"));
+    // The rotation reaches the device (a sync, in this tab or another).
+    const g2 = await newGDK("shared", 2);
+    const slot2 = await sealPublic("member", { key_version: 1, id: "s" }, "ecdh-p256", member, g2);
+    await d.addGroup("shared", encodeBundle("shared", [slot1, slot2, await sealChain(g1, g2)]), [{ version: 2, commit: g2.commit }]);
+    const stale = await attempt(() => d.putRecord(k1, "shared", "b", "after the rotation"));
+    k1.lock();
+    const k2 = await d.unlock("s", { password: "stale password" });
+    const after = await attempt(() => d.putRecord(k2, "shared", "b", "after the rotation"));
+    const versions = k2.ring("shared").versions();
+    const old = await d.getRecord(k2, "shared", "a");
+    const written = parseRecord((await d.putRecord(k2, "shared", "c", "x"))).gdk_version;
+    k2.lock();
+    await d.logout();
+    return { before: before.ok, stale, after: after.ok, versions, old: old ? td.decode(old) : null, written };
   },
 
   // hostile: bundles from a backend that wants to hang the page.
