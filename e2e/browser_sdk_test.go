@@ -345,7 +345,8 @@ type sdkAttempt struct {
 // daemon, through a sync backend of the test's: a user enrols (key group,
 // member key, password), gets member and device slots of two groups from
 // escrowd (one rotated after enrolment) and unlocks all of them with one
-// password; the device key alone opens them after a lock; a passkey with
+// password; the device key alone opens them after a lock, in the page and
+// in the service worker; a passkey with
 // PRF (virtual authenticator) gets a slot and unlocks; offline, after a
 // reload served by the service worker, the password unlocks and records
 // are read and written; offline still, a code support revealed over gRPC,
@@ -371,6 +372,7 @@ func TestBrowserSDK(t *testing.T) {
 		t.Fatal("web/node_modules/playwright-core is missing: run `make deps` (npm ci --prefix web)")
 	}
 	bundleDir := buildDeviceBundle(t, "test/browser/sdk.ts", "sdk.js")
+	swDir := buildDeviceBundle(t, "test/browser/sw.ts", "sw.js")
 	pageDir, err := filepath.Abs("../clients/web/test/browser")
 	if err != nil {
 		t.Fatal(err)
@@ -403,12 +405,15 @@ func TestBrowserSDK(t *testing.T) {
 	b.routes(mux)
 	page := http.FileServer(http.Dir(pageDir))
 	bundleFiles := http.FileServer(http.Dir(bundleDir))
+	swFiles := http.FileServer(http.Dir(swDir))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/sdk.html", "/sw.js":
+		case "/sdk.html":
 			page.ServeHTTP(w, r)
 		case "/sdk.js":
 			bundleFiles.ServeHTTP(w, r)
+		case "/sw.js":
+			swFiles.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -545,6 +550,25 @@ func TestBrowserSDK(t *testing.T) {
 			t.Errorf("the device key opened %v, want %v", dk.Groups, wantGroups)
 		}
 		wantRead("device key", dk.Read, pageNotes)
+	}
+
+	var sw struct {
+		OK       bool              `json:"ok"`
+		Code     string            `json:"code"`
+		Message  string            `json:"message"`
+		Groups   []string          `json:"groups"`
+		Read     map[string]string `json:"read"`
+		DeviceID string            `json:"deviceId"`
+	}
+	if result("service worker", &sw) {
+		if !sw.OK {
+			t.Errorf("service worker: %s: %s", sw.Code, sw.Message)
+		} else {
+			if strings.Join(sw.Groups, ",") != strings.Join(wantGroups, ",") || sw.DeviceID != b.deviceID {
+				t.Errorf("service worker: the device key (id %q) opened %v, want %v", sw.DeviceID, sw.Groups, wantGroups)
+			}
+			wantRead("service worker", sw.Read, pageNotes)
+		}
 	}
 
 	var pk struct {
@@ -761,8 +785,8 @@ func TestBrowserSDK(t *testing.T) {
 			}
 		}
 	}
-	if len(res.Dumps) != 10 {
-		t.Errorf("%d storage dumps, want one after each of 10 steps", len(res.Dumps))
+	if len(res.Dumps) != 11 {
+		t.Errorf("%d storage dumps, want one after each of 11 steps", len(res.Dumps))
 	}
 
 	var bench map[string]json.RawMessage

@@ -61,6 +61,7 @@ try {
 
   await scenario("enrol", () => page.evaluate(() => window.sdk.enrol()));
   await scenario("device key", () => page.evaluate(() => window.sdk.deviceKey()));
+  await scenario("service worker", () => page.evaluate(() => window.sdk.serviceWorker()));
   await scenario("passkey", async () => {
     const cdp = await browser.newCDPSession(page);
     await cdp.send("WebAuthn.enable", { enableUI: false });

@@ -18,7 +18,7 @@ import {
   type Slot, MIN_PASSWORD_ITERATIONS, prfInput, encodeBundle, encodeRecord, encodeSlot, parseBundle, parseRecord, parseSlot,
 } from "./format.js";
 import {
-  type GDK, type P256Pair, newGDK, openPasskey, openPassword, openPublic, openUnlock, pickUnlock,
+  type GDK, type P256Pair, checkIDText, newGDK, openPasskey, openPassword, openPublic, openUnlock, pickUnlock,
   sealPasskey, sealPassword, sealPublic, sealRecordRaw,
 } from "./gdk.js";
 import { DB } from "./idb.js";
@@ -80,8 +80,12 @@ export type PasskeyPRF = (requests: { credential: Bytes; input: Bytes }[]) => Pr
 export interface DeviceOptions {
   /** The IndexedDB database name (one per app origin and account set). */
   name?: string;
-  /** This device's id in device slots (printable ASCII). */
-  deviceId: string;
+  /**
+   * This device's id in device slots (printable ASCII): needed when the
+   * database is new; afterwards the id stored with the device key is used
+   * (so a service worker opens the device without knowing it).
+   */
+  deviceId?: string;
   maxIterations?: number;
 }
 
@@ -168,8 +172,12 @@ export class Device {
     let row = await db.get<DeviceRow>("device", "key");
     let persistent = true;
     if (!row) {
+      if (!opts.deviceId) {
+        db.close();
+        fail("not-enrolled", "a new device needs its device id");
+      }
       const keys = (await subtle().generateKey({ name: "ECDH", namedCurve: "P-256" }, false, ["deriveBits"])) as CryptoKeyPair;
-      row = { id: opts.deviceId, keys: { privateKey: keys.privateKey, publicKey: keys.publicKey } };
+      row = { id: checkIDText(opts.deviceId), keys: { privateKey: keys.privateKey, publicKey: keys.publicKey } };
       try {
         await db.put("device", [row], "key");
       } catch (e) {
@@ -177,7 +185,7 @@ export class Device {
         persistent = false;
       }
     }
-    return new Device(db, name, opts.deviceId, opts.maxIterations ?? DEFAULT_MAX_ITERATIONS, row.keys, persistent);
+    return new Device(db, name, row.id, opts.maxIterations ?? DEFAULT_MAX_ITERATIONS, row.keys, persistent);
   }
 
   /** devicePublicKey is the SPKI of the device key: the app enrols it as a device recipient (Rewrap, RotateGroupKey). */

@@ -146,6 +146,19 @@ const api = {
     return { afterLock, groups, read };
   },
 
+  // serviceWorker: the service worker opens the groups with the device key
+  // alone, while the page holds no key.
+  async serviceWorker() {
+    const sw = navigator.serviceWorker.controller;
+    if (!sw) throw new Error("the page has no service worker");
+    const ch = new MessageChannel();
+    const reply = new Promise<unknown>((resolve) => {
+      ch.port1.onmessage = (e) => resolve(e.data);
+    });
+    sw.postMessage({ type: "background-sync", db: DB_NAME }, [ch.port2]);
+    return reply;
+  },
+
   // passkey: a passkey with PRF (the driver's virtual authenticator) gets a
   // slot of the user key; then, locked, one touch unlocks every group.
   async passkey() {
