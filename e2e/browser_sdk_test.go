@@ -350,8 +350,9 @@ type sdkAttempt struct {
 // PRF (virtual authenticator) gets a slot and unlocks; offline, after a
 // reload served by the service worker, the password unlocks and records
 // are read and written; offline still, a code support revealed over gRPC,
-// typed in lower case with dashes, recovers everything and sets a new
-// password, the old one opening nothing; back online the "code consumed"
+// typed in lower case with dashes, recovers everything (and again after a
+// reload in the middle, the report queued once) and sets a new password,
+// the old one opening nothing; back online the "code consumed"
 // report reaches escrowd once and the backend's new epoch retires the
 // code. After every step, IndexedDB, Cache Storage and localStorage hold
 // none of the passwords, codes, PRF outputs, keys or plaintexts. The page
@@ -642,6 +643,7 @@ func TestBrowserSDK(t *testing.T) {
 		OldPassword sdkAttempt        `json:"oldPassword"`
 		Pending     int               `json:"pending"`
 		WrongCode   sdkAttempt        `json:"wrongCode"`
+		Before      int               `json:"pendingBeforeReload"`
 	}
 	if result("recovery offline", &rec) {
 		if len(b.codes) != 1 || rec.Typed != strings.ToLower(b.codes[0]) || !strings.Contains(rec.Typed, "-") {
@@ -653,6 +655,9 @@ func TestBrowserSDK(t *testing.T) {
 		}
 		if rec.OldPassword.OK || rec.OldPassword.Code != "wrong-secret" {
 			t.Errorf("recovery: the old password %+v, want wrong-secret", rec.OldPassword)
+		}
+		if rec.Before != 1 {
+			t.Errorf("recovery: %d reports queued before the reload, want 1", rec.Before)
 		}
 		if rec.Pending != 1 || rec.Report.Group != b.keyGroup || rec.Report.User != b.user || rec.Report.Epoch != 1 {
 			t.Errorf("recovery offline: report %+v, %d pending; want one queued for %s/%s epoch 1", rec.Report, rec.Pending, b.keyGroup, b.user)

@@ -86,10 +86,19 @@ try {
     // it in lower case with dashes.
     const { code } = await get("/test/reveal");
     typed = code.toLowerCase();
-    await page.fill("#code", "");
-    await page.locator("#code").pressSequentially(typed, { delay: 2 });
+    const type = async () => {
+      await page.fill("#code", "");
+      await page.locator("#code").pressSequentially(typed, { delay: 2 });
+    };
+    // Reload in the middle: after the code opened everything, before the
+    // new password. The report stays queued; the code works again.
+    await type();
+    const begun = await page.evaluate(() => window.sdk.recoverBegin());
+    await page.reload();
+    await load();
+    await type();
     const res = await page.evaluate((pw) => window.sdk.recover(pw), fixture.new_password);
-    return { typed: await page.inputValue("#code"), ...res };
+    return { typed: await page.inputValue("#code"), pendingBeforeReload: begun.pending, ...res };
   });
   await scenario("back online", async () => {
     await browser.setOffline(false);

@@ -428,7 +428,8 @@ export class Device {
    */
   async recover(user: string, typed: string, transport?: Transport): Promise<Recovery> {
     const { keys, report } = await this.openUser(user, { code: typed });
-    await this.db.put("outbox", [{ kind: "consumed", ...report! }]);
+    const r = report!;
+    await this.db.put("outbox", [{ id: [r.group, r.user, r.epoch, r.index].join("\n"), ...r }]);
     return {
       keys,
       report: report!,
@@ -441,7 +442,7 @@ export class Device {
 
   /** pending lists the reports not yet sent. */
   async pending(): Promise<ConsumedCode[]> {
-    return (await this.db.all<ConsumedCode & { seq: number }>("outbox")).map(({ group, user, epoch, index }) => ({ group, user, epoch, index }));
+    return (await this.db.all<ConsumedCode & { id: string }>("outbox")).map(({ group, user, epoch, index }) => ({ group, user, epoch, index }));
   }
 
   /**
@@ -461,13 +462,13 @@ export class Device {
       if (now && now.slots.join() === g.slots.join()) await this.db.put("groups", [{ ...now, dirty: false } satisfies GroupRow]);
     }
     let sent = 0;
-    for (const r of await this.db.all<ConsumedCode & { seq: number }>("outbox")) {
+    for (const r of await this.db.all<ConsumedCode & { id: string }>("outbox")) {
       try {
         await transport.reportConsumedCode({ group: r.group, user: r.user, epoch: r.epoch, index: r.index });
       } catch {
         break;
       }
-      await this.db.delete("outbox", r.seq);
+      await this.db.delete("outbox", r.id);
       sent++;
     }
     return sent;

@@ -35,7 +35,9 @@ export class DB {
         db.createObjectStore("groups", { keyPath: "group" });
         db.createObjectStore("users", { keyPath: "user" });
         db.createObjectStore("records", { keyPath: ["group", "id"] });
-        db.createObjectStore("outbox", { keyPath: "seq", autoIncrement: true });
+        // One row per report: the same code queued twice (a recovery begun
+        // again after a reload) is sent once.
+        db.createObjectStore("outbox", { keyPath: "id" });
       };
       return new DB(name, await req(r));
     } catch (e) {

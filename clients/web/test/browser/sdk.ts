@@ -221,6 +221,16 @@ const api = {
     return { report: rec.report, read, groups, oldPassword, pending: (await device.pending()).length, wrongCode };
   },
 
+  // recoverBegin: the code opens everything and the report is queued; the
+  // page is then reloaded before a new password is set.
+  async recoverBegin() {
+    const typed = (document.getElementById("code") as HTMLInputElement).value;
+    const rec = await device.recover(fx.user, typed, transport);
+    await remember(rec.keys);
+    rec.keys.lock();
+    return { pending: (await device.pending()).length };
+  },
+
   async flush() {
     const sent = await device.flush(transport);
     return { sent, pending: (await device.pending()).length };
