@@ -709,10 +709,18 @@ func TestBrowserSDK(t *testing.T) {
 		Versions []uint32   `json:"versions"`
 		Old      string     `json:"old"`
 		Written  uint32     `json:"written"`
+		Failed   []struct {
+			Group string `json:"group"`
+			Code  string `json:"code"`
+		} `json:"failed"`
+		Opened []string `json:"opened"`
 	}
 	if result("stale key", &stale) {
 		if !stale.Before || stale.Stale.OK || stale.Stale.Code != "stale" || !stale.After {
 			t.Errorf("stale key: wrote before %v, with GDK 1 once GDK 2 arrived %+v (want stale), after unlocking again %v", stale.Before, stale.Stale, stale.After)
+		}
+		if len(stale.Failed) != 1 || stale.Failed[0].Group != "tampered" || stale.Failed[0].Code != "binding" || strings.Join(stale.Opened, ",") != "shared" {
+			t.Errorf("a group with an altered slot: failed %+v, opened %v; want tampered failed (binding) and shared open", stale.Failed, stale.Opened)
 		}
 		if fmt.Sprint(stale.Versions) != "[1 2]" || stale.Old != "before the rotation" || stale.Written != 2 {
 			t.Errorf("stale key: after unlocking again the keys hold %v, read %q, write under GDK %d", stale.Versions, stale.Old, stale.Written)

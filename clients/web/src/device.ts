@@ -98,10 +98,22 @@ export class UnlockedKeys {
   #member: P256Pair | null;
   #userKey: Keyring | null;
 
-  constructor(readonly user: string | null, rings: Map<string, Keyring>, member: P256Pair | null, userKey: Keyring | null) {
+  readonly #failures: ReadonlyMap<string, DeviceError>;
+
+  constructor(readonly user: string | null, rings: Map<string, Keyring>, member: P256Pair | null, userKey: Keyring | null, failures: ReadonlyMap<string, DeviceError> = new Map()) {
     this.#rings = rings;
     this.#member = member;
     this.#userKey = userKey;
+    this.#failures = failures;
+  }
+
+  /**
+   * failures lists the groups whose slots did not open (a damaged,
+   * substituted or untrusted slot): one group's failure does not keep the
+   * user out of the others. Each error has its code.
+   */
+  failures(): { group: string; error: DeviceError }[] {
+    return [...this.#failures].map(([group, error]) => ({ group, error })).sort((a, b) => (a.group < b.group ? -1 : 1));
   }
 
   get locked(): boolean {
@@ -283,12 +295,18 @@ export class Device {
   /** unlockDevice opens every group enrolled on this device with the device key, without the user (background sync). */
   async unlockDevice(): Promise<UnlockedKeys> {
     const rings = new Map<string, Keyring>();
+    const failures = new Map<string, DeviceError>();
     const key = this.deviceKey();
     for (const g of await this.db.all<GroupRow>("groups")) {
-      const ring = await this.openGroup(g, "device", this.deviceId, key);
-      if (ring.newest()) rings.set(g.group, ring);
+      try {
+        const ring = await this.openGroup(g, "device", this.deviceId, key);
+        if (ring.newest()) rings.set(g.group, ring);
+      } catch (e) {
+        if (!(e instanceof DeviceError)) throw e;
+        failures.set(g.group, e);
+      }
     }
-    return new UnlockedKeys(null, rings, null, null);
+    return new UnlockedKeys(null, rings, null, null, failures);
   }
 
   private async openUser(user: string, secret: Secret): Promise<{ keys: UnlockedKeys; report?: ConsumedCode }> {
@@ -325,12 +343,18 @@ export class Device {
     ring.add(opened.slot, opened.gdk);
     const member = await this.openMemberKey(ring, u);
     const rings = new Map<string, Keyring>();
+    const failures = new Map<string, DeviceError>();
     for (const row of await this.db.all<GroupRow>("groups")) {
       if (row.group === u.keyGroup) continue;
-      const r = await this.openGroup(row, "member", user, member);
-      if (r.newest()) rings.set(row.group, r);
+      try {
+        const r = await this.openGroup(row, "member", user, member);
+        if (r.newest()) rings.set(row.group, r);
+      } catch (e) {
+        if (!(e instanceof DeviceError)) throw e;
+        failures.set(row.group, e);
+      }
     }
-    return { keys: new UnlockedKeys(user, rings, member, ring), ...(report ? { report } : {}) };
+    return { keys: new UnlockedKeys(user, rings, member, ring, failures), ...(report ? { report } : {}) };
   }
 
   private checkCost(s: Slot): void {

@@ -253,7 +253,15 @@ const api = {
     const g1 = await newGDK("shared", 1);
     const slot1 = await sealPublic("member", { key_version: 1, id: "s" }, "ecdh-p256", member, g1);
     await d.addGroup("shared", encodeBundle("shared", [slot1]), [{ version: 1, commit: g1.commit }]);
+    // A group whose member slot was altered in storage: it fails alone.
+    const gt = await newGDK("tampered", 1);
+    const bad = parseBundle(encodeBundle("tampered", [await sealPublic("member", { key_version: 1, id: "s" }, "ecdh-p256", member, gt)])).slots[0]!;
+    bad.key_version = 2;
+    const badText = encodeSlot(bad);
+    await d.addGroup("tampered", encodeBundle("tampered", [badText]), [{ version: 1, commit: gt.commit }]);
     const k1 = await d.unlock("s", { password: "stale password" });
+    const failed = k1.failures().map((f) => ({ group: f.group, code: f.error.code }));
+    const opened = k1.groups();
     const before = await attempt(() => d.putRecord(k1, "shared", "a", "before the rotation"));
     // The rotation reaches the device (a sync, in this tab or another).
     const g2 = await newGDK("shared", 2);
@@ -268,7 +276,7 @@ const api = {
     const written = parseRecord((await d.putRecord(k2, "shared", "c", "x"))).gdk_version;
     k2.lock();
     await d.logout();
-    return { before: before.ok, stale, after: after.ok, versions, old: old ? td.decode(old) : null, written };
+    return { before: before.ok, stale, after: after.ok, versions, old: old ? td.decode(old) : null, written, failed, opened };
   },
 
   // hostile: bundles from a backend that wants to hang the page.
