@@ -502,6 +502,9 @@ func TestBrowserSDK(t *testing.T) {
 		Versions map[string][]uint32 `json:"versions"`
 		Read     map[string]string   `json:"read"`
 		UnlockMS float64             `json:"unlockMs"`
+		Pushed   struct {
+			Records int `json:"records"`
+		} `json:"pushed"`
 	}
 	if result("enrol", &enrol) {
 		if strings.Join(enrol.Groups, ",") != strings.Join(wantGroups, ",") {
@@ -511,6 +514,9 @@ func TestBrowserSDK(t *testing.T) {
 			t.Errorf("enrol: %s versions %v, want GDK 1 (down the chain) and 2", sdkFamily, enrol.Versions[sdkFamily])
 		}
 		wantRead("enrol", enrol.Read, nil)
+		if enrol.Pushed.Records != len(wantGroups) {
+			t.Errorf("enrol: a sync pushed %d records, want the page's %d", enrol.Pushed.Records, len(wantGroups))
+		}
 	}
 	// The page's records, read by the Go device with the GDKs it holds.
 	for _, g := range wantGroups {
@@ -668,12 +674,30 @@ func TestBrowserSDK(t *testing.T) {
 	}
 	var online struct {
 		Sent    int        `json:"sent"`
+		Records int        `json:"records"`
 		Pending int        `json:"pending"`
 		Used    sdkAttempt `json:"used"`
 	}
 	if result("back online", &online) {
-		if online.Sent != 1 || online.Pending != 0 {
-			t.Errorf("back online: sent %d, %d pending; want 1, 0", online.Sent, online.Pending)
+		if online.Sent != 1 || online.Pending != 0 || online.Records != len(wantGroups) {
+			t.Errorf("back online: sent %d reports and %d records, %d pending; want 1, %d, 0", online.Sent, online.Records, online.Pending, len(wantGroups))
+		}
+		// The records written offline reached the backend; the Go device reads them.
+		for _, g := range wantGroups {
+			found := false
+			for _, rec := range b.records[g] {
+				r, err := bundle.ParseRecord([]byte(rec))
+				if err != nil || r.ID != "offline-note" {
+					continue
+				}
+				_, pt, err := device.OpenRecord([]byte(rec), b.gdks[g][r.GDKVersion])
+				if err == nil && string(pt) == "written offline in "+g {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("back online: the record written offline in %s did not reach the backend readable", g)
+			}
 		}
 		if online.Used.OK || online.Used.Code != "wrong-code" {
 			t.Errorf("the used code after the new epoch: %+v, want wrong-code", online.Used)

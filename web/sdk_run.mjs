@@ -102,7 +102,7 @@ try {
   });
   await scenario("back online", async () => {
     await browser.setOffline(false);
-    const flushed = await page.evaluate(() => window.sdk.flush());
+    const flushed = await page.evaluate(() => window.sdk.online());
     const after = await page.evaluate((c) => window.sdk.pullAfterRecovery(c), typed);
     return { ...flushed, ...after };
   });

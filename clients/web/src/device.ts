@@ -44,6 +44,8 @@ interface GroupRow {
   pins: [number, string][];
   /** dirty: slots made here and not yet pushed; a pull then merges instead of replacing. */
   dirty?: boolean;
+  /** cursor: the backend's record cursor after the last pull. */
+  cursor?: string;
 }
 
 interface UserRow {
@@ -56,6 +58,8 @@ interface RecordRow {
   group: string;
   id: string;
   record: string;
+  /** dirty: written here and not yet pushed; a pull does not overwrite it. */
+  dirty?: boolean;
 }
 
 interface DeviceRow {
@@ -264,7 +268,9 @@ export class Device {
     const ring = new Keyring(group);
     for (const [v, c] of old?.pins ?? []) ring.pin(v, unhex(c));
     for (const p of pins) ring.pin(p.version, typeof p.commit === "string" ? unhex(p.commit) : p.commit);
-    await this.db.put("groups", [{ group, slots: [...merged.keys()], pins: ring.pins().map(([v, c]) => [v, hex(c)]), dirty: old?.dirty ?? false } satisfies GroupRow]);
+    const row: GroupRow = { group, slots: [...merged.keys()], pins: ring.pins().map(([v, c]) => [v, hex(c)]), dirty: old?.dirty ?? false };
+    if (old?.cursor !== undefined) row.cursor = old.cursor;
+    await this.db.put("groups", [row]);
   }
 
   /** importUser stores a user's row when the key group comes from the backend (a second device). */
@@ -520,7 +526,7 @@ export class Device {
     const newest = await this.newestVersion(group);
     if (gdk.version < newest) fail("stale", "the keys hold GDK " + gdk.version + ", the device has slots of GDK " + newest);
     const text = encodeRecord(await sealRecordRaw(gdk, id, plaintext));
-    await this.db.put("records", [{ group, id, record: text } satisfies RecordRow]);
+    await this.db.put("records", [{ group, id, record: text, dirty: true } satisfies RecordRow]);
     return text;
   }
 
@@ -535,12 +541,49 @@ export class Device {
 
   /** importRecords stores records pulled from the backend after checking their form (not their keys). */
   async importRecords(group: string, texts: string[]): Promise<void> {
-    const rows = texts.map((t) => {
+    const rows: RecordRow[] = [];
+    for (const t of texts) {
       const r = parseRecord(t);
       if (r.group !== group) fail("record", "a record of another group");
-      return { group, id: r.id, record: t } satisfies RecordRow;
-    });
+      // A record written here and not yet pushed wins over the backend's.
+      if ((await this.db.get<RecordRow>("records", [group, r.id]))?.dirty) continue;
+      rows.push({ group, id: r.id, record: t });
+    }
     await this.db.put("records", rows);
+  }
+
+  /**
+   * sync is one round with the backend: push what was made here (slots,
+   * records written offline, consumed-code reports), then pull every
+   * group the user is enrolled in (bundles with their pins, records after
+   * the last cursor). A transport error ends the round; what was not sent
+   * stays queued for the next.
+   */
+  async sync(transport: Transport, user: string): Promise<{ reports: number; records: number; groups: number }> {
+    const reports = await this.flush(transport);
+    if ((await this.pending()).length) fail("offline", "the backend did not take the queued reports");
+    let records = 0;
+    const dirty = (await this.db.all<RecordRow>("records")).filter((r) => r.dirty);
+    const byGroup = new Map<string, RecordRow[]>();
+    for (const r of dirty) byGroup.set(r.group, [...(byGroup.get(r.group) ?? []), r]);
+    for (const [group, rows] of byGroup) {
+      await transport.pushRecords(group, rows.map((r) => r.record));
+      for (const r of rows) {
+        const now = await this.db.get<RecordRow>("records", [r.group, r.id]);
+        if (now?.record === r.record) await this.db.put("records", [{ ...now, dirty: false } satisfies RecordRow]);
+      }
+      records += rows.length;
+    }
+    const enrolments = await transport.fetchEnrolments(user);
+    for (const e of enrolments) {
+      const b = await transport.pullBundle(e.group);
+      if (b) await this.addGroup(e.group, b, e.pins);
+      const g = await this.db.get<GroupRow>("groups", e.group);
+      const pulled = await transport.pullRecords(e.group, g?.cursor);
+      await this.importRecords(e.group, pulled.records);
+      if (g && pulled.cursor !== undefined) await this.db.put("groups", [{ ...(await this.db.get<GroupRow>("groups", e.group))!, cursor: pulled.cursor } satisfies GroupRow]);
+    }
+    return { reports, records, groups: enrolments.length };
   }
 
   async recordIds(group: string): Promise<string[]> {

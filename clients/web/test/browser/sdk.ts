@@ -89,12 +89,8 @@ async function readAll(k: UnlockedKeys): Promise<Record<string, string>> {
   return out;
 }
 
-async function sync(): Promise<void> {
-  for (const e of await transport.fetchEnrolments(fx.user)) {
-    const b = await transport.pullBundle(e.group);
-    if (b) await device.addGroup(e.group, b, e.pins);
-    await device.importRecords(e.group, (await transport.pullRecords(e.group)).records);
-  }
+async function sync() {
+  return device.sync(transport, fx.user);
 }
 
 const api = {
@@ -127,11 +123,9 @@ const api = {
     const unlockMs = performance.now() - t0;
     await remember(keys);
     const read = await readAll(keys);
-    for (const g of keys.groups()) {
-      const text = await device.putRecord(keys, g, "page-note", "written by the page in " + g);
-      await transport.pushRecords(g, [text]);
-    }
-    return { groups: keys.groups(), versions: Object.fromEntries(keys.groups().map((g) => [g, keys!.ring(g).versions()])), read, unlockMs };
+    for (const g of keys.groups()) await device.putRecord(keys, g, "page-note", "written by the page in " + g);
+    const pushed = await sync();
+    return { groups: keys.groups(), versions: Object.fromEntries(keys.groups().map((g) => [g, keys!.ring(g).versions()])), read, unlockMs, pushed };
   },
 
   // deviceKey: lock, then open every group with the device key alone.
@@ -199,7 +193,7 @@ const api = {
       wrote.push(g);
     }
     const again = await readAll(keys);
-    const push = await attempt(() => transport.pushRecords(wrote[0]!, []));
+    const push = await attempt(() => sync());
     keys.lock();
     return { groups: wrote, read, again, push };
   },
@@ -231,9 +225,11 @@ const api = {
     return { pending: (await device.pending()).length };
   },
 
-  async flush() {
-    const sent = await device.flush(transport);
-    return { sent, pending: (await device.pending()).length };
+  // online: one sync round sends what waited (the report, the new password
+  // slot, the records written offline) and pulls the backend's state.
+  async online() {
+    const r = await sync();
+    return { sent: r.reports, records: r.records, pending: (await device.pending()).length };
   },
 
   // pullAfterRecovery: the backend's new epoch replaced the unlock slots;
