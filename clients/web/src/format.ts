@@ -137,18 +137,28 @@ export function prfInput(salt: Uint8Array): Bytes {
 
 const RECORD_PREFIX = concat(utf8(RECORD_LABEL), u8(0));
 
+// The AAD's start (label and group) per group: groups are few and their
+// records many.
+const groupPrefixes = new Map<string, Bytes>();
+
+function groupPrefix(group: string): Bytes {
+  let p = groupPrefixes.get(group);
+  if (!p) {
+    p = concat(RECORD_PREFIX, lp16(utf8(group)));
+    if (groupPrefixes.size > 1024) groupPrefixes.clear();
+    groupPrefixes.set(group, p);
+  }
+  return p;
+}
+
 /** recordAAD is the AAD of a record: label, group, record id and GDK version (in one allocation: it is on every record's path). */
 export function recordAAD(group: string, id: string, version: number): Bytes {
-  const g = utf8(group);
+  const p = groupPrefix(group);
   const i = utf8(id);
-  if (g.length > 65535 || i.length > 65535) throw new RangeError("field longer than 65535 bytes");
-  const out = new Uint8Array(RECORD_PREFIX.length + 2 + g.length + 2 + i.length + 4);
-  out.set(RECORD_PREFIX);
-  let o = RECORD_PREFIX.length;
-  out[o++] = g.length >>> 8;
-  out[o++] = g.length & 255;
-  out.set(g, o);
-  o += g.length;
+  if (i.length > 65535) throw new RangeError("field longer than 65535 bytes");
+  const out = new Uint8Array(p.length + 2 + i.length + 4);
+  out.set(p);
+  let o = p.length;
   out[o++] = i.length >>> 8;
   out[o++] = i.length & 255;
   out.set(i, o);
