@@ -737,7 +737,8 @@ func TestBrowserSDK(t *testing.T) {
 			Group string `json:"group"`
 			Code  string `json:"code"`
 		} `json:"failed"`
-		Opened []string `json:"opened"`
+		Opened   []string   `json:"opened"`
+		Tampered sdkAttempt `json:"tampered"`
 	}
 	if result("stale key", &stale) {
 		if !stale.Before || stale.Stale.OK || stale.Stale.Code != "stale" || !stale.After {
@@ -745,6 +746,9 @@ func TestBrowserSDK(t *testing.T) {
 		}
 		if len(stale.Failed) != 1 || stale.Failed[0].Group != "tampered" || stale.Failed[0].Code != "binding" || strings.Join(stale.Opened, ",") != "shared" {
 			t.Errorf("a group with an altered slot: failed %+v, opened %v; want tampered failed (binding) and shared open", stale.Failed, stale.Opened)
+		}
+		if stale.Tampered.OK || stale.Tampered.Code != "record" {
+			t.Errorf("a record altered at the backend: %+v, want record", stale.Tampered)
 		}
 		if fmt.Sprint(stale.Versions) != "[1 2]" || stale.Old != "before the rotation" || stale.Written != 2 {
 			t.Errorf("stale key: after unlocking again the keys hold %v, read %q, write under GDK %d", stale.Versions, stale.Old, stale.Written)

@@ -4,7 +4,7 @@
 
 import {
   Device, DeviceError, type Transport, type UnlockedKeys, codeOf, createPasskey, hex, newGDK, openRecord, passkeyPRF, prfOf,
-  sealPublic, sealRecordRaw, toB64, type PasskeyPRF, parseBundle, parseRecord, encodeSlot, sealChain,
+  sealPublic, sealRecordRaw, toB64, type PasskeyPRF, parseBundle, parseRecord, encodeRecord, encodeSlot, sealChain,
 } from "../../src/index.js";
 import { exportGDK, recordKey } from "../../src/gdk.js";
 import { encodeBundle, recordAAD } from "../../src/format.js";
@@ -270,9 +270,14 @@ const api = {
     const versions = k2.ring("shared").versions();
     const old = await d.getRecord(k2, "shared", "a");
     const written = parseRecord((await d.putRecord(k2, "shared", "c", "x"))).gdk_version;
+    // A record altered at the backend: refused when read, the others still read.
+    const good = parseRecord(await d.putRecord(k2, "shared", "d", "to be altered"));
+    good.ct[3]! ^= 1;
+    await d.importRecords("shared", [encodeRecord({ ...good, id: "t" })]);
+    const tampered = await attempt(() => d.getRecord(k2, "shared", "t"));
     k2.lock();
     await d.logout();
-    return { before: before.ok, stale, after: after.ok, versions, old: old ? td.decode(old) : null, written, failed, opened };
+    return { before: before.ok, stale, after: after.ok, versions, old: old ? td.decode(old) : null, written, failed, opened, tampered };
   },
 
   // hostile: bundles from a backend that wants to hang the page.
