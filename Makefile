@@ -76,8 +76,7 @@ $(VAULTDEV): tools/vaultdev/go.mod tools/vaultdev/go.sum $(wildcard tools/vaultd
 
 test: deps vaultdev lint
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
-	node web/strictjson_node_test.mjs
-	node web/unlockcode_node_test.mjs
+	npm test --prefix clients/web --silent
 	node --test clients/web/test/*.test.mjs
 
 lint: clients/web/node_modules

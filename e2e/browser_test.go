@@ -183,7 +183,7 @@ func typedLikeAPerson(code string) string {
 // a new unlock epoch, the chain slot and the new commitment). The Go
 // reference device adds a password, a passkey-prf and an rsa-oaep-sha256
 // slot and a record under each GDK. Headless Chromium then, with
-// web/device.js (WebCrypto only): opens all of it; decodes the escrow
+// @escrowd/device (clients/web, WebCrypto only): opens all of it; decodes the escrow
 // slots and checks their commitments; applies the keyring's adoption
 // rules (pinned, chained up, chained down); reads the records through the
 // chain and writes records the Go device reads; refuses each binding
@@ -191,7 +191,7 @@ func typedLikeAPerson(code string) string {
 // WebAuthn PRF (a virtual authenticator); runs the three vector files; and
 // opens unlock slots with codes typed into the page as a person types
 // them, with a distinct message for each kind of failure. A missing
-// Chromium, Node or playwright-core fails the test.
+// Chromium, Node, playwright-core or esbuild fails the test.
 // ESCROWD_BROWSER_SCREENSHOT=file.png saves the unlock form after the right
 // code; ESCROWD_BROWSER_OUTPUT=file.json saves what the page reported.
 func TestBrowserDevice(t *testing.T) {
@@ -630,9 +630,39 @@ func TestBrowserDevice(t *testing.T) {
 	}
 }
 
-// runBrowser serves web/ and the fixture and runs web/run.mjs in Chromium.
+// buildDeviceBundle bundles @escrowd/device with the page's vector runners
+// (clients/web/test/browser.ts) with the package's own esbuild, into a
+// directory of the test's, and returns it. The browser test loads this
+// bundle, never a copy checked in.
+func buildDeviceBundle(t *testing.T, entry, name string) string {
+	t.Helper()
+	pkg, err := filepath.Abs("../clients/web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	esbuild := filepath.Join(pkg, "node_modules", ".bin", "esbuild")
+	if _, err := os.Stat(esbuild); err != nil {
+		t.Fatal("clients/web/node_modules/esbuild is missing: run `make deps` (npm ci --prefix clients/web)")
+	}
+	out := t.TempDir()
+	cmd := exec.Command(esbuild, entry, "--bundle", "--format=esm", "--log-level=warning",
+		"--outfile="+filepath.Join(out, name))
+	cmd.Dir = pkg
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("esbuild: %v\n%s", err, b)
+	}
+	return out
+}
+
+// runBrowser serves the test page (clients/web/test/browser), the package's
+// bundle and the fixture, and runs web/run.mjs in Chromium.
 func runBrowser(t *testing.T, node, webDir string, fixtureJSON []byte, vectorFiles map[string][]byte) pageResult {
 	t.Helper()
+	bundleDir := buildDeviceBundle(t, "test/browser.ts", "device.js")
+	pageDir, err := filepath.Abs("../clients/web/test/browser")
+	if err != nil {
+		t.Fatal(err)
+	}
 	mux := http.NewServeMux()
 	serveJSON := func(b []byte) http.HandlerFunc {
 		return func(w http.ResponseWriter, _ *http.Request) {
@@ -644,11 +674,14 @@ func runBrowser(t *testing.T, node, webDir string, fixtureJSON []byte, vectorFil
 	for route, b := range vectorFiles {
 		mux.HandleFunc(route, serveJSON(b))
 	}
-	files := http.FileServer(http.Dir(webDir))
+	page := http.FileServer(http.Dir(pageDir))
+	bundle := http.FileServer(http.Dir(bundleDir))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/", "/index.html", "/device.js", "/strictjson.js", "/unlockcode.js":
-			files.ServeHTTP(w, r)
+		case "/", "/index.html":
+			page.ServeHTTP(w, r)
+		case "/device.js":
+			bundle.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}

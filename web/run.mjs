@@ -1,7 +1,8 @@
-// Drives web/index.html in headless Chromium (Debian's /usr/bin/chromium,
-// never a downloaded browser) and prints what the page did as one JSON
-// object on stdout. A virtual WebAuthn authenticator with the PRF
-// extension (DevTools Protocol) stands in for a passkey.
+// Drives the browser test page (clients/web/test/browser/index.html) in
+// headless Chromium (Debian's /usr/bin/chromium, never a downloaded
+// browser) and prints what the page did as one JSON object on stdout. A
+// virtual WebAuthn authenticator with the PRF extension (DevTools
+// Protocol) stands in for a passkey.
 // Usage: node run.mjs URL [screenshot.png]
 import { chromium } from "playwright-core";
 import { mkdtemp, rm } from "node:fs/promises";

@@ -10,7 +10,7 @@ import (
 // KELVIN SIGN as "k" and U+017F LONG S as "s", so this slot read as a
 // member slot in Go and an escrow slot in JSON.parse (measured on the v1
 // decoder). Every non-ASCII byte is now a syntax error, in Go and in
-// web/strictjson.js alike.
+// clients/web/src/strictjson.ts alike.
 func TestFoldedKeys(t *testing.T) {
 	wrapped := base64.StdEncoding.EncodeToString(make([]byte, 384))
 	for _, key := range []string{"\u212aind", "\u017fuite", "kind"} {

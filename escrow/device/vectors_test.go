@@ -298,7 +298,7 @@ func generateVectors(t *testing.T) *Vectors {
 	v := &Vectors{
 		Comment: "escrowd key bundle format v2 device vectors (docs/FORMAT.md, Test vectors). Hex unless a member says otherwise; " +
 			"slot, record and input are exact JSON texts. Made by go test ./escrow/device -run TestVectors -update (random keys); " +
-			"run by escrow/device (Go) and web/device.js (WebCrypto).",
+			"run by escrow/device (Go) and @escrowd/device (WebCrypto).",
 		Format: format.Version, Group: group,
 		GDKs: map[string]string{}, Commits: map[string]string{}, Derived: map[string]Derived{},
 	}

@@ -17,7 +17,7 @@ import (
 )
 
 // vectors is testdata/vectors.json, written by testdata/gen_vectors.py from
-// the specification; web/unlockcode.js runs the same file.
+// the specification; clients/web (@escrowd/device) runs the same file.
 type vectors struct {
 	Separators []string `json:"separators"`
 	Codes      []struct {
@@ -317,7 +317,7 @@ func TestFromMaterial(t *testing.T) {
 		t.Error("index 32 accepted")
 	}
 	if MinMaterial != 9 || DataBits != 70 || Symbols != 16 || MaxIndex != 31 {
-		t.Error("constants changed: docs/FORMAT.md and web/unlockcode.js depend on them")
+		t.Error("constants changed: docs/FORMAT.md and clients/web/src/unlockcode.ts depend on them")
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 var ErrMalformed = errors.New("strictjson: malformed input")
 
 // One sentinel per error class. The class names are shared with
-// web/strictjson.js and pinned by testdata/vectors.json: Go and JavaScript
+// clients/web/src/strictjson.ts and pinned by testdata/vectors.json: Go and JavaScript
 // must refuse the same inputs for the same reason.
 var (
 	ErrSyntax       error = &class{"syntax"}

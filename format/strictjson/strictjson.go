@@ -1,6 +1,6 @@
 // Package strictjson is the one JSON profile that escrowd's formats (the
 // key bundle first) are written in. It is implemented twice, here and in
-// web/strictjson.js, and both run testdata/vectors.json, because a slot
+// clients/web/src/strictjson.ts, and both run testdata/vectors.json, because a slot
 // must mean the same thing to the daemon and to a browser. Ordinary JSON
 // decoders disagree at the edges: encoding/json matches U+212A (Kelvin
 // sign) to "k" and accepts null, JSON.parse keeps the last duplicate key
@@ -48,7 +48,7 @@ const (
 	KindInt
 )
 
-// String returns the name used in messages and in web/strictjson.js.
+// String returns the name used in messages and in clients/web/src/strictjson.ts.
 func (k Kind) String() string {
 	switch k {
 	case KindObject:

@@ -11,7 +11,7 @@ import (
 	"testing"
 )
 
-// The vector file is shared with web/strictjson.js (runVectors), which
+// The vector file is shared with @escrowd/device (clients/web/test/vectors.ts), which
 // must give every case the same outcome.
 const vectorFile = "testdata/vectors.json"
 

@@ -1,5 +1,24 @@
 // @escrowd/device: the device side of escrowd's key bundle format v2
 // (docs/FORMAT.md) and the device key hierarchy of docs/DEVICE.md.
 
-/** The key bundle format version this package reads and writes. */
-export const FORMAT_VERSION = 2;
+export { FORMAT_VERSION } from "./version.js";
+export { type Bytes, hex, unhex } from "./bytes.js";
+export { DeviceError, MESSAGES, FORMAT_CODES, DEVICE_CODES, codeOf, type ErrorCode, type FormatCode, type DeviceCode } from "./errors.js";
+export { parseCode, type ParsedCode } from "./unlockcode.js";
+export { encodeBase64 as toB64, decodeBase64 as b64 } from "./strictjson.js";
+export {
+  type Slot, type Bundle, type SealedRecord, type Kind, type Suite, type Input,
+  parseSlot, parseBundle, parseRecord, encodeSlot, encodeBundle, encodeRecord, prfInput, recordAAD,
+  MAX_SLOT_SIZE, MAX_BUNDLE_SIZE, MAX_SLOTS, MAX_RECORD_SIZE, MAX_ITERATIONS, MIN_PASSWORD_ITERATIONS, MIN_UNLOCK_ITERATIONS,
+} from "./format.js";
+export {
+  GDK, type Want, type Opened, type To, type PRF, type PrivateKey, type P256Pair, type SlotInput, type OpenedRecord,
+  newGDK, openPublic, openUnlock, openPassword, openPasskey, openChain, pickUnlock,
+  sealPublic, sealPassword, sealPasskey, sealChain, sealRecord, sealRecordRaw, openRecord,
+} from "./gdk.js";
+export { Keyring } from "./keyring.js";
+export {
+  Device, UnlockedKeys, type Recovery, type Secret, type PasskeyPRF, type DeviceOptions, MEMBER_KEY_RECORD, DEFAULT_MAX_ITERATIONS,
+} from "./device.js";
+export { type Transport, type ConsumedCode, type Enrolment } from "./transport.js";
+export { createPasskey, passkeyPRF, prfOf } from "./webauthn.js";
