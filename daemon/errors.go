@@ -3,7 +3,9 @@ package daemon
 import (
 	"context"
 	"errors"
+	"strconv"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -42,6 +44,25 @@ var errorCodes = []struct {
 	{context.Canceled, codes.Canceled},
 }
 
+// ErrorDomain is the domain of the ErrorInfo details the daemon sends.
+const ErrorDomain = "escrowd.dev"
+
+// withDetails adds to st the details err carries: an ErrorInfo naming the
+// key version that is below the minimum.
+func withDetails(st *status.Status, err error) *status.Status {
+	var r *escrow.RetiredError
+	if !errors.As(err, &r) {
+		return st
+	}
+	d, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: "KEY_VERSION_RETIRED", Domain: ErrorDomain, Metadata: map[string]string{
+		"group": r.Group, "kind": string(r.Kind), "version": strconv.FormatUint(uint64(r.Version), 10),
+		"min_version": strconv.FormatUint(uint64(r.MinVersion), 10), "latest": strconv.FormatUint(uint64(r.Latest), 10)}})
+	if derr != nil {
+		return st
+	}
+	return d
+}
+
 // status turns a handler error into the status the caller gets. Errors of
 // no known class become Internal with the request id only: their text may
 // describe internals, and the log has it.
@@ -54,7 +75,7 @@ func (s *Server) status(requestID string, err error) *status.Status {
 	}
 	for _, m := range errorCodes {
 		if errors.Is(err, m.err) {
-			return status.New(m.code, err.Error())
+			return withDetails(status.New(m.code, err.Error()), err)
 		}
 	}
 	return status.Newf(codes.Internal, "internal error; the operators can find it by request id %s", requestID)

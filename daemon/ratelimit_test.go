@@ -2,14 +2,17 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/escrow/unlockcode"
 	"github.com/escrowd/escrowd/policy"
 	"github.com/escrowd/escrowd/store"
@@ -78,9 +81,49 @@ func TestRateLimitAfterValidIDs(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "per-caller") {
 		t.Fatalf("a second reveal in the hour: %v, want RESOURCE_EXHAUSTED naming per-caller", err)
 	}
+	// The caller gets the limit's numbers as an ErrorInfo and the time
+	// until one request's room comes back as a RetryInfo.
+	var info *errdetails.ErrorInfo
+	var retry *errdetails.RetryInfo
+	for _, d := range status.Convert(err).Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			info = d
+		case *errdetails.RetryInfo:
+			retry = d
+		}
+	}
+	if info == nil || info.GetReason() != "RATE_LIMITED" || info.GetDomain() != ErrorDomain || info.GetMetadata()["limit"] != "per-caller" ||
+		info.GetMetadata()["window"] == "" || info.GetMetadata()["max"] == "" || retry == nil || retry.GetRetryDelay().AsDuration() <= 0 {
+		t.Fatalf("details of a rate limit: %v %v", info, retry)
+	}
 	for _, r := range a.recs[:6] {
 		if r.Code != codes.InvalidArgument.String() {
 			t.Fatalf("record %s: code %s, want InvalidArgument", r.ID, r.Code)
 		}
+	}
+}
+
+// TestRetiredDetails: a key version below the minimum comes with an
+// ErrorInfo naming the group, kind and versions.
+func TestRetiredDetails(t *testing.T) {
+	s := &Server{}
+	err := fmt.Errorf("rewrap: %w", &escrow.RetiredError{Group: "g1", Kind: escrow.KindEscrow, Version: 1, MinVersion: 2, Latest: 3})
+	st := s.status("req-1", err)
+	if st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "below its minimum decryption version 2") {
+		t.Fatalf("%v", st)
+	}
+	var info *errdetails.ErrorInfo
+	for _, d := range st.Details() {
+		if i, ok := d.(*errdetails.ErrorInfo); ok {
+			info = i
+		}
+	}
+	want := map[string]string{"group": "g1", "kind": "escrow", "version": "1", "min_version": "2", "latest": "3"}
+	if info == nil || info.GetReason() != "KEY_VERSION_RETIRED" || fmt.Sprint(info.GetMetadata()) != fmt.Sprint(want) {
+		t.Fatalf("details: %v", info)
+	}
+	if d := s.status("req-2", fmt.Errorf("%w: x", escrow.ErrNotFound)).Details(); len(d) != 0 {
+		t.Fatalf("a plain error got details %v", d)
 	}
 }
