@@ -37,6 +37,7 @@ import (
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/devpki"
 	"github.com/escrowd/escrowd/internal/vaulttest"
+	"github.com/escrowd/escrowd/jobs"
 	"github.com/escrowd/escrowd/policy"
 	"github.com/escrowd/escrowd/softhsm"
 	"github.com/escrowd/escrowd/store"
@@ -163,9 +164,11 @@ type stack struct {
 	addr     string
 	// healthAddr is the plain health listener (no TLS, no certificate).
 	healthAddr string
-	sync       escrowdv1.SyncServiceClient
-	support    escrowdv1.SupportServiceClient
-	sec        escrowdv1.SecurityServiceClient
+	// stopJobs stops the job runner, if any.
+	stopJobs func()
+	sync     escrowdv1.SyncServiceClient
+	support  escrowdv1.SupportServiceClient
+	sec      escrowdv1.SecurityServiceClient
 }
 
 type stackOpts struct {
@@ -179,6 +182,10 @@ type stackOpts struct {
 	token *softhsm.Token
 	// checkInterval, if set, is how often health checks the HSM and Vault.
 	checkInterval time.Duration
+	// listen, if set, is the address to serve on (else a free port).
+	listen string
+	// jobs runs a job runner, as escrowd does, for the jobs RPCs.
+	jobs bool
 }
 
 func newStack(t *testing.T, v *vaulttest.Server) *stack { return newStackWith(t, v, stackOpts{}) }
@@ -218,8 +225,17 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var runner daemon.Jobs
+	stopJobs := func() {}
+	if o.jobs {
+		r := jobs.New(st, svc, h, jobs.Config{Poll: 100 * time.Millisecond})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); r.Run(ctx) }()
+		runner, stopJobs = r, func() { cancel(); <-done }
+	}
 	srv, err := daemon.New(daemon.Config{
-		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, State: st, Events: st, Policy: loadPolicy(t, o.policy),
+		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, Jobs: runner, State: st, Events: st, Policy: loadPolicy(t, o.policy),
 		TLS: &tls.Config{Certificates: []tls.Certificate{pki.certs["server"]}}, ClientCAs: pki.ca.Pool(),
 		Checks:        map[string]daemon.Checker{"hsm": h, "vault": aud},
 		CheckInterval: o.checkInterval,
@@ -227,7 +243,10 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if o.listen == "" {
+		o.listen = "127.0.0.1:0"
+	}
+	lis, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +257,7 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	go srv.Serve(lis)
 	go srv.ServeHealth(hlis)
 	s := &stack{t: t, hsm: h, store: st, ownStore: o.store == nil, audit: aud, srv: srv, prefix: o.prefix,
-		addr: lis.Addr().String(), healthAddr: hlis.Addr().String()}
+		addr: lis.Addr().String(), healthAddr: hlis.Addr().String(), stopJobs: stopJobs}
 	t.Cleanup(s.stop)
 	s.sync = escrowdv1.NewSyncServiceClient(s.dial("sync-backend"))
 	s.support = escrowdv1.NewSupportServiceClient(s.dial("alice"))
@@ -253,6 +272,9 @@ func (s *stack) stop() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if s.stopJobs != nil {
+		s.stopJobs()
+	}
 	s.srv.Shutdown(ctx)
 	s.audit.Close()
 	s.hsm.Close()
