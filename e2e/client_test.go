@@ -13,7 +13,7 @@ import (
 )
 
 // dialClient connects the client package to s as the named identity.
-func dialClient(t *testing.T, addr, who string, cfg client.Config) *client.Client {
+func dialClient(t testing.TB, addr, who string, cfg client.Config) *client.Client {
 	t.Helper()
 	cfg.Addr = addr
 	cfg.CertFile, cfg.KeyFile, cfg.CAFile = filepath.Join(pki.dir, who+".crt"), filepath.Join(pki.dir, who+".key"), filepath.Join(pki.dir, "ca.crt")

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -36,6 +37,7 @@ import (
 	"github.com/escrowd/escrowd/format"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/devpki"
+	"github.com/escrowd/escrowd/internal/tracing"
 	"github.com/escrowd/escrowd/internal/vaulttest"
 	"github.com/escrowd/escrowd/jobs"
 	"github.com/escrowd/escrowd/policy"
@@ -154,7 +156,7 @@ func run(m *testing.M) int {
 
 // stack is one escrowd over the shared token and a Vault server.
 type stack struct {
-	t        *testing.T
+	t        testing.TB
 	hsm      *hsm.HSM
 	store    store.Store
 	ownStore bool
@@ -186,11 +188,14 @@ type stackOpts struct {
 	listen string
 	// jobs runs a job runner, as escrowd does, for the jobs RPCs.
 	jobs bool
+	// tracer, if set, traces the daemon and its store, HSM and audit
+	// calls, as escrowd does with -otlp-endpoint.
+	tracer trace.TracerProvider
 }
 
 func newStack(t *testing.T, v *vaulttest.Server) *stack { return newStackWith(t, v, stackOpts{}) }
 
-func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
+func newStackWith(t testing.TB, v *vaulttest.Server, o stackOpts) *stack {
 	t.Helper()
 	if o.prefix == "" {
 		o.prefix = "escrowd-test/" + strings.ReplaceAll(t.Name(), "/", "-")
@@ -221,7 +226,15 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := escrow.New(h, st, escrow.Config{})
+	var (
+		escHSM   escrow.HSM     = h
+		escStore store.Store    = st
+		auditor  daemon.Auditor = aud
+	)
+	if o.tracer != nil {
+		escHSM, escStore, auditor = tracing.HSM(h, o.tracer), tracing.Store(st, o.tracer), tracing.Audit(aud, o.tracer)
+	}
+	svc, err := escrow.New(escHSM, escStore, escrow.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,8 +248,9 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 		runner, stopJobs = r, func() { cancel(); <-done }
 	}
 	srv, err := daemon.New(daemon.Config{
-		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, Jobs: runner, State: st, Events: st, Policy: loadPolicy(t, o.policy),
-		TLS: &tls.Config{Certificates: []tls.Certificate{pki.certs["server"]}}, ClientCAs: pki.ca.Pool(),
+		Escrow: svc, Auditor: auditor, Objects: h, Versions: svc, Jobs: runner, State: escStore, Events: st, Policy: loadPolicy(t, o.policy),
+		TracerProvider: o.tracer,
+		TLS:            &tls.Config{Certificates: []tls.Certificate{pki.certs["server"]}}, ClientCAs: pki.ca.Pool(),
 		Checks:        map[string]daemon.Checker{"hsm": h, "vault": aud},
 		CheckInterval: o.checkInterval,
 	})
