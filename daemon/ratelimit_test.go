@@ -127,3 +127,39 @@ func TestRetiredDetails(t *testing.T) {
 		t.Fatalf("a plain error got details %v", d)
 	}
 }
+
+// TestBadRequestDetails: an invalid request names its field in a
+// BadRequest detail when its message starts with a field of the API, and
+// only then.
+func TestBadRequestDetails(t *testing.T) {
+	s := &Server{}
+	for _, tt := range []struct {
+		err   error
+		field string
+	}{
+		{fmt.Errorf("%w: group_id: too long", escrow.ErrInvalid), "group_id"},
+		{fmt.Errorf("%w: items[3].group_id: empty", escrow.ErrInvalid), "items[3].group_id"},
+		{fmt.Errorf("%w: recipient.kind must be KIND_MEMBER or KIND_DEVICE", escrow.ErrInvalid), "recipient.kind"},
+		{fmt.Errorf("%w: escrow_slot is a unlock slot", escrow.ErrInvalid), "escrow_slot"},
+		{fmt.Errorf("%w: count 30 outside 1 to 20", escrow.ErrInvalid), "count"},
+		{fmt.Errorf("%w: user u epoch 1 has no code 9", escrow.ErrInvalid), ""},
+		{fmt.Errorf("%w: key kind %q, want escrow or unlock", escrow.ErrInvalid, "x"), ""},
+		{fmt.Errorf("%w: Group_id: x", escrow.ErrInvalid), ""},
+		{fmt.Errorf("%w: group_id.nope: x", escrow.ErrInvalid), ""},
+		{fmt.Errorf("%w: ", escrow.ErrInvalid), ""},
+		{fmt.Errorf("%w: group_id: x", escrow.ErrNotFound), ""},
+	} {
+		var got string
+		for _, d := range s.status("r", tt.err).Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) == 1 {
+				got = br.GetFieldViolations()[0].GetField()
+				if br.GetFieldViolations()[0].GetDescription() != tt.err.Error() {
+					t.Errorf("%v: description %q", tt.err, br.GetFieldViolations()[0].GetDescription())
+				}
+			}
+		}
+		if got != tt.field {
+			t.Errorf("%v: field %q, want %q", tt.err, got, tt.field)
+		}
+	}
+}

@@ -344,6 +344,13 @@ func hint(e *client.Error) string {
 		return h + ".\nRate limits are set under rate_limits in the policy file escrowd runs with (its -policy;\n" +
 			"make run: .run/pki/policy.yaml). Change the limit there and send escrowd SIGHUP (docs/POLICY.md)."
 	}
+	if len(e.Violations) > 0 {
+		var fs []string
+		for _, v := range e.Violations {
+			fs = append(fs, v.Field)
+		}
+		return "The field to fix: " + strings.Join(fs, ", ") + "."
+	}
 	if r, ok := e.Retired(); ok {
 		if r.Kind == "escrow" {
 			return fmt.Sprintf("Escrow key version %d of group %s is retired (minimum %d, newest %d): a slot sealed to it\ncan no longer be opened; seal the group's escrow slot to version %d while an allowed version still opens it\n(escrowctl group rewrap-escrow), or lower the minimum (escrowctl group retire).", r.Version, r.Group, r.MinVersion, r.Latest, r.Latest)
