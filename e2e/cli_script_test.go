@@ -55,6 +55,10 @@ func TestCLIScripts(t *testing.T) {
 			name := env.T().(interface{ Name() string }).Name()
 			name = name[strings.LastIndex(name, "/")+1:]
 			env.Setenv("ESCROWD_ADDR", addrs[name])
+			// For audit verify and audit read: the script's own trail.
+			env.Setenv("VAULT_ADDR", vaultSrv.Addr)
+			env.Setenv("VAULT_TOKEN", vaultSrv.Token)
+			env.Setenv("AUDIT_PREFIX", "escrowd-test/cli-script-"+name)
 			env.Setenv("ESCROWCTL_PKI", pki.dir)
 			env.Setenv("PATH", filepath.Dir(escrowctl)+string(os.PathListSeparator)+os.Getenv("PATH"))
 			return nil
