@@ -10,6 +10,7 @@ SOFTHSM   := /usr/lib/softhsm/libsofthsm2.so
 CHROMIUM  := /usr/bin/chromium
 PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+BUF                := github.com/bufbuild/buf/cmd/buf@v1.75.0
 STATICCHECK        := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 TEST_TIMEOUT       ?= 30m
 
@@ -86,6 +87,7 @@ lint: clients/web/node_modules
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	GO=$(GO) BUF=$(BUF) scripts/check-api.sh
 
 # fuzz runs every fuzz target for FUZZTIME each. Plain `go test` (and so
 # `make test`) already runs each target's seed corpus as a test.

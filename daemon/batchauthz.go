@@ -45,7 +45,7 @@ func (d itemDenial) String() string {
 // run; otherwise the error the item fails with and, if the rules refused
 // it, why. A refused item counts against no limit.
 func (s *Server) admitItem(ctx context.Context, pol *policy.Policy, op, group, target string) (*itemDenial, error) {
-	d := pol.Decide(policy.Request{Identity: callerID(ctx), Operation: op, Group: group, Targets: []string{target}})
+	d := s.decide(ctx, pol, policy.Request{Identity: callerID(ctx), Operation: op, Group: group, Targets: []string{target}})
 	if err := invalidDecision(d); err != nil {
 		return nil, err
 	}

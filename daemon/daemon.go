@@ -19,6 +19,7 @@ import (
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -134,6 +135,9 @@ type Config struct {
 	// Events is the store's event outbox, read by SyncService.ListEvents
 	// (events.go); without it that RPC fails with FAILED_PRECONDITION.
 	Events EventLog
+	// TracerProvider, if set, traces every RPC and its policy decision
+	// (tracing.go); nil turns tracing off.
+	TracerProvider trace.TracerProvider
 
 	// Limits of the API listener; zero takes the Default* value
 	// (listen.go explains each).
@@ -188,6 +192,7 @@ func (cfg Config) withDefaults() Config {
 // plain health listener (ServeHealth) for orchestrators that have no
 // client certificate.
 type Server struct {
+	tracer     trace.Tracer
 	cfg        Config
 	log        *zap.Logger
 	grpc       *grpc.Server
@@ -268,6 +273,7 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	s.SetCredentials(cert, cfg.ClientCAs)
 	tc := s.tlsBase.Clone()
 	tc.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) { return s.creds.Load().tls, nil }
+	opts = append(opts, s.tracingOptions()...)
 	opts = append(opts,
 		grpc.Creds(handshakeCreds{TransportCredentials: credentials.NewTLS(tc), s: s}),
 		grpc.ForceServerCodecV2(s.codec),

@@ -457,7 +457,7 @@ func (s *Server) authorize(ctx context.Context, c *call, req any) (context.Conte
 		}
 	case kindAPI:
 		op := operation(c.method)
-		d := pol.Decide(policy.Request{
+		d := s.decide(ctx, pol, policy.Request{
 			Identity: me, Operation: op,
 			Group: c.rec.Group, User: c.rec.User, Ticket: c.rec.Ticket, Targets: targets(req),
 			Batch: batched(req),

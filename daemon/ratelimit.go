@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/escrow/bundle"
@@ -50,8 +53,7 @@ func (s *Server) takeRate(ctx context.Context, req any, d policy.Decision) (*pol
 	switch {
 	case errors.Is(err, store.ErrRateLimited):
 		l := d.Limits[i]
-		return &l, status.Errorf(codes.ResourceExhausted, "rate limit %s reached: %d per %s, as a burst of %d and then one every %s",
-			l.Name, l.Max, l.Window, l.Max, store.RateLimit{Max: l.Max, Window: l.Window}.Interval().Round(time.Millisecond))
+		return &l, rateLimited(l)
 	case errors.Is(err, store.ErrInvalidLimit):
 		// The policy builds no such limit: a bug, neither the caller's
 		// fault nor an outage (INTERNAL).
@@ -77,4 +79,21 @@ func requiredIDs(req any) error {
 		}
 	}
 	return nil
+}
+
+// rateLimited is the status of a request that met limit l: the message
+// names the limit and where it is set, an ErrorInfo carries its numbers
+// and a RetryInfo the time until one request's room comes back.
+func rateLimited(l policy.Limit) error {
+	interval := store.RateLimit{Max: l.Max, Window: l.Window}.Interval().Round(time.Millisecond)
+	st := status.Newf(codes.ResourceExhausted, "rate limit %s reached: %d per %s, as a burst of %d and then one every %s (the policy file's rate_limits)",
+		l.Name, l.Max, l.Window, l.Max, interval)
+	if d, err := st.WithDetails(
+		&errdetails.ErrorInfo{Reason: "RATE_LIMITED", Domain: ErrorDomain, Metadata: map[string]string{
+			"limit": l.Name, "max": strconv.Itoa(int(l.Max)), "window": l.Window.String(), "interval": interval.String()}},
+		&errdetails.RetryInfo{RetryDelay: durationpb.New(interval)},
+	); err == nil {
+		st = d
+	}
+	return st.Err()
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/escrow/bundle"
 )
 
@@ -30,7 +31,8 @@ func (s *Server) validate(c *call, req any) error {
 		return errMalformed(m)
 	}
 	if err := checkFields(m); err != nil {
-		return status.Errorf(codes.InvalidArgument, "invalid request: %v", err)
+		// INVALID_ARGUMENT (errors.go), with the field as a BadRequest.
+		return fmt.Errorf("%w: %v", escrow.ErrInvalid, err)
 	}
 	c.rec.Group, c.rec.User, c.rec.Ticket = requestFields(req)
 	return nil

@@ -198,6 +198,9 @@ func TestCLI(t *testing.T) {
 	if code == "" || !strings.Contains(out, "unlock code 0 of epoch 1 for alice") || !strings.Contains(out, "2 left") {
 		t.Fatalf("reveal: %s", out)
 	}
+	if strings.Contains(out, "dual control") {
+		t.Fatalf("a reveal outside dual control spoke of it: %s", out)
+	}
 	slot0, err := os.ReadFile(filepath.Join(work, "slots", "unlock-1-0.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +221,7 @@ func TestCLI(t *testing.T) {
 	checkGroupKey(t, escrowctl, append(os.Environ(), "ESCROWD_ADDR="+addr, "ESCROWCTL_PKI="+pki.dir), "cli-family", "ecdh-p256")
 	ctl("sync-backend", "group", "provision", "-group", "cli-rsa", "-suite", "rsa-oaep-sha1")
 	checkGroupKey(t, escrowctl, append(os.Environ(), "ESCROWD_ADDR="+addr, "ESCROWCTL_PKI="+pki.dir), "cli-rsa", "rsa-oaep-sha1")
-	out = ctl("carol", "hsm", "objects")
+	out = ctl("carol", "hsm", "objects", "-o", "json")
 	if !strings.Contains(out, `"label": "escrowd-kek-unlock-v1"`) {
 		t.Fatalf("hsm objects: %s", out)
 	}

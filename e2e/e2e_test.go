@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -36,7 +37,9 @@ import (
 	"github.com/escrowd/escrowd/format"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/devpki"
+	"github.com/escrowd/escrowd/internal/tracing"
 	"github.com/escrowd/escrowd/internal/vaulttest"
+	"github.com/escrowd/escrowd/jobs"
 	"github.com/escrowd/escrowd/policy"
 	"github.com/escrowd/escrowd/softhsm"
 	"github.com/escrowd/escrowd/store"
@@ -153,7 +156,7 @@ func run(m *testing.M) int {
 
 // stack is one escrowd over the shared token and a Vault server.
 type stack struct {
-	t        *testing.T
+	t        testing.TB
 	hsm      *hsm.HSM
 	store    store.Store
 	ownStore bool
@@ -163,9 +166,11 @@ type stack struct {
 	addr     string
 	// healthAddr is the plain health listener (no TLS, no certificate).
 	healthAddr string
-	sync       escrowdv1.SyncServiceClient
-	support    escrowdv1.SupportServiceClient
-	sec        escrowdv1.SecurityServiceClient
+	// stopJobs stops the job runner, if any.
+	stopJobs func()
+	sync     escrowdv1.SyncServiceClient
+	support  escrowdv1.SupportServiceClient
+	sec      escrowdv1.SecurityServiceClient
 }
 
 type stackOpts struct {
@@ -179,11 +184,18 @@ type stackOpts struct {
 	token *softhsm.Token
 	// checkInterval, if set, is how often health checks the HSM and Vault.
 	checkInterval time.Duration
+	// listen, if set, is the address to serve on (else a free port).
+	listen string
+	// jobs runs a job runner, as escrowd does, for the jobs RPCs.
+	jobs bool
+	// tracer, if set, traces the daemon and its store, HSM and audit
+	// calls, as escrowd does with -otlp-endpoint.
+	tracer trace.TracerProvider
 }
 
 func newStack(t *testing.T, v *vaulttest.Server) *stack { return newStackWith(t, v, stackOpts{}) }
 
-func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
+func newStackWith(t testing.TB, v *vaulttest.Server, o stackOpts) *stack {
 	t.Helper()
 	if o.prefix == "" {
 		o.prefix = "escrowd-test/" + strings.ReplaceAll(t.Name(), "/", "-")
@@ -214,20 +226,41 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := escrow.New(h, st, escrow.Config{})
+	var (
+		escHSM   escrow.HSM     = h
+		escStore store.Store    = st
+		auditor  daemon.Auditor = aud
+	)
+	if o.tracer != nil {
+		escHSM, escStore, auditor = tracing.HSM(h, o.tracer), tracing.Store(st, o.tracer), tracing.Audit(aud, o.tracer)
+	}
+	svc, err := escrow.New(escHSM, escStore, escrow.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var runner daemon.Jobs
+	stopJobs := func() {}
+	if o.jobs {
+		r := jobs.New(st, svc, h, jobs.Config{Poll: 100 * time.Millisecond})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); r.Run(ctx) }()
+		runner, stopJobs = r, func() { cancel(); <-done }
+	}
 	srv, err := daemon.New(daemon.Config{
-		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, State: st, Events: st, Policy: loadPolicy(t, o.policy),
-		TLS: &tls.Config{Certificates: []tls.Certificate{pki.certs["server"]}}, ClientCAs: pki.ca.Pool(),
+		Escrow: svc, Auditor: auditor, Objects: h, Versions: svc, Jobs: runner, State: escStore, Events: st, Policy: loadPolicy(t, o.policy),
+		TracerProvider: o.tracer,
+		TLS:            &tls.Config{Certificates: []tls.Certificate{pki.certs["server"]}}, ClientCAs: pki.ca.Pool(),
 		Checks:        map[string]daemon.Checker{"hsm": h, "vault": aud},
 		CheckInterval: o.checkInterval,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if o.listen == "" {
+		o.listen = "127.0.0.1:0"
+	}
+	lis, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +271,7 @@ func newStackWith(t *testing.T, v *vaulttest.Server, o stackOpts) *stack {
 	go srv.Serve(lis)
 	go srv.ServeHealth(hlis)
 	s := &stack{t: t, hsm: h, store: st, ownStore: o.store == nil, audit: aud, srv: srv, prefix: o.prefix,
-		addr: lis.Addr().String(), healthAddr: hlis.Addr().String()}
+		addr: lis.Addr().String(), healthAddr: hlis.Addr().String(), stopJobs: stopJobs}
 	t.Cleanup(s.stop)
 	s.sync = escrowdv1.NewSyncServiceClient(s.dial("sync-backend"))
 	s.support = escrowdv1.NewSupportServiceClient(s.dial("alice"))
@@ -253,6 +286,9 @@ func (s *stack) stop() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if s.stopJobs != nil {
+		s.stopJobs()
+	}
 	s.srv.Shutdown(ctx)
 	s.audit.Close()
 	s.hsm.Close()

@@ -34,6 +34,22 @@ type KeyVersions interface {
 	RewrapKEK(ctx context.Context, kind hsm.KeyKind, w hsm.WrappedKey, to uint32) (hsm.WrappedKey, error)
 }
 
+// RetiredError is an ErrRetired that says which version, so that the
+// daemon can send the numbers as a status detail.
+type RetiredError struct {
+	Group                       string
+	Kind                        KeyKind
+	Version, MinVersion, Latest uint32
+	next                        string
+}
+
+func (e *RetiredError) Error() string {
+	return fmt.Sprintf("%v: %s key version %d of group %s is below its minimum decryption version %d (latest %d); %s",
+		ErrRetired, e.Kind, e.Version, e.Group, e.MinVersion, e.Latest, e.next)
+}
+
+func (e *RetiredError) Unwrap() error { return ErrRetired }
+
 func usableEscrow(g *store.Group, k store.EscrowKey) error {
 	latest, _ := g.LatestEscrow()
 	switch {
@@ -41,8 +57,8 @@ func usableEscrow(g *store.Group, k store.EscrowKey) error {
 		return fmt.Errorf("%w: escrow key version %d of group %s was destroyed on %s and can never be opened again; the escrow slot must be sealed again to version %d",
 			ErrDestroyed, k.Version, g.ID, k.Destroyed.UTC().Format(time.RFC3339), latest.Version)
 	case k.Version < g.MinEscrowVersion:
-		return fmt.Errorf("%w: escrow key version %d of group %s is below its minimum decryption version %d (latest %d); the slot can no longer be re-wrapped",
-			ErrRetired, k.Version, g.ID, g.MinEscrowVersion, latest.Version)
+		return &RetiredError{Group: g.ID, Kind: KindEscrow, Version: k.Version, MinVersion: g.MinEscrowVersion, Latest: latest.Version,
+			next: "the slot can no longer be re-wrapped"}
 	}
 	return nil
 }
@@ -54,8 +70,8 @@ func usableUnlock(g *store.Group, k store.UnlockKey) error {
 		return fmt.Errorf("%w: unlock key version %d of group %s was destroyed on %s; issue a new epoch of codes (version %d)",
 			ErrDestroyed, k.Version, g.ID, k.Destroyed.UTC().Format(time.RFC3339), latest.Version)
 	case k.Version < g.MinUnlockVersion:
-		return fmt.Errorf("%w: unlock key version %d of group %s is below its minimum decryption version %d (latest %d); issue a new epoch of codes",
-			ErrRetired, k.Version, g.ID, g.MinUnlockVersion, latest.Version)
+		return &RetiredError{Group: g.ID, Kind: KindUnlock, Version: k.Version, MinVersion: g.MinUnlockVersion, Latest: latest.Version,
+			next: "issue a new epoch of codes"}
 	}
 	return nil
 }

@@ -40,6 +40,9 @@ escrowd development stack
   gRPC    $listen
 
   policy  $run/pki/policy.yaml (edit, then: kill -HUP \$(cat $run/escrowd.pid))
+  limits  reveals-per-user 100 per 1h, reveals-per-technician 1000 per 1h: meant for
+          trying things out (rate_limits in the policy; a .run/pki made by an
+          older escrowctl has 3 per user per 24h: edit it or delete .run/pki)
 
 Callers use the certificates in $run/pki: sync-backend; alice and bob
 (support); carol (security). In another shell:
@@ -57,6 +60,8 @@ Dual control: reveals in groups named vip-* wait until another person runs
 Event feed (what the sync backend tells users; a .run/pki made before the
 feed existed needs ListEvents added to its sync-backend role):
   bin/escrowctl events -as sync-backend [-after N] [-follow]
+Every command: bin/escrowctl --help; -o json for machine-readable output;
+shell completion: source <(bin/escrowctl completion bash)
 Audit trail:
   VAULT_ADDR=$vault_addr bin/escrowctl audit verify -vault-token-file $run/vault/token
 

@@ -47,9 +47,15 @@ dual_control:
   groups: ["vip-*"]
   timeout: 10m
 
+# Generous limits for trying things out; a production policy allows a user
+# a few reveals a day (docs/POLICY.md). Edit, then send escrowd SIGHUP.
 rate_limits:
-  - {name: reveals-per-user, operations: [RevealUnlockCode], per: user, limit: 3, window: 24h}
-  - {name: reveals-per-technician, operations: [RevealUnlockCode], per: caller, limit: 50, window: 1h}
+` + devRateLimits
+
+// devRateLimits are the development policy's limits, which dev pki
+// prints: someone trying escrowd out should not meet a production limit.
+const devRateLimits = `  - {name: reveals-per-user, operations: [RevealUnlockCode], per: user, limit: 100, window: 1h}
+  - {name: reveals-per-technician, operations: [RevealUnlockCode], per: caller, limit: 1000, window: 1h}
 `
 
 // devPKI writes a CA, certificates and a policy into dir, unless dir has
@@ -89,5 +95,7 @@ func devPKI(dir string, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "wrote a development CA, certificates and policy.yaml to %s\n", dir)
+	fmt.Fprintf(out, "its rate limits, meant for trying things out (edit %s, then send escrowd SIGHUP):\n%s",
+		filepath.Join(dir, "policy.yaml"), devRateLimits)
 	return nil
 }

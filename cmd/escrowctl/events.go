@@ -4,21 +4,70 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/client"
 )
 
 // eventsFollowEvery is how often `events -follow` asks for new events once
 // it has caught up.
 const eventsFollowEvery = time.Second
 
+// eventLister is the call events makes.
+type eventLister interface {
+	ListEvents(ctx context.Context, req *escrowdv1.ListEventsRequest, opts ...client.CallOption) (*escrowdv1.ListEventsResponse, error)
+}
+
+func eventsCmd(a *app) *cobra.Command {
+	var after uint64
+	var limit uint32
+	var follow bool
+	c := &cobra.Command{
+		Use:   "events [--after N] [--limit N] [--follow]",
+		Short: "The event feed, as the sync backend reads it (SyncService.ListEvents)",
+		Long: `The event feed: one line per event after sequence N (default 0: from the
+oldest kept) until caught up; the cursor to go on from goes to stderr.
+--follow keeps asking every second until interrupted. With -o json, one JSON
+object per event (JSON Lines).`,
+		Args:      cobra.MatchAll(cobra.MaximumNArgs(1), cobra.OnlyValidArgs),
+		ValidArgs: []string{"list"},
+	}
+	d := daemonCmd(c, 30*time.Second)
+	o := addOutput(c)
+	c.Flags().Uint64Var(&after, "after", 0, "events after this sequence number (0: from the oldest kept)")
+	c.Flags().Uint32Var(&limit, "limit", 0, "events per request (default: the daemon's, 100; at most 1000)")
+	c.Flags().BoolVar(&follow, "follow", false, "keep asking for new events until interrupted")
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := o.check(); err != nil {
+			return err
+		}
+		timeout := d.timeout
+		if follow {
+			// No overall deadline: each request has its own, until ^C.
+			d.timeout = 100 * 365 * 24 * time.Hour
+		}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		cmd.SetContext(ctx)
+		return d.call(cmd, func(ctx context.Context, cl *client.Client) error {
+			return listEvents(ctx, cl, after, limit, follow, o.json(), timeout, a.out, a.errOut)
+		})
+	}
+	return c
+}
+
 // listEvents prints every event after after, one line each, page by page
 // until it has caught up; with follow it then keeps asking until ctx ends.
 // Each call gets its own timeout. The cursor to go on from, and any
 // events pruned before they could be read, go to info.
-func listEvents(ctx context.Context, c escrowdv1.SyncServiceClient, after uint64, limit uint32, follow bool, timeout time.Duration, out, info io.Writer) error {
+func listEvents(ctx context.Context, c eventLister, after uint64, limit uint32, follow, asJSON bool, timeout time.Duration, out, info io.Writer) error {
 	for {
 		cctx, cancel := context.WithTimeout(ctx, timeout)
 		r, err := c.ListEvents(cctx, &escrowdv1.ListEventsRequest{After: after, Limit: limit})
@@ -33,6 +82,12 @@ func listEvents(ctx context.Context, c escrowdv1.SyncServiceClient, after uint64
 			fmt.Fprintf(info, "warning: %d events after %d were pruned before they could be read\n", m, after)
 		}
 		for _, e := range r.GetEvents() {
+			if asJSON {
+				if err := emitJSONLine(out, e, nil); err != nil {
+					return err
+				}
+				continue
+			}
 			fmt.Fprintln(out, eventLine(e))
 		}
 		after = r.GetNext()

@@ -30,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -40,6 +41,7 @@ import (
 	"github.com/escrowd/escrowd/internal/config"
 	"github.com/escrowd/escrowd/internal/pidfile"
 	"github.com/escrowd/escrowd/internal/secret"
+	"github.com/escrowd/escrowd/internal/tracing"
 	"github.com/escrowd/escrowd/jobs"
 	"github.com/escrowd/escrowd/metrics"
 	"github.com/escrowd/escrowd/policy"
@@ -368,6 +370,19 @@ func run(o *options) error {
 		hsmObs, auditObs, daemonObs = mtr, mtr, mtr
 	}
 
+	// Tracing is off unless -otlp-endpoint is given.
+	tp, stopTracing, err := tracing.New(context.Background(), tracing.Config{Endpoint: o.otlpEndpoint, Insecure: o.otlpInsecure, SampleRatio: o.traceSample})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(ctx); err != nil {
+			log.Warn("failed to flush the last traces", zap.Error(err))
+		}
+	}()
+
 	h, err := hsm.Open(hsm.Config{
 		Module: o.hsmModule, TokenLabel: o.hsmToken, PIN: pin,
 		Sessions: o.hsmSessions, KEKLabel: o.kekLabel, AllowPublicKEK: o.allowPublicKEK, Observer: hsmObs,
@@ -400,7 +415,20 @@ func run(o *options) error {
 		return fmt.Errorf("audit trail at Vault %s: %w", o.vaultAddr, err)
 	}
 
-	svc, err := escrow.New(h, st, escrow.Config{DefaultSuite: o.defaultSuite})
+	// With tracing on, escrow and the daemon see the HSM, the store and
+	// the audit trail through wrappers that make a span of each call; the
+	// job runner keeps the plain ones.
+	var (
+		escHSM   escrow.HSM     = h
+		escStore store.Store    = st
+		auditor  daemon.Auditor = aud
+		tprov    trace.TracerProvider
+	)
+	if tp != nil {
+		escHSM, escStore, auditor, tprov = tracing.HSM(h, tp), tracing.Store(st, tp), tracing.Audit(aud, tp), tp
+		log.Info("tracing on", zap.String("otlp_endpoint", o.otlpEndpoint), zap.Float64("sample_ratio", o.traceSample))
+	}
+	svc, err := escrow.New(escHSM, escStore, escrow.Config{DefaultSuite: o.defaultSuite})
 	if err != nil {
 		return err
 	}
@@ -410,13 +438,14 @@ func run(o *options) error {
 		return err
 	}
 	srv, err := daemon.New(daemon.Config{
-		Escrow: svc, Auditor: aud, Objects: h, Versions: svc, Jobs: runner, State: st, Policy: p.policy,
+		Escrow: svc, Auditor: auditor, Objects: h, Versions: svc, Jobs: runner, State: escStore, Policy: p.policy,
 		TLS: &tls.Config{Certificates: []tls.Certificate{p.cert}}, ClientCAs: p.clientCAs, Revocations: p.crl,
-		Checks:       map[string]daemon.Checker{"hsm": h, "vault": aud},
-		Logger:       log,
-		AuditTimeout: o.auditTimeout,
-		Observer:     daemonObs,
-		Events:       st,
+		Checks:         map[string]daemon.Checker{"hsm": h, "vault": aud},
+		Logger:         log,
+		AuditTimeout:   o.auditTimeout,
+		Observer:       daemonObs,
+		Events:         st,
+		TracerProvider: tprov,
 
 		MaxRecvMsgSize:       o.maxRecvMsgSize,
 		MaxConcurrentStreams: uint32(o.maxConcurrentStreams),

@@ -58,6 +58,9 @@ type options struct {
 	jobPoll         time.Duration
 	jobBatch        int
 	pidFile         string
+	otlpEndpoint    string
+	otlpInsecure    bool
+	traceSample     float64
 	eventRetention  time.Duration
 	eventMax        int
 	logSampling     string
@@ -124,6 +127,9 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.jobBatch, "job-batch", 100, "groups per job checkpoint")
 	fs.DurationVar(&o.eventRetention, "event-retention", store.DefaultEventRetention, "how long the event feed (SyncService.ListEvents) keeps an event; older ones are pruned every hour")
 	fs.IntVar(&o.eventMax, "event-max", store.DefaultEventMax, "most events the feed keeps; the oldest beyond are pruned every hour (0: no bound but event-retention)")
+	fs.StringVar(&o.otlpEndpoint, "otlp-endpoint", "", "OpenTelemetry collector (OTLP over gRPC), host:port: traces every request, its policy decision, store and HSM calls and audit commit (default off)")
+	fs.BoolVar(&o.otlpInsecure, "otlp-insecure", false, "send traces to otlp-endpoint without TLS (a collector on loopback or a sidecar)")
+	fs.Float64Var(&o.traceSample, "trace-sample-ratio", 1, "share of requests traced when the caller sent no sampling decision, in (0, 1]")
 	fs.StringVar(&o.pidFile, "pid-file", "", "file to write escrowd's process id to, locked while it runs and removed on exit (default none); a second escrowd on the same file refuses to start")
 	return fs
 }
@@ -237,6 +243,12 @@ func (o *options) check() error {
 		add(o.invalid("vault-addr", "is required (or set $VAULT_ADDR)"))
 	}
 	add(o.checkAddr("listen", o.listen))
+	if o.otlpEndpoint != "" {
+		add(o.checkAddr("otlp-endpoint", o.otlpEndpoint))
+	}
+	if o.traceSample <= 0 || o.traceSample > 1 {
+		add(o.invalid("trace-sample-ratio", "must be in (0, 1]"))
+	}
 	if o.metricsListen != "" {
 		add(o.checkAddr("metrics-listen", o.metricsListen))
 		if o.metricsListen == o.listen {

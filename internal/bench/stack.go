@@ -14,10 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
-	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/client"
 	"github.com/escrowd/escrowd/internal/devpki"
 	"github.com/escrowd/escrowd/internal/vaulttest"
 	"github.com/escrowd/escrowd/softhsm"
@@ -133,11 +130,13 @@ type daemon struct {
 	exited chan error
 	addr   string
 	pprof  string // host:port of net/http/pprof
-	conns  []*grpc.ClientConn
-	sync   escrowdv1.SyncServiceClient
-	sup    escrowdv1.SupportServiceClient
-	sec    escrowdv1.SecurityServiceClient
-	log    string
+	// One client per identity, as callers reach escrowd; never
+	// retrying, so that every failure counts as one.
+	conns []*client.Client
+	sync  *client.Client
+	sup   *client.Client
+	sec   *client.Client
+	log   string
 }
 
 func freeAddr() (string, error) {
@@ -197,18 +196,18 @@ func (e *env) startDaemon(name, storePath, logName string, extra ...string) (*da
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	dial := func(who string) (*grpc.ClientConn, error) {
-		creds := credentials.NewTLS(&tls.Config{RootCAs: e.ca.Pool(), Certificates: []tls.Certificate{e.certs[who]}, MinVersion: tls.VersionTLS13})
-		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	dial := func(who string) (*client.Client, error) {
+		tc := &tls.Config{RootCAs: e.ca.Pool(), Certificates: []tls.Certificate{e.certs[who]}, MinVersion: tls.VersionTLS13}
+		c, err := client.Dial(context.Background(), client.Config{Addr: addr, TLS: tc, MaxAttempts: 1})
 		if err == nil {
 			d.conns = append(d.conns, c)
 		}
 		return c, err
 	}
-	for who, set := range map[string]func(*grpc.ClientConn){
-		"sync-backend": func(c *grpc.ClientConn) { d.sync = escrowdv1.NewSyncServiceClient(c) },
-		"alice":        func(c *grpc.ClientConn) { d.sup = escrowdv1.NewSupportServiceClient(c) },
-		"carol":        func(c *grpc.ClientConn) { d.sec = escrowdv1.NewSecurityServiceClient(c) },
+	for who, set := range map[string]func(*client.Client){
+		"sync-backend": func(c *client.Client) { d.sync = c },
+		"alice":        func(c *client.Client) { d.sup = c },
+		"carol":        func(c *client.Client) { d.sec = c },
 	} {
 		c, err := dial(who)
 		if err != nil {
