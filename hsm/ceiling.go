@@ -157,7 +157,7 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 				return wrapErr("import slot key", err)
 			}
 			defer h.destroy(s, t)
-			if _, err = h.mod.ctx.WrapKey(s.h, kw, t, gdk); err != nil {
+			if _, err = s.p.WrapKey(s.h, kw, t, gdk); err != nil {
 				return wrapErr("wrap GDK with AES-KW", err)
 			}
 			_, err = h.mac(s, kb, ceilingMessage[:])
@@ -197,10 +197,10 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 				return err
 			}
 			defer h.destroy(s, k)
-			if err := h.mod.ctx.SignInit(s.h, hmac, k); err != nil {
+			if err := s.p.SignInit(s.h, hmac, k); err != nil {
 				return wrapErr("HMAC", err)
 			}
-			mac, err := h.mod.ctx.Sign(s.h, msg)
+			mac, err := s.p.Sign(s.h, msg)
 			clear(mac)
 			return wrapErr("HMAC", err)
 		}, nil
@@ -233,7 +233,7 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 					return err
 				}
 				c, _ := classOf(k.kind)
-				_, err = h.mod.ctx.WrapKey(s.h, kwp, dst.h[c], o)
+				_, err = s.p.WrapKey(s.h, kwp, dst.h[c], o)
 				h.destroy(s, o)
 				if err != nil {
 					return wrapErr("wrap under the new KEK", err)

@@ -58,6 +58,8 @@ type HSM struct {
 	closeErr  error
 
 	unsupported sync.Map // Suite -> error, suites found unsupported
+
+	calls CallObserver // cfg.Observer, when it counts calls too
 }
 
 // Open loads the module, finds the token, logs the user in and finds the
@@ -79,6 +81,7 @@ func Open(cfg Config) (*HSM, error) {
 		return nil, err
 	}
 	h := &HSM{cfg: cfg, mod: mod, sem: make(chan struct{}, cfg.Sessions)}
+	h.calls, _ = cfg.Observer.(CallObserver)
 	s, slot, keks, err := h.connect()
 	if err != nil {
 		mod.forgetUnusedLogin(cfg.TokenLabel)
@@ -183,6 +186,7 @@ type session struct {
 	h          pkcs11.SessionHandle
 	kekVersion uint32            // the current KEK version
 	keks       map[uint32]kekSet // read only
+	p          p11               // the module, counting this checkout's calls
 }
 
 // kek is the current KEK of kind's class.
@@ -249,7 +253,7 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 		s := h.idle[n-1]
 		h.idle = h.idle[:n-1]
 		h.mu.Unlock()
-		return session{h: s, kekVersion: cur, keks: keks}, nil
+		return session{h: s, kekVersion: cur, keks: keks, p: h.counted()}, nil
 	}
 	slot := h.slot
 	h.mu.Unlock()
@@ -263,8 +267,11 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 		<-h.sem
 		return session{}, wrapErr("open session", err)
 	}
-	return session{h: s, kekVersion: cur, keks: keks}, nil
+	return session{h: s, kekVersion: cur, keks: keks, p: h.counted()}, nil
 }
+
+// counted is the module with a fresh call counter.
+func (h *HSM) counted() p11 { return p11{ctx: h.mod.ctx, n: new(int)} }
 
 // release returns s to the pool, or closes it if broken (never return a
 // broken session to the pool) or if the pool is closed or full.
@@ -398,11 +405,18 @@ var (
 // rebuilt and fn retried once. op names the operation to the Observer.
 func (h *HSM) do(ctx context.Context, op string, fn func(s session) error) (err error) {
 	start := time.Now()
-	defer func() { h.cfg.Observer.ObserveHSMOp(op, time.Since(start), err) }()
+	calls := 0
+	defer func() {
+		h.cfg.Observer.ObserveHSMOp(op, time.Since(start), err)
+		if h.calls != nil {
+			h.calls.ObserveHSMCalls(op, calls, err)
+		}
+	}()
 	for attempt := 0; ; attempt++ {
 		s, err := h.acquire(ctx)
 		if err == nil {
 			err = fn(s)
+			calls += *s.p.n
 			// A session whose operation failed in the module is closed, not
 			// pooled: besides lost sessions, this drops any half-made object
 			// a failed call left (SoftHSM leaks the new object when an
@@ -432,7 +446,7 @@ func (h *HSM) do(ctx context.Context, op string, fn func(s session) error) (err 
 // operation; when recovery fails the HSM is unhealthy.
 func (h *HSM) Healthy(ctx context.Context) error {
 	return h.do(ctx, OpHealthy, func(s session) error {
-		info, err := h.mod.ctx.GetSessionInfo(s.h)
+		info, err := s.p.GetSessionInfo(s.h)
 		if err != nil {
 			return wrapErr("session info", err)
 		}
@@ -443,7 +457,7 @@ func (h *HSM) Healthy(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if _, err := h.mod.ctx.GetAttributeValue(s.h, kek, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)}); err != nil {
+		if _, err := s.p.GetAttributeValue(s.h, kek, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)}); err != nil {
 			return wrapErr("read master KEK", err)
 		}
 		return nil

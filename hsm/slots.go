@@ -262,7 +262,7 @@ func (h *HSM) gdkBindKey(s session, gdk pkcs11.ObjectHandle) (pkcs11.ObjectHandl
 	if err != nil {
 		return 0, err
 	}
-	w, err := h.mod.ctx.WrapKey(s.h, kwp, kek, gdk)
+	w, err := s.p.WrapKey(s.h, kwp, kek, gdk)
 	if err != nil {
 		e := wrapErr("check GDK length", err)
 		if code, _ := ckrCode(e); code == pkcs11.CKR_KEY_NOT_WRAPPABLE || code == pkcs11.CKR_KEY_SIZE_RANGE {
@@ -324,25 +324,25 @@ func hmacKeyTemplate() []*pkcs11.Attribute {
 // commitment computes format.Commitment of gdk inside the HSM: the prefix
 // with C_DigestUpdate, the key with C_DigestKey.
 func (h *HSM) commitment(s session, gdk pkcs11.ObjectHandle, group string, version uint32) ([]byte, error) {
-	if err := h.mod.ctx.DigestInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256, nil)}); err != nil {
+	if err := s.p.DigestInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256, nil)}); err != nil {
 		return nil, wrapErr("GDK commitment", err)
 	}
-	if err := h.mod.ctx.DigestUpdate(s.h, format.CommitmentPrefix(group, version)); err != nil {
+	if err := s.p.DigestUpdate(s.h, format.CommitmentPrefix(group, version)); err != nil {
 		return nil, wrapErr("GDK commitment", err)
 	}
-	if err := h.mod.ctx.DigestKey(s.h, gdk); err != nil {
+	if err := s.p.DigestKey(s.h, gdk); err != nil {
 		return nil, wrapErr("GDK commitment", err)
 	}
-	d, err := h.mod.ctx.DigestFinal(s.h)
+	d, err := s.p.DigestFinal(s.h)
 	return d, wrapErr("GDK commitment", err)
 }
 
 // mac is HMAC-SHA256 under an HMAC key object.
 func (h *HSM) mac(s session, k pkcs11.ObjectHandle, msg []byte) ([]byte, error) {
-	if err := h.mod.ctx.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, k); err != nil {
+	if err := s.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, k); err != nil {
 		return nil, wrapErr("slot binding", err)
 	}
-	m, err := h.mod.ctx.Sign(s.h, msg)
+	m, err := s.p.Sign(s.h, msg)
 	return m, wrapErr("slot binding", err)
 }
 
@@ -390,7 +390,7 @@ func (h *HSM) sealChain(s session, next, old, kbOld pkcs11.ObjectHandle, chain *
 		return Sealed{}, wrapErr("rotate: derive the chain key", err)
 	}
 	defer h.destroy(s, kc)
-	w, err := h.mod.ctx.WrapKey(s.h, kw, kc, old)
+	w, err := s.p.WrapKey(s.h, kw, kc, old)
 	if err != nil {
 		return Sealed{}, wrapErr("rotate: wrap the old GDK under the chain key", err)
 	}
@@ -426,7 +426,7 @@ func gdkTemplate() []*pkcs11.Attribute {
 // extractable (to be wrapped to its recipients) and may only derive (its
 // chain and binding keys): the GDK itself keys nothing.
 func (h *HSM) generateGDK(s session) (pkcs11.ObjectHandle, error) {
-	k, err := h.mod.ctx.GenerateKey(s.h,
+	k, err := s.p.GenerateKey(s.h,
 		[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
 		[]*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -461,7 +461,7 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 			return 0, err
 		}
 		defer h.destroy(s, priv)
-		gdk, err := h.mod.ctx.UnwrapKey(s.h, mech, priv, src.Wrapped, gdkTemplate())
+		gdk, err := s.p.UnwrapKey(s.h, mech, priv, src.Wrapped, gdkTemplate())
 		if err != nil {
 			return 0, h.gdkUnwrapErr(src.Suite, err)
 		}
@@ -481,7 +481,7 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 		return 0, err
 	}
 	defer h.destroy(s, k)
-	gdk, err := h.mod.ctx.UnwrapKey(s.h, kw, k, src.Wrapped, gdkTemplate())
+	gdk, err := s.p.UnwrapKey(s.h, kw, k, src.Wrapped, gdkTemplate())
 	if err != nil {
 		// SoftHSM answers CKR_GENERAL_ERROR to an AES-KW integrity failure.
 		e := wrapErr("unwrap GDK (AES-KW)", err)
@@ -501,7 +501,7 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 // a slot; CKA_ENCRYPT for the self-test). Z is destroyed at once; neither
 // reaches Go.
 func (h *HSM) ecdhSlotKey(s session, priv pkcs11.ObjectHandle, peer []byte, info format.Label, usage uint) (pkcs11.ObjectHandle, error) {
-	z, err := h.mod.ctx.DeriveKey(s.h,
+	z, err := s.p.DeriveKey(s.h,
 		[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDH1_DERIVE, pkcs11.NewECDH1DeriveParams(pkcs11.CKD_NULL, nil, peer))},
 		priv,
 		[]*pkcs11.Attribute{
@@ -534,7 +534,7 @@ func (h *HSM) ecdhSlotKey(s session, priv pkcs11.ObjectHandle, peer []byte, info
 func (h *HSM) importAES(s session, key []byte, wrap bool) (pkcs11.ObjectHandle, error) {
 	val := bytes.Clone(key)
 	defer clear(val)
-	return h.mod.ctx.CreateObject(s.h, []*pkcs11.Attribute{
+	return s.p.CreateObject(s.h, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 		boolAttr(pkcs11.CKA_TOKEN, false),
@@ -581,7 +581,7 @@ func (h *HSM) sealToTarget(s session, gdk pkcs11.ObjectHandle, t target, op stri
 		return Sealed{}, wrapErr(op+"import slot key", err)
 	}
 	defer h.destroy(s, k)
-	w, err := h.mod.ctx.WrapKey(s.h, kw, k, gdk)
+	w, err := s.p.WrapKey(s.h, kw, k, gdk)
 	if err != nil {
 		return Sealed{}, wrapErr(op+"wrap GDK with AES-KW", err)
 	}
@@ -632,14 +632,14 @@ func (h *HSM) genECEscrowKey(s session) (der []byte, private WrappedKey, err err
 			boolAttr(pkcs11.CKA_DERIVE, true),
 			boolAttr(pkcs11.CKA_SIGN, false),
 		}
-		pub, priv, err := h.mod.ctx.GenerateKeyPair(s.h,
+		pub, priv, err := s.p.GenerateKeyPair(s.h,
 			[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pubT, privT)
 		if err != nil {
 			return wrapErr("generate EC escrow key pair", err)
 		}
 		defer h.destroy(s, pub)
 		defer h.destroy(s, priv)
-		attrs, err := h.mod.ctx.GetAttributeValue(s.h, pub, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
+		attrs, err := s.p.GetAttributeValue(s.h, pub, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
 		if err != nil {
 			return wrapErr("read EC escrow public key", err)
 		}
@@ -669,10 +669,10 @@ func (h *HSM) genECEscrowKey(s session) (der []byte, private WrappedKey, err err
 			return err
 		}
 		defer h.destroy(s, k)
-		if err := h.mod.ctx.EncryptInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)}, k); err != nil {
+		if err := s.p.EncryptInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)}, k); err != nil {
 			return wrapErr("self-test of new EC escrow key", err)
 		}
-		got, err := h.mod.ctx.Encrypt(s.h, selfTestBlock[:])
+		got, err := s.p.Encrypt(s.h, selfTestBlock[:])
 		if err != nil {
 			return wrapErr("self-test of new EC escrow key", err)
 		}

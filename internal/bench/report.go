@@ -39,7 +39,10 @@ type Report struct {
 	Targets []Target          `json:"targets"`
 	Ratios  []Target          `json:"ratios"`
 	Facts   []string          `json:"facts"`
-	Wall    string            `json:"wall"`
+	// Calls is the PKCS#11 calls of each operation (docs/HSM.md gives
+	// the minimum of each).
+	Calls []CallCount `json:"pkcs11_calls"`
+	Wall  string      `json:"wall"`
 }
 
 func fmtRate(v float64) string {
@@ -89,6 +92,13 @@ func (r *Report) Markdown(w io.Writer) {
 	for _, x := range r.Rows {
 		fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %s | %s | %d | %s |\n", x.Section, x.Op, x.Conc,
 			fmtRate(x.OpsPerSec), fmtMS(x.Stats, true), fmtMS(x.Stats, false), fmtCPU(x.CPU), fmtCPU(x.VaultCPU), x.Errors, x.Note)
+	}
+	if len(r.Calls) > 0 {
+		fmt.Fprintln(w, "\n| operation | PKCS#11 calls |")
+		fmt.Fprintln(w, "|---|--:|")
+		for _, c := range r.Calls {
+			fmt.Fprintf(w, "| %s | %d |\n", c.Op, c.Calls)
+		}
 	}
 	if len(r.Ratios) > 0 {
 		fmt.Fprintln(w, "\n| ratio | value | how |")

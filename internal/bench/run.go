@@ -132,6 +132,9 @@ type base struct {
 	unlock hsm.WrappedKey
 	gdk    []byte
 	src    hsm.Source
+	// slot is src with its format v2 context and binding, as the daemon
+	// opens it.
+	slot hsm.Source
 }
 
 const ecBases = 4
@@ -240,6 +243,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 	if err := r.bases(ctx); err != nil {
 		return err
 	}
+	if err := r.callCounts(ctx); err != nil {
+		return err
+	}
 	if err := r.ceiling(ctx); err != nil {
 		return err
 	}
@@ -288,7 +294,7 @@ func (r *runner) bases(ctx context.Context) error {
 		if err != nil {
 			return base{}, err
 		}
-		slot, err := device.SealEscrow(pub, device.To{Group: "bench-base", GDKVersion: 1, KeyVersion: 1}, suite, gdk)
+		slot, err := device.SealEscrow(pub, device.To{Group: baseGroup, GDKVersion: 1, KeyVersion: 1}, suite, gdk)
 		if err != nil {
 			return base{}, err
 		}
@@ -296,8 +302,10 @@ func (r *runner) bases(ctx context.Context) error {
 		if err != nil {
 			return base{}, err
 		}
-		return base{suite: suite, pub: pub, escrow: priv, unlock: u, gdk: gdk,
-			src: hsm.Source{EscrowPrivate: priv, EscrowPublicDER: pub, Suite: hsm.Suite(suite), Wrapped: s.Wrapped, EPK: s.EPK}}, nil
+		src := hsm.Source{EscrowPrivate: priv, EscrowPublicDER: pub, Suite: hsm.Suite(suite), Wrapped: s.Wrapped, EPK: s.EPK}
+		full := src
+		full.Context, full.Bind = s.Context(), s.Bind
+		return base{suite: suite, pub: pub, escrow: priv, unlock: u, gdk: gdk, src: src, slot: full}, nil
 	}
 	for range ecBases {
 		b, err := mk(bundle.SuiteECDHP256)
@@ -867,7 +875,7 @@ func (r *runner) kekCeiling(ctx context.Context) error {
 		r.add(sectionRaw, "KEK re-wrap (per group)", n, Result{Stats: Summarize(res.Latencies, len(res.Latencies), 0, res.Elapsed), CPU: -1, VaultCPU: -1},
 			"sessions; EC escrow key + unlock key")
 	}
-	return nil
+	return r.kekCallCount(ctx)
 }
 
 // targets computes the ratios and the targets from the rows.
