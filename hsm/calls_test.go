@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
@@ -144,13 +146,13 @@ func TestCallsPerOperation(t *testing.T) {
 		{name: "provision ecdh-p256: escrow key", calls: provisionEscrow, want: 11},
 		{name: "provision: unlock key", calls: provisionUnlock, want: 3},
 		{name: "reveal (HMAC)", calls: run(hsm.OpHMAC, func() error { _, err := h.HMAC(ctx, unlock, []byte("m")); return err }), want: 4},
-		{name: "rewrap ecdh-p256 to 1 ecdh-p256 member", calls: run(hsm.OpRewrap, rewrap(ecSrc, members(hsm.SuiteECDHP256, 1))), want: 22},
-		{name: "rewrap ecdh-p256 to 8 ecdh-p256 members", calls: run(hsm.OpRewrap, rewrap(ecSrc, members(hsm.SuiteECDHP256, 8))), want: 22 + 7*5},
-		{name: "rewrap ecdh-p256 to 1 rsa member", calls: run(hsm.OpRewrap, rewrap(ecSrc, []hsm.Target{rsaMember})), want: 22},
+		{name: "rewrap ecdh-p256 to 1 ecdh-p256 member", calls: run(hsm.OpRewrap, rewrap(ecSrc, members(hsm.SuiteECDHP256, 1))), want: 21},
+		{name: "rewrap ecdh-p256 to 8 ecdh-p256 members", calls: run(hsm.OpRewrap, rewrap(ecSrc, members(hsm.SuiteECDHP256, 8))), want: 21 + 7*5},
+		{name: "rewrap ecdh-p256 to 1 rsa member", calls: run(hsm.OpRewrap, rewrap(ecSrc, []hsm.Target{rsaMember})), want: 21},
 		{name: "rewrap rsa-oaep-sha1 to 1 rsa member", calls: run(hsm.OpRewrap, rewrap(rsaSrc, []hsm.Target{rsaMember})), want: 18},
 		{name: "rewrap rsa-oaep-sha1 to 1 ecdh-p256 member", calls: run(hsm.OpRewrap, rewrap(rsaSrc, members(hsm.SuiteECDHP256, 1))), want: 18},
-		{name: "rotate ecdh-p256 GDK to 1 ecdh-p256 member", calls: run(hsm.OpRotate, rotate(ecSrc, members(hsm.SuiteECDHP256, 1))), want: 36},
-		{name: "rotate rsa-oaep-sha1 GDK to 1 ecdh-p256 member", calls: run(hsm.OpRotate, rotate(rsaSrc, members(hsm.SuiteECDHP256, 1))), want: 32},
+		{name: "rotate ecdh-p256 GDK to 1 ecdh-p256 member", calls: run(hsm.OpRotate, rotate(ecSrc, members(hsm.SuiteECDHP256, 1))), want: 34},
+		{name: "rotate rsa-oaep-sha1 GDK to 1 ecdh-p256 member", calls: run(hsm.OpRotate, rotate(rsaSrc, members(hsm.SuiteECDHP256, 1))), want: 31},
 	}
 	kekEC := run(hsm.OpRewrapKEK, func() error { _, err := h.RewrapKEK(ctx, hsm.KeyEscrowEC, ecPriv, 2); return err })
 	kekUnlock := run(hsm.OpRewrapKEK, func() error { _, err := h.RewrapKEK(ctx, hsm.KeyUnlock, unlock, 2); return err })
@@ -158,6 +160,20 @@ func TestCallsPerOperation(t *testing.T) {
 		{name: "KEK re-wrap: EC escrow key", calls: kekEC, want: 3},
 		{name: "KEK re-wrap: unlock key", calls: kekUnlock, want: 3},
 	}...)
+	// An ecdh-p256 slot whose GDK is not 32 bytes is refused before any
+	// call: AES-KW gives exactly len(wrapped)-8 bytes.
+	for _, n := range []int{16, 24, 40} {
+		bad := escrowSource(t, ecPub, ecPriv, "g", 1, randBytes(t, 32))
+		bad.Wrapped = make([]byte, n+8)
+		bad.Context.Wrapped = bad.Wrapped
+		_, err := h.RewrapSlot(ctx, bad, members(hsm.SuiteECDHP256, 1))
+		if !errors.Is(err, hsm.ErrBadCiphertext) || !strings.Contains(err.Error(), "does not hold a 32-byte GDK") {
+			t.Errorf("ecdh-p256 slot of a %d-byte GDK: %v, want ErrBadCiphertext (not a 32-byte GDK)", n, err)
+		}
+		if c := obs.take(hsm.OpRewrap); c != -2 {
+			t.Errorf("ecdh-p256 slot of a %d-byte GDK: %d PKCS#11 calls, want none", n, c)
+		}
+	}
 	for _, g := range got {
 		t.Logf("%-48s %3d PKCS#11 calls", g.name, g.calls)
 		if g.calls != g.want {

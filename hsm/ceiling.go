@@ -23,10 +23,11 @@ type CeilingOp string
 
 const (
 	// CeilingRewrapECDH is one ecdh-p256 re-wrap as RewrapSlot does it:
-	// unwrap the EC escrow key under the KEK, ECDH derive, HMAC, import K,
-	// AES-KW unwrap of the GDK, the GDK length check (KWP wrap under the
-	// KEK), import the target's K, AES-KW wrap, destroy everything. The
-	// target side's Go ECDH is left out: it is not an HSM mechanism.
+	// unwrap the EC escrow key under the KEK, ECDH derive, AES-ECB derive
+	// of K, AES-KW unwrap of the GDK (its length is checked in Go, with no
+	// call), the binding key, commitment and binding, import the target's
+	// K, AES-KW wrap, the output's binding, destroy everything. The target
+	// side's Go ECDH is left out: it is not an HSM mechanism.
 	CeilingRewrapECDH CeilingOp = "rewrap-ecdh-p256"
 	// CeilingRewrapRSA is one rsa-oaep-sha1 re-wrap: unwrap the RSA escrow
 	// key, OAEP unwrap of the GDK, length check, import the target public
@@ -147,7 +148,7 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 				return err
 			}
 			defer h.destroy(s, gdk)
-			kb, err := h.ceilingVerify(s, gdk)
+			kb, err := h.ceilingVerify(s, gdk, true)
 			if err != nil {
 				return err
 			}
@@ -174,7 +175,7 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 				return err
 			}
 			defer h.destroy(s, gdk)
-			kb, err := h.ceilingVerify(s, gdk)
+			kb, err := h.ceilingVerify(s, gdk, false)
 			if err != nil {
 				return err
 			}
@@ -250,11 +251,11 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 var ceilingMessage [220]byte
 
 // ceilingVerify is the v2 check of an opened escrow slot as RewrapSlot
-// makes it: the GDK's length and binding key, its commitment and the
+// makes it: the GDK's length (rsa-oaep only) and binding key, its commitment and the
 // binding MAC. The ceiling compares the results with nothing: it measures
 // the calls.
-func (h *HSM) ceilingVerify(s session, gdk pkcs11.ObjectHandle) (pkcs11.ObjectHandle, error) {
-	kb, err := h.gdkBindKey(s, gdk)
+func (h *HSM) ceilingVerify(s session, gdk pkcs11.ObjectHandle, lengthKnown bool) (pkcs11.ObjectHandle, error) {
+	kb, err := h.gdkBindKey(s, gdk, lengthKnown)
 	if err != nil {
 		return 0, err
 	}

@@ -125,6 +125,9 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, chain *format.SlotCon
 		if _, err := ecdh.P256().NewPublicKey(src.EPK); err != nil {
 			return nil, nil, fmt.Errorf("hsm: rewrap: %w: the slot's ephemeral key is not a P-256 point", ErrBadCiphertext)
 		}
+		if len(src.Wrapped) != GDKSize+8 {
+			return nil, nil, badGDKLength("an AES-KW slot of %d bytes", len(src.Wrapped))
+		}
 		escrowPoint = pub.Bytes()
 	default:
 		return nil, nil, fmt.Errorf("hsm: rewrap: %w: unknown suite %q", ErrInvalidInput, string(src.Suite))
@@ -154,7 +157,7 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, chain *format.SlotCon
 			return err
 		}
 		defer h.destroy(s, gdk)
-		kb, err := h.gdkBindKey(s, gdk)
+		kb, err := h.gdkBindKey(s, gdk, gdkLengthKnown(src))
 		if err != nil {
 			return err
 		}
@@ -185,7 +188,7 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, chain *format.SlotCon
 				return err
 			}
 			chainOut = &c
-			kbNext, err := h.gdkBindKey(s, next)
+			kbNext, err := h.gdkBindKey(s, next, true) // generated: GDKSize
 			if err != nil {
 				return err
 			}
@@ -245,33 +248,36 @@ func checkContexts(src Source, chain *format.SlotContext, targets []Target) erro
 	return nil
 }
 
-// gdkBindKey checks that gdk is exactly a 32-byte key and derives its
-// binding key, DK(gdk, format.LabelBind), as an HMAC key that never leaves
-// the HSM. The length takes two operations, because SoftHSM leaves
-// CKA_VALUE_LEN at 0 on keys unwrapped with RSA-OAEP (and refuses it in the
-// unwrap template) and CKA_VALUE is sensitive: an AES-KWP wrap under the
-// unlock KEK (RFC 5649, discarded) is 40 bytes only for keys of 25 to 32 bytes
-// and fails for an empty one; the AES-ECB derivation then works only for
-// AES key lengths (16, 24, 32). An OAEP plaintext can have any length: a
-// GDK of any other length is refused, never padded into a different key.
-func (h *HSM) gdkBindKey(s session, gdk pkcs11.ObjectHandle) (pkcs11.ObjectHandle, error) {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("hsm: rewrap: %w: the ciphertext does not hold a %d-byte GDK: %s", ErrBadCiphertext, GDKSize, fmt.Sprintf(format, args...))
-	}
-	kek, err := s.kek(KeyUnlock)
-	if err != nil {
-		return 0, err
-	}
-	w, err := s.p.WrapKey(s.h, kwp, kek, gdk)
-	if err != nil {
-		e := wrapErr("check GDK length", err)
-		if code, _ := ckrCode(e); code == pkcs11.CKR_KEY_NOT_WRAPPABLE || code == pkcs11.CKR_KEY_SIZE_RANGE {
-			return 0, bad("it is empty")
+// gdkBindKey derives gdk's binding key, DK(gdk, format.LabelBind), as an
+// HMAC key that never leaves the HSM, after checking, unless lengthKnown,
+// that gdk is exactly a 32-byte key. The check is needed only for a GDK
+// opened with RSA-OAEP, whose plaintext can have any length: an AES-KW
+// unwrap (ecdh-p256) gives exactly len(wrapped)-8 bytes, which openAndWrap
+// checks in Go before any call, and a generated GDK has the length asked
+// for. The check takes one call, because SoftHSM leaves CKA_VALUE_LEN at 0
+// on keys unwrapped with RSA-OAEP (and refuses it in the unwrap template)
+// and CKA_VALUE is sensitive: an AES-KWP wrap under the unlock KEK (RFC
+// 5649, discarded) is 40 bytes only for keys of 25 to 32 bytes and fails
+// for an empty one; the AES-ECB derivation of the binding key, made
+// anyway, then works only for AES key lengths (16, 24, 32). A GDK of any
+// other length is refused, never padded into a different key.
+func (h *HSM) gdkBindKey(s session, gdk pkcs11.ObjectHandle, lengthKnown bool) (pkcs11.ObjectHandle, error) {
+	if !lengthKnown {
+		kek, err := s.kek(KeyUnlock)
+		if err != nil {
+			return 0, err
 		}
-		return 0, e
-	}
-	if len(w) != GDKSize+8 {
-		return 0, bad("it holds %d to %d bytes", len(w)-15, len(w)-8)
+		w, err := s.p.WrapKey(s.h, kwp, kek, gdk)
+		if err != nil {
+			e := wrapErr("check GDK length", err)
+			if code, _ := ckrCode(e); code == pkcs11.CKR_KEY_NOT_WRAPPABLE || code == pkcs11.CKR_KEY_SIZE_RANGE {
+				return 0, badGDKLength("it is empty")
+			}
+			return 0, e
+		}
+		if len(w) != GDKSize+8 {
+			return 0, badGDKLength("it holds %d to %d bytes", len(w)-15, len(w)-8)
+		}
 	}
 	kb, err := h.deriveECB(s, gdk, format.LabelBind[:], hmacKeyTemplate())
 	if err != nil {
@@ -280,10 +286,21 @@ func (h *HSM) gdkBindKey(s session, gdk pkcs11.ObjectHandle) (pkcs11.ObjectHandl
 			return 0, e
 		}
 		// 25 to 31 bytes: not an AES key length.
-		return 0, bad("it holds 25 to 31 bytes")
+		return 0, badGDKLength("it holds 25 to 31 bytes")
 	}
 	return kb, nil
 }
+
+// badGDKLength is the error of a slot that does not hold a 32-byte GDK.
+func badGDKLength(format string, args ...any) error {
+	return fmt.Errorf("hsm: rewrap: %w: the ciphertext does not hold a %d-byte GDK: %s", ErrBadCiphertext, GDKSize, fmt.Sprintf(format, args...))
+}
+
+// gdkLengthKnown reports whether src's GDK is known to be 32 bytes without
+// asking the HSM: an AES-KW (RFC 3394) unwrap that succeeds gives exactly
+// len(wrapped)-8 bytes, and openAndWrap refuses any other slot length
+// before the first call.
+func gdkLengthKnown(src Source) bool { return src.Suite == SuiteECDHP256 }
 
 // derivedAESTemplate is the template of an AES-256 key derived inside the
 // HSM (a chain key, an ecdh-p256 slot key): a session object that never
