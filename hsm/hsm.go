@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -60,6 +61,14 @@ type HSM struct {
 	unsupported sync.Map // Suite -> error, suites found unsupported
 
 	calls CallObserver // cfg.Observer, when it counts calls too
+
+	// Hot escrow keys (hot.go): the caches of idle sessions, by session;
+	// a checked-out session carries its own. hotEpoch counts
+	// invalidations: a cache filled before the last one is flushed before
+	// use.
+	hot       map[pkcs11.SessionHandle]*hotKeys
+	hotEpoch  atomic.Uint64
+	stopSweep chan struct{}
 }
 
 // Open loads the module, finds the token, logs the user in and finds the
@@ -90,6 +99,11 @@ func Open(cfg Config) (*HSM, error) {
 	}
 	mod.holdLogin(cfg.TokenLabel)
 	h.anchor, h.slot, h.keks, h.current = s, slot, keks, oldest(keks)
+	h.hot = map[pkcs11.SessionHandle]*hotKeys{}
+	if h.hotOn() {
+		h.stopSweep = make(chan struct{})
+		go h.sweeper(h.stopSweep)
+	}
 	return h, nil
 }
 
@@ -157,10 +171,16 @@ func (h *HSM) Close() error {
 	h.closeOnce.Do(func() {
 		h.mu.Lock()
 		h.closed = true
+		if h.stopSweep != nil {
+			close(h.stopSweep)
+		}
+		// Closing a session destroys its objects, hot keys included.
 		for _, s := range h.idle {
 			_ = h.mod.ctx.CloseSession(s)
 		}
 		h.idle = nil
+		clear(h.hot)
+		h.hotEpoch.Add(1)
 		if !h.disconnected {
 			_ = h.mod.ctx.CloseSession(h.anchor)
 		}
@@ -187,6 +207,7 @@ type session struct {
 	kekVersion uint32            // the current KEK version
 	keks       map[uint32]kekSet // read only
 	p          p11               // the module, counting this checkout's calls
+	hot        *hotKeys          // this session's hot escrow keys; nil: off
 }
 
 // kek is the current KEK of kind's class.
@@ -252,8 +273,13 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 	if n := len(h.idle); n > 0 {
 		s := h.idle[n-1]
 		h.idle = h.idle[:n-1]
+		hot := h.hot[s]
+		delete(h.hot, s)
+		if hot == nil && h.hotOn() {
+			hot = newHotKeys(h.hotEpoch.Load())
+		}
 		h.mu.Unlock()
-		return session{h: s, kekVersion: cur, keks: keks, p: h.counted()}, nil
+		return session{h: s, kekVersion: cur, keks: keks, p: h.counted(), hot: hot}, nil
 	}
 	slot := h.slot
 	h.mu.Unlock()
@@ -267,7 +293,11 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 		<-h.sem
 		return session{}, wrapErr("open session", err)
 	}
-	return session{h: s, kekVersion: cur, keks: keks, p: h.counted()}, nil
+	var hot *hotKeys
+	if h.hotOn() {
+		hot = newHotKeys(h.hotEpoch.Load())
+	}
+	return session{h: s, kekVersion: cur, keks: keks, p: h.counted(), hot: hot}, nil
 }
 
 // counted is the module with a fresh call counter.
@@ -279,8 +309,16 @@ func (h *HSM) release(s session, broken bool) {
 	h.mu.Lock()
 	h.inflight--
 	if broken || h.closed || h.disconnected || len(h.idle) >= h.cfg.Sessions {
+		// Its objects, hot keys included, die with it.
 		_ = h.mod.ctx.CloseSession(s.h)
 	} else {
+		if s.hot != nil {
+			if e := h.hotEpoch.Load(); s.hot.epoch != e {
+				s.hot.flush(s.p, s.h)
+				s.hot.epoch = e
+			}
+			h.hot[s.h] = s.hot
+		}
 		h.idle = append(h.idle, s.h)
 	}
 	if h.inflight == 0 && h.drained != nil {
@@ -331,6 +369,8 @@ func (h *HSM) reconnectLocked() error {
 		_ = h.mod.ctx.CloseSession(h.anchor)
 	}
 	h.idle = nil
+	clear(h.hot)
+	h.hotEpoch.Add(1) // sessions in use: their hot keys are flushed on return
 	h.disconnected = true
 	s, slot, keks, err := h.connect()
 	if err != nil {
@@ -372,6 +412,8 @@ func (h *HSM) reinitLocked() bool {
 		return false
 	}
 	h.idle, h.disconnected = nil, true
+	clear(h.hot)
+	h.hotEpoch.Add(1)
 	return true
 }
 

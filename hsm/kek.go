@@ -113,6 +113,7 @@ func (h *HSM) UseKEK(ctx context.Context, v uint32) error {
 	}
 	h.mu.Lock()
 	h.current = v
+	h.dropHotLocked()
 	h.mu.Unlock()
 	return nil
 }
@@ -215,6 +216,7 @@ func (h *HSM) DestroyKEK(ctx context.Context, v uint32) error {
 	next := maps.Clone(h.keks)
 	delete(next, v)
 	h.keks = next
+	h.dropHotLocked()
 	h.mu.Unlock()
 	return nil
 }

@@ -473,22 +473,22 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 		if err != nil {
 			return 0, err
 		}
-		priv, err := h.unwrapEscrowPrivate(s, src.EscrowPrivate)
+		priv, done, err := h.escrowKey(s, KeyEscrow, src.EscrowPrivate, "unwrap escrow key")
 		if err != nil {
 			return 0, err
 		}
-		defer h.destroy(s, priv)
+		defer done()
 		gdk, err := s.p.UnwrapKey(s.h, mech, priv, src.Wrapped, gdkTemplate())
 		if err != nil {
 			return 0, h.gdkUnwrapErr(src.Suite, err)
 		}
 		return gdk, nil
 	}
-	priv, err := h.unwrapEscrowEC(s, src.EscrowPrivate)
+	priv, done, err := h.escrowKey(s, KeyEscrowEC, src.EscrowPrivate, "unwrap EC escrow key")
 	if err != nil {
 		return 0, err
 	}
-	defer h.destroy(s, priv)
+	defer done()
 	info, err := format.ECDHInfo(src.EPK, escrowPoint)
 	if err != nil {
 		return 0, fmt.Errorf("hsm: %w: %w", ErrInvalidInput, err)
