@@ -91,6 +91,19 @@ func memberTargets(n int, v uint32) ([]hsm.Target, error) {
 	return ts, nil
 }
 
+// minimumCalls is the PKCS#11 calls of each counted operation at the
+// minimum docs/HSM.md gives ("PKCS#11 calls per operation"), with hot
+// escrow keys off (the benchmark's own HSM keeps none).
+var minimumCalls = map[string]int{
+	"rewrap ecdh-p256 (1 member)":                   21,
+	"rewrap ecdh-p256 (8 members, one call)":        21 + 7*5,
+	"reveal (HMAC)":                                 4,
+	"provision ecdh-p256 (escrow key + unlock key)": 11 + 3,
+	"GDK rotation ecdh-p256 (1 member + chain)":     34,
+	"rewrap rsa-oaep-sha1 (1 rsa member)":           18,
+	"KEK re-wrap (EC escrow key + unlock key)":      6,
+}
+
 // baseGroup is the group the bases' slots are sealed to.
 const baseGroup = "bench-base"
 
