@@ -20,15 +20,19 @@ type hotFixture struct {
 }
 
 func newHotFixture(t *testing.T, hot int, ttl time.Duration) *hotFixture {
+	return newHotFixtureSessions(t, hot, ttl, 1)
+}
+
+func newHotFixtureSessions(t *testing.T, hot int, ttl time.Duration, sessions int) *hotFixture {
 	tok := newToken(t)
 	// KEK version 2 for the KEK change, made before the user logs in.
 	if _, err := hsm.InitKEKVersion(tok.Module, tok.Label, tok.SOPIN, tok.UserPIN, tok.KEKLabel, 2); err != nil {
 		t.Fatal(err)
 	}
 	f := &hotFixture{t: t, obs: &callCounter{}}
-	// One session: every operation runs on it, so which cache it meets is
-	// known.
-	f.h = openToken(t, tok, func(c *hsm.Config) { c.Sessions = 1; c.Observer = f.obs; c.HotKeys = hot; c.HotKeyTTL = ttl })
+	// One session unless asked: every operation runs on it, so which cache
+	// it meets is known.
+	f.h = openToken(t, tok, func(c *hsm.Config) { c.Sessions = sessions; c.Observer = f.obs; c.HotKeys = hot; c.HotKeyTTL = ttl })
 	ctx := context.Background()
 	for i := range 3 {
 		pub, priv, err := f.h.GenerateEscrowKey(ctx, hsm.SuiteECDHP256)
@@ -176,4 +180,22 @@ func TestHotEscrowKeysOff(t *testing.T) {
 	f.rewrap(0, uncached, "first re-wrap")
 	f.rewrap(0, uncached, "second re-wrap, nothing kept")
 	f.escrowObjects(0, "with HotKeys 0")
+}
+
+// TestHotEscrowKeysAffinity: with two sessions, a re-wrap runs on the idle
+// session that keeps its group's escrow key, not on whichever session was
+// returned last.
+func TestHotEscrowKeysAffinity(t *testing.T) {
+	ctx := context.Background()
+	f := newHotFixtureSessions(t, 4, time.Minute, 2)
+	f.rewrap(0, cold, "group 0 on the first session")
+	release, err := f.h.HoldSessionForTest(ctx) // the first session
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.rewrap(1, cold, "group 1 on the second session")
+	release() // idle: the second session, then the first (returned last)
+	f.rewrap(1, hot, "group 1 again: the second session, which keeps its key")
+	f.rewrap(0, hot, "group 0 again: the first session, which keeps its key")
+	f.rewrap(1, hot, "group 1 once more")
 }

@@ -225,6 +225,13 @@ func (s session) kek(kind KeyKind) (pkcs11.ObjectHandle, error) {
 
 // acquire checks a session out of the pool, waiting at most WaitTimeout.
 func (h *HSM) acquire(ctx context.Context) (session, error) {
+	return h.acquireFor(ctx, nil)
+}
+
+// acquireFor is acquire preferring, among idle sessions, one that keeps
+// the hot escrow key hint (nil: none): re-wraps of one group in a row then
+// find its key whichever session the last one ran on.
+func (h *HSM) acquireFor(ctx context.Context, hint *hotKey) (session, error) {
 	if err := ctx.Err(); err != nil {
 		return session{}, fmt.Errorf("hsm: %w: %w", ErrUnavailable, err)
 	}
@@ -271,6 +278,14 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 	h.inflight++
 	keks, cur := h.keks, h.current
 	if n := len(h.idle); n > 0 {
+		if hint != nil {
+			for i := n - 1; i >= 0; i-- {
+				if c := h.hot[h.idle[i]]; c != nil && c.m[*hint] != nil {
+					h.idle[i], h.idle[n-1] = h.idle[n-1], h.idle[i]
+					break
+				}
+			}
+		}
 		s := h.idle[n-1]
 		h.idle = h.idle[:n-1]
 		hot := h.hot[s]
@@ -446,6 +461,12 @@ var (
 // way that means the session, login or KEK handle is gone, the pool is
 // rebuilt and fn retried once. op names the operation to the Observer.
 func (h *HSM) do(ctx context.Context, op string, fn func(s session) error) (err error) {
+	return h.doFor(ctx, op, nil, fn)
+}
+
+// doFor is do on a session that keeps the hot escrow key hint, if one is
+// idle.
+func (h *HSM) doFor(ctx context.Context, op string, hint *hotKey, fn func(s session) error) (err error) {
 	start := time.Now()
 	calls := 0
 	defer func() {
@@ -455,7 +476,7 @@ func (h *HSM) do(ctx context.Context, op string, fn func(s session) error) (err 
 		}
 	}()
 	for attempt := 0; ; attempt++ {
-		s, err := h.acquire(ctx)
+		s, err := h.acquireFor(ctx, hint)
 		if err == nil {
 			err = fn(s)
 			calls += *s.p.n

@@ -150,7 +150,12 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, chain *format.SlotCon
 	if rotate {
 		op = OpRotate
 	}
-	err = h.do(ctx, op, func(s session) error {
+	var hint *hotKey
+	if h.hotOn() {
+		k := hotKeyOf(escrowKind(src.Suite), src.EscrowPrivate)
+		hint = &k
+	}
+	err = h.doFor(ctx, op, hint, func(s session) error {
 		chainOut, out = nil, nil
 		gdk, err := h.openGDK(s, src, escrowPoint)
 		if err != nil {
@@ -473,7 +478,7 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 		if err != nil {
 			return 0, err
 		}
-		priv, done, err := h.escrowKey(s, KeyEscrow, src.EscrowPrivate, "unwrap escrow key")
+		priv, done, err := h.escrowKey(s, escrowKind(src.Suite), src.EscrowPrivate, "unwrap escrow key")
 		if err != nil {
 			return 0, err
 		}
@@ -484,7 +489,7 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 		}
 		return gdk, nil
 	}
-	priv, done, err := h.escrowKey(s, KeyEscrowEC, src.EscrowPrivate, "unwrap EC escrow key")
+	priv, done, err := h.escrowKey(s, escrowKind(src.Suite), src.EscrowPrivate, "unwrap EC escrow key")
 	if err != nil {
 		return 0, err
 	}
@@ -509,6 +514,14 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 		return 0, &ckrError{op: "unwrap GDK (AES-KW)", code: code, sentinel: ErrBadCiphertext}
 	}
 	return gdk, nil
+}
+
+// escrowKind is the kind of the escrow key of a suite.
+func escrowKind(s Suite) KeyKind {
+	if s == SuiteECDHP256 {
+		return KeyEscrowEC
+	}
+	return KeyEscrow
 }
 
 // ecdhSlotKey derives an ecdh-p256 slot key inside the HSM:
