@@ -381,6 +381,9 @@ func (r *runner) bases(ctx context.Context) error {
 
 const sectionRaw = "raw ceiling (PKCS#11)"
 
+// vaultWrite is the row of one Vault KV write.
+const vaultWrite = "KV write of one audit record"
+
 // ceiling measures the raw PKCS#11 sequences, in this process, with no
 // daemon running.
 func (r *runner) ceiling(ctx context.Context) error {
@@ -795,6 +798,16 @@ func (r *runner) small(ctx context.Context) error {
 	rate := pk.OpsPerSec / 2
 	r.add(sec, "rewrap ecdh-p256 @ half peak", 0, RunOpen(ctx, rate, r.cfg.Duration, 256, d.pid(), r.rewrapECDH(d, p)),
 		fmt.Sprintf("open loop, %.0f req/s", rate))
+	// What one audit commit costs at least: a Vault KV write of one
+	// record, alone, right after the open-loop row (the p99 target's
+	// other bound).
+	rec := map[string]any{"records": strings.Repeat("x", 400)}
+	vw := RunClosed(ctx, 1, r.cfg.Duration, 0, func(ctx context.Context, _ int) (int, error) {
+		_, err := r.vault.KVv2("secret").Put(ctx, "escrowd/bench/p99", rec)
+		return 1, err
+	})
+	vw.CPU = -1
+	r.add(sectionVault, vaultWrite, 1, vw, "KV v2 put of one 400-byte record, as an audit commit")
 	r.rep.Facts = append(r.rep.Facts, fmt.Sprintf("escrowd memory with %s groups: %s.", thousands(n), d.memory()))
 	if r.cfg.Profile != "" {
 		r.profile(ctx, d, "rewrap", pk.Conc, r.rewrapECDH(d, p))
@@ -1016,8 +1029,14 @@ func (r *runner) targets() {
 			raw1 = x
 		}
 	}
-	*t = append(*t, NewTarget("p99 at half of peak load ≤ 2 × raw p99", float64(half.P99), float64(raw1.P99), 2, true,
-		fmt.Sprintf("%s ms at %s / %s ms raw, 1 session (one run, not interleaved)", fmtMS(half.Stats, false), half.Note, fmtMS(raw1.Stats, false))))
+	vw := best(sectionVault, vaultWrite)
+	bound := raw1
+	if vw.P99 > bound.P99 {
+		bound = vw
+	}
+	*t = append(*t, NewTarget("p99 at half of peak load ≤ 2 × max(raw p99, Vault write p99)", float64(half.P99), float64(bound.P99), 2, true,
+		fmt.Sprintf("%s ms at %s / max(%s ms raw, 1 session; %s ms one Vault write) (one run, not interleaved)",
+			fmtMS(half.Stats, false), half.Note, fmtMS(raw1.Stats, false), fmtMS(vw.Stats, false))))
 	if r.cfg.KEK {
 		job := best(large, "KEK rotation job")
 		rawK := best(sectionRaw, "KEK re-wrap (per group)")
