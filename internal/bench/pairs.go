@@ -55,6 +55,47 @@ func (r *runner) joinBurst(d *daemon, p *pool) Op {
 	}
 }
 
+// batchBurst sends a join burst as one BatchRewrap: one random group's
+// escrow slot to each member of the burst (burstSize operations).
+func (r *runner) batchBurst(d *daemon, p *pool) Op {
+	return func(ctx context.Context, _ int) (int, error) {
+		g := p.ecPick()
+		items := make([]*escrowdv1.BatchRewrapItem, len(r.burst))
+		for j := range items {
+			items[j] = &escrowdv1.BatchRewrapItem{Reference: strconv.Itoa(j), GroupId: g.group, EscrowSlot: g.slot,
+				Target: &escrowdv1.BatchRewrapItem_Recipient{Recipient: &r.burst[j]}}
+		}
+		return sendBatch(ctx, d, items)
+	}
+}
+
+// batchRandom sends burstSize random groups' slots to one member in one
+// BatchRewrap: the same request as batchBurst, without the shared slot.
+func (r *runner) batchRandom(d *daemon, p *pool) Op {
+	return func(ctx context.Context, _ int) (int, error) {
+		items := make([]*escrowdv1.BatchRewrapItem, burstSize)
+		for j := range items {
+			g := p.ecPick()
+			items[j] = &escrowdv1.BatchRewrapItem{Reference: strconv.Itoa(j), GroupId: g.group, EscrowSlot: g.slot,
+				Target: &escrowdv1.BatchRewrapItem_Recipient{Recipient: &r.member}}
+		}
+		return sendBatch(ctx, d, items)
+	}
+}
+
+func sendBatch(ctx context.Context, d *daemon, items []*escrowdv1.BatchRewrapItem) (int, error) {
+	resp, err := d.sync.BatchRewrap(ctx, &escrowdv1.BatchRewrapRequest{Items: items})
+	if err != nil {
+		return 0, err
+	}
+	for _, it := range resp.Results {
+		if it.Error != nil {
+			return 0, fmt.Errorf("batch item: code %d: %s", it.Error.Code, it.Error.Message)
+		}
+	}
+	return len(items), nil
+}
+
 // closedSide measures op on conc callers; the process measured is pid.
 func closedSide(conc, pid int, op Op) Side {
 	return func(ctx context.Context, d time.Duration) (Point, error) {
@@ -124,6 +165,7 @@ const (
 	pairRewrapRaw   = "re-wrap ecdh-p256: escrowd / raw PKCS#11"
 	pairRevealRaw   = "reveal: escrowd / raw PKCS#11"
 	pairBurst       = "re-wrap ecdh-p256: join burst / random groups"
+	pairBurstBatch  = "BatchRewrap of 8: join burst / random groups"
 	pairAudit       = "reveal: audited / audit off"
 	pairRSATransit  = "re-wrap rsa-oaep-sha1: escrowd / Vault Transit rsa-3072"
 	pairLargeRewrap = "re-wrap ecdh-p256: large store / small store"
@@ -166,6 +208,10 @@ func (r *runner) smallPairs(ctx context.Context, path string, p *pool) error {
 	}
 	if err := r.pair(ctx, pairBurst, fmt.Sprintf("one group to %d members in a row, %d callers", burstSize, c), fmt.Sprintf("a random group each, %d callers", c),
 		closedSide(c, d.pid(), r.joinBurst(d, p)), closedSide(c, d.pid(), r.rewrapECDH(d, p))); err != nil {
+		return err
+	}
+	if err := r.pair(ctx, pairBurstBatch, fmt.Sprintf("one group to %d members, %d callers", burstSize, c/4), fmt.Sprintf("%d random groups, %d callers", burstSize, c/4),
+		closedSide(max(c/4, 1), d.pid(), r.batchBurst(d, p)), closedSide(max(c/4, 1), d.pid(), r.batchRandom(d, p))); err != nil {
 		return err
 	}
 	if err := r.pair(ctx, pairAudit, callers(4*c), "escrowd_noaudit, "+strconv.Itoa(4*c)+" callers",

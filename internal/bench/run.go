@@ -974,6 +974,7 @@ func (r *runner) targets() {
 	it("re-wrap, CPU-normalised, escrowd vs raw ≥ 0.9", pairRewrapRaw, 0.9, false, cpu, "")
 	it("re-wrap throughput, interleaved, escrowd vs raw ≥ 0.75", pairRewrapRaw, 0.75, false, ratio, "")
 	it("join-burst re-wrap vs random-group re-wrap ≥ 2 ×", pairBurst, 2, false, ratio, "")
+	it("join burst as one BatchRewrap vs random groups ≥ 2 ×", pairBurstBatch, 2, false, ratio, "")
 	it("audited reveals vs audit off ≥ 0.8", pairAudit, 0.8, false, ratio, "")
 	it("Vault CPU per audited reveal ≤ 0.1 ms", pairAudit, 0.1, true, func(x Interleaved) Spread { return x.VaultCPU }, ", ms")
 	it("rsa-oaep-sha1 re-wrap vs Vault Transit rsa-3072 rewrap ≥ 1.0", pairRSATransit, 1, false, ratio, "")
