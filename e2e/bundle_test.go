@@ -530,8 +530,8 @@ func TestRotateGroupKey(t *testing.T) {
 				}
 			}
 			after, err := s.sec.ListHSMObjects(ctx, &escrowdv1.ListHSMObjectsRequest{})
-			if err != nil || len(after.GetObjects()) != len(before.GetObjects()) {
-				t.Fatalf("%d objects before, %d after, %v", len(before.GetObjects()), len(after.GetObjects()), err)
+			if err != nil || leftOver(t, after.GetObjects()) != leftOver(t, before.GetObjects()) {
+				t.Fatalf("%d objects before, %d after (hot escrow keys aside), %v", leftOver(t, before.GetObjects()), leftOver(t, after.GetObjects()), err)
 			}
 		})
 	}
@@ -549,4 +549,24 @@ func TestRotateGroupKey(t *testing.T) {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)
 		}
 	}
+}
+
+// leftOver counts the token's objects other than hot escrow keys: escrowd
+// keeps the escrow keys it unwrapped, for a while, as session objects
+// (docs/HSM.md, "Hot escrow keys"); every other object an operation makes
+// (a GDK, a derived key) must be gone when it returns. A kept key must be
+// sensitive and extractable only under a trusted key.
+func leftOver(t *testing.T, objs []*escrowdv1.HSMObject) int {
+	t.Helper()
+	n := 0
+	for _, o := range objs {
+		if o.GetClass() == "private-key" && !o.GetToken() {
+			if !o.GetSensitive() || !o.GetWrapWithTrusted() {
+				t.Errorf("a kept escrow key is not sensitive, or extractable under any key: %+v", o)
+			}
+			continue
+		}
+		n++
+	}
+	return n
 }

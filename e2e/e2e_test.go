@@ -207,7 +207,11 @@ func newStackWith(t testing.TB, v *vaulttest.Server, o stackOpts) *stack {
 	if o.token != nil {
 		tok = o.token
 	}
-	h, err := hsm.Open(tok.HSMConfig())
+	// Hot escrow keys on, as escrowd's -hsm-hot-keys default has them:
+	// every flow runs with unwrapped escrow keys kept in the token.
+	hcfg := tok.HSMConfig()
+	hcfg.HotKeys = 64
+	h, err := hsm.Open(hcfg)
 	if err != nil {
 		t.Fatal(err)
 	}

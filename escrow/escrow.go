@@ -239,6 +239,40 @@ func (s *Service) Rewrap(ctx context.Context, group string, escrowSlot []byte, r
 	return b, used, err
 }
 
+// RewrapMany is Rewrap to several recipients: escrowSlot is opened in
+// the HSM once and its GDK wrapped to each, in order. Any failure fails
+// the whole call.
+func (s *Service) RewrapMany(ctx context.Context, group string, escrowSlot []byte, rs []Recipient) ([][]byte, Used, error) {
+	if len(rs) == 0 {
+		return nil, Used{}, fmt.Errorf("%w: no recipients", ErrInvalid)
+	}
+	for _, r := range rs {
+		if err := checkRecipient(r); err != nil {
+			return nil, Used{}, err
+		}
+	}
+	_, src, key, err := s.escrowSlot(ctx, group, escrowSlot)
+	if err != nil {
+		return nil, Used{}, err
+	}
+	used := Used{EscrowVersion: key.Version}
+	ts := make([]hsm.Target, len(rs))
+	for i, r := range rs {
+		ts[i] = r.target(group, src.Context.GDKVersion)
+	}
+	out, err := s.hsm.RewrapSlot(ctx, src, ts)
+	if err != nil {
+		return nil, used, hsmErr(err)
+	}
+	slots := make([][]byte, len(out))
+	for i := range out {
+		if slots[i], err = encodeSealed(ts[i].Context, out[i]); err != nil {
+			return nil, used, err
+		}
+	}
+	return slots, used, nil
+}
+
 // target is r as an HSM target whose output slot holds GDK gdkVersion of
 // group: the HSM computes the slot's commitment and binding.
 func (r Recipient) target(group string, gdkVersion uint32) hsm.Target {

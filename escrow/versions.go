@@ -146,7 +146,24 @@ func (s *Service) RotateGroup(ctx context.Context, group string, escrowKey, unlo
 	if err != nil {
 		return g, s.updateErr(group, err)
 	}
+	if escrowKey {
+		s.dropHotKeys()
+	}
 	return g, nil
+}
+
+// hotKeyDropper is an HSM that keeps unwrapped escrow keys between calls
+// (hsm.HSM with Config.HotKeys set).
+type hotKeyDropper interface{ DropHotKeys() }
+
+// dropHotKeys makes the HSM destroy the escrow keys it keeps: after an
+// escrow key rotation or a version destroyed, no unwrapped copy of a
+// retired or shredded key outlives the act (docs/HSM.md, "Hot escrow
+// keys").
+func (s *Service) dropHotKeys() {
+	if d, ok := s.hsm.(hotKeyDropper); ok {
+		d.DropHotKeys()
+	}
 }
 
 // RotatedGroup is the step of a bulk rotation: g with new versions of the
@@ -169,6 +186,9 @@ func (s *Service) RotatedGroup(ctx context.Context, g store.Group, escrowKey, un
 	}
 	out := cloneGroup(g)
 	nk.apply(&out)
+	if escrowKey {
+		s.dropHotKeys()
+	}
 	return out, true, nil
 }
 
@@ -312,6 +332,9 @@ func (s *Service) DestroyVersion(ctx context.Context, group string, kind KeyKind
 	})
 	if err != nil {
 		return g, s.updateErr(group, err)
+	}
+	if kind == KindEscrow {
+		s.dropHotKeys()
 	}
 	return g, nil
 }

@@ -23,10 +23,11 @@ type CeilingOp string
 
 const (
 	// CeilingRewrapECDH is one ecdh-p256 re-wrap as RewrapSlot does it:
-	// unwrap the EC escrow key under the KEK, ECDH derive, HMAC, import K,
-	// AES-KW unwrap of the GDK, the GDK length check (KWP wrap under the
-	// KEK), import the target's K, AES-KW wrap, destroy everything. The
-	// target side's Go ECDH is left out: it is not an HSM mechanism.
+	// unwrap the EC escrow key under the KEK, ECDH derive, AES-ECB derive
+	// of K, AES-KW unwrap of the GDK (its length is checked in Go, with no
+	// call), the binding key, commitment and binding, import the target's
+	// K, AES-KW wrap, the output's binding, destroy everything. The target
+	// side's Go ECDH is left out: it is not an HSM mechanism.
 	CeilingRewrapECDH CeilingOp = "rewrap-ecdh-p256"
 	// CeilingRewrapRSA is one rsa-oaep-sha1 re-wrap: unwrap the RSA escrow
 	// key, OAEP unwrap of the GDK, length check, import the target public
@@ -147,7 +148,7 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 				return err
 			}
 			defer h.destroy(s, gdk)
-			kb, err := h.ceilingVerify(s, gdk)
+			kb, err := h.ceilingVerify(s, gdk, true)
 			if err != nil {
 				return err
 			}
@@ -157,7 +158,7 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 				return wrapErr("import slot key", err)
 			}
 			defer h.destroy(s, t)
-			if _, err = h.mod.ctx.WrapKey(s.h, kw, t, gdk); err != nil {
+			if _, err = s.p.WrapKey(s.h, kw, t, gdk); err != nil {
 				return wrapErr("wrap GDK with AES-KW", err)
 			}
 			_, err = h.mac(s, kb, ceilingMessage[:])
@@ -174,7 +175,7 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 				return err
 			}
 			defer h.destroy(s, gdk)
-			kb, err := h.ceilingVerify(s, gdk)
+			kb, err := h.ceilingVerify(s, gdk, false)
 			if err != nil {
 				return err
 			}
@@ -197,10 +198,10 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 				return err
 			}
 			defer h.destroy(s, k)
-			if err := h.mod.ctx.SignInit(s.h, hmac, k); err != nil {
+			if err := s.p.SignInit(s.h, hmac, k); err != nil {
 				return wrapErr("HMAC", err)
 			}
-			mac, err := h.mod.ctx.Sign(s.h, msg)
+			mac, err := s.p.Sign(s.h, msg)
 			clear(mac)
 			return wrapErr("HMAC", err)
 		}, nil
@@ -233,7 +234,7 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 					return err
 				}
 				c, _ := classOf(k.kind)
-				_, err = h.mod.ctx.WrapKey(s.h, kwp, dst.h[c], o)
+				_, err = s.p.WrapKey(s.h, kwp, dst.h[c], o)
 				h.destroy(s, o)
 				if err != nil {
 					return wrapErr("wrap under the new KEK", err)
@@ -250,11 +251,11 @@ func (h *HSM) ceilingStep(op CeilingOp, in CeilingInput) (func(session) error, e
 var ceilingMessage [220]byte
 
 // ceilingVerify is the v2 check of an opened escrow slot as RewrapSlot
-// makes it: the GDK's length and binding key, its commitment and the
+// makes it: the GDK's length (rsa-oaep only) and binding key, its commitment and the
 // binding MAC. The ceiling compares the results with nothing: it measures
 // the calls.
-func (h *HSM) ceilingVerify(s session, gdk pkcs11.ObjectHandle) (pkcs11.ObjectHandle, error) {
-	kb, err := h.gdkBindKey(s, gdk)
+func (h *HSM) ceilingVerify(s session, gdk pkcs11.ObjectHandle, lengthKnown bool) (pkcs11.ObjectHandle, error) {
+	kb, err := h.gdkBindKey(s, gdk, lengthKnown)
 	if err != nil {
 		return 0, err
 	}

@@ -13,6 +13,9 @@ const (
 	DefaultSessions    = 4
 	DefaultWaitTimeout = 5 * time.Second
 	DefaultKEKLabel    = "escrowd-kek"
+	// DefaultHotKeyTTL is how long a hot escrow key lives when HotKeys is
+	// set and HotKeyTTL is not.
+	DefaultHotKeyTTL = 10 * time.Second
 )
 
 // Config says which module, token and KEK to use.
@@ -32,6 +35,13 @@ type Config struct {
 	// the token directory: development, and migrating such a token
 	// (docs/LIFECYCLE.md), only. Open refuses them otherwise (ErrKEKPublic).
 	AllowPublicKEK bool
+	// HotKeys is how many unwrapped escrow keys each pooled session keeps
+	// as session objects in the token (least recently used out first),
+	// so that re-wraps of one group in a row unwrap its key once; 0 keeps
+	// none. HotKeyTTL bounds how long one is kept after it was unwrapped
+	// (default DefaultHotKeyTTL). See docs/HSM.md, "Hot escrow keys".
+	HotKeys   int
+	HotKeyTTL time.Duration
 	// Observer, if set, learns operation and session-wait times (metrics).
 	Observer Observer `json:"-"`
 }
@@ -48,6 +58,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
+	}
+	if c.HotKeys < 0 {
+		c.HotKeys = 0
+	}
+	if c.HotKeyTTL <= 0 {
+		c.HotKeyTTL = DefaultHotKeyTTL
 	}
 	return c
 }
@@ -79,8 +95,8 @@ func redacted(pin string) string {
 
 // String describes c without the PIN.
 func (c Config) String() string {
-	return fmt.Sprintf("hsm.Config{Module:%q TokenLabel:%q PIN:%s Sessions:%d WaitTimeout:%s KEKLabel:%q AllowPublicKEK:%v}",
-		c.Module, c.TokenLabel, redacted(c.PIN), c.Sessions, c.WaitTimeout, c.KEKLabel, c.AllowPublicKEK)
+	return fmt.Sprintf("hsm.Config{Module:%q TokenLabel:%q PIN:%s Sessions:%d WaitTimeout:%s KEKLabel:%q AllowPublicKEK:%v HotKeys:%d HotKeyTTL:%s}",
+		c.Module, c.TokenLabel, redacted(c.PIN), c.Sessions, c.WaitTimeout, c.KEKLabel, c.AllowPublicKEK, c.HotKeys, c.HotKeyTTL)
 }
 
 // GoString is String: %#v must not print the PIN either.
@@ -106,5 +122,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("wait_timeout", c.WaitTimeout),
 		slog.String("kek_label", c.KEKLabel),
 		slog.Bool("allow_public_kek", c.AllowPublicKEK),
+		slog.Int("hot_keys", c.HotKeys),
+		slog.Duration("hot_key_ttl", c.HotKeyTTL),
 	)
 }

@@ -42,5 +42,5 @@ func (h *HSM) deriveECB(s session, base pkcs11.ObjectHandle, data []byte, templa
 	}
 	param, free := ecbDeriveParam(data)
 	defer free()
-	return h.mod.ctx.DeriveKey(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB_ENCRYPT_DATA, param)}, base, template)
+	return s.p.DeriveKey(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB_ENCRYPT_DATA, param)}, base, template)
 }

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -58,6 +59,16 @@ type HSM struct {
 	closeErr  error
 
 	unsupported sync.Map // Suite -> error, suites found unsupported
+
+	calls CallObserver // cfg.Observer, when it counts calls too
+
+	// Hot escrow keys (hot.go): the caches of idle sessions, by session;
+	// a checked-out session carries its own. hotEpoch counts
+	// invalidations: a cache filled before the last one is flushed before
+	// use.
+	hot       map[pkcs11.SessionHandle]*hotKeys
+	hotEpoch  atomic.Uint64
+	stopSweep chan struct{}
 }
 
 // Open loads the module, finds the token, logs the user in and finds the
@@ -79,6 +90,7 @@ func Open(cfg Config) (*HSM, error) {
 		return nil, err
 	}
 	h := &HSM{cfg: cfg, mod: mod, sem: make(chan struct{}, cfg.Sessions)}
+	h.calls, _ = cfg.Observer.(CallObserver)
 	s, slot, keks, err := h.connect()
 	if err != nil {
 		mod.forgetUnusedLogin(cfg.TokenLabel)
@@ -87,6 +99,11 @@ func Open(cfg Config) (*HSM, error) {
 	}
 	mod.holdLogin(cfg.TokenLabel)
 	h.anchor, h.slot, h.keks, h.current = s, slot, keks, oldest(keks)
+	h.hot = map[pkcs11.SessionHandle]*hotKeys{}
+	if h.hotOn() {
+		h.stopSweep = make(chan struct{})
+		go h.sweeper(h.stopSweep)
+	}
 	return h, nil
 }
 
@@ -154,10 +171,16 @@ func (h *HSM) Close() error {
 	h.closeOnce.Do(func() {
 		h.mu.Lock()
 		h.closed = true
+		if h.stopSweep != nil {
+			close(h.stopSweep)
+		}
+		// Closing a session destroys its objects, hot keys included.
 		for _, s := range h.idle {
 			_ = h.mod.ctx.CloseSession(s)
 		}
 		h.idle = nil
+		clear(h.hot)
+		h.hotEpoch.Add(1)
 		if !h.disconnected {
 			_ = h.mod.ctx.CloseSession(h.anchor)
 		}
@@ -183,6 +206,8 @@ type session struct {
 	h          pkcs11.SessionHandle
 	kekVersion uint32            // the current KEK version
 	keks       map[uint32]kekSet // read only
+	p          p11               // the module, counting this checkout's calls
+	hot        *hotKeys          // this session's hot escrow keys; nil: off
 }
 
 // kek is the current KEK of kind's class.
@@ -200,6 +225,13 @@ func (s session) kek(kind KeyKind) (pkcs11.ObjectHandle, error) {
 
 // acquire checks a session out of the pool, waiting at most WaitTimeout.
 func (h *HSM) acquire(ctx context.Context) (session, error) {
+	return h.acquireFor(ctx, nil)
+}
+
+// acquireFor is acquire preferring, among idle sessions, one that keeps
+// the hot escrow key hint (nil: none): re-wraps of one group in a row then
+// find its key whichever session the last one ran on.
+func (h *HSM) acquireFor(ctx context.Context, hint *hotKey) (session, error) {
 	if err := ctx.Err(); err != nil {
 		return session{}, fmt.Errorf("hsm: %w: %w", ErrUnavailable, err)
 	}
@@ -246,10 +278,23 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 	h.inflight++
 	keks, cur := h.keks, h.current
 	if n := len(h.idle); n > 0 {
+		if hint != nil {
+			for i := n - 1; i >= 0; i-- {
+				if c := h.hot[h.idle[i]]; c != nil && c.m[*hint] != nil {
+					h.idle[i], h.idle[n-1] = h.idle[n-1], h.idle[i]
+					break
+				}
+			}
+		}
 		s := h.idle[n-1]
 		h.idle = h.idle[:n-1]
+		hot := h.hot[s]
+		delete(h.hot, s)
+		if hot == nil && h.hotOn() {
+			hot = newHotKeys(h.hotEpoch.Load())
+		}
 		h.mu.Unlock()
-		return session{h: s, kekVersion: cur, keks: keks}, nil
+		return session{h: s, kekVersion: cur, keks: keks, p: h.counted(), hot: hot}, nil
 	}
 	slot := h.slot
 	h.mu.Unlock()
@@ -263,8 +308,15 @@ func (h *HSM) acquire(ctx context.Context) (session, error) {
 		<-h.sem
 		return session{}, wrapErr("open session", err)
 	}
-	return session{h: s, kekVersion: cur, keks: keks}, nil
+	var hot *hotKeys
+	if h.hotOn() {
+		hot = newHotKeys(h.hotEpoch.Load())
+	}
+	return session{h: s, kekVersion: cur, keks: keks, p: h.counted(), hot: hot}, nil
 }
+
+// counted is the module with a fresh call counter.
+func (h *HSM) counted() p11 { return p11{ctx: h.mod.ctx, n: new(int)} }
 
 // release returns s to the pool, or closes it if broken (never return a
 // broken session to the pool) or if the pool is closed or full.
@@ -272,8 +324,16 @@ func (h *HSM) release(s session, broken bool) {
 	h.mu.Lock()
 	h.inflight--
 	if broken || h.closed || h.disconnected || len(h.idle) >= h.cfg.Sessions {
+		// Its objects, hot keys included, die with it.
 		_ = h.mod.ctx.CloseSession(s.h)
 	} else {
+		if s.hot != nil {
+			if e := h.hotEpoch.Load(); s.hot.epoch != e {
+				s.hot.flush(s.p, s.h)
+				s.hot.epoch = e
+			}
+			h.hot[s.h] = s.hot
+		}
 		h.idle = append(h.idle, s.h)
 	}
 	if h.inflight == 0 && h.drained != nil {
@@ -324,6 +384,8 @@ func (h *HSM) reconnectLocked() error {
 		_ = h.mod.ctx.CloseSession(h.anchor)
 	}
 	h.idle = nil
+	clear(h.hot)
+	h.hotEpoch.Add(1) // sessions in use: their hot keys are flushed on return
 	h.disconnected = true
 	s, slot, keks, err := h.connect()
 	if err != nil {
@@ -365,6 +427,8 @@ func (h *HSM) reinitLocked() bool {
 		return false
 	}
 	h.idle, h.disconnected = nil, true
+	clear(h.hot)
+	h.hotEpoch.Add(1)
 	return true
 }
 
@@ -397,12 +461,25 @@ var (
 // way that means the session, login or KEK handle is gone, the pool is
 // rebuilt and fn retried once. op names the operation to the Observer.
 func (h *HSM) do(ctx context.Context, op string, fn func(s session) error) (err error) {
+	return h.doFor(ctx, op, nil, fn)
+}
+
+// doFor is do on a session that keeps the hot escrow key hint, if one is
+// idle.
+func (h *HSM) doFor(ctx context.Context, op string, hint *hotKey, fn func(s session) error) (err error) {
 	start := time.Now()
-	defer func() { h.cfg.Observer.ObserveHSMOp(op, time.Since(start), err) }()
+	calls := 0
+	defer func() {
+		h.cfg.Observer.ObserveHSMOp(op, time.Since(start), err)
+		if h.calls != nil {
+			h.calls.ObserveHSMCalls(op, calls, err)
+		}
+	}()
 	for attempt := 0; ; attempt++ {
-		s, err := h.acquire(ctx)
+		s, err := h.acquireFor(ctx, hint)
 		if err == nil {
 			err = fn(s)
+			calls += *s.p.n
 			// A session whose operation failed in the module is closed, not
 			// pooled: besides lost sessions, this drops any half-made object
 			// a failed call left (SoftHSM leaks the new object when an
@@ -432,7 +509,7 @@ func (h *HSM) do(ctx context.Context, op string, fn func(s session) error) (err 
 // operation; when recovery fails the HSM is unhealthy.
 func (h *HSM) Healthy(ctx context.Context) error {
 	return h.do(ctx, OpHealthy, func(s session) error {
-		info, err := h.mod.ctx.GetSessionInfo(s.h)
+		info, err := s.p.GetSessionInfo(s.h)
 		if err != nil {
 			return wrapErr("session info", err)
 		}
@@ -443,7 +520,7 @@ func (h *HSM) Healthy(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if _, err := h.mod.ctx.GetAttributeValue(s.h, kek, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)}); err != nil {
+		if _, err := s.p.GetAttributeValue(s.h, kek, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, nil)}); err != nil {
 			return wrapErr("read master KEK", err)
 		}
 		return nil

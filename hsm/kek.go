@@ -113,6 +113,7 @@ func (h *HSM) UseKEK(ctx context.Context, v uint32) error {
 	}
 	h.mu.Lock()
 	h.current = v
+	h.dropHotLocked()
 	h.mu.Unlock()
 	return nil
 }
@@ -144,7 +145,7 @@ func (h *HSM) RewrapKEK(ctx context.Context, kind KeyKind, w WrappedKey, to uint
 			return err
 		}
 		defer h.destroy(s, o)
-		blob, err := h.mod.ctx.WrapKey(s.h, kwp, dst.h[c], o)
+		blob, err := s.p.WrapKey(s.h, kwp, dst.h[c], o)
 		if err != nil {
 			return wrapErr(fmt.Sprintf("wrap %s under KEK version %d", kind, to), err)
 		}
@@ -202,7 +203,7 @@ func (h *HSM) DestroyKEK(ctx context.Context, v uint32) error {
 			if c > 0 && set.legacy {
 				break
 			}
-			if err := h.mod.ctx.DestroyObject(s.h, set.h[c]); err != nil {
+			if err := s.p.DestroyObject(s.h, set.h[c]); err != nil {
 				return wrapErr(fmt.Sprintf("destroy KEK version %d", v), err)
 			}
 		}
@@ -215,6 +216,7 @@ func (h *HSM) DestroyKEK(ctx context.Context, v uint32) error {
 	next := maps.Clone(h.keks)
 	delete(next, v)
 	h.keks = next
+	h.dropHotLocked()
 	h.mu.Unlock()
 	return nil
 }

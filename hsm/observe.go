@@ -20,6 +20,16 @@ type Observer interface {
 	ObserveSessionWait(waited time.Duration, got bool)
 }
 
+// CallObserver is an Observer that also learns how many PKCS#11 calls
+// each operation made: on a network HSM every call is a round trip, so
+// the count, more than the token's speed, is what callers wait for.
+// docs/HSM.md lists the minimum of each operation and the tests pin it.
+// The count covers every call made on the operation's session, a retry
+// after recovery included; not the pool's own session management.
+type CallObserver interface {
+	ObserveHSMCalls(op string, calls int, err error)
+}
+
 // Operation names passed to Observer.ObserveHSMOp. They are a fixed set,
 // fit for a metric label.
 const (

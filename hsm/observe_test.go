@@ -57,7 +57,7 @@ func (r *opRecorder) reset() (ops, waits []string, waited []time.Duration) {
 func TestObserver(t *testing.T) {
 	tok := newToken(t)
 	obs := &opRecorder{}
-	h := openToken(t, tok, func(c *hsm.Config) { c.Sessions = 1; c.WaitTimeout = 100 * time.Millisecond; c.Observer = obs })
+	h := openToken(t, tok, func(c *hsm.Config) { c.Sessions = 1; c.WaitTimeout = 500 * time.Millisecond; c.Observer = obs })
 	ctx := context.Background()
 
 	k, err := h.GenerateUnlockKey(ctx)
@@ -94,7 +94,9 @@ func TestObserver(t *testing.T) {
 	if _, err := h.HMAC(ctx, k, []byte("m")); !errors.Is(err, hsm.ErrUnavailable) {
 		t.Fatalf("HMAC with the pool exhausted: %v", err)
 	}
-	// Released while a caller waits: it gets the session.
+	// Released while a caller waits: it gets the session. (The release
+	// comes 30ms into a wait of 500ms: on a loaded machine a wait of
+	// 100ms timed out before the releasing goroutine ran.)
 	go func() { time.Sleep(30 * time.Millisecond); release() }()
 	if _, err := h.HMAC(ctx, k, []byte("m")); err != nil {
 		t.Fatal(err)
@@ -106,8 +108,8 @@ func TestObserver(t *testing.T) {
 	if want := []string{"gave up", "got"}; !slices.Equal(waits, want) {
 		t.Fatalf("waits observed %q, want %q", waits, want)
 	}
-	if waited[0] < 100*time.Millisecond || waited[0] > 5*time.Second {
-		t.Errorf("gave up after %s, want the 100ms WaitTimeout", waited[0])
+	if waited[0] < 500*time.Millisecond || waited[0] > 5*time.Second {
+		t.Errorf("gave up after %s, want the 500ms WaitTimeout", waited[0])
 	}
 	if waited[1] <= 0 || waited[1] > 5*time.Second {
 		t.Errorf("got a session after %s", waited[1])

@@ -93,7 +93,7 @@ func boolAttr(t uint, v bool) *pkcs11.Attribute { return pkcs11.NewAttribute(t, 
 // gone already, which destroys its objects too).
 func (h *HSM) destroy(s session, o pkcs11.ObjectHandle) {
 	if o != 0 {
-		_ = h.mod.ctx.DestroyObject(s.h, o)
+		_ = s.p.DestroyObject(s.h, o)
 	}
 }
 
@@ -104,7 +104,7 @@ func (h *HSM) wrapUnderKEK(s session, key pkcs11.ObjectHandle, kind KeyKind, wha
 	if err != nil {
 		return WrappedKey{}, err
 	}
-	blob, err := h.mod.ctx.WrapKey(s.h, kwp, kek, key)
+	blob, err := s.p.WrapKey(s.h, kwp, kek, key)
 	if err != nil {
 		return WrappedKey{}, wrapErr("wrap "+what+" under KEK", err)
 	}
@@ -137,7 +137,7 @@ func (h *HSM) unwrapUnderKEK(s session, w WrappedKey, kind KeyKind, op string) (
 	if err != nil {
 		return 0, err
 	}
-	o, err := h.mod.ctx.UnwrapKey(s.h, kwp, set.h[c], w.Blob, unwrapTemplate(kind, set.mechs))
+	o, err := s.p.UnwrapKey(s.h, kwp, set.h[c], w.Blob, unwrapTemplate(kind, set.mechs))
 	if err != nil {
 		return 0, kekUnwrapErr(op, err)
 	}
@@ -211,7 +211,7 @@ func (h *HSM) GenerateEscrowKey(ctx context.Context, suite Suite) (publicKeyDER 
 			boolAttr(pkcs11.CKA_UNWRAP, true),
 			boolAttr(pkcs11.CKA_SIGN, false),
 		}
-		pub, priv, err := h.mod.ctx.GenerateKeyPair(s.h,
+		pub, priv, err := s.p.GenerateKeyPair(s.h,
 			[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)}, pubT, privT)
 		if err != nil {
 			return wrapErr("generate escrow key pair", err)
@@ -219,7 +219,7 @@ func (h *HSM) GenerateEscrowKey(ctx context.Context, suite Suite) (publicKeyDER 
 		defer h.destroy(s, pub)
 		defer h.destroy(s, priv)
 
-		attrs, err := h.mod.ctx.GetAttributeValue(s.h, pub, []*pkcs11.Attribute{
+		attrs, err := s.p.GetAttributeValue(s.h, pub, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil),
 			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil),
 		})
@@ -249,21 +249,21 @@ func (h *HSM) GenerateEscrowKey(ctx context.Context, suite Suite) (publicKeyDER 
 // selfTest encrypts 32 random bytes to pub and decrypts them with priv under
 // suite: a pair that cannot do its suite is never handed out.
 func (h *HSM) selfTest(s session, pub, priv pkcs11.ObjectHandle, suite Suite, mech []*pkcs11.Mechanism) error {
-	probe, err := h.mod.ctx.GenerateRandom(s.h, 32)
+	probe, err := s.p.GenerateRandom(s.h, 32)
 	if err != nil {
 		return wrapErr("generate random", err)
 	}
-	if err := h.mod.ctx.EncryptInit(s.h, mech, pub); err != nil {
+	if err := s.p.EncryptInit(s.h, mech, pub); err != nil {
 		return h.noteUnsupported(suite, oaepErr("self-test encrypt", suite, err))
 	}
-	ct, err := h.mod.ctx.Encrypt(s.h, probe)
+	ct, err := s.p.Encrypt(s.h, probe)
 	if err != nil {
 		return h.noteUnsupported(suite, oaepErr("self-test encrypt", suite, err))
 	}
-	if err := h.mod.ctx.DecryptInit(s.h, mech, priv); err != nil {
+	if err := s.p.DecryptInit(s.h, mech, priv); err != nil {
 		return h.noteUnsupported(suite, oaepErr("self-test decrypt", suite, err))
 	}
-	pt, err := h.mod.ctx.Decrypt(s.h, ct)
+	pt, err := s.p.Decrypt(s.h, ct)
 	if err != nil {
 		return h.noteUnsupported(suite, oaepErr("self-test decrypt", suite, err))
 	}
@@ -312,7 +312,7 @@ func (h *HSM) GenerateUnlockKey(ctx context.Context) (WrappedKey, error) {
 func (h *HSM) genUnlockKey(s session) (WrappedKey, error) {
 	var out WrappedKey
 	err := func() error {
-		k, err := h.mod.ctx.GenerateKey(s.h,
+		k, err := s.p.GenerateKey(s.h,
 			[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, unlockKeyTemplate())
 		if err != nil {
 			return wrapErr("generate unlock key", err)
@@ -357,10 +357,10 @@ func (h *HSM) HMAC(ctx context.Context, unlockKey WrappedKey, msg []byte) ([]byt
 			return err
 		}
 		defer h.destroy(s, k)
-		if err := h.mod.ctx.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, k); err != nil {
+		if err := s.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, k); err != nil {
 			return wrapErr("HMAC", err)
 		}
-		mac, err = h.mod.ctx.Sign(s.h, msg)
+		mac, err = s.p.Sign(s.h, msg)
 		return wrapErr("HMAC", err)
 	})
 	if err != nil {
@@ -476,7 +476,7 @@ func (h *HSM) gdkUnwrapErr(suite Suite, err error) error {
 func (h *HSM) wrapToTarget(s session, gdk pkcs11.ObjectHandle, t target, op string) ([]byte, error) {
 	if t.aesKey != nil {
 		val := bytes.Clone(t.aesKey)
-		k, err := h.mod.ctx.CreateObject(s.h, []*pkcs11.Attribute{
+		k, err := s.p.CreateObject(s.h, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 			boolAttr(pkcs11.CKA_TOKEN, false),
@@ -492,13 +492,13 @@ func (h *HSM) wrapToTarget(s session, gdk pkcs11.ObjectHandle, t target, op stri
 			return nil, wrapErr(op+"import AES target key", err)
 		}
 		defer h.destroy(s, k)
-		w, err := h.mod.ctx.WrapKey(s.h, kw, k, gdk)
+		w, err := s.p.WrapKey(s.h, kw, k, gdk)
 		if err != nil {
 			return nil, wrapErr(op+"wrap GDK with AES-KW", err)
 		}
 		return w, nil
 	}
-	k, err := h.mod.ctx.CreateObject(s.h, []*pkcs11.Attribute{
+	k, err := s.p.CreateObject(s.h, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
 		boolAttr(pkcs11.CKA_TOKEN, false),
@@ -513,7 +513,7 @@ func (h *HSM) wrapToTarget(s session, gdk pkcs11.ObjectHandle, t target, op stri
 		return nil, wrapErr(op+"import RSA target key", err)
 	}
 	defer h.destroy(s, k)
-	w, err := h.mod.ctx.WrapKey(s.h, t.mech, k, gdk)
+	w, err := s.p.WrapKey(s.h, t.mech, k, gdk)
 	if err != nil {
 		return nil, oaepErr(op+"wrap GDK with RSA-OAEP", t.suite, err)
 	}

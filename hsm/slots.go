@@ -125,6 +125,9 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, chain *format.SlotCon
 		if _, err := ecdh.P256().NewPublicKey(src.EPK); err != nil {
 			return nil, nil, fmt.Errorf("hsm: rewrap: %w: the slot's ephemeral key is not a P-256 point", ErrBadCiphertext)
 		}
+		if len(src.Wrapped) != GDKSize+8 {
+			return nil, nil, badGDKLength("an AES-KW slot of %d bytes", len(src.Wrapped))
+		}
 		escrowPoint = pub.Bytes()
 	default:
 		return nil, nil, fmt.Errorf("hsm: rewrap: %w: unknown suite %q", ErrInvalidInput, string(src.Suite))
@@ -147,14 +150,19 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, chain *format.SlotCon
 	if rotate {
 		op = OpRotate
 	}
-	err = h.do(ctx, op, func(s session) error {
+	var hint *hotKey
+	if h.hotOn() {
+		k := hotKeyOf(escrowKind(src.Suite), src.EscrowPrivate)
+		hint = &k
+	}
+	err = h.doFor(ctx, op, hint, func(s session) error {
 		chainOut, out = nil, nil
 		gdk, err := h.openGDK(s, src, escrowPoint)
 		if err != nil {
 			return err
 		}
 		defer h.destroy(s, gdk)
-		kb, err := h.gdkBindKey(s, gdk)
+		kb, err := h.gdkBindKey(s, gdk, gdkLengthKnown(src))
 		if err != nil {
 			return err
 		}
@@ -185,7 +193,7 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, chain *format.SlotCon
 				return err
 			}
 			chainOut = &c
-			kbNext, err := h.gdkBindKey(s, next)
+			kbNext, err := h.gdkBindKey(s, next, true) // generated: GDKSize
 			if err != nil {
 				return err
 			}
@@ -245,33 +253,36 @@ func checkContexts(src Source, chain *format.SlotContext, targets []Target) erro
 	return nil
 }
 
-// gdkBindKey checks that gdk is exactly a 32-byte key and derives its
-// binding key, DK(gdk, format.LabelBind), as an HMAC key that never leaves
-// the HSM. The length takes two operations, because SoftHSM leaves
-// CKA_VALUE_LEN at 0 on keys unwrapped with RSA-OAEP (and refuses it in the
-// unwrap template) and CKA_VALUE is sensitive: an AES-KWP wrap under the
-// unlock KEK (RFC 5649, discarded) is 40 bytes only for keys of 25 to 32 bytes
-// and fails for an empty one; the AES-ECB derivation then works only for
-// AES key lengths (16, 24, 32). An OAEP plaintext can have any length: a
-// GDK of any other length is refused, never padded into a different key.
-func (h *HSM) gdkBindKey(s session, gdk pkcs11.ObjectHandle) (pkcs11.ObjectHandle, error) {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("hsm: rewrap: %w: the ciphertext does not hold a %d-byte GDK: %s", ErrBadCiphertext, GDKSize, fmt.Sprintf(format, args...))
-	}
-	kek, err := s.kek(KeyUnlock)
-	if err != nil {
-		return 0, err
-	}
-	w, err := h.mod.ctx.WrapKey(s.h, kwp, kek, gdk)
-	if err != nil {
-		e := wrapErr("check GDK length", err)
-		if code, _ := ckrCode(e); code == pkcs11.CKR_KEY_NOT_WRAPPABLE || code == pkcs11.CKR_KEY_SIZE_RANGE {
-			return 0, bad("it is empty")
+// gdkBindKey derives gdk's binding key, DK(gdk, format.LabelBind), as an
+// HMAC key that never leaves the HSM, after checking, unless lengthKnown,
+// that gdk is exactly a 32-byte key. The check is needed only for a GDK
+// opened with RSA-OAEP, whose plaintext can have any length: an AES-KW
+// unwrap (ecdh-p256) gives exactly len(wrapped)-8 bytes, which openAndWrap
+// checks in Go before any call, and a generated GDK has the length asked
+// for. The check takes one call, because SoftHSM leaves CKA_VALUE_LEN at 0
+// on keys unwrapped with RSA-OAEP (and refuses it in the unwrap template)
+// and CKA_VALUE is sensitive: an AES-KWP wrap under the unlock KEK (RFC
+// 5649, discarded) is 40 bytes only for keys of 25 to 32 bytes and fails
+// for an empty one; the AES-ECB derivation of the binding key, made
+// anyway, then works only for AES key lengths (16, 24, 32). A GDK of any
+// other length is refused, never padded into a different key.
+func (h *HSM) gdkBindKey(s session, gdk pkcs11.ObjectHandle, lengthKnown bool) (pkcs11.ObjectHandle, error) {
+	if !lengthKnown {
+		kek, err := s.kek(KeyUnlock)
+		if err != nil {
+			return 0, err
 		}
-		return 0, e
-	}
-	if len(w) != GDKSize+8 {
-		return 0, bad("it holds %d to %d bytes", len(w)-15, len(w)-8)
+		w, err := s.p.WrapKey(s.h, kwp, kek, gdk)
+		if err != nil {
+			e := wrapErr("check GDK length", err)
+			if code, _ := ckrCode(e); code == pkcs11.CKR_KEY_NOT_WRAPPABLE || code == pkcs11.CKR_KEY_SIZE_RANGE {
+				return 0, badGDKLength("it is empty")
+			}
+			return 0, e
+		}
+		if len(w) != GDKSize+8 {
+			return 0, badGDKLength("it holds %d to %d bytes", len(w)-15, len(w)-8)
+		}
 	}
 	kb, err := h.deriveECB(s, gdk, format.LabelBind[:], hmacKeyTemplate())
 	if err != nil {
@@ -280,10 +291,21 @@ func (h *HSM) gdkBindKey(s session, gdk pkcs11.ObjectHandle) (pkcs11.ObjectHandl
 			return 0, e
 		}
 		// 25 to 31 bytes: not an AES key length.
-		return 0, bad("it holds 25 to 31 bytes")
+		return 0, badGDKLength("it holds 25 to 31 bytes")
 	}
 	return kb, nil
 }
+
+// badGDKLength is the error of a slot that does not hold a 32-byte GDK.
+func badGDKLength(format string, args ...any) error {
+	return fmt.Errorf("hsm: rewrap: %w: the ciphertext does not hold a %d-byte GDK: %s", ErrBadCiphertext, GDKSize, fmt.Sprintf(format, args...))
+}
+
+// gdkLengthKnown reports whether src's GDK is known to be 32 bytes without
+// asking the HSM: an AES-KW (RFC 3394) unwrap that succeeds gives exactly
+// len(wrapped)-8 bytes, and openAndWrap refuses any other slot length
+// before the first call.
+func gdkLengthKnown(src Source) bool { return src.Suite == SuiteECDHP256 }
 
 // derivedAESTemplate is the template of an AES-256 key derived inside the
 // HSM (a chain key, an ecdh-p256 slot key): a session object that never
@@ -324,25 +346,25 @@ func hmacKeyTemplate() []*pkcs11.Attribute {
 // commitment computes format.Commitment of gdk inside the HSM: the prefix
 // with C_DigestUpdate, the key with C_DigestKey.
 func (h *HSM) commitment(s session, gdk pkcs11.ObjectHandle, group string, version uint32) ([]byte, error) {
-	if err := h.mod.ctx.DigestInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256, nil)}); err != nil {
+	if err := s.p.DigestInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256, nil)}); err != nil {
 		return nil, wrapErr("GDK commitment", err)
 	}
-	if err := h.mod.ctx.DigestUpdate(s.h, format.CommitmentPrefix(group, version)); err != nil {
+	if err := s.p.DigestUpdate(s.h, format.CommitmentPrefix(group, version)); err != nil {
 		return nil, wrapErr("GDK commitment", err)
 	}
-	if err := h.mod.ctx.DigestKey(s.h, gdk); err != nil {
+	if err := s.p.DigestKey(s.h, gdk); err != nil {
 		return nil, wrapErr("GDK commitment", err)
 	}
-	d, err := h.mod.ctx.DigestFinal(s.h)
+	d, err := s.p.DigestFinal(s.h)
 	return d, wrapErr("GDK commitment", err)
 }
 
 // mac is HMAC-SHA256 under an HMAC key object.
 func (h *HSM) mac(s session, k pkcs11.ObjectHandle, msg []byte) ([]byte, error) {
-	if err := h.mod.ctx.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, k); err != nil {
+	if err := s.p.SignInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, k); err != nil {
 		return nil, wrapErr("slot binding", err)
 	}
-	m, err := h.mod.ctx.Sign(s.h, msg)
+	m, err := s.p.Sign(s.h, msg)
 	return m, wrapErr("slot binding", err)
 }
 
@@ -390,7 +412,7 @@ func (h *HSM) sealChain(s session, next, old, kbOld pkcs11.ObjectHandle, chain *
 		return Sealed{}, wrapErr("rotate: derive the chain key", err)
 	}
 	defer h.destroy(s, kc)
-	w, err := h.mod.ctx.WrapKey(s.h, kw, kc, old)
+	w, err := s.p.WrapKey(s.h, kw, kc, old)
 	if err != nil {
 		return Sealed{}, wrapErr("rotate: wrap the old GDK under the chain key", err)
 	}
@@ -426,7 +448,7 @@ func gdkTemplate() []*pkcs11.Attribute {
 // extractable (to be wrapped to its recipients) and may only derive (its
 // chain and binding keys): the GDK itself keys nothing.
 func (h *HSM) generateGDK(s session) (pkcs11.ObjectHandle, error) {
-	k, err := h.mod.ctx.GenerateKey(s.h,
+	k, err := s.p.GenerateKey(s.h,
 		[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)},
 		[]*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
@@ -456,22 +478,22 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 		if err != nil {
 			return 0, err
 		}
-		priv, err := h.unwrapEscrowPrivate(s, src.EscrowPrivate)
+		priv, done, err := h.escrowKey(s, escrowKind(src.Suite), src.EscrowPrivate, "unwrap escrow key")
 		if err != nil {
 			return 0, err
 		}
-		defer h.destroy(s, priv)
-		gdk, err := h.mod.ctx.UnwrapKey(s.h, mech, priv, src.Wrapped, gdkTemplate())
+		defer done()
+		gdk, err := s.p.UnwrapKey(s.h, mech, priv, src.Wrapped, gdkTemplate())
 		if err != nil {
 			return 0, h.gdkUnwrapErr(src.Suite, err)
 		}
 		return gdk, nil
 	}
-	priv, err := h.unwrapEscrowEC(s, src.EscrowPrivate)
+	priv, done, err := h.escrowKey(s, escrowKind(src.Suite), src.EscrowPrivate, "unwrap EC escrow key")
 	if err != nil {
 		return 0, err
 	}
-	defer h.destroy(s, priv)
+	defer done()
 	info, err := format.ECDHInfo(src.EPK, escrowPoint)
 	if err != nil {
 		return 0, fmt.Errorf("hsm: %w: %w", ErrInvalidInput, err)
@@ -481,7 +503,7 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 		return 0, err
 	}
 	defer h.destroy(s, k)
-	gdk, err := h.mod.ctx.UnwrapKey(s.h, kw, k, src.Wrapped, gdkTemplate())
+	gdk, err := s.p.UnwrapKey(s.h, kw, k, src.Wrapped, gdkTemplate())
 	if err != nil {
 		// SoftHSM answers CKR_GENERAL_ERROR to an AES-KW integrity failure.
 		e := wrapErr("unwrap GDK (AES-KW)", err)
@@ -494,6 +516,14 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 	return gdk, nil
 }
 
+// escrowKind is the kind of the escrow key of a suite.
+func escrowKind(s Suite) KeyKind {
+	if s == SuiteECDHP256 {
+		return KeyEscrowEC
+	}
+	return KeyEscrow
+}
+
 // ecdhSlotKey derives an ecdh-p256 slot key inside the HSM:
 // Z = ECDH(priv, peer) straight into a non-extractable AES key object
 // (CKD_NULL: Z is the x coordinate), then K = AES-256-ECB(Z, info) into a
@@ -501,7 +531,7 @@ func (h *HSM) openGDK(s session, src Source, escrowPoint []byte) (pkcs11.ObjectH
 // a slot; CKA_ENCRYPT for the self-test). Z is destroyed at once; neither
 // reaches Go.
 func (h *HSM) ecdhSlotKey(s session, priv pkcs11.ObjectHandle, peer []byte, info format.Label, usage uint) (pkcs11.ObjectHandle, error) {
-	z, err := h.mod.ctx.DeriveKey(s.h,
+	z, err := s.p.DeriveKey(s.h,
 		[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDH1_DERIVE, pkcs11.NewECDH1DeriveParams(pkcs11.CKD_NULL, nil, peer))},
 		priv,
 		[]*pkcs11.Attribute{
@@ -534,7 +564,7 @@ func (h *HSM) ecdhSlotKey(s session, priv pkcs11.ObjectHandle, peer []byte, info
 func (h *HSM) importAES(s session, key []byte, wrap bool) (pkcs11.ObjectHandle, error) {
 	val := bytes.Clone(key)
 	defer clear(val)
-	return h.mod.ctx.CreateObject(s.h, []*pkcs11.Attribute{
+	return s.p.CreateObject(s.h, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 		boolAttr(pkcs11.CKA_TOKEN, false),
@@ -581,7 +611,7 @@ func (h *HSM) sealToTarget(s session, gdk pkcs11.ObjectHandle, t target, op stri
 		return Sealed{}, wrapErr(op+"import slot key", err)
 	}
 	defer h.destroy(s, k)
-	w, err := h.mod.ctx.WrapKey(s.h, kw, k, gdk)
+	w, err := s.p.WrapKey(s.h, kw, k, gdk)
 	if err != nil {
 		return Sealed{}, wrapErr(op+"wrap GDK with AES-KW", err)
 	}
@@ -632,14 +662,14 @@ func (h *HSM) genECEscrowKey(s session) (der []byte, private WrappedKey, err err
 			boolAttr(pkcs11.CKA_DERIVE, true),
 			boolAttr(pkcs11.CKA_SIGN, false),
 		}
-		pub, priv, err := h.mod.ctx.GenerateKeyPair(s.h,
+		pub, priv, err := s.p.GenerateKeyPair(s.h,
 			[]*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pubT, privT)
 		if err != nil {
 			return wrapErr("generate EC escrow key pair", err)
 		}
 		defer h.destroy(s, pub)
 		defer h.destroy(s, priv)
-		attrs, err := h.mod.ctx.GetAttributeValue(s.h, pub, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
+		attrs, err := s.p.GetAttributeValue(s.h, pub, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
 		if err != nil {
 			return wrapErr("read EC escrow public key", err)
 		}
@@ -669,10 +699,10 @@ func (h *HSM) genECEscrowKey(s session) (der []byte, private WrappedKey, err err
 			return err
 		}
 		defer h.destroy(s, k)
-		if err := h.mod.ctx.EncryptInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)}, k); err != nil {
+		if err := s.p.EncryptInit(s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)}, k); err != nil {
 			return wrapErr("self-test of new EC escrow key", err)
 		}
-		got, err := h.mod.ctx.Encrypt(s.h, selfTestBlock[:])
+		got, err := s.p.Encrypt(s.h, selfTestBlock[:])
 		if err != nil {
 			return wrapErr("self-test of new EC escrow key", err)
 		}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/escrowd/escrowd/format"
 	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/softhsm"
 )
@@ -46,7 +47,15 @@ func TestTokenLoss(t *testing.T) {
 	}
 	ctx := context.Background()
 	tok := newToken(t)
-	h := openToken(t, tok, func(c *hsm.Config) { c.Sessions = 2; c.WaitTimeout = time.Second })
+	// Hot escrow keys on: a key kept before the loss must not be used
+	// after it (its handle is gone, or names another object once the
+	// module is re-initialised).
+	h := openToken(t, tok, func(c *hsm.Config) {
+		c.Sessions = 2
+		c.WaitTimeout = time.Second
+		c.HotKeys = 4
+		c.HotKeyTTL = time.Hour
+	})
 	k, err := h.GenerateUnlockKey(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -54,6 +63,17 @@ func TestTokenLoss(t *testing.T) {
 	want, err := h.HMAC(ctx, k, []byte("m"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	ecPub, ecPriv, err := h.GenerateEscrowKey(ctx, hsm.SuiteECDHP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := escrowSource(t, ecPub, ecPriv, "g", 1, randBytes(t, 32))
+	tg := []hsm.Target{{AESKey: randBytes(t, 32), Context: &format.SlotContext{Kind: "unlock", Suite: "pbkdf2-sha256-aes-kw", Group: "g", GDKVersion: 1, KeyVersion: 1, ID: "u"}}}
+	for range 2 {
+		if _, err := h.RewrapSlot(ctx, src, tg); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ops := []struct {
 		name string
@@ -69,6 +89,7 @@ func TestTokenLoss(t *testing.T) {
 		{"GenerateUnlockKey", func() error { _, err := h.GenerateUnlockKey(ctx); return err }},
 		{"GenerateEscrowKey", func() error { _, _, err := h.GenerateEscrowKey(ctx, hsm.SuiteECDHP256); return err }},
 		{"Objects", func() error { _, err := h.Objects(ctx); return err }},
+		{"RewrapSlot", func() error { _, err := h.RewrapSlot(ctx, src, tg); return err }},
 		{"Healthy", func() error { return h.Healthy(ctx) }},
 	}
 

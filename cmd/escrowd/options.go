@@ -18,6 +18,7 @@ import (
 
 	"github.com/escrowd/escrowd/daemon"
 	"github.com/escrowd/escrowd/escrow/bundle"
+	"github.com/escrowd/escrowd/hsm"
 	"github.com/escrowd/escrowd/internal/config"
 	"github.com/escrowd/escrowd/store"
 )
@@ -43,6 +44,8 @@ type options struct {
 	hsmToken        string
 	hsmPINFile      string
 	hsmSessions     int
+	hsmHotKeys      int
+	hsmHotKeyTTL    time.Duration
 	kekLabel        string
 	allowPublicKEK  bool
 	vaultAddr       string
@@ -110,6 +113,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.hsmToken, "hsm-token", "", "HSM token label (required)")
 	fs.StringVar(&o.hsmPINFile, "hsm-pin-file", "", "file holding the HSM user PIN (else $ESCROWD_HSM_PIN)")
 	fs.IntVar(&o.hsmSessions, "hsm-sessions", 4, "HSM session pool size")
+	fs.IntVar(&o.hsmHotKeys, "hsm-hot-keys", 64, "unwrapped escrow keys each HSM session keeps inside the token, so that re-wraps of one group in a row unwrap its key once (0: none; docs/HSM.md, \"Hot escrow keys\")")
+	fs.DurationVar(&o.hsmHotKeyTTL, "hsm-hot-key-ttl", hsm.DefaultHotKeyTTL, "longest an unwrapped escrow key is kept inside the token after it was unwrapped")
 	fs.StringVar(&o.kekLabel, "kek-label", "escrowd-kek", "master KEK label on the token")
 	fs.BoolVar(&o.allowPublicKEK, "hsm-allow-public-kek", false, "accept a public master KEK, as `escrowctl hsm init` made it before KEKs were private: SoftHSM keeps it in clear in the token directory. Development, and migrating such a token (docs/LIFECYCLE.md), only")
 	fs.StringVar(&o.vaultAddr, "vault-addr", os.Getenv("VAULT_ADDR"), "Vault address (default $VAULT_ADDR)")
@@ -302,6 +307,12 @@ func (o *options) check() error {
 	}
 	if o.eventMax < 0 {
 		add(o.invalid("event-max", "must be 0 (no bound) or more"))
+	}
+	if o.hsmHotKeys < 0 {
+		add(o.invalid("hsm-hot-keys", "must be 0 (none kept) or more"))
+	}
+	if o.hsmHotKeyTTL <= 0 {
+		add(o.invalid("hsm-hot-key-ttl", "must be more than zero"))
 	}
 	if o.defaultSuite != "" && !bundle.PublicKeySuite(o.defaultSuite) {
 		add(o.invalid("default-suite", "%s is not ecdh-p256, rsa-oaep-sha1 or rsa-oaep-sha256", o.quote("default-suite", o.defaultSuite)))

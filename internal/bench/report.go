@@ -39,7 +39,13 @@ type Report struct {
 	Targets []Target          `json:"targets"`
 	Ratios  []Target          `json:"ratios"`
 	Facts   []string          `json:"facts"`
-	Wall    string            `json:"wall"`
+	// Calls is the PKCS#11 calls of each operation (docs/HSM.md gives
+	// the minimum of each).
+	Calls []CallCount `json:"pkcs11_calls"`
+	// Interleaved is the ratios measured in interleaved pairs, which the
+	// targets are judged on.
+	Interleaved []Interleaved `json:"interleaved"`
+	Wall        string        `json:"wall"`
 }
 
 func fmtRate(v float64) string {
@@ -89,6 +95,23 @@ func (r *Report) Markdown(w io.Writer) {
 	for _, x := range r.Rows {
 		fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %s | %s | %d | %s |\n", x.Section, x.Op, x.Conc,
 			fmtRate(x.OpsPerSec), fmtMS(x.Stats, true), fmtMS(x.Stats, false), fmtCPU(x.CPU), fmtCPU(x.VaultCPU), x.Errors, x.Note)
+	}
+	if len(r.Calls) > 0 {
+		fmt.Fprintln(w, "\n| operation | PKCS#11 calls |")
+		fmt.Fprintln(w, "|---|--:|")
+		for _, c := range r.Calls {
+			fmt.Fprintf(w, "| %s | %d |\n", c.Op, c.Calls)
+		}
+	}
+	if len(r.Interleaved) > 0 {
+		fmt.Fprintln(w, "\nInterleaved ratios: each is the median of the ratios of pairs of points (A B A B …), with the smallest and largest pair ratio. CPU-normalised: A's operations per CPU second over B's (escrowd's process with SoftHSM inside it; the raw sequences' process; Vault's for Transit).")
+		fmt.Fprintln(w, "\n| ratio | A | B | pairs × point | throughput A/B | CPU-normalised A/B | A ops/s | B ops/s | A CPU ms/op | B CPU ms/op | Vault CPU ms per A op | load at end |")
+		fmt.Fprintln(w, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|")
+		for _, x := range r.Interleaved {
+			fmt.Fprintf(w, "| %s | %s | %s | %d × %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.Name, x.A, x.B, x.Pairs, x.Point,
+				fmtSpread(x.Ratio, 2), fmtSpread(x.CPU, 2), fmtSpread(x.AOps, 0), fmtSpread(x.BOps, 0),
+				fmtSpread(x.ACPU, 3), fmtSpread(x.BCPU, 3), fmtSpread(x.VaultCPU, 3), x.Load)
+		}
 	}
 	if len(r.Ratios) > 0 {
 		fmt.Fprintln(w, "\n| ratio | value | how |")
