@@ -32,7 +32,7 @@ import (
 	"github.com/escrowd/escrowd/escrow/device"
 	"github.com/escrowd/escrowd/examples/syncbackend/auth"
 	"github.com/escrowd/escrowd/examples/syncbackend/backend"
-	"github.com/escrowd/escrowd/examples/syncbackend/grpcescrowd"
+	"github.com/escrowd/escrowd/examples/syncbackend/escrowdclient"
 	"github.com/escrowd/escrowd/examples/syncbackend/store"
 	"github.com/escrowd/escrowd/examples/syncbackend/store/postgres"
 	"github.com/escrowd/escrowd/internal/pgtest"
@@ -333,7 +333,7 @@ func dumpPostgres(t *testing.T, url string) []byte {
 func runSyncBackend(t *testing.T, st store.Store, dump func() []byte) {
 	s := newStack(t, vaultSrv)
 	ctx := ctxT(t)
-	esc, err := grpcescrowd.Dial(s.addr, filepath.Join(pki.dir, "ca.crt"), filepath.Join(pki.dir, "sync-backend.crt"), filepath.Join(pki.dir, "sync-backend.key"))
+	esc, err := escrowdclient.Dial(s.addr, filepath.Join(pki.dir, "ca.crt"), filepath.Join(pki.dir, "sync-backend.crt"), filepath.Join(pki.dir, "sync-backend.key"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/escrowd/escrowd/examples/syncbackend/backend"
-	"github.com/escrowd/escrowd/examples/syncbackend/grpcescrowd"
+	"github.com/escrowd/escrowd/examples/syncbackend/escrowdclient"
 	"github.com/escrowd/escrowd/examples/syncbackend/store"
 	"github.com/escrowd/escrowd/examples/syncbackend/store/postgres"
 )
@@ -79,7 +79,7 @@ func run() error {
 		st = b
 	}
 	defer st.Close()
-	esc, err := grpcescrowd.Dial(*addr, *ca, *cert, *key)
+	esc, err := escrowdclient.Dial(*addr, *ca, *cert, *key)
 	if err != nil {
 		return err
 	}

@@ -7,8 +7,8 @@ import (
 )
 
 // Escrowd is every escrowd operation the backend uses, and nothing more.
-// grpcescrowd implements it over escrowd's gRPC API with mutual TLS as the
-// sync-backend identity; the backend's tests use a fake. Errors wrap one
+// escrowdclient implements it with escrowd's Go client package (mutual TLS
+// as the sync-backend identity); the backend's tests use a fake. Errors wrap one
 // of the Escrowd sentinels below.
 type Escrowd interface {
 	// ProvisionGroup makes the group's escrow and unlock keys in the HSM

@@ -1,31 +1,24 @@
-// Package grpcescrowd implements backend.Escrowd over escrowd's gRPC API,
-// with mutual TLS as the sync-backend identity. It is the only file of the
-// example that sees gRPC types: moving to escrowd's Go client package is a
-// change of this file alone.
-package grpcescrowd
+// Package escrowdclient implements backend.Escrowd with escrowd's Go client
+// package (github.com/escrowd/escrowd/client): mutual TLS as the
+// sync-backend identity, retries of the calls that are safe to repeat,
+// and typed errors. It is the only file of the example that sees escrowd's
+// API messages.
+package escrowdclient
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
-
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/client"
 	"github.com/escrowd/escrowd/examples/syncbackend/backend"
 )
 
 // Client is a connection to escrowd.
 type Client struct {
-	conn *grpc.ClientConn
-	sync escrowdv1.SyncServiceClient
+	c *client.Client
 }
 
 var _ backend.Escrowd = (*Client)(nil)
@@ -33,44 +26,32 @@ var _ backend.Escrowd = (*Client)(nil)
 // Dial connects to escrowd at addr with the client certificate and key in
 // certFile and keyFile, trusting the CAs in caFile.
 func Dial(addr, caFile, certFile, keyFile string) (*Client, error) {
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("failed to read the escrowd CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("no certificate in %s", caFile)
-	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("failed to load the client certificate: %w", err)
-	}
-	cfg := &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	c, err := client.Dial(context.Background(), client.Config{Addr: addr, CAFile: caFile, CertFile: certFile, KeyFile: keyFile})
 	if err != nil {
 		return nil, fmt.Errorf("failed to dial escrowd at %s: %w", addr, err)
 	}
-	return &Client{conn: conn, sync: escrowdv1.NewSyncServiceClient(conn)}, nil
+	return &Client{c: c}, nil
 }
 
-func (c *Client) Close() error { return c.conn.Close() }
+func (c *Client) Close() error { return c.c.Close() }
 
-// wrap maps a gRPC status to the backend's sentinels, keeping the message.
+// wrap maps the client's errors to the backend's sentinels, keeping the
+// daemon's message: the backend decides only on those four.
 func wrap(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	st := status.Convert(err)
-	return fmt.Errorf("%s: %w: %s: %s", op, sentinel(st.Code()), st.Code(), st.Message())
+	return fmt.Errorf("%s: %w: %w", op, sentinel(err), err)
 }
 
-func sentinel(c codes.Code) error {
-	switch c {
-	case codes.AlreadyExists:
+func sentinel(err error) error {
+	switch {
+	case errors.Is(err, client.ErrExists):
 		return backend.ErrEscrowdExists
-	case codes.NotFound:
+	case errors.Is(err, client.ErrNotFound):
 		return backend.ErrEscrowdNotFound
-	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Canceled:
+	case errors.Is(err, client.ErrUnavailable), errors.Is(err, client.ErrRateLimited), errors.Is(err, client.ErrAborted),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return backend.ErrEscrowdUnavailable
 	}
 	return backend.ErrEscrowdRefused
@@ -93,7 +74,7 @@ func unlock(u []*escrowdv1.UserUnlockSlots) []backend.UnlockEpoch {
 }
 
 func (c *Client) ProvisionGroup(ctx context.Context, group string) (backend.EscrowKey, error) {
-	r, err := c.sync.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: group})
+	r, err := c.c.ProvisionGroup(ctx, &escrowdv1.ProvisionGroupRequest{GroupId: group})
 	if err != nil {
 		return backend.EscrowKey{}, wrap("ProvisionGroup", err)
 	}
@@ -102,7 +83,7 @@ func (c *Client) ProvisionGroup(ctx context.Context, group string) (backend.Escr
 }
 
 func (c *Client) Rewrap(ctx context.Context, group string, escrowSlot []byte, to backend.Recipient) ([]byte, error) {
-	r, err := c.sync.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: group, EscrowSlot: escrowSlot, Recipient: recipient(to)})
+	r, err := c.c.Rewrap(ctx, &escrowdv1.RewrapRequest{GroupId: group, EscrowSlot: escrowSlot, Recipient: recipient(to)})
 	if err != nil {
 		return nil, wrap("Rewrap", err)
 	}
@@ -110,7 +91,7 @@ func (c *Client) Rewrap(ctx context.Context, group string, escrowSlot []byte, to
 }
 
 func (c *Client) IssueUnlockCodes(ctx context.Context, group, user string, escrowSlot []byte) (backend.UnlockEpoch, error) {
-	r, err := c.sync.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: group, UserId: user, EscrowSlot: escrowSlot})
+	r, err := c.c.IssueUnlockCodes(ctx, &escrowdv1.IssueUnlockCodesRequest{GroupId: group, UserId: user, EscrowSlot: escrowSlot})
 	if err != nil {
 		return backend.UnlockEpoch{}, wrap("IssueUnlockCodes", err)
 	}
@@ -118,7 +99,7 @@ func (c *Client) IssueUnlockCodes(ctx context.Context, group, user string, escro
 }
 
 func (c *Client) MarkUnlockCodeConsumed(ctx context.Context, group, user string, epoch, index uint32) error {
-	_, err := c.sync.MarkUnlockCodeConsumed(ctx, &escrowdv1.MarkUnlockCodeConsumedRequest{GroupId: group, UserId: user, Epoch: epoch, Index: index})
+	_, err := c.c.MarkUnlockCodeConsumed(ctx, &escrowdv1.MarkUnlockCodeConsumedRequest{GroupId: group, UserId: user, Epoch: epoch, Index: index})
 	return wrap("MarkUnlockCodeConsumed", err)
 }
 
@@ -127,7 +108,7 @@ func (c *Client) RotateGroupKey(ctx context.Context, q backend.RotateRequest) (b
 	for _, r := range q.Recipients {
 		req.Recipients = append(req.Recipients, recipient(r))
 	}
-	r, err := c.sync.RotateGroupKey(ctx, req)
+	r, err := c.c.RotateGroupKey(ctx, req)
 	if err != nil {
 		return backend.Rotation{}, wrap("RotateGroupKey", err)
 	}
@@ -138,7 +119,7 @@ func (c *Client) RotateGroupKey(ctx context.Context, q backend.RotateRequest) (b
 }
 
 func (c *Client) RewrapToEscrow(ctx context.Context, group string, escrowSlot []byte) ([]byte, uint32, error) {
-	r, err := c.sync.RewrapToEscrow(ctx, &escrowdv1.RewrapToEscrowRequest{GroupId: group, EscrowSlot: escrowSlot})
+	r, err := c.c.RewrapToEscrow(ctx, &escrowdv1.RewrapToEscrowRequest{GroupId: group, EscrowSlot: escrowSlot})
 	if err != nil {
 		return nil, 0, wrap("RewrapToEscrow", err)
 	}
@@ -156,7 +137,7 @@ func (c *Client) BatchRewrap(ctx context.Context, items []backend.BatchItem) ([]
 		}
 		req.Items = append(req.Items, bi)
 	}
-	r, err := c.sync.BatchRewrap(ctx, req)
+	r, err := c.c.BatchRewrap(ctx, req)
 	if err != nil {
 		return nil, wrap("BatchRewrap", err)
 	}
@@ -166,17 +147,21 @@ func (c *Client) BatchRewrap(ctx context.Context, items []backend.BatchItem) ([]
 	out := make([]backend.BatchResult, len(items))
 	for i, res := range r.GetResults() {
 		out[i] = backend.BatchResult{Ref: res.GetReference(), Slot: res.GetSlot()}
-		if e := res.GetError(); e != nil {
-			out[i].Err = wrap("BatchRewrap item "+res.GetReference(), status.Error(codes.Code(e.GetCode()), e.GetMessage()))
-		} else if len(res.GetSlot()) == 0 {
+		if res.GetError() == nil && len(res.GetSlot()) == 0 {
 			out[i].Err = errors.New("BatchRewrap: an item with neither slot nor error")
+		}
+	}
+	for _, e := range client.BatchErrors(r) {
+		var be *client.BatchItemError
+		if errors.As(e, &be) && be.Index < len(out) {
+			out[be.Index].Err = wrap("BatchRewrap item "+be.Reference, e)
 		}
 	}
 	return out, nil
 }
 
 func (c *Client) ListEvents(ctx context.Context, after uint64, limit int) (backend.EventPage, error) {
-	r, err := c.sync.ListEvents(ctx, &escrowdv1.ListEventsRequest{After: after, Limit: uint32(limit)})
+	r, err := c.c.ListEvents(ctx, &escrowdv1.ListEventsRequest{After: after, Limit: uint32(limit)})
 	if err != nil {
 		return backend.EventPage{}, wrap("ListEvents", err)
 	}
