@@ -635,7 +635,8 @@ func (v *Vault) Verify(ctx context.Context) (*Problem, int, string, error) {
 
 var errStopWalk = errors.New("stop")
 
-// Find returns the record with the given id, walking the trail.
+// Find returns the last record with the given id, walking the trail: a
+// request's outcome when it has an intent before it.
 func (v *Vault) Find(ctx context.Context, id string) (*Chained, error) {
 	var found *Chained
 	err := v.Walk(ctx, func(_ uint64, b *Batch) error {
@@ -645,12 +646,11 @@ func (v *Vault) Find(ctx context.Context, id string) (*Chained, error) {
 		for i := range b.Records {
 			if b.Records[i].ID == id {
 				found = &b.Records[i]
-				return errStopWalk
 			}
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, errStopWalk) {
+	if err != nil {
 		return nil, err
 	}
 	if found == nil {

@@ -167,10 +167,11 @@ shutdown-timeout: 10s
 		{`escrowd_hsm_operation_duration_seconds_count{operation="generate_unlock_key",result="ok"}`, 1, 1},
 		{`escrowd_hsm_operation_duration_seconds_count{operation="healthy",result="ok"}`, 1, 1e9},
 		{`escrowd_hsm_operation_duration_seconds_count{operation="hmac",result="error"}`, 0, 0},
-		// Three audited requests, in one to three Vault writes.
-		{`escrowd_audit_batch_records_sum`, 3, 3},
-		{`escrowd_audit_batch_records_count`, 1, 3},
-		{`escrowd_audit_commit_duration_seconds_count{result="ok"}`, 1, 3},
+		// Three audited requests, one of which changes state (an intent
+		// and an outcome): four records, in one to four Vault writes.
+		{`escrowd_audit_batch_records_sum`, 4, 4},
+		{`escrowd_audit_batch_records_count`, 1, 4},
+		{`escrowd_audit_commit_duration_seconds_count{result="ok"}`, 1, 4},
 		{`escrowd_audit_commit_duration_seconds_count{result="error"}`, 0, 0},
 		{`escrowd_vault_errors_total{call="write"}`, 0, 0},
 		{`escrowd_dependency_healthy{dependency="hsm"}`, 1, 1},
