@@ -84,8 +84,16 @@ _CA), or -as NAME to use NAME.crt, NAME.key and ca.crt in $ESCROWCTL_PKI.
 
 Audit (reads Vault directly: -vault-addr or $VAULT_ADDR, -vault-token-file or
 $VAULT_TOKEN, -audit-mount, -audit-prefix):
-  audit verify                               walk the whole trail; name the first
-                                             record changed, deleted, moved or inserted
+  audit verify [-expect-head N:HASH] [-token LABEL -pin-file FILE]
+                                             walk the whole trail; name every record
+                                             changed, deleted, moved, inserted or
+                                             forged (MACs checked with the HSM), a
+                                             truncation before the expected head, and
+                                             every intent without an outcome
+  audit checkpoint [-token LABEL -pin-file FILE]
+                                             print the head N:HASH of an intact trail,
+                                             to keep outside Vault; with the HSM signed
+                                             under the chain key: N:HASH:AT:MAC
   audit read [-n N]                          print the last N records (default 20)
 
 Offline:
@@ -189,6 +197,7 @@ func run(args []string, out io.Writer) error {
 	after := fs.Uint64("after", 0, "events after this sequence number (0: from the oldest kept)")
 	limit := fs.Uint("limit", 0, "events per request (default: the daemon's, 100; at most 1000)")
 	follow := fs.Bool("follow", false, "keep asking for new events until interrupted")
+	expectHead := fs.String("expect-head", "", "audit verify: a head N:HASH[:AT:MAC] from audit checkpoint that the trail must still hold")
 	if err := fs.Parse(args[2:]); err != nil {
 		return err
 	}
@@ -260,10 +269,14 @@ func run(args []string, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "%s: ok\n", *policyFile)
 		return nil
-	case "audit verify", "audit read":
+	case "audit verify", "audit read", "audit checkpoint":
 		tok, err := secret.Load("Vault token", *vaultTokenFile, "VAULT_TOKEN")
 		if err != nil {
 			return err
+		}
+		if cmd != "audit read" {
+			return auditCommand(cmd, auditOptions{vault: audit.VaultConfig{Address: *vaultAddr, Token: tok, Mount: *auditMount, Prefix: *auditPrefix},
+				module: *module, token: *token, pinFile: *pinFile, kekLabel: *kekLabel, expectHead: *expectHead, timeout: *timeout}, out)
 		}
 		v, err := audit.NewVault(audit.VaultConfig{Address: *vaultAddr, Token: tok, Mount: *auditMount, Prefix: *auditPrefix})
 		if err != nil {
@@ -272,19 +285,7 @@ func run(args []string, out io.Writer) error {
 		defer v.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 		defer cancel()
-		if cmd == "audit read" {
-			return auditRead(ctx, v, *last, out)
-		}
-		p, n, head, err := v.Verify(ctx)
-		if err != nil {
-			return err
-		}
-		if p != nil {
-			fmt.Fprintf(out, "audit trail BROKEN after %d good records: %s\n", n, p)
-			return errTampered
-		}
-		fmt.Fprintf(out, "audit trail intact: %d records, head %s\n", n, head)
-		return nil
+		return auditRead(ctx, v, *last, out)
 	}
 
 	if cmd == "hsm init" {
