@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path"
 	"sync"
+	"time"
 
 	vault "github.com/hashicorp/vault/api"
 )
@@ -37,9 +38,13 @@ type anchorHead struct {
 }
 
 // anchorer saves heads in the background: the writer hands it the latest
-// and goes on; it saves the newest one it has whenever it can. A write
-// therefore does not wait for the store; the anchor trails the trail by
-// at most the writes of one store round trip.
+// and goes on; it saves the newest one it has, at most once every
+// anchorEvery. A write therefore never waits for the store, and the store
+// takes one write per anchorEvery rather than one per batch; the anchor
+// trails the trail by at most anchorEvery and one store round trip.
+const anchorEvery = 100 * time.Millisecond
+
+// anchorer is that background saver.
 type anchorer struct {
 	a      Anchor
 	trail  string
@@ -62,6 +67,12 @@ func newAnchorer(a Anchor, trail string, stop <-chan struct{}, timeout func() (c
 				return
 			}
 			an.save(timeout)
+			select {
+			case <-time.After(anchorEvery):
+			case <-stop:
+				an.save(timeout)
+				return
+			}
 		}
 	}()
 	return an

@@ -30,40 +30,37 @@ import (
 // configuration file, the environment default of -vault-addr ($VAULT_ADDR),
 // the built-in default.
 type options struct {
-	listen         string
-	metricsListen  string
-	healthListen   string
-	tlsCert        string
-	tlsKey         string
-	clientCA       string
-	clientCRL      string
-	policyPath     string
-	storePath      string
-	hsmModule      string
-	hsmToken       string
-	hsmPINFile     string
-	hsmSessions    int
-	kekLabel       string
-	allowPublicKEK bool
-	vaultAddr      string
-	vaultTokenFile string
-	auditMount     string
-	auditPrefix    string
-	auditTimeout   time.Duration
-	auditMaxBatch  int
-	// auditAcceptTruncation: go on after the anchored head when the trail
-	// in Vault ends below it (docs/OPERATIONS.md).
-	auditAcceptTruncation bool
-	defaultSuite          string
-	logLevel              string
-	shutdownTimeout       time.Duration
-	jobLease              time.Duration
-	jobPoll               time.Duration
-	jobBatch              int
-	pidFile               string
-	eventRetention        time.Duration
-	eventMax              int
-	logSampling           string
+	listen          string
+	metricsListen   string
+	healthListen    string
+	tlsCert         string
+	tlsKey          string
+	clientCA        string
+	clientCRL       string
+	policyPath      string
+	storePath       string
+	hsmModule       string
+	hsmToken        string
+	hsmPINFile      string
+	hsmSessions     int
+	kekLabel        string
+	allowPublicKEK  bool
+	vaultAddr       string
+	vaultTokenFile  string
+	auditMount      string
+	auditPrefix     string
+	auditTimeout    time.Duration
+	auditMaxBatch   int
+	defaultSuite    string
+	logLevel        string
+	shutdownTimeout time.Duration
+	jobLease        time.Duration
+	jobPoll         time.Duration
+	jobBatch        int
+	pidFile         string
+	eventRetention  time.Duration
+	eventMax        int
+	logSampling     string
 
 	maxRecvMsgSize       int
 	maxConcurrentStreams int
@@ -78,6 +75,10 @@ type options struct {
 	// from says where a setting read from the file came from; settings
 	// absent from it came from a flag or a default.
 	from map[string]config.Setting
+
+	// auditAcceptTruncation: go on after the anchored head when the trail
+	// in Vault ends below it (docs/OPERATIONS.md).
+	auditAcceptTruncation bool
 }
 
 // errUsage: the command line itself is malformed (exit status 2, as the
