@@ -19,6 +19,17 @@ import (
 // the result the record describes.
 var ErrUnavailable = errors.New("audit trail unavailable")
 
+// The phases of a request that changes state. Its intent record is
+// committed before it acts: what is about to happen, by whom, for which
+// group, user and ticket, with an empty outcome and code. Its outcome
+// record, with the same id, follows once it has acted. An intent with no
+// record of the same id after it means the request may or may not have
+// taken effect (the process died, or Vault failed after the intent).
+const (
+	PhaseIntent  = "intent"
+	PhaseOutcome = "outcome"
+)
+
 // Outcome of a request.
 type Outcome string
 
@@ -36,9 +47,13 @@ type Record struct {
 	Time      time.Time `json:"time"`
 	Caller    string    `json:"caller"`
 	Operation string    `json:"operation"`
-	Group     string    `json:"group,omitempty"`
-	User      string    `json:"user,omitempty"`
-	Ticket    string    `json:"ticket,omitempty"`
+	// Phase is PhaseIntent or PhaseOutcome for a request that changes
+	// state (write-ahead: its intent is committed before it acts), empty
+	// for any other request, which has one record.
+	Phase  string `json:"phase,omitempty"`
+	Group  string `json:"group,omitempty"`
+	User   string `json:"user,omitempty"`
+	Ticket string `json:"ticket,omitempty"`
 	// KeyVersions names the key versions used, e.g. "escrow:2", "unlock:1".
 	KeyVersions []string `json:"key_versions,omitempty"`
 	// Detail holds non-secret facts of the operation, e.g. "epoch:3",

@@ -34,6 +34,11 @@ func validBatch(t testing.TB) []byte {
 	return b
 }
 
+// keyed adds a key id and MAC, as JSON values, to a document.
+func keyed(d, key, mac string) string {
+	return strings.TrimSuffix(d, "}") + `,"key":` + key + `,"mac":` + mac + `}`
+}
+
 // doc is a Vault document with the given seq and records text.
 func doc(seq, records string) string {
 	r, _ := json.Marshal(records)
@@ -71,6 +76,12 @@ func TestParseBatch(t *testing.T) {
 		{"unknown field in a record", doc("1", strings.Replace(string(recs), `"id":"r2"`, `"id":"r2","secret":"x"`, 1)), "records: json: unknown field"},
 		{"short hash", doc("1", strings.Replace(string(recs), `"hash":"`, `"hash":"ab`, 1)), "not 32 bytes of hex"},
 		{"hash not hex", doc("1", strings.Replace(string(recs), `"prev":"0`, `"prev":"z`, 1)), "not 32 bytes of hex"},
+		{"keyed", keyed(doc("1", string(recs)), `"0011223344556677"`, `"`+strings.Repeat("ab", 32)+`"`), ""},
+		{"MAC without key", keyed(doc("1", string(recs)), `""`, `"`+strings.Repeat("ab", 32)+`"`), "key id is not 8 bytes"},
+		{"key without MAC", keyed(doc("1", string(recs)), `"0011223344556677"`, `""`), "MAC is not 32 bytes"},
+		{"short MAC", keyed(doc("1", string(recs)), `"0011223344556677"`, `"abab"`), "MAC is not 32 bytes"},
+		{"MAC not hex", keyed(doc("1", string(recs)), `"0011223344556677"`, `"`+strings.Repeat("zz", 32)+`"`), "MAC is not 32 bytes"},
+		{"MAC a number", keyed(doc("1", string(recs)), `"0011223344556677"`, `7`), "cannot unmarshal"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -95,6 +106,57 @@ func TestParseBatch(t *testing.T) {
 	}
 }
 
+func TestParseHead(t *testing.T) {
+	hash, mac := strings.Repeat("ab", 32), strings.Repeat("cd", 32)
+	tests := []struct {
+		in   string
+		want string // "" means it parses and prints back the same
+	}{
+		{"12:" + hash, ""},
+		{"12:" + hash + ":1767225600:" + mac, ""},
+		{"", "want N:HASH"},
+		{"12", "want N:HASH"},
+		{"12:" + hash + ":1767225600", "want N:HASH"},
+		{"0:" + hash, "not a record number"},
+		{"-1:" + hash, "not a record number"},
+		{"x:" + hash, "not a record number"},
+		{"12:abcd", "HASH is not 32 bytes"},
+		{"12:" + strings.Repeat("zz", 32), "HASH is not 32 bytes"},
+		{"12:" + hash + ":0:" + mac, "AT is not a time"},
+		{"12:" + hash + ":soon:" + mac, "AT is not a time"},
+		{"12:" + hash + ":1767225600:abcd", "MAC is not 32 bytes"},
+	}
+	for _, tt := range tests {
+		h, err := ParseHead(tt.in)
+		if tt.want == "" {
+			if err != nil || h.String() != tt.in {
+				t.Errorf("ParseHead(%q) = %v, %v", tt.in, h, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseHead(%q): %v, want an error saying %q", tt.in, err, tt.want)
+		}
+	}
+}
+
+// FuzzParseHead: whatever an operator pastes, ParseHead answers without
+// panicking, and a head it accepts prints back as it parses.
+func FuzzParseHead(f *testing.F) {
+	f.Add("12:" + strings.Repeat("ab", 32))
+	f.Add("12:" + strings.Repeat("ab", 32) + ":1767225600:" + strings.Repeat("cd", 32))
+	f.Fuzz(func(t *testing.T, s string) {
+		h, err := ParseHead(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseHead(h.String())
+		if err != nil || again != h {
+			t.Fatalf("round trip of %q: %v, %v", s, again, err)
+		}
+	})
+}
+
 // FuzzParseBatch: whatever Vault hands back, the decoder and the verifier
 // return an answer and never panic, and a batch that parses says the same
 // thing after a round trip.
@@ -102,6 +164,7 @@ func FuzzParseBatch(f *testing.F) {
 	f.Add(validBatch(f))
 	f.Add([]byte(doc("1", "[]")))
 	f.Add([]byte(doc("2", `[{"n":1,"prev":"","hash":""}]`)))
+	f.Add([]byte(keyed(doc("1", "[]"), `"0011223344556677"`, `"`+strings.Repeat("ab", 32)+`"`)))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		b, err := ParseBatch(raw)
 		if err != nil {

@@ -23,3 +23,11 @@ type nopObserver struct{}
 
 func (nopObserver) ObserveAuditBatch(int, time.Duration, error) {}
 func (nopObserver) ObserveVaultHealth(error)                    {}
+
+// PoisonObserver, if the Observer implements it, learns of every trail
+// position the writer skipped because it held something it would not
+// chain after: not a batch, or, in a keyed trail, a batch whose MAC does
+// not verify. Someone other than escrowd wrote there.
+type PoisonObserver interface {
+	ObservePoisonedBatch()
+}

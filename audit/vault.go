@@ -50,6 +50,18 @@ type VaultConfig struct {
 	// Observer, if set, learns batch sizes, write times and Vault errors
 	// (metrics).
 	Observer Observer
+	// Keyer, if set, keys the chain: every batch written carries a MAC
+	// under the chain key (keyed.go), a batch another writer left at a
+	// position is chained after only if its MAC verifies, and Verify
+	// checks every MAC. The chain key is made on the first write and kept,
+	// wrapped, at Prefix/key.
+	Keyer Keyer
+	// Anchor, if set, keeps the last committed head outside Vault
+	// (anchor.go): at start and after every Vault error the writer
+	// refuses to continue below it (ErrTruncated), unless
+	// AcceptTruncation, when it goes on after it.
+	Anchor           Anchor
+	AcceptTruncation bool
 }
 
 func (c VaultConfig) withDefaults() VaultConfig {
@@ -107,7 +119,13 @@ type Vault struct {
 	wg      sync.WaitGroup
 	once    sync.Once
 
+	anchor *anchorer
+	// halted is the error that stops every write until the trail is
+	// repaired (a truncation); Healthy reports it.
+	halted atomic.Pointer[error]
+
 	// Owned by the writer goroutine.
+	keys  *keyRing // nil: the chain is not keyed
 	known bool
 	seq   uint64 // last batch written or seen
 	n     uint64 // last record number
@@ -115,6 +133,7 @@ type Vault struct {
 
 	batches, records atomic.Uint64
 	waitNanos        atomic.Int64
+	poisonedAt       atomic.Uint64
 }
 
 type pending struct {
@@ -149,6 +168,11 @@ func NewVault(cfg VaultConfig) (*Vault, error) {
 	v := &Vault{cfg: cfg, client: c, kv: c.KVv2(cfg.Mount),
 		queue: make(chan *pending, 4*cfg.MaxBatch), refusals: make(chan *pending, cfg.RefusalQueue),
 		kick: make(chan struct{}, 1), stop: make(chan struct{})}
+	if cfg.Anchor != nil {
+		v.anchor = newAnchorer(cfg.Anchor, v.trail(), v.stop, func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), cfg.Timeout)
+		})
+	}
 	v.wg.Add(1)
 	go v.writer()
 	return v, nil
@@ -158,6 +182,9 @@ func NewVault(cfg VaultConfig) (*Vault, error) {
 func (v *Vault) Close() error {
 	v.once.Do(func() { close(v.stop) })
 	v.wg.Wait()
+	if v.anchor != nil {
+		<-v.anchor.done
+	}
 	return nil
 }
 
@@ -446,10 +473,17 @@ func (v *Vault) drain(b *batcher) {
 func (v *Vault) write(recs []*Record) error {
 	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.Timeout)
 	defer cancel()
+	if v.cfg.Keyer != nil && v.keys == nil {
+		v.keys = v.newKeyRing()
+	}
 	if !v.known {
 		if err := v.findHead(ctx); err != nil {
+			if errors.Is(err, ErrTruncated) {
+				v.halted.Store(&err)
+			}
 			return err
 		}
+		v.halted.Store(nil)
 	}
 	for {
 		chained, n, head, err := link(recs, v.n, v.prev)
@@ -457,6 +491,11 @@ func (v *Vault) write(recs []*Record) error {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 		b := Batch{Seq: v.seq + 1, Records: chained}
+		if v.keys != nil {
+			if err := v.keys.sign(ctx, &b); err != nil {
+				return fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
+		}
 		data, err := batchData(&b)
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -464,6 +503,9 @@ func (v *Vault) write(recs []*Record) error {
 		_, err = v.kv.Put(ctx, v.batchPath(b.Seq), data, vault.WithCheckAndSet(0))
 		if err == nil {
 			v.seq, v.n, v.prev = b.Seq, n, head
+			if v.anchor != nil {
+				v.anchor.advance(anchorHead{seq: b.Seq, n: n, hash: head})
+			}
 			return nil
 		}
 		if !isCASConflict(err) {
@@ -482,6 +524,13 @@ func (v *Vault) write(recs []*Record) error {
 
 // findHead locates the last batch: exponential probing, then bisection.
 func (v *Vault) findHead(ctx context.Context) error {
+	var anchor anchorHead
+	if v.cfg.Anchor != nil {
+		var err error
+		if anchor, err = v.readAnchor(ctx); err != nil {
+			return err
+		}
+	}
 	v.seq, v.n, v.prev = 0, 0, Genesis
 	ok, err := v.exists(ctx, 1)
 	if err != nil {
@@ -511,13 +560,76 @@ func (v *Vault) findHead(ctx context.Context) error {
 				hi = mid
 			}
 		}
-		if err := v.adopt(ctx, lo); err != nil {
+		if err := v.adoptLast(ctx, lo); err != nil {
+			return err
+		}
+	}
+	if v.cfg.Anchor != nil {
+		if err := v.checkAnchor(ctx, anchor); err != nil {
 			return err
 		}
 	}
 	v.known = true
 	return nil
 }
+
+// maxWalkBack bounds how far back findHead looks for a batch to chain
+// after when the last ones are deleted, unreadable or forged.
+const maxWalkBack = 64
+
+// adoptLast moves the head to position last, chaining after the last
+// batch at or before it that is readable and, if the chain is keyed,
+// verifies. Positions are never reused: the next write goes after last.
+func (v *Vault) adoptLast(ctx context.Context, last uint64) error {
+	for s := last; s >= 1 && last-s < maxWalkBack; s-- {
+		b, err := v.readBatch(ctx, s)
+		switch {
+		case errors.Is(err, vault.ErrSecretNotFound):
+			continue
+		case errors.Is(err, errBadBatch):
+			v.poisoned(s)
+			continue
+		case err != nil:
+			return fmt.Errorf("%w: failed to read audit batch %d: %v", ErrUnavailable, s, firstLine(err))
+		}
+		if v.keys != nil {
+			// A batch whose MAC the HSM cannot compute (its key's KEK was
+			// destroyed) is not known forged: chain after it.
+			if err := v.keys.check(ctx, b); errors.Is(err, errForged) {
+				v.poisoned(s)
+				continue
+			}
+		}
+		if len(b.Records) == 0 {
+			continue
+		}
+		v.seq = last
+		l := b.Records[len(b.Records)-1]
+		v.n, v.prev = l.N, l.Hash
+		return nil
+	}
+	if last > maxWalkBack {
+		return fmt.Errorf("%w: none of audit batches %d to %d can be chained after (deleted, unreadable or forged): see OPERATIONS.md, \"The audit trail\"", ErrUnavailable, last-maxWalkBack+1, last)
+	}
+	// Nothing to chain after: the trail starts again from the genesis,
+	// after the positions taken.
+	v.seq, v.n, v.prev = last, 0, Genesis
+	return nil
+}
+
+// poisoned notes a position that holds something this writer will not
+// chain after: not a batch, or, in a keyed trail, a batch without a valid
+// MAC. It is skipped, not overwritten; Verify names it.
+func (v *Vault) poisoned(seq uint64) {
+	v.poisonedAt.Store(seq)
+	if o, ok := v.cfg.Observer.(PoisonObserver); ok {
+		o.ObservePoisonedBatch()
+	}
+}
+
+// Poisoned returns the last position the writer skipped because it held
+// an unreadable or forged batch, 0 if none.
+func (v *Vault) Poisoned() uint64 { return v.poisonedAt.Load() }
 
 func (v *Vault) exists(ctx context.Context, seq uint64) (bool, error) {
 	_, err := v.kv.Get(ctx, v.batchPath(seq))
@@ -530,7 +642,11 @@ func (v *Vault) exists(ctx context.Context, seq uint64) (bool, error) {
 	return true, nil
 }
 
-// adopt moves the head to batch seq, written by another writer.
+// adopt moves the head to batch seq, written by another writer. A
+// position holding what is not a batch, or a batch whose MAC does not
+// verify, is skipped: the next write chains after the last good batch, at
+// the next position, so that nothing planted at a position can stop the
+// writers.
 func (v *Vault) adopt(ctx context.Context, seq uint64) error {
 	b, err := v.readBatch(ctx, seq)
 	if err != nil {
@@ -540,7 +656,21 @@ func (v *Vault) adopt(ctx context.Context, seq uint64) error {
 			v.seq = seq
 			return nil
 		}
+		if errors.Is(err, errBadBatch) {
+			v.poisoned(seq)
+			v.seq = seq
+			return nil
+		}
 		return fmt.Errorf("%w: failed to read audit batch %d: %v", ErrUnavailable, seq, firstLine(err))
+	}
+	if v.keys != nil {
+		// A batch whose MAC the HSM cannot compute (its key's KEK was
+		// destroyed) is not known forged: chain after it.
+		if err := v.keys.check(ctx, b); errors.Is(err, errForged) {
+			v.poisoned(seq)
+			v.seq = seq
+			return nil
+		}
 	}
 	v.seq = seq
 	if len(b.Records) > 0 {
@@ -613,29 +743,78 @@ func (v *Vault) Walk(ctx context.Context, fn func(seq uint64, b *Batch) error) e
 	return nil
 }
 
-// Verify walks the whole trail and reports the first problem, if any, with
-// the number of records verified and the head hash.
-func (v *Vault) Verify(ctx context.Context) (*Problem, int, string, error) {
-	ver := NewVerifier()
-	err := v.Walk(ctx, func(seq uint64, b *Batch) error {
-		if b == nil {
-			ver.Problem = &Problem{Batch: seq, Index: -1, Kind: "deleted", Detail: "the batch cannot be read (deleted or not a batch)"}
-		}
-		if ver.Problem != nil || !ver.Add(seq, b) {
-			return errStopWalk
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errStopWalk) {
-		return nil, 0, "", err
-	}
-	n, head := ver.Head()
-	return ver.Problem, n, head, nil
+// Report is what VerifyAll found.
+type Report struct {
+	// Records is the number of records checked; N and Head the number and
+	// hash of the last record the chain reached.
+	Records  int
+	N        uint64
+	Head     string
+	Problems []Problem
+	Open     []OpenIntent
+	// Keyed: the MACs were checked (the verifier has the HSM); Unkeyed
+	// counts the batches written before the trail was keyed.
+	Keyed   bool
+	Unkeyed int
+	// Unverified counts the batches whose MAC the HSM could not compute:
+	// the key they name is wrapped under a destroyed KEK version, or the
+	// HSM failed (UnverifiedWhy says which).
+	Unverified    int
+	UnverifiedWhy string
 }
 
-var errStopWalk = errors.New("stop")
+// VerifyAll walks the whole trail and reports every break, going on past
+// each, and every intent without an outcome. Each expected head (a
+// checkpoint the operator kept) must be on the chain, or the trail was
+// truncated or rewritten.
+func (v *Vault) VerifyAll(ctx context.Context, expect ...Head) (*Report, error) {
+	ver := NewVerifier()
+	for _, h := range expect {
+		ver.Expect(h)
+	}
+	if v.cfg.Keyer != nil {
+		keys := v.newKeyRing()
+		if err := keys.load(ctx); err != nil {
+			return nil, err
+		}
+		ver.CheckMAC = func(b *Batch) error { return keys.check(ctx, b) }
+	}
+	err := v.Walk(ctx, func(seq uint64, b *Batch) error {
+		if b == nil {
+			ver.Unreadable(seq, "deleted or not a batch")
+			return nil
+		}
+		ver.Add(seq, b)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	ver.Finish()
+	r := &Report{Problems: ver.Problems, Open: ver.OpenIntents(), Keyed: ver.CheckMAC != nil, Unkeyed: ver.Unkeyed,
+		Unverified: ver.Unverified, UnverifiedWhy: ver.UnverifiedWhy}
+	r.Records, r.Head = ver.Head()
+	r.N, _ = ver.Last()
+	return r, nil
+}
 
-// Find returns the record with the given id, walking the trail.
+// Verify walks the whole trail and reports the first problem, if any, with
+// the number of records verified and the head hash. VerifyAll reports
+// them all.
+func (v *Vault) Verify(ctx context.Context) (*Problem, int, string, error) {
+	r, err := v.VerifyAll(ctx)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	var p *Problem
+	if len(r.Problems) > 0 {
+		p = &r.Problems[0]
+	}
+	return p, r.Records, r.Head, nil
+}
+
+// Find returns the last record with the given id, walking the trail: a
+// request's outcome when it has an intent before it.
 func (v *Vault) Find(ctx context.Context, id string) (*Chained, error) {
 	var found *Chained
 	err := v.Walk(ctx, func(_ uint64, b *Batch) error {
@@ -645,12 +824,11 @@ func (v *Vault) Find(ctx context.Context, id string) (*Chained, error) {
 		for i := range b.Records {
 			if b.Records[i].ID == id {
 				found = &b.Records[i]
-				return errStopWalk
 			}
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, errStopWalk) {
+	if err != nil {
 		return nil, err
 	}
 	if found == nil {
@@ -662,6 +840,9 @@ func (v *Vault) Find(ctx context.Context, id string) (*Chained, error) {
 // Healthy reports whether Vault is unsealed and answering.
 func (v *Vault) Healthy(ctx context.Context) (err error) {
 	defer func() { v.cfg.Observer.ObserveVaultHealth(err) }()
+	if h := v.halted.Load(); h != nil {
+		return *h
+	}
 	h, err := v.client.Sys().HealthWithContext(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUnavailable, firstLine(err))

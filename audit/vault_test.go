@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -284,9 +285,7 @@ func TestVerifier(t *testing.T) {
 			seqs, bs := tt.mutate(ok())
 			ver := NewVerifier()
 			for i := range bs {
-				if !ver.Add(seqs[i], &bs[i]) {
-					break
-				}
+				ver.Add(seqs[i], &bs[i])
 			}
 			if tt.kind == "" {
 				if ver.Problem != nil {
@@ -301,6 +300,72 @@ func TestVerifier(t *testing.T) {
 				t.Fatalf("found %v, want %s", ver.Problem, tt.kind)
 			}
 		})
+	}
+}
+
+// TestVerifierReportsEveryBreak: three separate breaks in one trail are
+// three problems, each named where it is, and the records between them
+// are still checked.
+func TestVerifierReportsEveryBreak(t *testing.T) {
+	recs := make([]*Record, 12)
+	for i := range recs {
+		recs[i] = rec(i)
+	}
+	c, _, _, err := link(recs, 0, Genesis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs := []Batch{{Seq: 1, Records: clone(c[:3])}, {Seq: 2, Records: clone(c[3:6])}, {Seq: 3, Records: clone(c[6:9])}, {Seq: 4, Records: clone(c[9:])}}
+	bs[0].Records[1].Ticket = "SUP-666"                                     // record 2 changed
+	bs[1].Records[0], bs[1].Records[1] = bs[1].Records[1], bs[1].Records[0] // records 4 and 5 swapped
+	// Batch 3 (records 7 to 9) deleted.
+	ver := NewVerifier()
+	for _, i := range []int{0, 1, 3} {
+		ver.Add(bs[i].Seq, &bs[i])
+	}
+	var got []string
+	for _, p := range ver.Problems {
+		got = append(got, fmt.Sprintf("%d/%d %s", p.Batch, p.Index, p.Kind))
+	}
+	want := []string{"1/1 changed", "2/0 reordered", "4/-1 deleted"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("problems %q, want %q", got, want)
+	}
+	if n, _ := ver.Last(); n != 12 {
+		t.Fatalf("the chain reached record %d, want 12", n)
+	}
+	// A record changed after the last break is still found.
+	bs[3].Records[2].Caller = "someone else"
+	ver = NewVerifier()
+	for _, i := range []int{0, 1, 3} {
+		ver.Add(bs[i].Seq, &bs[i])
+	}
+	if len(ver.Problems) != 4 || ver.Problems[3].Kind != "changed" || ver.Problems[3].Record != bs[3].Records[2].ID {
+		t.Fatalf("problems %v", ver.Problems)
+	}
+}
+
+// TestOpenIntents: an intent with no record of its id after it is listed;
+// one followed by its outcome is not.
+func TestOpenIntents(t *testing.T) {
+	in := func(id string) *Record {
+		return &Record{ID: id, Operation: "RevealUnlockCode", Phase: PhaseIntent, User: "u"}
+	}
+	out := func(id string) *Record {
+		return &Record{ID: id, Operation: "RevealUnlockCode", Phase: PhaseOutcome, Outcome: OutcomeOK, Code: "OK"}
+	}
+	c, _, _, err := link([]*Record{in("a"), in("b"), out("a"), in("c"), out("c"), in("d")}, 0, Genesis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ver := NewVerifier()
+	ver.Add(1, &Batch{Seq: 1, Records: c})
+	var open []string
+	for _, o := range ver.OpenIntents() {
+		open = append(open, o.ID)
+	}
+	if !slices.Equal(open, []string{"b", "d"}) || len(ver.Problems) != 0 {
+		t.Fatalf("open intents %q, problems %v", open, ver.Problems)
 	}
 }
 

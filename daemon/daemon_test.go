@@ -248,11 +248,15 @@ func TestErrorCodes(t *testing.T) {
 			if tt.code == codes.Internal && strings.Contains(err.Error(), "disk on fire") {
 				t.Fatalf("internal error text reached the caller: %v", err)
 			}
-			if len(a.recs) != 1 {
-				t.Fatalf("%d audit records, want 1", len(a.recs))
+			// ProvisionGroup changes state: an intent, then its outcome.
+			if len(a.recs) != 2 {
+				t.Fatalf("%d audit records, want 2", len(a.recs))
 			}
-			r := a.recs[0]
-			if r.Code != tt.code.String() || r.Group != "g1" || r.Operation != "/escrowd.v1.SyncService/ProvisionGroup" {
+			if in := a.recs[0]; in.Phase != audit.PhaseIntent || in.ID != a.recs[1].ID || in.Code != "" || in.Group != "g1" {
+				t.Fatalf("intent %+v", in)
+			}
+			r := a.recs[1]
+			if r.Phase != audit.PhaseOutcome || r.Code != tt.code.String() || r.Group != "g1" || r.Operation != "/escrowd.v1.SyncService/ProvisionGroup" {
 				t.Fatalf("record %+v", r)
 			}
 			want := audit.OutcomeOK
@@ -298,7 +302,10 @@ func TestRevealRecord(t *testing.T) {
 	if resp.GetCode() != code.String() || resp.GetEpoch() != 2 || resp.GetIndex() != 3 || resp.GetRemaining() != 1 {
 		t.Fatalf("response %v", resp)
 	}
-	r := a.recs[0]
+	if len(a.recs) != 2 || a.recs[0].Phase != audit.PhaseIntent || a.recs[0].Ticket != "T-1" {
+		t.Fatalf("records %+v, want an intent then the outcome", a.recs)
+	}
+	r := a.recs[1]
 	if got := hdr.Get(HeaderRequestID); len(got) != 1 || got[0] != r.ID {
 		t.Fatalf("request id header %v, record id %s", got, r.ID)
 	}
@@ -321,7 +328,9 @@ func TestRevealNeedsTicket(t *testing.T) {
 			t.Fatalf("ticket %q: %v", ticket, err)
 		}
 	}
-	if len(a.recs) != 3 || a.recs[0].Outcome != audit.OutcomeError {
+	// The empty ticket passes the pipeline's check and is refused by the
+	// handler, after its intent: 2 records; the others are refused before.
+	if len(a.recs) != 4 || a.recs[1].Outcome != audit.OutcomeError {
 		t.Fatalf("refusals are audited: %+v", a.recs)
 	}
 }
@@ -333,7 +342,7 @@ func TestPanicIsAuditedInternal(t *testing.T) {
 	if status.Code(err) != codes.Internal {
 		t.Fatalf("panic: %v", err)
 	}
-	if len(a.recs) != 1 || a.recs[0].Code != "Internal" {
+	if len(a.recs) != 2 || a.recs[1].Code != "Internal" {
 		t.Fatalf("records %+v", a.recs)
 	}
 }

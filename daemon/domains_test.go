@@ -72,8 +72,8 @@ func TestTrustDomainBoundToCA(t *testing.T) {
 	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "trust domain") {
 		t.Fatalf("another CA's certificate for the same identity: %v", err)
 	}
-	recs := a.await(t, 2)
-	if len(recs) != 2 || recs[1].Outcome != audit.OutcomeDenied || recs[1].Caller == "tester" || recs[1].Caller == testerID {
+	recs := a.await(t, 3) // the first call's intent and outcome, the refusal
+	if len(recs) != 3 || recs[2].Outcome != audit.OutcomeDenied || recs[2].Caller == "tester" || recs[2].Caller == testerID {
 		t.Fatalf("the refusal's record: %+v", recs)
 	}
 

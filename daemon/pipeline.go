@@ -70,8 +70,9 @@ type call struct {
 	// admitted: the call passed authorize, so its handler ran and may
 	// release something. A call refused before is a refusal.
 	admitted bool
-	denial   string // a Denial* reason when the rules refused the call
-	approver string // the second technician of a dual-control call
+	denial   string  // a Denial* reason when the rules refused the call
+	approver string  // the second technician of a dual-control call
+	intent   *intent // the intent record of a call that changes state (writeahead.go)
 }
 
 type callKey struct{}
@@ -323,6 +324,7 @@ func (a *auditedStream) SendMsg(m any) error {
 // a caller refused more than RefusalRate times a second waits its turn
 // first.
 func (s *Server) settle(ctx context.Context, c *call, err error) error {
+	err = s.endIntent(c, err)
 	st := s.status(c.rec.ID, err)
 	c.rec.Code = st.Code().String()
 	switch st.Code() {
@@ -348,6 +350,9 @@ func (s *Server) settle(ctx context.Context, c *call, err error) error {
 	cancel()
 	if c.denial != "" {
 		s.cfg.Observer.ObserveDenial(operation(c.label()), c.denial)
+	}
+	if aerr != nil && c.intent != nil {
+		return s.outcomeFailed(c, aerr)
 	}
 	if aerr != nil {
 		s.log.Error("audit commit failed; result withheld", zap.String("request_id", c.rec.ID),
@@ -478,6 +483,10 @@ func (s *Server) authorize(ctx context.Context, c *call, req any) (context.Conte
 		// Items of a batch are decided one by one by the handler, under
 		// the policy the call was admitted under.
 		ctx = context.WithValue(ctx, policyKey{}, pol)
+		var err error
+		if ctx, err = s.beginIntent(ctx, c, d.DualControl); err != nil {
+			return nil, err
+		}
 		if d.DualControl {
 			if err := s.beforeApproval(ctx, req); err != nil {
 				return nil, err

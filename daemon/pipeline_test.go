@@ -93,7 +93,7 @@ func TestRefusalLane(t *testing.T) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !slices.Equal(a.lanes, []string{"result OK", "refusal PermissionDenied", "refusal InvalidArgument"}) {
+	if !slices.Equal(a.lanes, []string{"result ", "result OK", "refusal PermissionDenied", "refusal InvalidArgument"}) {
 		t.Fatalf("lanes %q", a.lanes)
 	}
 }

@@ -164,13 +164,16 @@ shutdown-timeout: 10s
 		{`escrowd_rpc_duration_seconds_count{code="OK",method="/escrowd.v1.SecurityService/GetGroup"}`, 1, 1},
 		{`escrowd_policy_denials_total{operation="RevealUnlockCode",reason="ticket"}`, 1, 1},
 		{`escrowd_hsm_operation_duration_seconds_count{operation="generate_escrow_key",result="ok"}`, 1, 1},
-		{`escrowd_hsm_operation_duration_seconds_count{operation="generate_unlock_key",result="ok"}`, 1, 1},
+		// The group's unlock key, and the audit trail's chain key on its
+		// first write.
+		{`escrowd_hsm_operation_duration_seconds_count{operation="generate_unlock_key",result="ok"}`, 2, 2},
 		{`escrowd_hsm_operation_duration_seconds_count{operation="healthy",result="ok"}`, 1, 1e9},
 		{`escrowd_hsm_operation_duration_seconds_count{operation="hmac",result="error"}`, 0, 0},
-		// Three audited requests, in one to three Vault writes.
-		{`escrowd_audit_batch_records_sum`, 3, 3},
-		{`escrowd_audit_batch_records_count`, 1, 3},
-		{`escrowd_audit_commit_duration_seconds_count{result="ok"}`, 1, 3},
+		// Three audited requests, one of which changes state (an intent
+		// and an outcome): four records, in one to four Vault writes.
+		{`escrowd_audit_batch_records_sum`, 4, 4},
+		{`escrowd_audit_batch_records_count`, 1, 4},
+		{`escrowd_audit_commit_duration_seconds_count{result="ok"}`, 1, 4},
 		{`escrowd_audit_commit_duration_seconds_count{result="error"}`, 0, 0},
 		{`escrowd_vault_errors_total{call="write"}`, 0, 0},
 		{`escrowd_dependency_healthy{dependency="hsm"}`, 1, 1},

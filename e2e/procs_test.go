@@ -48,7 +48,9 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 }
 
 // startReplica starts escrowd on tok with the given store and waits until
-// it accepts connections.
+// it accepts connections. Its audit trail is the test's own (trailOf): a
+// trail's chain key is made by the first HSM token that writes it, and
+// only that token can go on with it.
 func startReplica(t *testing.T, bin string, tok *softhsm.Token, storeSpec string, extra ...string) *replica {
 	t.Helper()
 	r := &replica{t: t, bin: bin, addr: freeAddr(t)}
@@ -56,7 +58,7 @@ func startReplica(t *testing.T, bin string, tok *softhsm.Token, storeSpec string
 		"-hsm-module", tok.Module, "-hsm-token", tok.Label, "-hsm-pin-file", filepath.Join(tok.Dir, "user.pin"),
 		"-vault-addr", vaultSrv.Addr, "-vault-token-file", writeSecret(t, vaultSrv.Token), "-log-level", "warn",
 		"-tls-cert", filepath.Join(pki.dir, "server.crt"), "-tls-key", filepath.Join(pki.dir, "server.key"),
-		"-client-ca", filepath.Join(pki.dir, "ca.crt"), "-policy", "testdata/policy.yaml"}, extra...)
+		"-client-ca", filepath.Join(pki.dir, "ca.crt"), "-policy", "testdata/policy.yaml", "-audit-prefix", trailOf(t)}, extra...)
 	r.start()
 	r.connect()
 	t.Cleanup(func() { r.kill() })

@@ -480,7 +480,9 @@ type Revealed struct {
 
 // RevealCode marks the user's next code revealed in the store and returns
 // it. The code is derived in the HSM before it is claimed, so an HSM that
-// cannot serve refuses the reveal (ErrUnavailable) and burns nothing. If
+// cannot serve refuses the reveal (ErrUnavailable) and burns nothing; the
+// claim waits for the gate in ctx (WithGate), so a reveal whose intent
+// cannot be audited burns nothing either. If
 // anything fails after the mark, that code is burnt: it is never returned,
 // and never returned twice.
 func (s *Service) RevealCode(ctx context.Context, group, user string) (Revealed, error) {
@@ -510,6 +512,12 @@ func (s *Service) RevealCode(ctx context.Context, group, user string) (Revealed,
 	}
 	code, err := s.deriveCode(ctx, group, user, cur.Epoch, uint32(next), cur.Nonce, uk)
 	if err != nil {
+		return Revealed{}, err
+	}
+	// The claim is the reveal's change of state: it waits for the gate
+	// (the intent's audit record), which ran alongside the derivation.
+	if err := PassGate(ctx); err != nil {
+		code.Clear()
 		return Revealed{}, err
 	}
 	i, c, err := s.store.ClaimCode(ctx, group, user)

@@ -48,6 +48,8 @@ type Metrics struct {
 	dependencyUp *prometheus.GaugeVec
 	handshakes   *prometheus.CounterVec
 	summarised   prometheus.Counter
+	openIntents  prometheus.Counter
+	poisoned     prometheus.Counter
 }
 
 // Result label values.
@@ -114,9 +116,17 @@ func New(l Labels) *Metrics {
 			Namespace: Namespace, Subsystem: "audit", Name: "refusals_summarised_total",
 			Help: "Refused requests that found the audit trail's refusal lane full and were counted in a summary record instead of recorded one by one.",
 		}),
+		openIntents: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "audit", Name: "open_intents_total",
+			Help: "State-changing requests whose intent record was committed and whose outcome record could not be: each may or may not have taken effect; `escrowctl audit verify` lists them.",
+		}),
+		poisoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "audit", Name: "poisoned_batches_total",
+			Help: "Audit trail positions the writer skipped because they held something it will not chain after: not a batch, or a batch whose MAC does not verify under the chain key. Someone other than escrowd wrote to the trail.",
+		}),
 	}
 	m.reg.MustRegister(m.rpc, m.hsmOp, m.sessionWait, m.auditBatch, m.auditCommit, m.vaultErrors, m.denials, m.dependencyUp,
-		m.handshakes, m.summarised,
+		m.handshakes, m.summarised, m.openIntents, m.poisoned,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.seed(l)
 	return m
@@ -175,6 +185,12 @@ func (m *Metrics) ObserveCheck(dependency string, healthy bool) {
 func (m *Metrics) ObserveHandshakeFailure(reason string) {
 	m.handshakes.WithLabelValues(reason).Inc()
 }
+
+// ObserveOpenIntent satisfies daemon.IntentObserver.
+func (m *Metrics) ObserveOpenIntent(string) { m.openIntents.Inc() }
+
+// ObservePoisonedBatch satisfies audit.PoisonObserver.
+func (m *Metrics) ObservePoisonedBatch() { m.poisoned.Inc() }
 
 // ObserveRefusalSummarised satisfies audit.RefusalObserver.
 func (m *Metrics) ObserveRefusalSummarised() { m.summarised.Inc() }

@@ -24,6 +24,8 @@ var (
 	_ hsm.Observer             = (*metrics.Metrics)(nil)
 	_ audit.Observer           = (*metrics.Metrics)(nil)
 	_ audit.RefusalObserver    = (*metrics.Metrics)(nil)
+	_ daemon.IntentObserver    = (*metrics.Metrics)(nil)
+	_ audit.PoisonObserver     = (*metrics.Metrics)(nil)
 )
 
 func newMetrics() *metrics.Metrics {
@@ -97,6 +99,10 @@ func TestObservations(t *testing.T) {
 			`escrowd_tls_handshake_failures_total{reason="expired"}`, "0"},
 		{"refusal summarised", func(m *metrics.Metrics) { m.ObserveRefusalSummarised() },
 			`escrowd_audit_refusals_summarised_total`, "1"},
+		{"open intent", func(m *metrics.Metrics) { m.ObserveOpenIntent("RevealUnlockCode") },
+			`escrowd_audit_open_intents_total`, "1"},
+		{"poisoned batch", func(m *metrics.Metrics) { m.ObservePoisonedBatch() },
+			`escrowd_audit_poisoned_batches_total`, "1"},
 		{"seeded before any observation", func(*metrics.Metrics) {},
 			`escrowd_rpc_duration_seconds_count{code="OK",method="/escrowd.v1.SupportService/RevealUnlockCode"}`, "0"},
 		{"seeded hsm op", func(*metrics.Metrics) {},
@@ -174,8 +180,8 @@ func TestDocumented(t *testing.T) {
 			}
 		}
 	}
-	if n != 10 {
-		t.Errorf("%d escrowd metrics; the test and the docs know 10", n)
+	if n != 12 {
+		t.Errorf("%d escrowd metrics; the test and the docs know 12", n)
 	}
 	for _, v := range append(append(hsm.Ops(), daemon.DenialReasons()...), daemon.HandshakeReasons()...) {
 		if !strings.Contains(string(doc), "`"+v+"`") {

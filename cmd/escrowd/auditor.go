@@ -24,9 +24,12 @@ const auditNeedsVault = true
 
 // newAuditor opens the Vault audit trail. Every build that operators run
 // uses this one; the escrowd_noaudit build tag (benchmarks only) swaps it.
-func newAuditor(o *options, token string, _ *zap.Logger, obs audit.Observer) (auditor, error) {
+// The chain is keyed under a key of the HSM (audit/hsmkey), and its head
+// anchored in the store.
+func newAuditor(o *options, token string, _ *zap.Logger, obs audit.Observer, keyer audit.Keyer, anchor audit.Anchor) (auditor, error) {
 	return audit.NewVault(audit.VaultConfig{
 		Address: o.vaultAddr, Token: token, Mount: o.auditMount, Prefix: o.auditPrefix,
-		Timeout: o.auditTimeout, MaxBatch: o.auditMaxBatch, Observer: obs,
+		Timeout: o.auditTimeout, MaxBatch: o.auditMaxBatch, Observer: obs, Keyer: keyer,
+		Anchor: anchor, AcceptTruncation: o.auditAcceptTruncation,
 	})
 }

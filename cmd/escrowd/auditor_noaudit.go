@@ -28,7 +28,7 @@ func (discard) Close() error                                { return nil }
 // auditNeedsVault: this build writes no audit trail.
 const auditNeedsVault = false
 
-func newAuditor(_ *options, _ string, log *zap.Logger, _ audit.Observer) (auditor, error) {
+func newAuditor(_ *options, _ string, log *zap.Logger, _ audit.Observer, _ audit.Keyer, _ audit.Anchor) (auditor, error) {
 	log.Warn("AUDIT IS OFF: this escrowd was built with the escrowd_noaudit tag, for benchmarks only")
 	return discard{}, nil
 }

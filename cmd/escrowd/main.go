@@ -35,6 +35,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/escrowd/escrowd/audit"
+	"github.com/escrowd/escrowd/audit/hsmkey"
 	"github.com/escrowd/escrowd/daemon"
 	"github.com/escrowd/escrowd/escrow"
 	"github.com/escrowd/escrowd/hsm"
@@ -403,7 +404,8 @@ func run(o *options) error {
 	}
 	defer st.Close()
 
-	aud, err := newAuditor(o, vaultToken, log, auditObs)
+	anchor, _ := st.(audit.Anchor) // both stores keep the trail's head
+	aud, err := newAuditor(o, vaultToken, log, auditObs, hsmkey.Keyer{HSM: h}, anchor)
 	vaultToken = ""
 	if err != nil {
 		return err

@@ -81,6 +81,10 @@ type options struct {
 	// from says where a setting read from the file came from; settings
 	// absent from it came from a flag or a default.
 	from map[string]config.Setting
+
+	// auditAcceptTruncation: go on after the anchored head when the trail
+	// in Vault ends below it (docs/OPERATIONS.md).
+	auditAcceptTruncation bool
 }
 
 // errUsage: the command line itself is malformed (exit status 2, as the
@@ -123,6 +127,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.auditPrefix, "audit-prefix", "escrowd/audit", "folder under the mount for audit records")
 	fs.DurationVar(&o.auditTimeout, "audit-timeout", 5*time.Second, "bound on one audit commit; past it the request fails closed")
 	fs.IntVar(&o.auditMaxBatch, "audit-max-batch", 512, "most records in one Vault write (group commit); 1 makes one write per request")
+	fs.BoolVar(&o.auditAcceptTruncation, "audit-accept-truncation", false, "when the audit trail in Vault ends below the head the store anchors, go on after the anchored head instead of refusing (after the incident is recorded: docs/OPERATIONS.md)")
 	fs.StringVar(&o.defaultSuite, "default-suite", "ecdh-p256", "escrow key suite of new groups: ecdh-p256 (milliseconds to provision), rsa-oaep-sha1 (SoftHSM) or rsa-oaep-sha256 (hardware HSMs), about a second each")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logSampling, "log-sampling", "off", "off: every log line is written; FIRST:THEREAFTER, e.g. 100:100: each second, of the lines with one message and level, the first FIRST and then every THEREAFTER-th (request lines included)")

@@ -69,6 +69,7 @@ func Run(t *testing.T, b Backend) {
 		{"EventsPaged", testEventsPaged},
 		{"EventsPrune", testEventsPrune},
 		{"EventsConcurrentReader", testEventsConcurrentReader},
+		{"AuditHead", testAuditHead},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, open) })
@@ -813,5 +814,60 @@ func testApprovalConcurrent(t *testing.T, open Opener) {
 	wg.Wait()
 	if winners != 1 {
 		t.Fatalf("%d approvals succeeded, want 1", winners)
+	}
+}
+
+// auditAnchor is what a store offers the audit trail (audit.Anchor).
+type auditAnchor interface {
+	AuditHead(ctx context.Context, trail string) (seq, n uint64, hash string, err error)
+	AdvanceAuditHead(ctx context.Context, trail string, seq, n uint64, hash string) error
+}
+
+// testAuditHead: the anchored head only moves forward, is kept by trail,
+// and survives a reopen.
+func testAuditHead(t *testing.T, open Opener) {
+	ctx := context.Background()
+	s, reopen := open(t)
+	a, ok := s.(auditAnchor)
+	if !ok {
+		t.Fatal("the store keeps no audit head")
+	}
+	const trail = "secret/escrowd/audit"
+	if seq, _, _, err := a.AuditHead(ctx, trail); err != nil || seq != 0 {
+		t.Fatalf("empty store: head %d, %v", seq, err)
+	}
+	steps := []struct {
+		seq, n   uint64
+		hash     string
+		wantSeq  uint64
+		wantHash string
+	}{
+		{5, 40, "h5", 5, "h5"},
+		{3, 20, "h3", 5, "h5"}, // never back
+		{5, 41, "other", 5, "h5"},
+		{9, 70, "h9", 9, "h9"},
+	}
+	for _, st := range steps {
+		if err := a.AdvanceAuditHead(ctx, trail, st.seq, st.n, st.hash); err != nil {
+			t.Fatal(err)
+		}
+		seq, _, hash, err := a.AuditHead(ctx, trail)
+		if err != nil || seq != st.wantSeq || hash != st.wantHash {
+			t.Fatalf("after advancing to %d: head %d %s, %v; want %d %s", st.seq, seq, hash, err, st.wantSeq, st.wantHash)
+		}
+	}
+	// Another trail has a head of its own.
+	if seq, _, _, err := a.AuditHead(ctx, "secret/other"); err != nil || seq != 0 {
+		t.Fatalf("another trail: head %d, %v", seq, err)
+	}
+	if err := a.AdvanceAuditHead(ctx, "secret/other", 2, 1, "o2"); err != nil {
+		t.Fatal(err)
+	}
+	s = reopen()
+	if seq, n, hash, err := s.(auditAnchor).AuditHead(ctx, trail); err != nil || seq != 9 || n != 70 || hash != "h9" {
+		t.Fatalf("after reopening: %d %d %s, %v", seq, n, hash, err)
+	}
+	if seq, _, hash, err := s.(auditAnchor).AuditHead(ctx, "secret/other"); err != nil || seq != 2 || hash != "o2" {
+		t.Fatalf("the other trail after reopening: %d %s, %v", seq, hash, err)
 	}
 }
