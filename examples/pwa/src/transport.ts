@@ -3,7 +3,8 @@
 // request is signed by the device's Signer; bundles and records travel as
 // base64 of their own text.
 
-import { type ConsumedCode, type Enrolment, type Transport, encodeBundle, encodeSlot, parseBundle, parseRecord } from "../../../clients/web/src/index.js";
+import { encodeBundle, encodeSlot, parseBundle, parseRecord } from "../../../clients/web/src/format.js";
+import type { ConsumedCode, Enrolment, Transport } from "../../../clients/web/src/transport.js";
 import { type Signer, b64, hex, unb64 } from "./sign.js";
 
 /** BackendError is a non-2xx answer: the backend's error code, its message, and for a conflict the current version. */

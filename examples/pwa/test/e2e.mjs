@@ -1,0 +1,165 @@
+// Drives the demo PWA in headless Chromium (Debian's /usr/bin/chromium,
+// through playwright-core from web/node_modules) for e2e/pwa_test.go:
+// sign up, a group, a note, an offline reload and a password unlock, then
+// the forgotten password: the code support reveals, typed in lower case
+// with dashes while offline, a new password, the old one refused, the
+// consumed report sent once online, and support's notice shown.
+// Prints one JSON object; saves a screenshot at each step.
+//
+//   PLAYWRIGHT_DIR=web/node_modules node e2e.mjs APP_URL CONTROL_URL SHOTS_DIR
+import { createRequire } from "node:module";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const require = createRequire(join(process.env.PLAYWRIGHT_DIR ?? "", "x.js"));
+const { chromium } = require("playwright-core");
+const [app, control, shots] = process.argv.slice(2);
+const account = "ann", password = "first password, soon forgotten", newPassword = "the second password, after support";
+const note = "buy milk, eggs and the 7:40 train tickets";
+const out = { steps: [], console: [], timings: {}, secrets: [password, newPassword, note] };
+let page, browser, n = 0;
+
+const step = async (name, fn) => {
+  const t0 = Date.now();
+  try {
+    const r = await fn();
+    out.steps.push({ name, ok: true, ...(r && typeof r === "object" ? r : {}) });
+  } catch (e) {
+    out.steps.push({ name, ok: false, error: String(e && e.stack || e) });
+    throw e;
+  } finally {
+    out.timings[name] = Date.now() - t0;
+    if (page) await page.screenshot({ path: join(shots, String(++n).padStart(2, "0") + "-" + name.replace(/[^a-z0-9]+/gi, "-") + ".png") }).catch(() => {});
+  }
+};
+const visible = (sel, timeout = 15000) => page.waitForSelector(sel, { state: "visible", timeout });
+const text = (sel) => page.textContent(sel);
+const syncState = () => page.getAttribute("#sync", "data-state");
+const waitSynced = async () => {
+  await page.waitForFunction(() => {
+    const s = document.getElementById("sync");
+    return s.dataset.state === "synced" && s.dataset.pending === "0";
+  }, null, { timeout: 20000 });
+};
+const unlock = async (pw) => {
+  await visible("#login");
+  await page.fill("#li-password", pw);
+  await page.click("#login button[type=submit]");
+};
+
+const profile = await mkdtemp(join(tmpdir(), "escrowd-pwa-"));
+try {
+  browser = await chromium.launchPersistentContext(profile, {
+    executablePath: "/usr/bin/chromium", headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"],
+  });
+  page = await browser.newPage();
+  page.on("console", (m) => out.console.push(m.type() + ": " + m.text()));
+  page.on("pageerror", (e) => out.console.push("pageerror: " + e.message));
+
+  await step("sign up", async () => {
+    await page.goto(app);
+    await visible("#signup");
+    await page.fill("#su-account", account);
+    await page.fill("#su-password", password);
+    await page.click("#signup button[type=submit]");
+    await visible("#main", 30000);
+    await page.evaluate(() => navigator.serviceWorker.ready);
+    return { sync: await syncState() };
+  });
+  await step("create a group", async () => {
+    await page.fill("#gn-name", "ann-notes");
+    await page.click("#group-new button[type=submit]");
+    await visible("#groups li[data-group=ann-notes]");
+    await page.click("#groups li[data-group=ann-notes]");
+    await visible("#group");
+    return { meta: await text("#group-meta") };
+  });
+  await step("write a note", async () => {
+    await page.fill("#note-text", note);
+    await page.click("#note-save");
+    await page.waitForFunction((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), note);
+    await waitSynced();
+    return { sync: await text("#sync") };
+  });
+  await step("offline reload and password unlock", async () => {
+    await page.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 15000 });
+    await browser.setOffline(true);
+    await page.reload();
+    await unlock(password);
+    await visible("#main");
+    await page.click("#groups li[data-group=ann-notes]");
+    await page.waitForFunction((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), note);
+    return { sync: await syncState(), notes: await page.$$eval("#notes li", (l) => l.map((x) => x.textContent)) };
+  });
+  let revealed;
+  await step("support reveals a code", async () => {
+    const r = await fetch(control + "/reveal");
+    if (!r.ok) throw new Error("reveal: " + r.status + " " + (await r.text()));
+    revealed = await r.json();
+    out.secrets.push(revealed.code);
+    return { epoch: revealed.epoch, index: revealed.index };
+  });
+  await step("forgot password, offline", async () => {
+    await page.click("#lock");
+    await visible("#login");
+    await page.click("#li-forgot");
+    await visible("#recover");
+    const typed = revealed.code.replace(/[^0-9a-z]/gi, "").toLowerCase().match(/.{1,4}/g).join("-");
+    await page.fill("#rc-code", typed);
+    await page.fill("#rc-password", newPassword);
+    await page.click("#recover button[type=submit]");
+    await visible("#main", 20000);
+    await page.waitForFunction(() => document.getElementById("sync").dataset.pending === "1");
+    return { typed: typed === revealed.code ? "unchanged" : "lower case with dashes", sync: await text("#sync") };
+  });
+  await step("the old password fails", async () => {
+    await page.click("#lock");
+    await unlock(password);
+    await visible("#error");
+    const code = await page.getAttribute("#error", "data-code");
+    await unlock(newPassword);
+    await visible("#main");
+    return { oldPassword: code, error: await text("#error") };
+  });
+  await step("online: the report is sent", async () => {
+    await browser.setOffline(false);
+    await waitSynced();
+    return { sync: await text("#sync") };
+  });
+  await step("support's notice", async () => {
+    const deadline = Date.now() + 20000;
+    while (!(await page.$("#notices li[data-kind=code_revealed]"))) {
+      if (Date.now() > deadline) throw new Error("no notice of the reveal");
+      await page.click("#sync-now");
+      await page.waitForTimeout(300);
+    }
+    return { notice: await text("#notices li[data-kind=code_revealed]") };
+  });
+  await step("storage holds no secret", async () => {
+    const dump = await page.evaluate(async () => {
+      const parts = [JSON.stringify({ ...localStorage })];
+      for (const info of await indexedDB.databases()) {
+        const db = await new Promise((res, rej) => { const r = indexedDB.open(info.name); r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error); });
+        for (const s of db.objectStoreNames) {
+          const all = await new Promise((res, rej) => { const r = db.transaction(s).objectStore(s).getAll(); r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error); });
+          parts.push(JSON.stringify(all, (_, v) => (v instanceof Uint8Array ? Array.from(v) : v)));
+        }
+        db.close();
+      }
+      for (const k of await caches.keys()) {
+        const c = await caches.open(k);
+        for (const req of await c.keys()) parts.push(await (await c.match(req)).text());
+      }
+      return parts.join("\n");
+    });
+    return { dumpBytes: dump.length, found: out.secrets.filter((s) => dump.includes(s) || dump.toLowerCase().includes(s.toLowerCase())) };
+  });
+} catch {
+  // The failed step is in out.steps.
+} finally {
+  await browser?.close().catch(() => {});
+  await rm(profile, { recursive: true, force: true });
+  console.log(JSON.stringify(out));
+}
