@@ -18,6 +18,7 @@ import (
 	"time"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/escrow/bundle"
 	"github.com/escrowd/escrowd/examples/syncbackend/backend"
 	"github.com/escrowd/escrowd/examples/syncbackend/grpcescrowd"
 	"github.com/escrowd/escrowd/examples/syncbackend/store"
@@ -62,8 +63,9 @@ func buildPWA(t *testing.T, backendURL string) string {
 }
 
 type pwaStep struct {
-	Name  string `json:"name"`
-	OK    bool   `json:"ok"`
+	Name string `json:"name"`
+	OK   bool   `json:"ok"`
+	// Error is a failed step's; a page's error text for "add a passkey".
 	Error string `json:"error"`
 	// Step results.
 	Sync       string   `json:"sync"`
@@ -74,6 +76,7 @@ type pwaStep struct {
 	Typed      string   `json:"typed"`
 	OldPass    string   `json:"oldPassword"`
 	Notice     string   `json:"notice"`
+	Creds      int      `json:"credentials"`
 	DumpBytes  int      `json:"dumpBytes"`
 	FoundInDmp []string `json:"found"`
 }
@@ -118,7 +121,9 @@ func TestPWA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	origin := "http://" + appLis.Addr().String()
+	// The page is opened as localhost (the listener is 127.0.0.1's): WebAuthn
+	// takes no IP address as a relying party id.
+	origin := fmt.Sprintf("http://localhost:%d", appLis.Addr().(*net.TCPAddr).Port)
 	srv, err := backend.New(backend.Config{Store: st, Escrowd: esc, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		EventsEvery: 200 * time.Millisecond, AllowOrigins: []string{origin}})
 	if err != nil {
@@ -190,7 +195,7 @@ func TestPWA(t *testing.T) {
 		}
 		steps[st.Name] = st
 	}
-	want := []string{"sign up", "create a group", "write a note", "offline reload and password unlock", "support reveals a code",
+	want := []string{"sign up", "create a group", "write a note", "add a passkey", "offline reload and password unlock", "offline passkey unlock", "support reveals a code",
 		"forgot password, offline", "the old password fails", "online: the report is sent", "support's notice", "storage holds no secret"}
 	for _, name := range want {
 		if _, ok := steps[name]; !ok {
@@ -199,6 +204,12 @@ func TestPWA(t *testing.T) {
 	}
 	if m := steps["create a group"].Meta; m != "your group" {
 		t.Errorf("the group's line: %q", m)
+	}
+	if st := steps["add a passkey"]; st.Creds != 1 || st.Error != "" {
+		t.Errorf("adding a passkey: %d credentials, error %q", st.Creds, st.Error)
+	}
+	if st := steps["offline passkey unlock"]; st.Sync != "offline" {
+		t.Errorf("the passkey unlock's status is %q, want offline", st.Sync)
 	}
 	if st := steps["offline reload and password unlock"]; st.Sync != "offline" {
 		t.Errorf("after the offline reload the status is %q, want offline", st.Sync)
@@ -227,6 +238,29 @@ func TestPWA(t *testing.T) {
 	}
 	if ls.GetEpoch() != revealed.GetEpoch()+1 {
 		t.Errorf("escrowd's epoch for %s/%s is %d after the report, want %d", group, user, ls.GetEpoch(), revealed.GetEpoch()+1)
+	}
+	// The slots the device made reached the backend: the new password's
+	// (the old one's gone) and the passkey's, beside a new epoch's unlock slots.
+	g, err := st.Group(ctx, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundle.Parse(g.Bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[bundle.Kind]int{}
+	epochs := map[uint32]bool{}
+	for _, sl := range b.Slots {
+		if sl.ID == user {
+			kinds[sl.Kind]++
+		}
+		if sl.Kind == bundle.KindUnlock {
+			epochs[sl.Unlock.Epoch] = true
+		}
+	}
+	if kinds[bundle.KindPassword] != 1 || kinds[bundle.KindPasskeyPRF] != 1 || !epochs[revealed.GetEpoch()+1] || epochs[revealed.GetEpoch()] {
+		t.Errorf("the key group's bundle at the backend: %v of %s's slots, unlock epochs %v", kinds, user, epochs)
 	}
 	// The backend's database holds none of the run's secrets.
 	db, err := os.ReadFile(dbPath)

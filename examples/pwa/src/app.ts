@@ -22,6 +22,9 @@ let deviceKeys: UnlockedKeys | null = null;
 let current: string | null = null;
 let editing: string | null = null;
 let syncing: Promise<void> | null = null;
+/** A failed round is tried again after retryMs, doubled each time up to the 15-minute period. */
+let retryMs = 1000;
+let retry: ReturnType<typeof setTimeout> | null = null;
 
 // ---- the screens ----------------------------------------------------------------
 
@@ -71,13 +74,25 @@ function sync(): Promise<void> {
     if (!navigator.onLine) return status("offline");
     await status("syncing");
     try {
+      s.transport.take();
       await s.device.sync(s.transport, s.account);
+      const unsent = s.transport.take();
+      if (unsent.length) throw new Error("slots made here were not sent: " + unsent.join("; "));
       await notifications(s);
       await reopen();
       await status("synced", new Date().toLocaleTimeString());
+      retryMs = 1000;
     } catch (e) {
       const offline = e instanceof TypeError || (e instanceof DeviceError && e.code === "offline") || !navigator.onLine;
       await status(offline ? "offline" : "error", e instanceof Error ? e.message : String(e));
+      // The "online" event can come before requests go through again.
+      if (navigator.onLine && retry === null) {
+        retry = setTimeout(() => {
+          retry = null;
+          void sync();
+        }, retryMs);
+        retryMs = Math.min(retryMs * 2, PERIOD_MS);
+      }
     }
     await render();
   })().finally(() => (syncing = null));

@@ -3,7 +3,7 @@
 // request is signed by the device's Signer; bundles and records travel as
 // base64 of their own text.
 
-import { encodeBundle, encodeSlot, parseBundle, parseRecord } from "../../../clients/web/src/format.js";
+import { type Slot, encodeBundle, encodeSlot, parseBundle, parseRecord } from "../../../clients/web/src/format.js";
 import type { ConsumedCode, Enrolment, Transport } from "../../../clients/web/src/transport.js";
 import { type Signer, b64, hex, unb64 } from "./sign.js";
 
@@ -124,6 +124,19 @@ export function pins(v: GroupView): { version: number; commit: string }[] {
  */
 export class SyncTransport implements Transport {
   private readonly versions = new Map<string, number>();
+  /**
+   * unsent holds why bundles were not taken since the last take(): the
+   * SDK keeps such slots for its next round without reporting it, and a
+   * sync status must not say "synced" while they wait.
+   */
+  private unsent: string[] = [];
+
+  /** take returns and clears what was not sent. */
+  take(): string[] {
+    const u = this.unsent;
+    this.unsent = [];
+    return u;
+  }
 
   constructor(readonly backend: Backend, readonly account: string) {}
 
@@ -139,6 +152,15 @@ export class SyncTransport implements Transport {
   async pushBundle(group: string, bundle: string): Promise<void> {
     const own = (s: { kind: string; id?: string }) => (s.kind === "password" || s.kind === "passkey-prf") && s.id === this.account;
     const mine = parseBundle(bundle).slots.filter(own);
+    try {
+      await this.putOwn(group, mine, own);
+    } catch (e) {
+      this.unsent.push(group + ": " + (e instanceof Error ? e.message : String(e)));
+      throw e;
+    }
+  }
+
+  private async putOwn(group: string, mine: Slot[], own: (s: Slot) => boolean): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       const v = await this.backend.group(group);
       const cur = bundleText(v);

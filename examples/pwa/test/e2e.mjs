@@ -35,7 +35,10 @@ const step = async (name, fn) => {
 };
 const visible = (sel, timeout = 15000) => page.waitForSelector(sel, { state: "visible", timeout });
 const text = (sel) => page.textContent(sel);
-const syncState = () => page.getAttribute("#sync", "data-state");
+const syncState = async () => {
+  await page.waitForFunction(() => document.getElementById("sync").dataset.state !== "syncing");
+  return page.getAttribute("#sync", "data-state");
+};
 const waitSynced = async () => {
   await page.waitForFunction(() => {
     const s = document.getElementById("sync");
@@ -83,6 +86,19 @@ try {
     await waitSynced();
     return { sync: await text("#sync") };
   });
+  await step("add a passkey", async () => {
+    const cdp = await browser.newCDPSession(page);
+    await cdp.send("WebAuthn.enable", { enableUI: false });
+    const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", { options: {
+      protocol: "ctap2", transport: "internal", hasResidentKey: true, hasUserVerification: true,
+      isUserVerified: true, hasPrf: true, automaticPresenceSimulation: true,
+    } });
+    await page.click("#passkey-add");
+    await page.waitForFunction(() => document.getElementById("sync").dataset.state === "syncing" || !document.getElementById("error").hidden);
+    await waitSynced();
+    const { credentials } = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
+    return { credentials: credentials.length, error: (await page.isVisible("#error")) ? await text("#error") : "" };
+  });
   await step("offline reload and password unlock", async () => {
     await page.waitForFunction(() => navigator.serviceWorker.controller !== null, null, { timeout: 15000 });
     await browser.setOffline(true);
@@ -92,6 +108,15 @@ try {
     await page.click("#groups li[data-group=ann-notes]");
     await page.waitForFunction((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), note);
     return { sync: await syncState(), notes: await page.$$eval("#notes li", (l) => l.map((x) => x.textContent)) };
+  });
+  await step("offline passkey unlock", async () => {
+    await page.click("#lock");
+    await visible("#login");
+    await page.click("#li-passkey");
+    await visible("#main");
+    await page.click("#groups li[data-group=ann-notes]");
+    await page.waitForFunction((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), note);
+    return { sync: await syncState() };
   });
   let revealed;
   await step("support reveals a code", async () => {
