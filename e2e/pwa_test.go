@@ -24,40 +24,16 @@ import (
 	"github.com/escrowd/escrowd/examples/syncbackend/store"
 )
 
-// buildPWA bundles the demo PWA (examples/pwa) into a directory ready to
-// serve: the app and its service worker, the static shell, and a
-// config.json naming the sync backend.
+// buildPWA builds the demo PWA (examples/pwa/build.sh) into a directory
+// ready to serve, configured for the sync backend at backendURL.
 func buildPWA(t *testing.T, backendURL string) string {
 	t.Helper()
-	src, err := filepath.Abs("../examples/pwa")
-	if err != nil {
-		t.Fatal(err)
-	}
-	esbuild, err := filepath.Abs("../clients/web/node_modules/.bin/esbuild")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(esbuild); err != nil {
+	if _, err := os.Stat("../clients/web/node_modules/.bin/esbuild"); err != nil {
 		t.Fatalf("esbuild: %v (run `make deps`: npm ci --prefix clients/web)", err)
 	}
 	dist := t.TempDir()
-	cmd := exec.Command(esbuild, "src/app.ts", "src/sw.ts", "--bundle", "--format=esm", "--target=es2022", "--log-level=warning", "--outdir="+dist)
-	cmd.Dir = src
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("esbuild: %v\n%s", err, out)
-	}
-	for _, f := range []string{"index.html", "style.css", "manifest.webmanifest", "icon.svg"} {
-		b, err := os.ReadFile(filepath.Join(src, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dist, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg, _ := json.Marshal(map[string]string{"backend": backendURL})
-	if err := os.WriteFile(filepath.Join(dist, "config.json"), cfg, 0o644); err != nil {
-		t.Fatal(err)
+	if out, err := exec.Command("../examples/pwa/build.sh", dist, backendURL).CombinedOutput(); err != nil {
+		t.Fatalf("examples/pwa/build.sh: %v\n%s", err, out)
 	}
 	return dist
 }

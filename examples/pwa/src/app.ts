@@ -84,7 +84,7 @@ function sync(): Promise<void> {
       retryMs = 1000;
     } catch (e) {
       const offline = e instanceof TypeError || (e instanceof DeviceError && e.code === "offline") || !navigator.onLine;
-      await status(offline ? "offline" : "error", e instanceof Error ? e.message : String(e));
+      await status(offline ? "offline" : "error", offline ? "" : e instanceof Error ? e.message : String(e));
       // The "online" event can come before requests go through again.
       if (navigator.onLine && retry === null) {
         retry = setTimeout(() => {

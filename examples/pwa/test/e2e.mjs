@@ -30,9 +30,10 @@ const step = async (name, fn) => {
     throw e;
   } finally {
     out.timings[name] = Date.now() - t0;
-    if (page) await page.screenshot({ path: join(shots, String(++n).padStart(2, "0") + "-" + name.replace(/[^a-z0-9]+/gi, "-") + ".png") }).catch(() => {});
+    if (page) await shot(name).catch(() => {});
   }
 };
+const shot = (name) => page.screenshot({ path: join(shots, String(++n).padStart(2, "0") + "-" + name.replace(/[^a-z0-9]+/gi, "-") + ".png") });
 const visible = (sel, timeout = 15000) => page.waitForSelector(sel, { state: "visible", timeout });
 const text = (sel) => page.textContent(sel);
 const syncState = async () => {
@@ -66,6 +67,7 @@ try {
     await visible("#signup");
     await page.fill("#su-account", account);
     await page.fill("#su-password", password);
+    await shot("the sign-up form");
     await page.click("#signup button[type=submit]");
     await visible("#main", 30000);
     await page.evaluate(() => navigator.serviceWorker.ready);
@@ -134,6 +136,7 @@ try {
     const typed = revealed.code.replace(/[^0-9a-z]/gi, "").toLowerCase().match(/.{1,4}/g).join("-");
     await page.fill("#rc-code", typed);
     await page.fill("#rc-password", newPassword);
+    await shot("the code as typed");
     await page.click("#recover button[type=submit]");
     await visible("#main", 20000);
     await page.waitForFunction(() => document.getElementById("sync").dataset.pending === "1");
@@ -144,6 +147,7 @@ try {
     await unlock(password);
     await visible("#error");
     const code = await page.getAttribute("#error", "data-code");
+    await shot("the old password refused");
     await unlock(newPassword);
     await visible("#main");
     return { oldPassword: code, error: await text("#error") };
