@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -26,21 +25,8 @@ type noEscrowd struct{ backend.Escrowd }
 // device id and a changed URI are refused, and a signed request and a
 // device approval verify in the Go verifier.
 func TestSignerAgainstGoBackend(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node is not installed: run `make deps`")
-	}
-	esbuild, err := filepath.Abs("../../clients/web/node_modules/.bin/esbuild")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(esbuild); err != nil {
-		t.Fatalf("esbuild: %v (run `npm ci --prefix clients/web`)", err)
-	}
-	script := filepath.Join(t.TempDir(), "sign_node.mjs")
-	if out, err := exec.Command(esbuild, "test/sign_node.ts", "--bundle", "--platform=node", "--format=esm", "--log-level=warning", "--outfile="+script).CombinedOutput(); err != nil {
-		t.Fatalf("esbuild: %v\n%s", err, out)
-	}
+	node := nodePath(t)
+	script := bundleForNode(t, "test/sign_node.ts")
 	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "sync.db"))
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,7 @@ import {
   Device, DeviceError, MEMBER_KEY_RECORD, type UnlockedKeys, codeOf, createPasskey, encodeBundle, encodeSlot, newGDK, parseBundle, passkeyPRF, prfOf, sealPublic,
 } from "../../../clients/web/src/index.js";
 import { DB_NAME, PERIOD_MS, SYNC_TAG, type Config, type Session, config, openSession } from "./shared.js";
-import { Signer, idbKeyStore, unb64 } from "./sign.js";
+import { Signer, idbKeyStore } from "./sign.js";
 import { Backend, BackendError, SyncTransport, bundleText, pins } from "./transport.js";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -168,7 +168,7 @@ async function signup(account: string, password: string): Promise<void> {
   await backend.createAccount(account, made.memberPublic, await signer.publicKey(), await device.devicePublicKey());
   const g = await backend.createGroup(keyGroup);
   const uk = made.keys.userKeyRing().newest()!;
-  const escrow = await sealPublic("escrow", { key_version: g.escrow_key.version }, g.escrow_key.suite, unb64(g.escrow_key.public_key), uk);
+  const escrow = await sealPublic("escrow", { key_version: g.escrow_key.version }, g.escrow_key.suite, g.escrow_key.public_key, uk);
   const pw = parseBundle(made.bundle).slots.filter((s) => s.kind === "password").map((s) => encodeSlot(s));
   const up = await backend.putBundle(keyGroup, g.version, encodeBundle(keyGroup, [...pw, escrow]));
   await device.addGroup(keyGroup, bundleText(up)!, pins(up));
@@ -182,7 +182,7 @@ async function createGroup(name: string): Promise<void> {
   const s = session!;
   const g = await s.backend.createGroup(name);
   const gdk = await newGDK(name, 1);
-  const escrow = await sealPublic("escrow", { key_version: g.escrow_key.version }, g.escrow_key.suite, unb64(g.escrow_key.public_key), gdk);
+  const escrow = await sealPublic("escrow", { key_version: g.escrow_key.version }, g.escrow_key.suite, g.escrow_key.public_key, gdk);
   // The backend re-wraps the GDK through escrowd to this account's member key and its devices.
   const up = await s.backend.putBundle(name, g.version, encodeBundle(name, [escrow]));
   await s.device.addGroup(name, bundleText(up)!, pins(up));

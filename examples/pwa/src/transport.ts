@@ -5,7 +5,10 @@
 
 import { type Slot, encodeBundle, encodeSlot, parseBundle, parseRecord } from "../../../clients/web/src/format.js";
 import type { ConsumedCode, Enrolment, Transport } from "../../../clients/web/src/transport.js";
-import { type Signer, b64, hex, unb64 } from "./sign.js";
+import { type GroupView, type Notification, type RecordView, decodeGroupView, decodeGroups, decodeNotifications, decodeRecord, decodeRecords, parseJSON } from "./decode.js";
+import { type Signer, b64, hex } from "./sign.js";
+
+export type { GroupView, Notification, RecordView };
 
 /** BackendError is a non-2xx answer: the backend's error code, its message, and for a conflict the current version. */
 export class BackendError extends Error {
@@ -14,36 +17,14 @@ export class BackendError extends Error {
   }
 }
 
-export interface GroupView {
-  group: string;
-  version: number;
-  owner: string;
-  surrogates: string[];
-  gdk_version: number;
-  commitments: string[];
-  escrow_key: { version: number; suite: "ecdh-p256" | "rsa-oaep-sha1" | "rsa-oaep-sha256"; public_key: string };
-  epoch: number;
-  bundle?: string;
-}
-
-export interface Notification {
-  sequence: number;
-  kind: string;
-  group: string;
-  epoch: number;
-  index: number;
-  ticket?: string;
-  time: string;
-}
-
-const text = (b: string) => new TextDecoder().decode(unb64(b));
 const bytes = (s: string) => b64(new TextEncoder().encode(s));
 
 /** Backend makes signed calls to the sync backend at base (scheme://host:port). */
 export class Backend {
   constructor(readonly base: string, readonly signer: Signer, private readonly fetcher: typeof fetch = (...a) => fetch(...a)) {}
 
-  async call<T>(method: string, uri: string, body?: unknown): Promise<T> {
+  /** call makes one signed request and returns the answer's JSON, not yet decoded; a non-2xx answer is a BackendError. */
+  async call(method: string, uri: string, body?: unknown): Promise<unknown> {
     const raw = body === undefined ? new Uint8Array(0) : new TextEncoder().encode(JSON.stringify(body));
     const headers: Record<string, string> = await this.signer.headers(method, uri, raw);
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -51,68 +32,70 @@ export class Backend {
     if (body !== undefined) init.body = raw as BufferSource;
     const res = await this.fetcher(this.base + uri, init);
     const t = await res.text();
-    let v: Record<string, unknown> = {};
-    try {
-      v = t ? (JSON.parse(t) as Record<string, unknown>) : {};
-    } catch {
-      // A proxy's HTML error page: reported by status below.
-    }
     if (!res.ok) {
-      throw new BackendError(res.status, typeof v.error === "string" ? v.error : "http_" + res.status, typeof v.message === "string" ? v.message : t.slice(0, 200), typeof v.current === "number" ? v.current : undefined);
+      let v: Record<string, unknown> = {};
+      try {
+        const p = JSON.parse(t) as unknown;
+        if (typeof p === "object" && p !== null) v = p as Record<string, unknown>;
+      } catch {
+        // A proxy's HTML error page: reported by its status.
+      }
+      const current = typeof v.current === "number" && Number.isSafeInteger(v.current) && v.current >= 0 ? v.current : undefined;
+      throw new BackendError(res.status, typeof v.error === "string" ? v.error.slice(0, 64) : "http_" + res.status, typeof v.message === "string" ? v.message.slice(0, 500) : "HTTP " + res.status, current);
     }
-    return v as T;
+    return parseJSON(t);
   }
 
   createAccount(account: string, memberKey: Uint8Array, signKey: Uint8Array, wrapKey: Uint8Array): Promise<unknown> {
     return this.call("POST", "/v1/accounts", { account, member_key: b64(memberKey), device: this.signer.device, sign_key: b64(signKey), wrap_key: b64(wrapKey) });
   }
 
-  createGroup(group: string): Promise<GroupView> {
-    return this.call("POST", "/v1/groups", { group });
+  async createGroup(group: string): Promise<GroupView> {
+    return decodeGroupView(await this.call("POST", "/v1/groups", { group }));
   }
 
   async groups(): Promise<string[]> {
-    return (await this.call<{ groups: string[] }>("GET", "/v1/groups")).groups;
+    return decodeGroups(await this.call("GET", "/v1/groups"));
   }
 
-  group(group: string): Promise<GroupView> {
-    return this.call("GET", "/v1/groups/" + encodeURIComponent(group));
+  async group(group: string): Promise<GroupView> {
+    return decodeGroupView(await this.call("GET", "/v1/groups/" + encodeURIComponent(group)));
   }
 
-  putBundle(group: string, version: number, bundle: string): Promise<GroupView> {
-    return this.call("PUT", "/v1/groups/" + encodeURIComponent(group) + "/bundle", { version, bundle: bytes(bundle) });
+  async putBundle(group: string, version: number, bundle: string): Promise<GroupView> {
+    return decodeGroupView(await this.call("PUT", "/v1/groups/" + encodeURIComponent(group) + "/bundle", { version, bundle: bytes(bundle) }));
   }
 
-  addMember(group: string, account: string): Promise<GroupView> {
-    return this.call("PUT", "/v1/groups/" + encodeURIComponent(group) + "/members/" + encodeURIComponent(account));
+  async addMember(group: string, account: string): Promise<GroupView> {
+    return decodeGroupView(await this.call("PUT", "/v1/groups/" + encodeURIComponent(group) + "/members/" + encodeURIComponent(account)));
   }
 
-  putRecord(group: string, id: string, version: number, record: string): Promise<{ id: string; version: number }> {
-    return this.call("PUT", "/v1/groups/" + encodeURIComponent(group) + "/records/" + encodeURIComponent(id), { version, record: bytes(record) });
+  async putRecord(group: string, id: string, version: number, record: string): Promise<RecordView> {
+    return decodeRecord(await this.call("PUT", "/v1/groups/" + encodeURIComponent(group) + "/records/" + encodeURIComponent(id), { version, record: bytes(record) }));
   }
 
-  async records(group: string, after?: string): Promise<{ id: string; version: number; record: string }[]> {
+  async records(group: string, after?: string): Promise<RecordView[]> {
     const q = after ? "?after=" + encodeURIComponent(after) : "";
-    return (await this.call<{ records: { id: string; version: number; record: string }[] }>("GET", "/v1/groups/" + encodeURIComponent(group) + "/records" + q)).records;
+    return decodeRecords(await this.call("GET", "/v1/groups/" + encodeURIComponent(group) + "/records" + q));
   }
 
-  consumed(group: string, epoch: number, index: number): Promise<GroupView> {
-    return this.call("POST", "/v1/groups/" + encodeURIComponent(group) + "/codes/consumed", { epoch, index });
+  async consumed(group: string, epoch: number, index: number): Promise<GroupView> {
+    return decodeGroupView(await this.call("POST", "/v1/groups/" + encodeURIComponent(group) + "/codes/consumed", { epoch, index }));
   }
 
   async notifications(after = 0): Promise<Notification[]> {
-    return (await this.call<{ notifications: Notification[] }>("GET", "/v1/notifications" + (after ? "?after=" + after : ""))).notifications;
+    return decodeNotifications(await this.call("GET", "/v1/notifications" + (after ? "?after=" + after : "")));
   }
 }
 
-/** bundleText decodes a group view's bundle. */
+/** bundleText is a group view's bundle text, or null if the group has none yet. */
 export function bundleText(v: GroupView): string | null {
-  return v.bundle ? text(v.bundle) : null;
+  return v.bundle ?? null;
 }
 
 /** pins are the commitments a device pins, from the backend as its enrolment channel. */
 export function pins(v: GroupView): { version: number; commit: string }[] {
-  return v.commitments.map((c, i) => ({ version: i + 1, commit: hex(unb64(c)) }));
+  return v.commitments.map((c, i) => ({ version: i + 1, commit: hex(c) }));
 }
 
 /**
@@ -183,7 +166,7 @@ export class SyncTransport implements Transport {
       const page = await this.backend.records(group, after);
       for (const r of page) {
         this.versions.set(group + "\n" + r.id, r.version);
-        out.push(text(r.record));
+        out.push(r.record);
       }
       if (page.length < 100) return { records: out };
       after = page[page.length - 1]!.id;
