@@ -78,6 +78,7 @@ function sync(): Promise<void> {
       await s.device.sync(s.transport, s.account);
       const unsent = s.transport.take();
       if (unsent.length) throw new Error("slots made here were not sent: " + unsent.join("; "));
+      for (const [g, owner] of s.transport.owners) remember(g, owner);
       await notifications(s);
       await reopen();
       await status("synced", new Date().toLocaleTimeString());

@@ -195,9 +195,16 @@ export class SyncTransport implements Transport {
     await this.backend.consumed(r.group, r.epoch, r.index);
   }
 
+  /** owners holds each group's owner as last read: the app shows whose group a surrogate reads. */
+  readonly owners = new Map<string, string>();
+
   async fetchEnrolments(): Promise<Enrolment[]> {
     const out: Enrolment[] = [];
-    for (const g of await this.backend.groups()) out.push({ group: g, pins: pins(await this.backend.group(g)) });
+    for (const g of await this.backend.groups()) {
+      const v = await this.backend.group(g);
+      this.owners.set(g, v.owner);
+      out.push({ group: g, pins: pins(v) });
+    }
     return out;
   }
 }

@@ -17,8 +17,9 @@ const { chromium } = require("playwright-core");
 const [app, control, shots] = process.argv.slice(2);
 const account = "ann", password = "first password, soon forgotten", newPassword = "the second password, after support";
 const note = "buy milk, eggs and the 7:40 train tickets";
-const out = { steps: [], console: [], timings: {}, secrets: [password, newPassword, note] };
-let page, browser, n = 0;
+const bobNote = "bob: the boiler man comes on Thursday";
+const out = { steps: [], console: [], timings: {}, secrets: [password, newPassword, note, bobNote] };
+let page, browser, bobBrowser, n = 0;
 
 const step = async (name, fn) => {
   const t0 = Date.now();
@@ -52,12 +53,13 @@ const unlock = async (pw) => {
   await page.click("#login button[type=submit]");
 };
 
-const profile = await mkdtemp(join(tmpdir(), "escrowd-pwa-"));
+const launch = {
+  executablePath: "/usr/bin/chromium", headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"],
+};
+const profiles = [await mkdtemp(join(tmpdir(), "escrowd-pwa-"))];
 try {
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath: "/usr/bin/chromium", headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"],
-  });
+  browser = await chromium.launchPersistentContext(profiles[0], launch);
   page = await browser.newPage();
   page.on("console", (m) => out.console.push(m.type() + ": " + m.text()));
   page.on("pageerror", (e) => out.console.push("pageerror: " + e.message));
@@ -87,6 +89,55 @@ try {
     await page.waitForFunction((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), note);
     await waitSynced();
     return { sync: await text("#sync") };
+  });
+  // Bob, on his own device (another Chromium profile), becomes Ann's surrogate.
+  let bob;
+  const bobPassword = "bob's own password, never shared";
+  out.secrets.push(bobPassword);
+  await step("bob signs up on his device", async () => {
+    const bobProfile = await mkdtemp(join(tmpdir(), "escrowd-pwa-bob-"));
+    profiles.push(bobProfile);
+    bobBrowser = await chromium.launchPersistentContext(bobProfile, launch);
+    bob = await bobBrowser.newPage();
+    bob.on("pageerror", (e) => out.console.push("pageerror (bob): " + e.message));
+    await bob.goto(app);
+    await bob.waitForSelector("#signup", { state: "visible" });
+    await bob.fill("#su-account", "bob");
+    await bob.fill("#su-password", bobPassword);
+    await bob.click("#signup button[type=submit]");
+    await bob.waitForSelector("#main", { state: "visible", timeout: 30000 });
+    await bob.screenshot({ path: join(shots, String(++n).padStart(2, "0") + "-bob-signed-up.png") });
+  });
+  await step("ann adds bob as a surrogate", async () => {
+    await page.fill("#ma-account", "bob");
+    await page.click("#member-add button[type=submit]");
+    await page.waitForFunction(() => document.getElementById("ma-account").value === "" || !document.getElementById("error").hidden);
+    await waitSynced();
+    return { error: (await page.isVisible("#error")) ? await text("#error") : "" };
+  });
+  await step("bob reads ann's note", async () => {
+    await bob.click("#sync-now");
+    await bob.waitForSelector("#groups li[data-group=ann-notes]", { state: "visible", timeout: 20000 });
+    await bob.click("#groups li[data-group=ann-notes]");
+    await bob.waitForFunction((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), note);
+    await bob.screenshot({ path: join(shots, String(++n).padStart(2, "0") + "-bob-reads-ann-s-note.png") });
+    return { meta: await bob.textContent("#group-meta"), groupLine: await bob.textContent("#groups li[data-group=ann-notes]") };
+  });
+  await step("bob writes in ann's group, ann reads it", async () => {
+    await bob.fill("#note-text", bobNote);
+    await bob.click("#note-save");
+    await bob.waitForFunction(() => {
+      const s = document.getElementById("sync");
+      return s.dataset.state === "synced" && s.dataset.pending === "0";
+    }, null, { timeout: 20000 });
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      await page.click("#sync-now");
+      await waitSynced();
+      if (await page.evaluate((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), bobNote)) break;
+      if (Date.now() > deadline) throw new Error("ann does not see bob's note");
+      await page.waitForTimeout(300);
+    }
   });
   await step("add a passkey", async () => {
     const cdp = await browser.newCDPSession(page);
@@ -167,7 +218,7 @@ try {
     return { notice: await text("#notices li[data-kind=code_revealed]") };
   });
   await step("storage holds no secret", async () => {
-    const dump = await page.evaluate(async () => {
+    const dumpOf = (p) => p.evaluate(async () => {
       const parts = [JSON.stringify({ ...localStorage })];
       for (const info of await indexedDB.databases()) {
         const db = await new Promise((res, rej) => { const r = indexedDB.open(info.name); r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error); });
@@ -183,12 +234,14 @@ try {
       }
       return parts.join("\n");
     });
+    const dump = (await dumpOf(page)) + "\n" + (await dumpOf(bob));
     return { dumpBytes: dump.length, found: out.secrets.filter((s) => dump.includes(s) || dump.toLowerCase().includes(s.toLowerCase())) };
   });
 } catch {
   // The failed step is in out.steps.
 } finally {
   await browser?.close().catch(() => {});
-  await rm(profile, { recursive: true, force: true });
+  await bobBrowser?.close().catch(() => {});
+  for (const p of profiles) await rm(p, { recursive: true, force: true });
   console.log(JSON.stringify(out));
 }
