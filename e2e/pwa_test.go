@@ -54,6 +54,8 @@ type pwaStep struct {
 	Notice     string   `json:"notice"`
 	Creds      int      `json:"credentials"`
 	GroupLine  string   `json:"groupLine"`
+	Before     int      `json:"before"`
+	After      int      `json:"after"`
 	DumpBytes  int      `json:"dumpBytes"`
 	FoundInDmp []string `json:"found"`
 }
@@ -173,7 +175,7 @@ func TestPWA(t *testing.T) {
 		steps[st.Name] = st
 	}
 	want := []string{"sign up", "create a group", "write a note", "bob signs up on his device", "ann adds bob as a surrogate", "bob reads ann's note",
-		"bob writes in ann's group, ann reads it", "add a passkey", "offline reload and password unlock", "offline passkey unlock", "support reveals a code",
+		"bob writes in ann's group, ann reads it", "bob's device syncs in the background", "add a passkey", "offline reload and password unlock", "offline passkey unlock", "support reveals a code",
 		"forgot password, offline", "the old password fails", "online: the report is sent", "support's notice", "storage holds no secret"}
 	for _, name := range want {
 		if _, ok := steps[name]; !ok {
@@ -188,6 +190,9 @@ func TestPWA(t *testing.T) {
 	}
 	if st := steps["bob reads ann's note"]; st.Meta != "you are a surrogate for ann" || !strings.Contains(st.GroupLine, "surrogate for ann") {
 		t.Errorf("bob's view of ann's group: %q, %q", st.Meta, st.GroupLine)
+	}
+	if st := steps["bob's device syncs in the background"]; st.After != st.Before+1 {
+		t.Errorf("bob's device held %d records of ann's group before the periodic sync, %d after; want one more", st.Before, st.After)
 	}
 	if st := steps["add a passkey"]; st.Creds != 1 || st.Error != "" {
 		t.Errorf("adding a passkey: %d credentials, error %q", st.Creds, st.Error)
@@ -251,7 +256,7 @@ func TestPWA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, secret := range []string{"first password, soon forgotten", "the second password, after support", "buy milk, eggs", "boiler man", "bob's own password", revealed.GetCode(), strings.ToLower(revealed.GetCode())} {
+	for _, secret := range []string{"first password, soon forgotten", "the second password, after support", "buy milk, eggs", "boiler man", "spare key", "bob's own password", revealed.GetCode(), strings.ToLower(revealed.GetCode())} {
 		if bytes.Contains(db, []byte(secret)) {
 			t.Errorf("the sync backend's database holds %q", fmt.Sprintf("%.6s…", secret))
 		}

@@ -18,7 +18,8 @@ const [app, control, shots] = process.argv.slice(2);
 const account = "ann", password = "first password, soon forgotten", newPassword = "the second password, after support";
 const note = "buy milk, eggs and the 7:40 train tickets";
 const bobNote = "bob: the boiler man comes on Thursday";
-const out = { steps: [], console: [], timings: {}, secrets: [password, newPassword, note, bobNote] };
+const laterNote = "ann, later: the spare key is with the neighbour";
+const out = { steps: [], console: [], timings: {}, secrets: [password, newPassword, note, bobNote, laterNote] };
 let page, browser, bobBrowser, n = 0;
 
 const step = async (name, fn) => {
@@ -139,6 +140,47 @@ try {
       await page.waitForTimeout(300);
     }
   });
+  await step("bob's device syncs in the background", async () => {
+    // Bob's page leaves the app (a page of the origin that runs no app
+    // code), so only the service worker can sync: the DevTools Protocol
+    // fires its periodic sync, which opens the device with the device key.
+    const countAt = (p) => p.evaluate(async () => {
+      const db = await new Promise((res, rej) => { const r = indexedDB.open("escrowd-pwa"); r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error); });
+      const all = await new Promise((res, rej) => { const r = db.transaction("records").objectStore("records").getAll(); r.onsuccess = () => res(r.result); r.onerror = () => rej(r.error); });
+      db.close();
+      return all.filter((r) => r.group === "ann-notes").length;
+    });
+    await bob.goto(new URL("icon.svg", app).href);
+    const before = await countAt(bob);
+    await page.fill("#note-text", laterNote);
+    await page.click("#note-save");
+    await page.waitForFunction((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), laterNote);
+    await waitSynced();
+    const cdp = await bobBrowser.newCDPSession(bob);
+    const regs = [];
+    cdp.on("ServiceWorker.workerRegistrationUpdated", (e) => regs.push(...e.registrations));
+    await cdp.send("ServiceWorker.enable");
+    const t0 = Date.now();
+    while (!regs.length && Date.now() - t0 < 5000) await bob.waitForTimeout(100);
+    const reg = regs.find((r) => !r.isDeleted);
+    if (!reg) throw new Error("bob's service worker is not registered");
+    await cdp.send("ServiceWorker.dispatchPeriodicSyncEvent", { origin: new URL(app).origin, registrationId: reg.registrationId, tag: "escrowd-sync" });
+    let after = before;
+    while (after === before && Date.now() - t0 < 20000) {
+      await bob.waitForTimeout(200);
+      after = await countAt(bob);
+    }
+    // Then Bob opens the app and unlocks: the note the worker fetched opens.
+    await bob.goto(app);
+    await bob.waitForSelector("#login", { state: "visible" });
+    await bob.fill("#li-password", bobPassword);
+    await bob.click("#login button[type=submit]");
+    await bob.waitForSelector("#groups li[data-group=ann-notes]", { state: "visible" });
+    await bob.click("#groups li[data-group=ann-notes]");
+    await bob.waitForFunction((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), laterNote);
+    await bob.screenshot({ path: join(shots, String(++n).padStart(2, "0") + "-bob-reads-the-note-his-worker-fetched.png") });
+    return { before, after };
+  });
   await step("add a passkey", async () => {
     const cdp = await browser.newCDPSession(page);
     await cdp.send("WebAuthn.enable", { enableUI: false });
@@ -234,6 +276,7 @@ try {
       }
       return parts.join("\n");
     });
+    await bob.goto(new URL("icon.svg", app).href);
     const dump = (await dumpOf(page)) + "\n" + (await dumpOf(bob));
     return { dumpBytes: dump.length, found: out.secrets.filter((s) => dump.includes(s) || dump.toLowerCase().includes(s.toLowerCase())) };
   });
