@@ -54,6 +54,8 @@ type pwaStep struct {
 	Notice     string   `json:"notice"`
 	Creds      int      `json:"credentials"`
 	GroupLine  string   `json:"groupLine"`
+	Databases  []string `json:"databases"`
+	Local      int      `json:"local"`
 	Before     int      `json:"before"`
 	After      int      `json:"after"`
 	DumpBytes  int      `json:"dumpBytes"`
@@ -176,7 +178,7 @@ func TestPWA(t *testing.T) {
 	}
 	want := []string{"sign up", "create a group", "write a note", "bob signs up on his device", "ann adds bob as a surrogate", "bob reads ann's note",
 		"bob writes in ann's group, ann reads it", "bob's device syncs in the background", "add a passkey", "offline reload and password unlock", "offline passkey unlock", "support reveals a code",
-		"forgot password, offline", "the old password fails", "online: the report is sent", "support's notice", "storage holds no secret"}
+		"forgot password, offline", "the old password fails", "online: the report is sent", "support's notice", "storage holds no secret", "bob logs out"}
 	for _, name := range want {
 		if _, ok := steps[name]; !ok {
 			t.Fatalf("step %q did not run (node: %v)\n%s", name, runErr, stderr.String())
@@ -211,6 +213,9 @@ func TestPWA(t *testing.T) {
 	}
 	if n := steps["support's notice"].Notice; !strings.Contains(n, ticket) || !strings.Contains(n, "Support revealed an unlock code") {
 		t.Errorf("the notice: %q", n)
+	}
+	if st := steps["bob logs out"]; len(st.Databases) != 0 || st.Local != 0 {
+		t.Errorf("after bob's logout his browser keeps databases %v and %d localStorage items", st.Databases, st.Local)
 	}
 	if st := steps["storage holds no secret"]; st.DumpBytes == 0 || len(st.FoundInDmp) != 0 {
 		t.Errorf("browser storage (%d bytes) holds %d secrets of the run", st.DumpBytes, len(st.FoundInDmp))

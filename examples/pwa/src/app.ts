@@ -7,7 +7,7 @@ import {
   Device, DeviceError, MEMBER_KEY_RECORD, type UnlockedKeys, codeOf, createPasskey, encodeBundle, encodeSlot, newGDK, parseBundle, passkeyPRF, prfOf, sealPublic,
 } from "../../../clients/web/src/index.js";
 import { DB_NAME, PERIOD_MS, SYNC_TAG, type Config, type Session, config, openSession } from "./shared.js";
-import { Signer, idbKeyStore } from "./sign.js";
+import { Signer, idbKeyStore, wipeKeyStore } from "./sign.js";
 import { Backend, BackendError, SyncTransport, bundleText, pins } from "./transport.js";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -30,7 +30,7 @@ let retry: ReturnType<typeof setTimeout> | null = null;
 
 function show(screen: "signup" | "login" | "recover" | "main"): void {
   for (const s of ["signup", "login", "recover", "main"]) $(s).hidden = s !== screen;
-  $("lock").hidden = $("sync-now").hidden = screen !== "main";
+  $("lock").hidden = $("sync-now").hidden = $("logout").hidden = screen !== "main";
   if (screen === "login") $("login-account").textContent = session?.account ?? "";
 }
 
@@ -145,6 +145,30 @@ function lock(): void {
   current = editing = null;
   input("li-password").value = "";
   show("login");
+}
+
+/**
+ * logout removes the account from this device: the SDK's database (slots,
+ * records, the device key), the signing key and the app's notes in
+ * localStorage. Reports still queued are lost with it, so it refuses while
+ * some wait.
+ */
+async function logout(): Promise<void> {
+  const s = session!;
+  await syncing; // a round in flight uses the database about to go
+  if (retry !== null) clearTimeout(retry);
+  retry = null;
+  const waiting = (await s.device.pending()).length;
+  if (waiting) throw new Error(waiting + " report(s) still wait to be sent: sync before logging out");
+  lock();
+  await s.device.logout();
+  await wipeKeyStore();
+  localStorage.removeItem("escrowd-pwa-notice");
+  localStorage.removeItem("escrowd-pwa-owners");
+  $("notices").replaceChildren();
+  session = null;
+  show("signup");
+  await status("idle");
 }
 
 // ---- sign-up ------------------------------------------------------------------------
@@ -309,6 +333,7 @@ function wire(): void {
     });
   };
   $("lock").onclick = lock;
+  $("logout").onclick = () => void busy(logout);
   $("sync-now").onclick = () => void sync();
   $("group-new").onsubmit = (e) => {
     e.preventDefault();

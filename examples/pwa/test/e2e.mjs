@@ -280,6 +280,19 @@ try {
     const dump = (await dumpOf(page)) + "\n" + (await dumpOf(bob));
     return { dumpBytes: dump.length, found: out.secrets.filter((s) => dump.includes(s) || dump.toLowerCase().includes(s.toLowerCase())) };
   });
+  await step("bob logs out", async () => {
+    await bob.goto(app);
+    await bob.waitForSelector("#login", { state: "visible" });
+    await bob.fill("#li-password", bobPassword);
+    await bob.click("#login button[type=submit]");
+    await bob.waitForSelector("#main", { state: "visible" });
+    await bob.click("#logout");
+    await bob.waitForSelector("#signup", { state: "visible" });
+    const names = await bob.evaluate(async () => (await indexedDB.databases()).map((d) => d.name));
+    await bob.reload();
+    await bob.waitForSelector("#signup", { state: "visible" });
+    return { databases: names, local: await bob.evaluate(() => localStorage.length) };
+  });
 } catch {
   // The failed step is in out.steps.
 } finally {
