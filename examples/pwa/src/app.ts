@@ -66,12 +66,23 @@ async function status(state: "idle" | "syncing" | "synced" | "offline" | "error"
   el.title = detail;
 }
 
-/** sync runs one round with the backend (one at a time) and refreshes what is shown. */
+/**
+ * sync runs one round with the backend, one at a time: a round asked for
+ * while one runs (a note saved mid-round) runs right after it, so nothing
+ * waits for the next timer. data-round on the status is the start time of
+ * the last round that succeeded.
+ */
+let again = false;
 function sync(): Promise<void> {
-  syncing ??= (async () => {
+  if (syncing) {
+    again = true;
+    return syncing;
+  }
+  syncing = (async () => {
     const s = session;
     if (!s) return;
     if (!navigator.onLine) return status("offline");
+    const started = Date.now();
     await status("syncing");
     try {
       s.transport.take();
@@ -81,6 +92,7 @@ function sync(): Promise<void> {
       for (const [g, owner] of s.transport.owners) remember(g, owner);
       await notifications(s);
       await reopen();
+      $("sync").dataset.round = String(started);
       await status("synced", new Date().toLocaleTimeString());
       retryMs = 1000;
     } catch (e) {
@@ -96,7 +108,13 @@ function sync(): Promise<void> {
       }
     }
     await render();
-  })().finally(() => (syncing = null));
+  })().finally(() => {
+    syncing = null;
+    if (again) {
+      again = false;
+      void sync();
+    }
+  });
   return syncing;
 }
 
@@ -120,8 +138,13 @@ async function notifications(s: Session): Promise<void> {
 /** reopen opens, with the device key, the groups that arrived since the unlock (a new group, a new GDK). */
 async function reopen(): Promise<void> {
   if (!session || !keys) return;
+  const d = await session.device.unlockDevice();
+  if (!keys || keys.locked) {
+    d.lock(); // locked meanwhile
+    return;
+  }
   deviceKeys?.lock();
-  deviceKeys = await session.device.unlockDevice();
+  deviceKeys = d;
 }
 
 function ringFor(group: string): UnlockedKeys | null {
@@ -155,18 +178,20 @@ function lock(): void {
  */
 async function logout(): Promise<void> {
   const s = session!;
-  await syncing; // a round in flight uses the database about to go
-  if (retry !== null) clearTimeout(retry);
-  retry = null;
   const waiting = (await s.device.pending()).length;
   if (waiting) throw new Error(waiting + " report(s) still wait to be sent: sync before logging out");
+  // No new round may start, and the one in flight ends, before the database goes.
+  session = null;
+  again = false;
+  if (retry !== null) clearTimeout(retry);
+  retry = null;
+  while (syncing) await syncing;
   lock();
   await s.device.logout();
   await wipeKeyStore();
   localStorage.removeItem("escrowd-pwa-notice");
   localStorage.removeItem("escrowd-pwa-owners");
   $("notices").replaceChildren();
-  session = null;
   show("signup");
   await status("idle");
 }
@@ -231,11 +256,21 @@ function remember(group: string, owner: string): void {
 
 // ---- rendering ------------------------------------------------------------------------
 
+/** render shows the groups and the current group's notes; keys locked meanwhile (the Lock button mid-sync) end it quietly. */
 async function render(): Promise<void> {
+  try {
+    await draw();
+  } catch (e) {
+    if (e instanceof DeviceError && e.code === "locked") return;
+    error(e);
+  }
+}
+
+async function draw(): Promise<void> {
   if (!session || !keys || keys.locked) return;
   const s = session;
   const own = owners();
-  const groups = new Set<string>([...keys.groups(), ...(deviceKeys?.groups() ?? [])]);
+  const groups = new Set<string>([...keys.groups(), ...(deviceKeys && !deviceKeys.locked ? deviceKeys.groups() : [])]);
   groups.delete(keyGroupOf(s.account));
   const ul = $("groups");
   ul.replaceChildren();

@@ -42,11 +42,15 @@ const syncState = async () => {
   await page.waitForFunction(() => document.getElementById("sync").dataset.state !== "syncing");
   return page.getAttribute("#sync", "data-state");
 };
-const waitSynced = async () => {
-  await page.waitForFunction(() => {
+// now is the page's clock; waitSynced waits for a round with nothing
+// pending that started after since (a round begun before an action may
+// not carry it).
+const now = (p = page) => p.evaluate(() => Date.now());
+const waitSynced = async (since = 0, p = page) => {
+  await p.waitForFunction((t) => {
     const s = document.getElementById("sync");
-    return s.dataset.state === "synced" && s.dataset.pending === "0";
-  }, null, { timeout: 20000 });
+    return s.dataset.state === "synced" && s.dataset.pending === "0" && Number(s.dataset.round ?? 0) > t;
+  }, since, { timeout: 20000 });
 };
 const unlock = async (pw) => {
   await visible("#login");
@@ -85,10 +89,11 @@ try {
     return { meta: await text("#group-meta") };
   });
   await step("write a note", async () => {
+    const t = await now();
     await page.fill("#note-text", note);
     await page.click("#note-save");
     await page.waitForFunction((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), note);
-    await waitSynced();
+    await waitSynced(t);
     return { sync: await text("#sync") };
   });
   // Bob, on his own device (another Chromium profile), becomes Ann's surrogate.
@@ -110,10 +115,11 @@ try {
     await bob.screenshot({ path: join(shots, String(++n).padStart(2, "0") + "-bob-signed-up.png") });
   });
   await step("ann adds bob as a surrogate", async () => {
+    const t = await now();
     await page.fill("#ma-account", "bob");
     await page.click("#member-add button[type=submit]");
     await page.waitForFunction(() => document.getElementById("ma-account").value === "" || !document.getElementById("error").hidden);
-    await waitSynced();
+    await waitSynced(t);
     return { error: (await page.isVisible("#error")) ? await text("#error") : "" };
   });
   await step("bob reads ann's note", async () => {
@@ -125,16 +131,15 @@ try {
     return { meta: await bob.textContent("#group-meta"), groupLine: await bob.textContent("#groups li[data-group=ann-notes]") };
   });
   await step("bob writes in ann's group, ann reads it", async () => {
+    const tb = await now(bob);
     await bob.fill("#note-text", bobNote);
     await bob.click("#note-save");
-    await bob.waitForFunction(() => {
-      const s = document.getElementById("sync");
-      return s.dataset.state === "synced" && s.dataset.pending === "0";
-    }, null, { timeout: 20000 });
+    await waitSynced(tb, bob);
     const deadline = Date.now() + 20000;
     for (;;) {
+      const t = await now();
       await page.click("#sync-now");
-      await waitSynced();
+      await waitSynced(t);
       if (await page.evaluate((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), bobNote)) break;
       if (Date.now() > deadline) throw new Error("ann does not see bob's note");
       await page.waitForTimeout(300);
@@ -152,10 +157,11 @@ try {
     });
     await bob.goto(new URL("icon.svg", app).href);
     const before = await countAt(bob);
+    const t = await now();
     await page.fill("#note-text", laterNote);
     await page.click("#note-save");
     await page.waitForFunction((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), laterNote);
-    await waitSynced();
+    await waitSynced(t);
     const cdp = await bobBrowser.newCDPSession(bob);
     const regs = [];
     cdp.on("ServiceWorker.workerRegistrationUpdated", (e) => regs.push(...e.registrations));
@@ -188,9 +194,9 @@ try {
       protocol: "ctap2", transport: "internal", hasResidentKey: true, hasUserVerification: true,
       isUserVerified: true, hasPrf: true, automaticPresenceSimulation: true,
     } });
+    const t = await now();
     await page.click("#passkey-add");
-    await page.waitForFunction(() => document.getElementById("sync").dataset.state === "syncing" || !document.getElementById("error").hidden);
-    await waitSynced();
+    await waitSynced(t);
     const { credentials } = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
     return { credentials: credentials.length, error: (await page.isVisible("#error")) ? await text("#error") : "" };
   });
@@ -246,8 +252,9 @@ try {
     return { oldPassword: code, error: await text("#error") };
   });
   await step("online: the report is sent", async () => {
+    const t = await now();
     await browser.setOffline(false);
-    await waitSynced();
+    await waitSynced(t);
     return { sync: await text("#sync") };
   });
   await step("support's notice", async () => {
