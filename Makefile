@@ -83,6 +83,8 @@ test: deps vaultdev lint
 lint: clients/web/node_modules
 	npm run --prefix clients/web --silent check
 	clients/web/node_modules/.bin/tsc -p clients/web/test/state/tsconfig.json
+	clients/web/node_modules/.bin/tsc -p examples/pwa/tsconfig.json
+	clients/web/node_modules/.bin/tsc -p examples/pwa/tsconfig.sw.json
 	node clients/web/scripts/states-diagram.mjs --check docs/DEVICE-STATES.md
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
 	$(GO) vet ./...

@@ -1,0 +1,433 @@
+// The demo PWA: notes encrypted on the device under each group's key,
+// synced through the reference sync backend, unlocked offline with a
+// password or a passkey, and recovered with an unlock code read out by
+// support. Every key comes from the device SDK (clients/web).
+
+import {
+  Device, DeviceError, MEMBER_KEY_RECORD, type UnlockedKeys, codeOf, createPasskey, encodeBundle, encodeSlot, newGDK, parseBundle, passkeyPRF, prfOf, sealPublic,
+} from "../../../clients/web/src/index.js";
+import { DB_NAME, PERIOD_MS, SYNC_TAG, type Config, type Session, config, openSession } from "./shared.js";
+import { Signer, idbKeyStore, wipeKeyStore } from "./sign.js";
+import { Backend, BackendError, SyncTransport, bundleText, pins } from "./transport.js";
+
+const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
+const input = (id: string) => $<HTMLInputElement>(id);
+const keyGroupOf = (account: string) => account + "-keys";
+
+let cfg: Config;
+let session: Session | null = null;
+/** keys: the user's, from a password, passkey or code; device: every group this device has a device slot of. */
+let keys: UnlockedKeys | null = null;
+let deviceKeys: UnlockedKeys | null = null;
+let current: string | null = null;
+let editing: string | null = null;
+let syncing: Promise<void> | null = null;
+/** A failed round is tried again after retryMs, doubled each time up to the 15-minute period. */
+let retryMs = 1000;
+let retry: ReturnType<typeof setTimeout> | null = null;
+
+// ---- the screens ----------------------------------------------------------------
+
+function show(screen: "signup" | "login" | "recover" | "main"): void {
+  for (const s of ["signup", "login", "recover", "main"]) $(s).hidden = s !== screen;
+  $("lock").hidden = $("sync-now").hidden = $("logout").hidden = screen !== "main";
+  if (screen === "login") $("login-account").textContent = session?.account ?? "";
+}
+
+function error(e: unknown): void {
+  const el = $("error");
+  if (e === null) {
+    el.hidden = true;
+    return;
+  }
+  el.hidden = false;
+  el.dataset.code = e instanceof DeviceError ? codeOf(e) : e instanceof BackendError ? e.code : "error";
+  el.textContent = e instanceof Error ? e.message : String(e);
+}
+
+async function busy(f: () => Promise<void>): Promise<void> {
+  error(null);
+  try {
+    await f();
+  } catch (e) {
+    error(e);
+  }
+}
+
+// ---- sync status ------------------------------------------------------------------
+
+async function status(state: "idle" | "syncing" | "synced" | "offline" | "error", detail = ""): Promise<void> {
+  const el = $("sync");
+  const waiting = session ? (await session.device.pending()).length : 0;
+  el.dataset.state = state;
+  el.dataset.pending = String(waiting);
+  const words = { idle: "not synced", syncing: "syncing…", synced: "synced", offline: "offline", error: "sync failed" }[state];
+  el.textContent = words + (waiting ? ` · ${waiting} report${waiting > 1 ? "s" : ""} waiting` : "") + (detail ? " · " + detail : "");
+  el.title = detail;
+}
+
+/**
+ * sync runs one round with the backend, one at a time: a round asked for
+ * while one runs (a note saved mid-round) runs right after it, so nothing
+ * waits for the next timer. data-round on the status is the start time of
+ * the last round that succeeded.
+ */
+let again = false;
+function sync(): Promise<void> {
+  if (syncing) {
+    again = true;
+    return syncing;
+  }
+  syncing = (async () => {
+    const s = session;
+    if (!s) return;
+    if (!navigator.onLine) return status("offline");
+    const started = Date.now();
+    await status("syncing");
+    try {
+      s.transport.take();
+      await s.device.sync(s.transport, s.account);
+      const unsent = s.transport.take();
+      if (unsent.length) throw new Error("slots made here were not sent: " + unsent.join("; "));
+      for (const [g, owner] of s.transport.owners) remember(g, owner);
+      await notifications(s);
+      await reopen();
+      $("sync").dataset.round = String(started);
+      await status("synced", new Date().toLocaleTimeString());
+      retryMs = 1000;
+    } catch (e) {
+      const offline = e instanceof TypeError || (e instanceof DeviceError && e.code === "offline") || !navigator.onLine;
+      await status(offline ? "offline" : "error", offline ? "" : e instanceof Error ? e.message : String(e));
+      // The "online" event can come before requests go through again.
+      if (navigator.onLine && retry === null) {
+        retry = setTimeout(() => {
+          retry = null;
+          void sync();
+        }, retryMs);
+        retryMs = Math.min(retryMs * 2, PERIOD_MS);
+      }
+    }
+    await render();
+  })().finally(() => {
+    syncing = null;
+    if (again) {
+      again = false;
+      void sync();
+    }
+  });
+  return syncing;
+}
+
+/** notifications shows the backend's notices: support revealed an unlock code for this user. */
+async function notifications(s: Session): Promise<void> {
+  const seen = Number(localStorage.getItem("escrowd-pwa-notice") ?? "0");
+  const list = await s.backend.notifications(seen);
+  for (const n of list) {
+    const li = document.createElement("li");
+    li.dataset.kind = n.kind;
+    li.textContent = n.kind === "code_revealed"
+      ? `Support revealed an unlock code for you${n.ticket ? " on ticket " + n.ticket : ""} (${n.group}, ${new Date(n.time).toLocaleString()}). If you did not ask for it, tell support.`
+      : `${n.kind} (${n.group})`;
+    $("notices").append(li);
+    localStorage.setItem("escrowd-pwa-notice", String(n.sequence));
+  }
+}
+
+// ---- keys -----------------------------------------------------------------------
+
+/** reopen opens, with the device key, the groups that arrived since the unlock (a new group, a new GDK). */
+async function reopen(): Promise<void> {
+  if (!session || !keys) return;
+  const d = await session.device.unlockDevice();
+  if (!keys || keys.locked) {
+    d.lock(); // locked meanwhile
+    return;
+  }
+  deviceKeys?.lock();
+  deviceKeys = d;
+}
+
+function ringFor(group: string): UnlockedKeys | null {
+  if (keys && !keys.locked && keys.groups().includes(group)) return keys;
+  if (deviceKeys && !deviceKeys.locked && deviceKeys.groups().includes(group)) return deviceKeys;
+  return null;
+}
+
+async function unlocked(k: UnlockedKeys): Promise<void> {
+  keys = k;
+  await reopen();
+  show("main");
+  await render();
+  void sync();
+}
+
+function lock(): void {
+  keys?.lock();
+  deviceKeys?.lock();
+  keys = deviceKeys = null;
+  current = editing = null;
+  input("li-password").value = "";
+  show("login");
+}
+
+/**
+ * logout removes the account from this device: the SDK's database (slots,
+ * records, the device key), the signing key and the app's notes in
+ * localStorage. Reports still queued are lost with it, so it refuses while
+ * some wait.
+ */
+async function logout(): Promise<void> {
+  const s = session!;
+  const waiting = (await s.device.pending()).length;
+  if (waiting) throw new Error(waiting + " report(s) still wait to be sent: sync before logging out");
+  // No new round may start, and the one in flight ends, before the database goes.
+  session = null;
+  again = false;
+  if (retry !== null) clearTimeout(retry);
+  retry = null;
+  while (syncing) await syncing;
+  lock();
+  await s.device.logout();
+  await wipeKeyStore();
+  localStorage.removeItem("escrowd-pwa-notice");
+  localStorage.removeItem("escrowd-pwa-owners");
+  $("notices").replaceChildren();
+  show("signup");
+  await status("idle");
+}
+
+// ---- sign-up ------------------------------------------------------------------------
+
+/**
+ * signup enrols this device and a new account. The SDK's createUser seals
+ * the user key's escrow slot to the escrow key it is given, but the key
+ * group's escrow key exists only once the account does, and the account
+ * needs the member key createUser makes. So createUser gets a throwaway
+ * key, and the escrow slot the backend sees is sealed again, to the key
+ * group's real escrow key, before the first upload; the throwaway slot
+ * never leaves the device.
+ */
+async function signup(account: string, password: string): Promise<void> {
+  const deviceId = account + "-" + Array.from(crypto.getRandomValues(new Uint8Array(3)), (b) => b.toString(16).padStart(2, "0")).join("");
+  const device = await Device.open({ name: DB_NAME, deviceId });
+  const signer = await Signer.load(idbKeyStore(), deviceId);
+  const backend = new Backend(cfg.backend, signer);
+  const keyGroup = keyGroupOf(account);
+  const throwaway = (await crypto.subtle.generateKey({ name: "ECDH", namedCurve: "P-256" }, true, ["deriveBits"])) as CryptoKeyPair;
+  const made = await device.createUser(account, keyGroup, password, { spki: new Uint8Array(await crypto.subtle.exportKey("spki", throwaway.publicKey)), suite: "ecdh-p256", version: 1 });
+  await backend.createAccount(account, made.memberPublic, await signer.publicKey(), await device.devicePublicKey());
+  const g = await backend.createGroup(keyGroup);
+  const uk = made.keys.userKeyRing().newest()!;
+  const escrow = await sealPublic("escrow", { key_version: g.escrow_key.version }, g.escrow_key.suite, g.escrow_key.public_key, uk);
+  const pw = parseBundle(made.bundle).slots.filter((s) => s.kind === "password").map((s) => encodeSlot(s));
+  const up = await backend.putBundle(keyGroup, g.version, encodeBundle(keyGroup, [...pw, escrow]));
+  await device.addGroup(keyGroup, bundleText(up)!, pins(up));
+  await backend.putRecord(keyGroup, MEMBER_KEY_RECORD, 0, made.memberRecord);
+  session = { device, signer, backend, transport: new SyncTransport(backend, account), account };
+  await unlocked(made.keys);
+}
+
+/** createGroup provisions a group at the backend and uploads its first bundle: GDK 1 sealed to the group's escrow key. */
+async function createGroup(name: string): Promise<void> {
+  const s = session!;
+  const g = await s.backend.createGroup(name);
+  const gdk = await newGDK(name, 1);
+  const escrow = await sealPublic("escrow", { key_version: g.escrow_key.version }, g.escrow_key.suite, g.escrow_key.public_key, gdk);
+  // The backend re-wraps the GDK through escrowd to this account's member key and its devices.
+  const up = await s.backend.putBundle(name, g.version, encodeBundle(name, [escrow]));
+  await s.device.addGroup(name, bundleText(up)!, pins(up));
+  remember(name, up.owner);
+  await reopen();
+  current = name;
+  await render();
+}
+
+// Group owners are ids the backend hands every member: kept for the offline list.
+function owners(): Record<string, string> {
+  try {
+    return JSON.parse(localStorage.getItem("escrowd-pwa-owners") ?? "{}") as Record<string, string>;
+  } catch {
+    return {};
+  }
+}
+function remember(group: string, owner: string): void {
+  localStorage.setItem("escrowd-pwa-owners", JSON.stringify({ ...owners(), [group]: owner }));
+}
+
+// ---- rendering ------------------------------------------------------------------------
+
+/** render shows the groups and the current group's notes; keys locked meanwhile (the Lock button mid-sync) end it quietly. */
+async function render(): Promise<void> {
+  try {
+    await draw();
+  } catch (e) {
+    if (e instanceof DeviceError && e.code === "locked") return;
+    error(e);
+  }
+}
+
+async function draw(): Promise<void> {
+  if (!session || !keys || keys.locked) return;
+  const s = session;
+  const own = owners();
+  const groups = new Set<string>([...keys.groups(), ...(deviceKeys && !deviceKeys.locked ? deviceKeys.groups() : [])]);
+  groups.delete(keyGroupOf(s.account));
+  const ul = $("groups");
+  ul.replaceChildren();
+  for (const g of [...groups].sort()) {
+    const li = document.createElement("li");
+    li.dataset.group = g;
+    li.setAttribute("aria-current", String(g === current));
+    const owner = own[g];
+    li.innerHTML = "";
+    li.append(g);
+    if (owner && owner !== s.account) {
+      const small = document.createElement("small");
+      small.textContent = " surrogate for " + owner;
+      li.append(small);
+    }
+    li.onclick = () => {
+      current = g;
+      editing = null;
+      void render();
+    };
+    ul.append(li);
+  }
+  $("group").hidden = current === null || !groups.has(current);
+  if (current === null || !groups.has(current)) return;
+  const k = ringFor(current);
+  $("group-title").textContent = current;
+  const owner = own[current];
+  $("group-meta").textContent = owner ? (owner === s.account ? "your group" : "you are a surrogate for " + owner) : "";
+  $("member-add").hidden = owner !== s.account;
+  const notes = $("notes");
+  notes.replaceChildren();
+  for (const id of (await s.device.recordIds(current)).sort()) {
+    const li = document.createElement("li");
+    li.dataset.id = id;
+    try {
+      const pt = k ? await s.device.getRecord(k, current, id) : undefined;
+      li.textContent = pt ? new TextDecoder().decode(pt) : "(no key for this note yet)";
+    } catch (e) {
+      li.textContent = "(this note does not open: " + (e instanceof Error ? e.message : String(e)) + ")";
+      li.dataset.error = codeOf(e);
+    }
+    li.onclick = () => {
+      editing = id;
+      $<HTMLTextAreaElement>("note-text").value = li.textContent ?? "";
+    };
+    notes.append(li);
+  }
+}
+
+async function saveNote(text: string): Promise<void> {
+  const s = session!;
+  const g = current!;
+  const k = ringFor(g);
+  if (!k) throw new DeviceError("not-enrolled", "this device has no key of the group yet: sync first");
+  const id = editing ?? "n-" + Date.now().toString(36) + Array.from(crypto.getRandomValues(new Uint8Array(3)), (b) => b.toString(16).padStart(2, "0")).join("");
+  await s.device.putRecord(k, g, id, text);
+  editing = null;
+  $<HTMLTextAreaElement>("note-text").value = "";
+  await render();
+  void sync();
+}
+
+// ---- passkeys -------------------------------------------------------------------------
+
+async function addPasskey(): Promise<void> {
+  const s = session!;
+  const credential = await createPasskey({ user: { id: new TextEncoder().encode(s.account), name: s.account } });
+  await s.device.addPasskey(keys!, credential, prfOf(credential));
+  await sync();
+}
+
+// ---- start ---------------------------------------------------------------------------
+
+function wire(): void {
+  $("signup").onsubmit = (e) => {
+    e.preventDefault();
+    void busy(() => signup(input("su-account").value, input("su-password").value));
+  };
+  $("login").onsubmit = (e) => {
+    e.preventDefault();
+    void busy(async () => unlocked(await session!.device.unlock(session!.account, { password: input("li-password").value })));
+  };
+  $("li-passkey").onclick = () => void busy(async () => unlocked(await session!.device.unlock(session!.account, { prf: passkeyPRF() })));
+  $("li-forgot").onclick = () => show("recover");
+  $("rc-cancel").onclick = () => show("login");
+  $("recover").onsubmit = (e) => {
+    e.preventDefault();
+    void busy(async () => {
+      const s = session!;
+      // The "code consumed" report is queued at once and sent when the backend answers.
+      const rec = await s.device.recover(s.account, input("rc-code").value, s.transport);
+      await rec.setPassword(input("rc-password").value);
+      input("rc-code").value = input("rc-password").value = "";
+      await unlocked(rec.keys);
+    });
+  };
+  $("lock").onclick = lock;
+  $("logout").onclick = () => void busy(logout);
+  $("sync-now").onclick = () => void sync();
+  $("group-new").onsubmit = (e) => {
+    e.preventDefault();
+    void busy(async () => {
+      await createGroup(input("gn-name").value);
+      input("gn-name").value = "";
+    });
+  };
+  $("member-add").onsubmit = (e) => {
+    e.preventDefault();
+    void busy(async () => {
+      await session!.backend.addMember(current!, input("ma-account").value);
+      input("ma-account").value = "";
+      await sync();
+    });
+  };
+  $("note-form").onsubmit = (e) => {
+    e.preventDefault();
+    void busy(() => saveNote($<HTMLTextAreaElement>("note-text").value));
+  };
+  $("note-new").onclick = () => {
+    editing = null;
+    $<HTMLTextAreaElement>("note-text").value = "";
+  };
+  $("passkey-add").onclick = () => void busy(addPasskey);
+
+  // When to sync: on open, on visibility, on "online", every 15 minutes
+  // while open, and through Background Sync where the browser has it.
+  addEventListener("online", () => void sync());
+  addEventListener("offline", () => void status("offline"));
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") void sync();
+  });
+  setInterval(() => void sync(), PERIOD_MS);
+  navigator.serviceWorker?.addEventListener("message", () => void sync());
+}
+
+async function registerWorker(): Promise<void> {
+  if (!("serviceWorker" in navigator)) return;
+  const reg = await navigator.serviceWorker.register("sw.js", { scope: "./" });
+  await navigator.serviceWorker.ready;
+  type SyncReg = ServiceWorkerRegistration & { sync?: { register(tag: string): Promise<void> }; periodicSync?: { register(tag: string, o: { minInterval: number }): Promise<void> } };
+  const r = reg as SyncReg;
+  try {
+    await r.sync?.register(SYNC_TAG);
+    await r.periodicSync?.register(SYNC_TAG, { minInterval: PERIOD_MS });
+  } catch {
+    // Periodic sync needs an installed app and the browser's consent: the page's own timers cover the rest.
+  }
+}
+
+async function start(): Promise<void> {
+  wire();
+  cfg = await config();
+  session = await openSession(cfg);
+  show(session ? "login" : "signup");
+  await status(navigator.onLine ? "idle" : "offline");
+  document.body.dataset.ready = "true";
+  void registerWorker().catch((e) => console.warn("service worker:", e));
+}
+
+void start().catch(error);
