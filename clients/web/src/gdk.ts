@@ -438,23 +438,36 @@ export async function openRecord(input: Input | SealedRecord, gdk: GDK): Promise
   const r = typeof input === "object" && "ct" in input ? input : parseRecord(input);
   if (!(gdk instanceof GDK)) throw new TypeError("openRecord takes a GDK");
   if (r.group !== gdk.group || r.gdk_version !== gdk.version) fail("record", "the record is not of GDK " + gdk.version + " of this group");
-  const key = recordKeysReady.get(gdk) ?? (await recordKey(gdk));
+  return openRecordUnder(recordKeysReady.get(gdk) ?? (await recordKey(gdk)), r);
+}
+
+/**
+ * openRecordUnder decrypts a record with the record key of its group and
+ * version (recordKey of that GDK): for a tab that holds the non-extractable
+ * record keys another tab shared, and no GDK. The caller picks the key by
+ * r.group and r.gdk_version; the AAD binds them.
+ */
+export async function openRecordUnder(key: CryptoKey, r: SealedRecord): Promise<OpenedRecord> {
   let pt: ArrayBuffer;
   try {
     pt = await subtle().decrypt({ name: "AES-GCM", iv: r.iv, additionalData: recordAAD(r.group, r.id, r.gdk_version), tagLength: 128 }, key, r.ct);
   } catch {
-    fail("record", "the record does not decrypt with GDK version " + gdk.version);
+    fail("record", "the record does not decrypt with GDK version " + r.gdk_version);
   }
   return { group: r.group, id: r.id, gdk_version: r.gdk_version, plaintext: new Uint8Array(pt) };
 }
 
 /** sealRecordRaw encrypts plaintext as record id of gdk's group and version, with a fresh IV. */
 export async function sealRecordRaw(gdk: GDK, id: string, plaintext: string | Uint8Array): Promise<SealedRecord> {
+  return sealRecordUnder(recordKeysReady.get(gdk) ?? (await recordKey(gdk)), gdk.group, gdk.version, id, plaintext);
+}
+
+/** sealRecordUnder is sealRecordRaw with the record key of group's GDK version (see openRecordUnder). */
+export async function sealRecordUnder(key: CryptoKey, group: string, version: number, id: string, plaintext: string | Uint8Array): Promise<SealedRecord> {
   // WebCrypto copies its input at the call; a copy here is needed only for
   // a view of a SharedArrayBuffer, which it does not take.
   const pt = typeof plaintext === "string" ? utf8(plaintext) : plaintext.buffer instanceof ArrayBuffer ? (plaintext as Bytes) : copy(plaintext);
-  const r = { group: gdk.group, id: checkIDText(id), gdk_version: gdk.version, iv: random(IV_SIZE) };
-  const key = recordKeysReady.get(gdk) ?? (await recordKey(gdk));
+  const r = { group, id: checkIDText(id), gdk_version: version, iv: random(IV_SIZE) };
   const ct = new Uint8Array(await subtle().encrypt({ name: "AES-GCM", iv: r.iv, additionalData: recordAAD(r.group, r.id, r.gdk_version), tagLength: 128 }, key, pt));
   return { ...r, ct };
 }
