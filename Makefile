@@ -82,7 +82,7 @@ test: deps vaultdev lint
 lint: clients/web/node_modules
 	npm run --prefix clients/web --silent check
 	clients/web/node_modules/.bin/tsc -p clients/web/test/state/tsconfig.json
-	node clients/web/scripts/states-diagram.mjs --check docs/DEVICE-STATES.md
+	node clients/web/scripts/states-diagram.mjs --check docs/DEVICE.md
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
