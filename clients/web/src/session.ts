@@ -62,6 +62,10 @@ export interface RecoveryStep {
 /** The secret of a page's unlock; null for a background unlock with the device key. */
 export type SessionSecret = Secret | null;
 
+const isVersion = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 1 && v <= 0xffffffff;
+/** The most GDK versions one group's shared handle may carry. */
+const MAX_SHARED_VERSIONS = 4096;
+
 /**
  * The codec of a group's handle across tabs: the version and the
  * non-extractable AES-GCM record keys, never a GDK (a GDK is kept
@@ -74,12 +78,12 @@ export const groupCodec: HandleCodec<GroupHandle> = {
   toWire: (h) => ({ group: h.group, version: h.version, keys: new Map(h.keys) }),
   fromWire: (w) => {
     const { group, version, keys } = (w ?? {}) as { group?: unknown; version?: unknown; keys?: unknown };
-    if (typeof group !== "string" || typeof version !== "number" || !Number.isSafeInteger(version) || !(keys instanceof Map)) {
+    if (typeof group !== "string" || group.length < 1 || group.length > 128 || !isVersion(version) || !(keys instanceof Map) || keys.size > MAX_SHARED_VERSIONS) {
       throw new DeviceError("locked", "another tab's group keys are not of this version of the SDK");
     }
     const out = new Map<number, CryptoKey>();
     for (const [v, k] of keys as Map<unknown, unknown>) {
-      if (typeof v !== "number" || !(k instanceof CryptoKey) || k.extractable || k.algorithm.name !== "AES-GCM") {
+      if (!isVersion(v) || !(k instanceof CryptoKey) || k.extractable || k.algorithm.name !== "AES-GCM") {
         throw new DeviceError("locked", "another tab posted a key that is not a non-extractable record key");
       }
       out.set(v, k);
