@@ -85,7 +85,7 @@ lint: clients/web/node_modules
 	clients/web/node_modules/.bin/tsc -p clients/web/test/state/tsconfig.json
 	clients/web/node_modules/.bin/tsc -p examples/pwa/tsconfig.json
 	clients/web/node_modules/.bin/tsc -p examples/pwa/tsconfig.sw.json
-	node clients/web/scripts/states-diagram.mjs --check docs/DEVICE-STATES.md
+	node clients/web/scripts/states-diagram.mjs --check docs/DEVICE.md
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...

@@ -351,7 +351,8 @@ type sdkAttempt struct {
 // reload served by the service worker, the password unlocks and records
 // are read and written; offline still, a code support revealed over gRPC,
 // typed in lower case with dashes, recovers everything (and again after a
-// reload in the middle, the report queued once) and sets a new password,
+// reload in the middle, which starts the page's DeviceSession failed,
+// interrupted, step "recovery"; the report queued once) and sets a new password,
 // the old one opening nothing; back online the "code consumed"
 // report reaches escrowd once and the backend's new epoch retires the
 // code. After every step, IndexedDB, Cache Storage and localStorage hold
@@ -650,8 +651,23 @@ func TestBrowserSDK(t *testing.T) {
 		Pending     int               `json:"pending"`
 		WrongCode   sdkAttempt        `json:"wrongCode"`
 		Before      int               `json:"pendingBeforeReload"`
+		Begun       sdkSession        `json:"begun"`
+		AfterReload sdkSession        `json:"afterReload"`
+		AfterSet    sdkSession        `json:"afterSet"`
 	}
 	if result("recovery offline", &rec) {
+		// The page's DeviceSession marks the recovery pending from the code's
+		// unlock until the new password is sealed: a reload in between starts
+		// failed, interrupted, step "recovery"; the retry then finishes it.
+		if rec.Begun.State != "unlocked" || !strings.Contains(rec.Begun.Marker, `"step":"recovery"`) || strings.Contains(rec.Begun.Marker, rec.Typed) {
+			t.Errorf("recovery: before the reload %+v, want unlocked with the step marked (and no code)", rec.Begun)
+		}
+		if rec.AfterReload.State != "failed" || rec.AfterReload.Failure != "interrupted" || rec.AfterReload.Step != "recovery" || rec.AfterReload.Marker != "" {
+			t.Errorf("recovery: after a reload in the middle %+v, want failed, interrupted, step recovery, marker consumed", rec.AfterReload)
+		}
+		if rec.AfterSet.State != "unlocked" || rec.AfterSet.Marker != "" {
+			t.Errorf("recovery: once the new password is set %+v, want unlocked and no step pending", rec.AfterSet)
+		}
 		if len(b.codes) != 1 || rec.Typed != strings.ToLower(b.codes[0]) || !strings.Contains(rec.Typed, "-") {
 			t.Errorf("recovery: typed %q for the revealed code", rec.Typed)
 		}
@@ -836,4 +852,12 @@ func TestBrowserSDK(t *testing.T) {
 			t.Logf("bench %s: %s", k, v)
 		}
 	}
+}
+
+// sdkSession is the page's DeviceSession as the test page reports it.
+type sdkSession struct {
+	State   string `json:"state"`
+	Failure string `json:"failure"`
+	Step    string `json:"step"`
+	Marker  string `json:"marker"`
 }

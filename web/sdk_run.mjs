@@ -95,10 +95,10 @@ try {
     await type();
     const begun = await page.evaluate(() => window.sdk.recoverBegin());
     await page.reload();
-    await load();
+    const reloaded = await load();
     await type();
     const res = await page.evaluate((pw) => window.sdk.recover(pw), fixture.new_password);
-    return { typed: await page.inputValue("#code"), pendingBeforeReload: begun.pending, ...res };
+    return { typed: await page.inputValue("#code"), pendingBeforeReload: begun.pending, begun: begun.session, afterReload: reloaded.session, ...res };
   });
   await scenario("back online", async () => {
     await browser.setOffline(false);

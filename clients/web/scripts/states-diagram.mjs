@@ -1,4 +1,4 @@
-// Prints the state diagram of docs/DEVICE-STATES.md (Mermaid, and a table
+// Prints the state diagram of docs/DEVICE.md ("States") (Mermaid, and a table
 // of the rows) from the code's own transition table, or with --check FILE
 // fails when the block between the markers in FILE differs from it, so
 // that the document and the code cannot drift. --write FILE rewrites the

@@ -13,13 +13,13 @@
 // UnlockedKeys, until lock() drops them.
 
 import { type Bytes, copy, hex, unhex } from "./bytes.js";
-import { DeviceError, fail } from "./errors.js";
+import { DeviceError, codeOf, fail } from "./errors.js";
 import {
   type Slot, MIN_PASSWORD_ITERATIONS, prfInput, encodeBundle, encodeRecord, encodeSlot, parseBundle, parseRecord, parseSlot,
 } from "./format.js";
 import {
   type GDK, type P256Pair, checkIDText, newGDK, openPasskey, openPassword, openPublic, openUnlock, pickUnlock,
-  sealPasskey, sealPassword, sealPublic, sealRecordRaw,
+  sealPasskey, sealPassword, sealPublic, sealRecordRaw, sealRecordUnder, openRecordUnder, recordKey,
 } from "./gdk.js";
 import { DB } from "./idb.js";
 import { Keyring } from "./keyring.js";
@@ -42,6 +42,8 @@ interface GroupRow {
   group: string;
   slots: string[];
   pins: [number, string][];
+  /** newest: the newest GDK version a writer used here (raised under the group's Web Lock); the slots may name a newer one. */
+  newest?: number;
   /** dirty: slots made here and not yet pushed; a pull then merges instead of replacing. */
   dirty?: boolean;
   /** cursor: the backend's record cursor after the last pull. */
@@ -72,6 +74,27 @@ export type Secret =
   | { password: string }
   | { prf: PasskeyPRF }
   | { code: string };
+
+/**
+ * RecordKeys are the non-extractable AES-GCM record keys of one group, by
+ * GDK version, and the version new records are sealed under. They read and
+ * write records and nothing else: no slot can be opened or sealed with
+ * them, so they are what one tab may hand to another (see session.ts).
+ */
+export interface RecordKeys {
+  readonly group: string;
+  readonly version: number;
+  readonly keys: ReadonlyMap<number, CryptoKey>;
+}
+
+/** recordKeysOf derives the record keys of every GDK ring holds (each once per GDK). */
+export async function recordKeysOf(ring: Keyring): Promise<RecordKeys> {
+  const top = ring.newest();
+  if (!top) fail("not-enrolled", "no key of this group is open");
+  const keys = new Map<number, CryptoKey>();
+  for (const v of ring.versions()) keys.set(v, await recordKey(ring.gdk(v)!));
+  return { group: ring.group, version: top.version, keys };
+}
 
 /**
  * PasskeyPRF evaluates the PRF of one of the user's passkeys: given each
@@ -150,6 +173,14 @@ export class UnlockedKeys {
   private rings(): Map<string, Keyring> {
     if (this.#rings === null) fail("locked");
     return this.#rings;
+  }
+
+  /** @internal replace puts a group's newly opened keyring in place of the one held. */
+  replace(ring: Keyring): void {
+    const rings = this.rings();
+    const old = rings.get(ring.group);
+    if (old && old !== ring) old.clear();
+    rings.set(ring.group, ring);
   }
 
   /** lock drops every key this object holds; any later use is "locked". */
@@ -270,6 +301,7 @@ export class Device {
     for (const p of pins) ring.pin(p.version, typeof p.commit === "string" ? unhex(p.commit) : p.commit);
     const row: GroupRow = { group, slots: [...merged.keys()], pins: ring.pins().map(([v, c]) => [v, hex(c)]), dirty: old?.dirty ?? false };
     if (old?.cursor !== undefined) row.cursor = old.cursor;
+    if (old?.newest !== undefined) row.newest = old.newest;
     await this.db.put("groups", [row]);
   }
 
@@ -279,6 +311,12 @@ export class Device {
     if (r.group !== keyGroup || r.id !== MEMBER_KEY_RECORD) fail("record", "not the member key record of this key group");
     await this.db.put("records", [{ group: keyGroup, id: MEMBER_KEY_RECORD, record: memberRecord } satisfies RecordRow]);
     await this.db.put("users", [{ user, keyGroup, memberPublic: copy(memberPublic) } satisfies UserRow]);
+  }
+
+  /** groupIds lists the groups stored on this device, but the users' own key groups. */
+  async groupIds(): Promise<string[]> {
+    const keyGroups = new Set((await this.db.all<UserRow>("users")).map((u) => u.keyGroup));
+    return (await this.db.all<GroupRow>("groups")).map((g) => g.group).filter((g) => !keyGroups.has(g)).sort();
   }
 
   /** users lists the users enrolled on this device. */
@@ -584,6 +622,82 @@ export class Device {
       if (g && pulled.cursor !== undefined) await this.db.put("groups", [{ ...(await this.db.get<GroupRow>("groups", e.group))!, cursor: pulled.cursor } satisfies GroupRow]);
     }
     return { reports, records, groups: enrolments.length };
+  }
+
+  /**
+   * versions is the newest GDK version of each group, stored with the
+   * group's slots in this database (so a logout's wipe deletes it): the
+   * higher of what a writer raised it to and what the stored slots name.
+   * newest is undefined when the group is not on the device, or the
+   * database was deleted (another tab's logout). Call both under the
+   * group's Web Lock (DeviceStates.write does).
+   */
+  readonly versions = {
+    newest: async (group: string): Promise<number | undefined> => {
+      if (this.db.closed) return undefined;
+      const g = await this.db.get<GroupRow>("groups", group);
+      if (!g) return undefined;
+      let v = g.newest ?? 0;
+      for (const t of g.slots) v = Math.max(v, parseSlot(t).gdk_version);
+      return v;
+    },
+    raise: async (group: string, version: number): Promise<void> => {
+      const g = await this.db.get<GroupRow>("groups", group);
+      if (!g) fail("not-enrolled", "the group is not on this device");
+      if ((g.newest ?? 0) < version) await this.db.put("groups", [{ ...g, newest: version } satisfies GroupRow]);
+    },
+  };
+
+  /**
+   * groupKeys returns group's keyring from keys, opening the group's slots
+   * again when the device's storage names a newer GDK than keys hold (a
+   * sync brought a rotation after the unlock); the new ring replaces the
+   * old in keys. With user keys the member slots are opened, with device
+   * keys (unlockDevice) the device slots.
+   */
+  async groupKeys(keys: UnlockedKeys, group: string): Promise<Keyring> {
+    let held: Keyring | undefined;
+    try {
+      held = keys.ring(group);
+    } catch (e) {
+      if (codeOf(e) !== "not-enrolled") throw e;
+    }
+    const newest = await this.newestVersion(group);
+    if (held && held.newest()!.version >= newest) return held;
+    const g = await this.db.get<GroupRow>("groups", group);
+    if (!g) fail("not-enrolled", "the group is not on this device");
+    const ring = keys.user === null
+      ? await this.openGroup(g, "device", this.deviceId, this.deviceKey())
+      : await this.openGroup(g, "member", keys.user, keys.memberKey());
+    if (!ring.newest()) fail("not-enrolled", "no slot of this group opens for this device or user");
+    keys.replace(ring);
+    return ring;
+  }
+
+  /**
+   * writeRecord seals plaintext under rk's version and stores it; returns
+   * the record text (to push). Refuses ("stale") a version older than the
+   * newest this device's storage names, as putRecord does.
+   */
+  async writeRecord(rk: RecordKeys, id: string, plaintext: string | Uint8Array): Promise<string> {
+    const newest = (await this.versions.newest(rk.group)) ?? 0;
+    if (rk.version < newest) fail("stale", "the keys hold GDK " + rk.version + ", the device has GDK " + newest);
+    const key = rk.keys.get(rk.version);
+    if (!key) fail("locked", "no record key of GDK " + rk.version);
+    const text = encodeRecord(await sealRecordUnder(key, rk.group, rk.version, id, plaintext));
+    await this.db.put("records", [{ group: rk.group, id, record: text, dirty: true } satisfies RecordRow]);
+    return text;
+  }
+
+  /** readRecord reads a record with the record key of its version; "record" when rk holds none of that version. */
+  async readRecord(rk: RecordKeys, id: string): Promise<Bytes | undefined> {
+    const row = await this.db.get<RecordRow>("records", [rk.group, id]);
+    if (!row) return undefined;
+    const r = parseRecord(row.record);
+    if (r.group !== rk.group || r.id !== id) fail("record", "a record stored under another group or id");
+    const key = rk.keys.get(r.gdk_version);
+    if (!key) fail("record", "no held key of GDK " + r.gdk_version + " of this group");
+    return (await openRecordUnder(key, r)).plaintext;
   }
 
   async recordIds(group: string): Promise<string[]> {

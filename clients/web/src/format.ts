@@ -154,16 +154,25 @@ function groupPrefix(group: string): Bytes {
 /** recordAAD is the AAD of a record: label, group, record id and GDK version (in one allocation: it is on every record's path). */
 export function recordAAD(group: string, id: string, version: number): Bytes {
   const p = groupPrefix(group);
-  const i = utf8(id);
-  if (i.length > 65535) throw new RangeError("field longer than 65535 bytes");
-  const out = new Uint8Array(p.length + 2 + i.length + 4);
+  // Ids are printable ASCII (checkID): one byte per character, written
+  // straight in; any other string goes through UTF-8.
+  let ascii = id.length <= 65535;
+  for (let k = 0; ascii && k < id.length; k++) ascii = id.charCodeAt(k) < 0x80;
+  const i = ascii ? undefined : utf8(id);
+  const n = i ? i.length : id.length;
+  if (n > 65535) throw new RangeError("field longer than 65535 bytes");
+  const out = new Uint8Array(p.length + 2 + n + 4);
   out.set(p);
   let o = p.length;
-  out[o++] = i.length >>> 8;
-  out[o++] = i.length & 255;
-  out.set(i, o);
-  o += i.length;
-  out.set(u32(version), o);
+  out[o++] = n >>> 8;
+  out[o++] = n & 255;
+  if (i) out.set(i, o);
+  else for (let k = 0; k < n; k++) out[o + k] = id.charCodeAt(k);
+  o += n;
+  out[o++] = version >>> 24;
+  out[o++] = (version >>> 16) & 255;
+  out[o++] = (version >>> 8) & 255;
+  out[o] = version & 255;
   return out;
 }
 

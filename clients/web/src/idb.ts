@@ -21,9 +21,16 @@ function storageError(e: unknown): DeviceError {
 }
 
 export class DB {
+  #closed = false;
+
   private constructor(readonly name: string, private readonly db: IDBDatabase) {
     // Another tab's logout deletes the database: close so it is not blocked.
-    db.onversionchange = () => db.close();
+    db.onversionchange = () => this.close();
+  }
+
+  /** closed: this connection was closed, here or because another tab deleted the database. */
+  get closed(): boolean {
+    return this.#closed;
   }
 
   static async open(name: string): Promise<DB> {
@@ -82,6 +89,7 @@ export class DB {
   }
 
   close(): void {
+    this.#closed = true;
     this.db.close();
   }
 

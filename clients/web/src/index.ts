@@ -14,11 +14,15 @@ export {
 export {
   GDK, type Want, type Opened, type To, type PRF, type PrivateKey, type P256Pair, type SlotInput, type OpenedRecord,
   newGDK, openPublic, openUnlock, openPassword, openPasskey, openChain, pickUnlock,
-  sealPublic, sealPassword, sealPasskey, sealChain, sealRecord, sealRecordRaw, openRecord,
+  sealPublic, sealPassword, sealPasskey, sealChain, sealRecord, sealRecordRaw, sealRecordUnder, openRecord, openRecordUnder,
 } from "./gdk.js";
 export { Keyring } from "./keyring.js";
 export {
-  Device, UnlockedKeys, type Recovery, type Secret, type PasskeyPRF, type DeviceOptions, MEMBER_KEY_RECORD, DEFAULT_MAX_ITERATIONS,
+  Device, UnlockedKeys, type RecordKeys, recordKeysOf, type Recovery, type Secret, type PasskeyPRF, type DeviceOptions, MEMBER_KEY_RECORD, DEFAULT_MAX_ITERATIONS,
 } from "./device.js";
 export { type Transport, type ConsumedCode, type Enrolment } from "./transport.js";
 export { createPasskey, passkeyPRF, prfOf } from "./webauthn.js";
+export * from "./state/index.js";
+export {
+  DeviceSession, type SessionOptions, type SessionSecret, type RecoveryStep, type DeviceHandle, type GroupHandle, groupCodec, deviceCodec,
+} from "./session.js";

@@ -1,5 +1,5 @@
 // The key state machines of the device and its groups, and their reach
-// across tabs. See docs/DEVICE-STATES.md.
+// across tabs. See docs/DEVICE.md, "States".
 
 export { type KeyState, type KeyEvent, type Transition, STATES, TRANSITIONS, next } from "./table.js";
 export { StateError, type StateErrorCode, type Failure, failureOf } from "./errors.js";

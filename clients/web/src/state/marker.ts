@@ -22,7 +22,8 @@ export function memoryMarkers(): MarkerStore {
 
 /** sessionStorage when the global exists, else a memory store. */
 export function defaultMarkers(): MarkerStore {
-  const s = (globalThis as { sessionStorage?: Storage }).sessionStorage;
+  // Typed by shape: a worker's type library has no Storage.
+  const s = (globalThis as { sessionStorage?: { getItem(k: string): string | null; setItem(k: string, v: string): void; removeItem(k: string): void } }).sessionStorage;
   if (s === undefined) return memoryMarkers();
   return {
     get: (k) => s.getItem(k),

@@ -1,7 +1,7 @@
 // The transition table of a key state machine. One table serves the device
 // (its keys come from a password or a passkey) and each group (its keys
 // come from the device's): the two differ only in what their unlock work
-// is given. docs/DEVICE-STATES.md is generated from this table.
+// is given. docs/DEVICE.md ("States") is generated from this table.
 
 /** Where a scope's keys are. */
 export type KeyState = "locked" | "unlocking" | "unlocked" | "failed" | "wiped";

@@ -3,7 +3,7 @@
 // gRPC), and one function per scenario for the driver (web/sdk_run.mjs).
 
 import {
-  Device, DeviceError, type Transport, type UnlockedKeys, codeOf, createPasskey, hex, newGDK, openRecord, passkeyPRF, prfOf,
+  Device, DeviceError, DeviceSession, type Transport, type UnlockedKeys, codeOf, createPasskey, hex, newGDK, openRecord, passkeyPRF, prfOf,
   sealPublic, sealRecordRaw, toB64, type PasskeyPRF, parseBundle, parseRecord, encodeRecord, encodeSlot, sealChain,
 } from "../../src/index.js";
 import { exportGDK, recordKey } from "../../src/gdk.js";
@@ -56,6 +56,19 @@ const transport: Transport = {
 let fx: Fixture;
 let device: Device;
 let keys: UnlockedKeys | null = null;
+let session: DeviceSession | undefined;
+
+// The page's DeviceSession: made at each load, and again once a user is
+// enrolled (a session on a device without a user starts wiped).
+async function newSession(): Promise<DeviceSession> {
+  session?.close();
+  session = await DeviceSession.open({ device, transport });
+  return session;
+}
+function sessionState() {
+  const f = session!.states.machine.failure;
+  return { state: session!.state, failure: f?.code ?? "", step: f?.step ?? "", marker: sessionStorage.getItem("escrowd.unlocking.device") ?? "" };
+}
 const secrets: string[] = []; // keys and PRF outputs the page saw, for the storage check
 
 async function remember(k: UnlockedKeys): Promise<void> {
@@ -100,7 +113,8 @@ const api = {
     if (!navigator.serviceWorker.controller) await navigator.serviceWorker.register("/sw.js", { scope: "/" });
     await navigator.serviceWorker.ready;
     device = await Device.open({ name: DB_NAME, deviceId: fx.deviceId });
-    return { persistent: device.persistent, controlled: !!navigator.serviceWorker.controller };
+    await newSession();
+    return { persistent: device.persistent, controlled: !!navigator.serviceWorker.controller, session: sessionState() };
   },
 
   // enrol: a new user on this device; the backend gives the user's groups
@@ -202,27 +216,31 @@ const api = {
   // one opens nothing. The report is queued (the network may be off).
   async recover(newPassword: string) {
     const typed = (document.getElementById("code") as HTMLInputElement).value;
-    const rec = await device.recover(fx.user, typed, transport);
-    await remember(rec.keys);
-    const read = await readAll(rec.keys);
+    // DeviceSession.recover: from failed (interrupted) after the reload, a retry.
+    const rec = await session!.recover(typed);
+    const k = session!.states.machine.held()!.keys!;
+    await remember(k);
+    const read = await readAll(k);
     await rec.setPassword(newPassword);
-    rec.keys.lock();
+    const afterSet = sessionState();
+    session!.lock();
     const oldPassword = await attempt(() => device.unlock(fx.user, { password: fx.password }));
-    const k = await device.unlock(fx.user, { password: newPassword });
-    const groups = k.groups();
-    k.lock();
+    const k2 = await device.unlock(fx.user, { password: newPassword });
+    const groups = k2.groups();
+    k2.lock();
     const wrongCode = await attempt(() => device.unlock(fx.user, { code: "0000-0000-0000-0000" }));
-    return { report: rec.report, read, groups, oldPassword, pending: (await device.pending()).length, wrongCode };
+    return { report: rec.report, read, groups, oldPassword, pending: (await device.pending()).length, wrongCode, afterSet };
   },
 
   // recoverBegin: the code opens everything and the report is queued; the
-  // page is then reloaded before a new password is set.
+  // page is then reloaded before a new password is set, with the step
+  // "recovery" pending.
   async recoverBegin() {
     const typed = (document.getElementById("code") as HTMLInputElement).value;
-    const rec = await device.recover(fx.user, typed, transport);
-    await remember(rec.keys);
-    rec.keys.lock();
-    return { pending: (await device.pending()).length };
+    const s = await newSession();
+    await s.recover(typed);
+    await remember(s.states.machine.held()!.keys!);
+    return { pending: (await device.pending()).length, session: sessionState() };
   },
 
   // online: one sync round sends what waited (the report, the new password

@@ -5,6 +5,7 @@
 // and reads their records.
 
 import { Device } from "../../src/device.js";
+import { DeviceSession } from "../../src/session.js";
 
 declare const self: ServiceWorkerGlobalScope;
 
@@ -25,16 +26,20 @@ self.addEventListener("message", (e) => {
   e.waitUntil((async () => {
     try {
       const device = await Device.open({ name: (e.data as { db: string }).db });
-      const keys = await device.unlockDevice();
+      // role "background": the device key opens the groups, no user; the
+      // worker neither posts its keys to the pages nor follows their locks.
+      const session = await DeviceSession.open({ device, role: "background" });
+      await session.unlockDevice();
+      const groups = session.states.groups().filter((g) => session.states.group(g).state === "unlocked").sort();
       const read: Record<string, string> = {};
-      for (const g of keys.groups()) {
+      for (const g of groups) {
         for (const id of await device.recordIds(g)) {
-          const pt = await device.getRecord(keys, g, id);
+          const pt = await session.get(g, id);
           if (pt) read[g + "/" + id] = new TextDecoder().decode(pt);
         }
       }
-      const groups = keys.groups();
-      keys.lock();
+      session.lock();
+      session.close();
       device.close();
       port.postMessage({ ok: true, groups, read, deviceId: device.deviceId });
     } catch (err) {
