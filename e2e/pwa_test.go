@@ -20,7 +20,7 @@ import (
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
 	"github.com/escrowd/escrowd/escrow/bundle"
 	"github.com/escrowd/escrowd/examples/syncbackend/backend"
-	"github.com/escrowd/escrowd/examples/syncbackend/grpcescrowd"
+	"github.com/escrowd/escrowd/examples/syncbackend/escrowdclient"
 	"github.com/escrowd/escrowd/examples/syncbackend/store"
 )
 
@@ -86,7 +86,7 @@ func TestPWA(t *testing.T) {
 
 	s := newStack(t, vaultSrv)
 	ctx := ctxT(t)
-	esc, err := grpcescrowd.Dial(s.addr, filepath.Join(pki.dir, "ca.crt"), filepath.Join(pki.dir, "sync-backend.crt"), filepath.Join(pki.dir, "sync-backend.key"))
+	esc, err := escrowdclient.Dial(s.addr, filepath.Join(pki.dir, "ca.crt"), filepath.Join(pki.dir, "sync-backend.crt"), filepath.Join(pki.dir, "sync-backend.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
