@@ -17,7 +17,7 @@ TEST_TIMEOUT       ?= 30m
 export ESCROWD_VAULTDEV := $(VAULTDEV)
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: all build deps postgres vaultdev test lint run proto fuzz bench bench-quick bench-bins clean
+.PHONY: all build deps postgres vaultdev test lint run demo proto fuzz bench bench-quick bench-bins clean
 
 all: build
 
@@ -124,6 +124,14 @@ bench-bins: deps vaultdev
 
 run: deps vaultdev build
 	./scripts/run-dev.sh
+
+# demo runs what run does, plus the reference sync backend and the demo PWA
+# (examples/), and prints the app's URL and the support commands; Ctrl-C
+# stops all of it. It needs neither PostgreSQL nor Chromium.
+demo: $(SOFTHSM) vaultdev build clients/web/node_modules
+	$(GO) build -o $(BIN)/syncbackend ./examples/syncbackend
+	$(GO) build -o $(BIN)/pwaserve ./examples/pwa/serve
+	./scripts/demo.sh
 
 proto:
 	GOBIN=$(CACHE)/bin $(GO) install $(PROTOC_GEN_GO)

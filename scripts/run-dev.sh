@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts a development escrowd with everything it needs under .run/: a
 # SoftHSM token with its master KEK, a Vault dev server with a file audit
-# device, and the daemon on the embedded store. Ctrl-C stops all of it;
-# running it again reuses the same token, Vault data and store.
+# device, and the daemon on the embedded store. Ctrl-C (or SIGTERM) stops
+# all of it; running it again reuses the same token, Vault data and store.
+# Arguments are passed on to escrowd (scripts/demo.sh adds -health-listen).
 #
 # Development only: the token's PINs and Vault's root token sit in .run/.
 set -euo pipefail
@@ -22,7 +23,17 @@ rm -f "$run/vault/addr"
 	-token-file "$run/vault/token" -audit-file "$run/vault/audit.log" -data "$run/vault/data" \
 	>>"$run/vault/vaultdev.log" 2>&1 &
 vault_pid=$!
-trap 'kill "$vault_pid" 2>/dev/null || true; wait "$vault_pid" 2>/dev/null || true' EXIT
+escrowd_pid=
+# escrowd stops first (it flushes its audit records to Vault), then Vault.
+stop() {
+	for pid in $escrowd_pid $vault_pid; do
+		kill "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+}
+trap stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 for _ in $(seq 600); do
 	[ -s "$run/vault/addr" ] && break
 	kill -0 "$vault_pid" 2>/dev/null || { echo "Vault dev server failed; see $run/vault/vaultdev.log" >&2; exit 1; }
@@ -72,4 +83,6 @@ MSG
 	-policy "$run/pki/policy.yaml" \
 	-hsm-module "$module" -hsm-token escrowd-dev -hsm-pin-file "$run/softhsm/user.pin" \
 	-vault-addr "$vault_addr" -vault-token-file "$run/vault/token" \
-	-pid-file "$run/escrowd.pid"
+	-pid-file "$run/escrowd.pid" "$@" &
+escrowd_pid=$!
+wait "$escrowd_pid"
