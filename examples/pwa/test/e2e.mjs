@@ -368,7 +368,7 @@ try {
     await page.click("#note-save");
     await shows(page, afterNote);
     await waitSynced(t2);
-    afterId = await page.evaluate((t) => [...document.querySelectorAll("#notes li")].find((li) => li.textContent === t).dataset.id, afterNote);
+    afterId = await (await page.waitForFunction((t) => [...document.querySelectorAll("#notes li")].find((li) => li.textContent === t)?.dataset.id, afterNote)).jsonValue();
     return { notes: await notesOf(page, [note, afterNote]), error: (await page.isVisible("#error")) ? await text("#error") : "" };
   });
   await step("bob no longer reads new notes", async () => {
@@ -395,9 +395,11 @@ try {
     }, { id: afterId, record });
     await openGroup(bob, "bob-notes");
     await openGroup(bob, "ann-notes");
-    await bob.waitForSelector(`#notes li[data-id="${afterId}"]`);
+    const injected = await (await bob.waitForFunction((id) => {
+      const li = document.querySelector(`#notes li[data-id="${id}"]`);
+      return li && { text: li.textContent, error: li.dataset.error ?? "" };
+    }, afterId, { timeout: 40000 })).jsonValue();
     await shotOf(bob, "bob-cannot-open-the-note-written-after-he-left");
-    const injected = await bob.$eval(`#notes li[data-id="${afterId}"]`, (li) => ({ text: li.textContent, error: li.dataset.error ?? "" }));
     return {
       meta: await bob.textContent("#group-meta"), groupLine: await bob.textContent("#groups li[data-group=ann-notes]"), notes: synced,
       injected, gdk: JSON.parse(record).gdk_version, records,
