@@ -211,9 +211,10 @@ func newStackWith(t testing.TB, v *vaulttest.Server, o stackOpts) *stack {
 	if o.token != nil {
 		tok = o.token
 	}
-	// Hot escrow keys and hot slots on, as escrowd's -hsm-hot-keys and
-	// -hsm-hot-slots defaults have them: every flow runs with unwrapped
-	// escrow keys and opened slots kept in the token.
+	// Hot escrow keys on, as escrowd's -hsm-hot-keys default has them, and
+	// hot slots on too (-hsm-hot-slots is 0 by default), so that every flow
+	// also runs with opened slots kept in the token; hsm's TestHotSlots*
+	// cover them off and on.
 	hcfg := tok.HSMConfig()
 	hcfg.HotKeys = 64
 	hcfg.HotSlots = 16

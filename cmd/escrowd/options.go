@@ -119,7 +119,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.hsmPINFile, "hsm-pin-file", "", "file holding the HSM user PIN (else $ESCROWD_HSM_PIN)")
 	fs.IntVar(&o.hsmSessions, "hsm-sessions", 4, "HSM session pool size")
 	fs.IntVar(&o.hsmHotKeys, "hsm-hot-keys", 64, "unwrapped escrow keys each HSM session keeps inside the token, so that re-wraps of one group in a row unwrap its key once (0: none; docs/HSM.md, \"Hot escrow keys\")")
-	fs.IntVar(&o.hsmHotSlots, "hsm-hot-slots", 16, "opened escrow slots (the GDK and its binding key) each HSM session keeps inside the token, so that re-wraps of the same slot in a row open and check it once (0: none; docs/HSM.md, \"Hot slots\")")
+	fs.IntVar(&o.hsmHotSlots, "hsm-hot-slots", 0, "opened escrow slots (the GDK and its binding key) each HSM session keeps inside the token, so that re-wraps of the same slot in a row open and check it once (0, the default: none; docs/HSM.md, \"Hot slots\")")
 	fs.DurationVar(&o.hsmHotKeyTTL, "hsm-hot-key-ttl", hsm.DefaultHotKeyTTL, "longest an unwrapped escrow key or an opened slot is kept inside the token after it was unwrapped or opened")
 	fs.StringVar(&o.kekLabel, "kek-label", "escrowd-kek", "master KEK label on the token")
 	fs.BoolVar(&o.allowPublicKEK, "hsm-allow-public-kek", false, "accept a public master KEK, as `escrowctl hsm init` made it before KEKs were private: SoftHSM keeps it in clear in the token directory. Development, and migrating such a token (docs/LIFECYCLE.md), only")
