@@ -287,3 +287,14 @@ func (v *Vault) Acknowledged(ctx context.Context, seq uint64) (*Acknowledgement,
 	}
 	return a, nil
 }
+
+// haltAcknowledged reports whether halt is a poisoned position that an
+// operator has acknowledged since (read-only: the writer's own state is
+// not touched).
+func (v *Vault) haltAcknowledged(ctx context.Context, halt error) bool {
+	if !errors.Is(halt, ErrPoisoned) || v.cfg.Keyer == nil {
+		return false
+	}
+	a, err := v.Acknowledged(ctx, v.poisonedAt.Load())
+	return err == nil && a != nil
+}

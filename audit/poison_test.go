@@ -160,10 +160,15 @@ func TestPoisonedPositionHalts(t *testing.T) {
 			if got, err := v.Acknowledged(ctx, next); err != nil || got == nil || got.Ticket != "INC-1" || got.Digest != a.Digest {
 				t.Fatalf("Acknowledged: %+v, %v", got, err)
 			}
+			// Healthy before any write: a halted daemon gets no request
+			// to write until health says it serves.
+			if err := v.Healthy(ctx); err != nil {
+				t.Fatalf("health after the acknowledgement: %v", err)
+			}
 			commitAll(t, v, 7, 10)
 			commitAll(t, w, 10, 12)
 			if err := v.Healthy(ctx); err != nil {
-				t.Fatalf("health after the acknowledgement: %v", err)
+				t.Fatalf("health after the writes: %v", err)
 			}
 			if n, halts := obs.state(); n != 1 || halts[len(halts)-1] != "" {
 				t.Fatalf("after the acknowledgement: counted %d, halts %q", n, halts)

@@ -853,10 +853,14 @@ func (v *Vault) Find(ctx context.Context, id string) (*Chained, error) {
 	return found, nil
 }
 
-// Healthy reports whether Vault is unsealed and answering.
+// Healthy reports whether Vault is unsealed and answering, and the
+// writer not halted. A writer halted at a poisoned position is healthy
+// again as soon as an operator has acknowledged it: the next write goes
+// on past it, and health must say so first, or no request would come to
+// make that write.
 func (v *Vault) Healthy(ctx context.Context) (err error) {
 	defer func() { v.cfg.Observer.ObserveVaultHealth(err) }()
-	if h := v.halted.Load(); h != nil {
+	if h := v.halted.Load(); h != nil && !v.haltAcknowledged(ctx, *h) {
 		return *h
 	}
 	h, err := v.client.Sys().HealthWithContext(ctx)

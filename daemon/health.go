@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -70,7 +71,13 @@ type HealthReasoner interface {
 func healthReason(name string, err error) string {
 	var r HealthReasoner
 	if errors.As(err, &r) {
-		return name + ": " + r.HealthReason()
+		// A header value is printable ASCII.
+		return name + ": " + strings.Map(func(c rune) rune {
+			if c < ' ' || c > '~' {
+				return '?'
+			}
+			return c
+		}, r.HealthReason())
 	}
 	return name + ": unhealthy (escrowd's log says why)"
 }
