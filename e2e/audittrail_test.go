@@ -31,27 +31,6 @@ func (s *stack) requests(ctx context.Context, n int) {
 	}
 }
 
-// batchOf returns the position of the batch holding record id, 0 if none.
-func (s *stack) batchOf(ctx context.Context, id string) uint64 {
-	s.t.Helper()
-	var at uint64
-	err := s.audit.Walk(ctx, func(seq uint64, b *audit.Batch) error {
-		if b == nil {
-			return nil
-		}
-		for _, r := range b.Records {
-			if r.ID == id {
-				at = seq
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	return at
-}
-
 // lastBatch is the position of the last batch of the trail.
 func (s *stack) lastBatch(ctx context.Context) uint64 {
 	s.t.Helper()
