@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strconv"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
@@ -233,13 +234,37 @@ func (v *Vault) acknowledgement(ctx context.Context, seq uint64) (*Acknowledgeme
 	if err != nil {
 		return nil, fmt.Errorf("%w: failed to read the acknowledgement of audit position %d: %v", ErrUnavailable, seq, firstLine(err))
 	}
-	str := func(k string) string { x, _ := s.Data[k].(string); return x }
-	a := &Acknowledgement{Digest: str("digest"), Ticket: str("ticket"), Key: str("key"), MAC: str("mac"), What: str("what")}
-	if _, err := fmt.Sscan(str("seq"), &a.Seq); err != nil {
+	a, err := parseAck(s.Data)
+	if err != nil {
+		// Not an acknowledgement: one that cannot verify.
 		return &Acknowledgement{}, nil
 	}
+	return a, nil
+}
+
+// parseAck reads an acknowledgement as Vault returns its data: every
+// field a string, the position decimal, the time RFC 3339, the digest 32
+// bytes of hex, the ticket 1 to maxTicket bytes. It says nothing of the
+// MAC (ackValid does).
+func parseAck(data map[string]any) (*Acknowledgement, error) {
+	str := func(k string) string { x, _ := data[k].(string); return x }
+	a := &Acknowledgement{Digest: str("digest"), Ticket: str("ticket"), Key: str("key"), MAC: str("mac"), What: str("what")}
+	seq, err := strconv.ParseUint(str("seq"), 10, 64)
+	if err != nil || seq == 0 {
+		return nil, errors.New("acknowledgement: no position")
+	}
+	a.Seq = seq
 	if a.At, err = time.Parse(time.RFC3339, str("at")); err != nil {
-		return &Acknowledgement{}, nil
+		return nil, errors.New("acknowledgement: no time")
+	}
+	if d, err := hex.DecodeString(a.Digest); err != nil || len(d) != sha256.Size {
+		return nil, errors.New("acknowledgement: the digest is not 32 bytes of hex")
+	}
+	if a.Ticket == "" || len(a.Ticket) > maxTicket {
+		return nil, errors.New("acknowledgement: no ticket")
+	}
+	if a.Key == "" || a.MAC == "" {
+		return nil, errors.New("acknowledgement: no MAC")
 	}
 	return a, nil
 }

@@ -216,3 +216,63 @@ func TestAcknowledgementBoundToContent(t *testing.T) {
 		t.Fatalf("Acknowledged after the entry changed: %+v, %v", a, err)
 	}
 }
+
+// TestParseAck: what parseAck takes and refuses, as Vault returns it.
+func TestParseAck(t *testing.T) {
+	good := func() map[string]any {
+		return map[string]any{"seq": "17", "digest": strings.Repeat("ab", 32), "ticket": "INC-1", "at": "2026-12-01T20:00:00Z",
+			"key": "0011223344556677", "mac": strings.Repeat("cd", 32), "what": "not a batch"}
+	}
+	tests := []struct {
+		name string
+		edit func(m map[string]any)
+		ok   bool
+	}{
+		{"good", func(map[string]any) {}, true},
+		{"no what", func(m map[string]any) { delete(m, "what") }, true},
+		{"seq zero", func(m map[string]any) { m["seq"] = "0" }, false},
+		{"seq negative", func(m map[string]any) { m["seq"] = "-1" }, false},
+		{"seq a number", func(m map[string]any) { m["seq"] = 17 }, false},
+		{"seq with a tail", func(m map[string]any) { m["seq"] = "17 18" }, false},
+		{"no time", func(m map[string]any) { delete(m, "at") }, false},
+		{"bad time", func(m map[string]any) { m["at"] = "yesterday" }, false},
+		{"short digest", func(m map[string]any) { m["digest"] = "abcd" }, false},
+		{"digest not hex", func(m map[string]any) { m["digest"] = strings.Repeat("zz", 32) }, false},
+		{"no ticket", func(m map[string]any) { m["ticket"] = "" }, false},
+		{"long ticket", func(m map[string]any) { m["ticket"] = strings.Repeat("x", maxTicket+1) }, false},
+		{"no key", func(m map[string]any) { delete(m, "key") }, false},
+		{"no MAC", func(m map[string]any) { m["mac"] = "" }, false},
+		{"MAC not a string", func(m map[string]any) { m["mac"] = []any{"x"} }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := good()
+			tt.edit(m)
+			a, err := parseAck(m)
+			if (err == nil) != tt.ok {
+				t.Fatalf("parseAck: %+v, %v; want ok %v", a, err, tt.ok)
+			}
+			if tt.ok && (a.Seq != 17 || a.Ticket != "INC-1" || a.At.Unix() != 1796155200) {
+				t.Fatalf("parsed %+v", a)
+			}
+		})
+	}
+}
+
+// FuzzParseAck: no data from Vault makes parseAck panic, and what it
+// takes is well formed.
+func FuzzParseAck(f *testing.F) {
+	f.Add([]byte(`{"seq":"17","digest":"` + strings.Repeat("ab", 32) + `","ticket":"INC-1","at":"2026-12-01T20:00:00Z","key":"k","mac":"m"}`))
+	f.Add([]byte(`{"seq":17}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		m, err := toMap(raw)
+		if err != nil {
+			return
+		}
+		a, err := parseAck(m)
+		if err == nil && (a.Seq == 0 || len(a.Digest) != 64 || a.Ticket == "" || a.MAC == "") {
+			t.Fatalf("took a malformed acknowledgement: %+v", a)
+		}
+	})
+}
