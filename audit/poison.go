@@ -89,14 +89,13 @@ func (v *Vault) poison(ctx context.Context, seq uint64, why error) error {
 	if err != nil {
 		return err
 	}
-	ack, err := v.acknowledgement(ctx, seq)
-	if err != nil {
-		return err
-	}
+	// An acknowledgement that cannot be read (Vault failing, or a token
+	// without read on it) leaves the writer halted, saying so.
+	ack, ackErr := v.acknowledgement(ctx, seq)
 	if v.keys == nil && v.cfg.Keyer != nil {
 		v.keys = v.newKeyRing()
 	}
-	if ack != nil && v.ackValid(ctx, v.keys, ack, seq, digest) == nil {
+	if ackErr == nil && ack != nil && v.ackValid(ctx, v.keys, ack, seq, digest) == nil {
 		return nil
 	}
 	what := "something that is not a batch"
@@ -106,7 +105,10 @@ func (v *Vault) poison(ctx context.Context, seq uint64, why error) error {
 	reason := fmt.Sprintf("audit trail poisoned at position %d (%s): it holds %s; escrowd did not write it. "+
 		"Writes stop until an operator acknowledges it: escrowctl audit acknowledge -seq %d -ticket TICKET (docs/OPERATIONS.md)",
 		seq, v.BatchPath(seq), what, seq)
-	if ack != nil {
+	switch {
+	case ackErr != nil:
+		reason += "; its acknowledgement, if any, cannot be read: " + firstLine(ackErr)
+	case ack != nil:
 		reason += "; the acknowledgement found for it does not verify or is for other content"
 	}
 	herr := &HaltError{err: fmt.Errorf("%w: %w: %s (%v)", ErrUnavailable, ErrPoisoned, reason, firstLine(why)), reason: reason}
