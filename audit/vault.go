@@ -121,7 +121,8 @@ type Vault struct {
 
 	anchor *anchorer
 	// halted is the error that stops every write until the trail is
-	// repaired (a truncation); Healthy reports it.
+	// repaired (a truncation) or a poisoned position acknowledged (a
+	// *HaltError); Healthy reports it.
 	halted atomic.Pointer[error]
 
 	// Owned by the writer goroutine.
@@ -479,11 +480,11 @@ func (v *Vault) write(recs []*Record) error {
 	if !v.known {
 		if err := v.findHead(ctx); err != nil {
 			if errors.Is(err, ErrTruncated) {
-				v.halted.Store(&err)
+				v.halt(&HaltError{err: err, reason: strings.TrimPrefix(err.Error(), ErrUnavailable.Error()+": ")}, "truncated")
 			}
 			return err
 		}
-		v.halted.Store(nil)
+		v.resume()
 	}
 	for {
 		chained, n, head, err := link(recs, v.n, v.prev)
@@ -580,6 +581,9 @@ const maxWalkBack = 64
 // adoptLast moves the head to position last, chaining after the last
 // batch at or before it that is readable and, if the chain is keyed,
 // verifies. Positions are never reused: the next write goes after last.
+// A position holding what is not a batch, or a forged one, stops the
+// writer (poison) unless an operator acknowledged it; deleted positions
+// are walked past (the anchor catches a deleted tail).
 func (v *Vault) adoptLast(ctx context.Context, last uint64) error {
 	for s := last; s >= 1 && last-s < maxWalkBack; s-- {
 		b, err := v.readBatch(ctx, s)
@@ -587,17 +591,21 @@ func (v *Vault) adoptLast(ctx context.Context, last uint64) error {
 		case errors.Is(err, vault.ErrSecretNotFound):
 			continue
 		case errors.Is(err, errBadBatch):
-			v.poisoned(s)
-			continue
+			if err := v.poison(ctx, s, err); err != nil {
+				return err
+			}
+			continue // acknowledged
 		case err != nil:
 			return fmt.Errorf("%w: failed to read audit batch %d: %v", ErrUnavailable, s, firstLine(err))
 		}
 		if v.keys != nil {
 			// A batch whose MAC the HSM cannot compute (its key's KEK was
 			// destroyed) is not known forged: chain after it.
-			if err := v.keys.check(ctx, b); errors.Is(err, errForged) {
-				v.poisoned(s)
-				continue
+			if cerr := v.keys.check(ctx, b); errors.Is(cerr, errForged) {
+				if err := v.poison(ctx, s, cerr); err != nil {
+					return err
+				}
+				continue // acknowledged
 			}
 		}
 		if len(b.Records) == 0 {
@@ -619,16 +627,20 @@ func (v *Vault) adoptLast(ctx context.Context, last uint64) error {
 
 // poisoned notes a position that holds something this writer will not
 // chain after: not a batch, or, in a keyed trail, a batch without a valid
-// MAC. It is skipped, not overwritten; Verify names it.
+// MAC. It is never overwritten; Verify names it. Each position is counted
+// once, however often the halted writer finds it again.
 func (v *Vault) poisoned(seq uint64) {
-	v.poisonedAt.Store(seq)
+	if v.poisonedAt.Swap(seq) == seq {
+		return
+	}
 	if o, ok := v.cfg.Observer.(PoisonObserver); ok {
 		o.ObservePoisonedBatch()
 	}
 }
 
-// Poisoned returns the last position the writer skipped because it held
-// an unreadable or forged batch, 0 if none.
+// Poisoned returns the last position the writer found holding an
+// unreadable or forged batch (and halted at, or skipped once it was
+// acknowledged), 0 if none.
 func (v *Vault) Poisoned() uint64 { return v.poisonedAt.Load() }
 
 func (v *Vault) exists(ctx context.Context, seq uint64) (bool, error) {
@@ -644,9 +656,9 @@ func (v *Vault) exists(ctx context.Context, seq uint64) (bool, error) {
 
 // adopt moves the head to batch seq, written by another writer. A
 // position holding what is not a batch, or a batch whose MAC does not
-// verify, is skipped: the next write chains after the last good batch, at
-// the next position, so that nothing planted at a position can stop the
-// writers.
+// verify, stops the writer (poison): every write fails until an operator
+// acknowledges the position, after which it is skipped and the next write
+// chains after the last good batch, at the next position.
 func (v *Vault) adopt(ctx context.Context, seq uint64) error {
 	b, err := v.readBatch(ctx, seq)
 	if err != nil {
@@ -657,7 +669,9 @@ func (v *Vault) adopt(ctx context.Context, seq uint64) error {
 			return nil
 		}
 		if errors.Is(err, errBadBatch) {
-			v.poisoned(seq)
+			if err := v.poison(ctx, seq, err); err != nil {
+				return err
+			}
 			v.seq = seq
 			return nil
 		}
@@ -666,8 +680,10 @@ func (v *Vault) adopt(ctx context.Context, seq uint64) error {
 	if v.keys != nil {
 		// A batch whose MAC the HSM cannot compute (its key's KEK was
 		// destroyed) is not known forged: chain after it.
-		if err := v.keys.check(ctx, b); errors.Is(err, errForged) {
-			v.poisoned(seq)
+		if cerr := v.keys.check(ctx, b); errors.Is(cerr, errForged) {
+			if err := v.poison(ctx, seq, cerr); err != nil {
+				return err
+			}
 			v.seq = seq
 			return nil
 		}
@@ -837,10 +853,14 @@ func (v *Vault) Find(ctx context.Context, id string) (*Chained, error) {
 	return found, nil
 }
 
-// Healthy reports whether Vault is unsealed and answering.
+// Healthy reports whether Vault is unsealed and answering, and the
+// writer not halted. A writer halted at a poisoned position is healthy
+// again as soon as an operator has acknowledged it: the next write goes
+// on past it, and health must say so first, or no request would come to
+// make that write.
 func (v *Vault) Healthy(ctx context.Context) (err error) {
 	defer func() { v.cfg.Observer.ObserveVaultHealth(err) }()
-	if h := v.halted.Load(); h != nil {
+	if h := v.halted.Load(); h != nil && !v.haltAcknowledged(ctx, *h) {
 		return *h
 	}
 	h, err := v.client.Sys().HealthWithContext(ctx)

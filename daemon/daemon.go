@@ -217,6 +217,9 @@ type Server struct {
 	handshakeLog           logLimiter
 	refusals               refusalPacer
 
+	// notServing is why health last reported NOT_SERVING (health.go).
+	notServing notServingReasons
+
 	watchOnce sync.Once
 	stopOnce  sync.Once
 	stop      chan struct{}
@@ -290,7 +293,7 @@ func New(cfg Config, opts ...grpc.ServerOption) (*Server, error) {
 	escrowdv1.RegisterSyncServiceServer(s.grpc, &syncService{s: s})
 	escrowdv1.RegisterSupportServiceServer(s.grpc, &supportService{s: s})
 	escrowdv1.RegisterSecurityServiceServer(s.grpc, &securityService{s: s})
-	hs := drainingHealth{Server: s.health, stop: s.stop}
+	hs := drainingHealth{Server: s.health, stop: s.stop, reasons: &s.notServing}
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	reflection.Register(s.grpc)
 
@@ -444,16 +447,17 @@ func (s *Server) watchHealth() {
 }
 
 func (s *Server) checkHealth() {
-	ok := true
+	var reasons []string
 	for name, c := range s.cfg.Checks {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		err := c.Healthy(ctx)
 		cancel()
 		s.cfg.Observer.ObserveCheck(name, err == nil)
 		if err != nil {
-			ok = false
+			reasons = append(reasons, healthReason(name, err))
 			s.log.Warn("dependency unhealthy", zap.String("dependency", name), zap.Error(err))
 		}
 	}
-	s.setServing(ok)
+	s.notServing.set(reasons)
+	s.setServing(len(reasons) == 0)
 }

@@ -2,10 +2,15 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 )
 
 // drainingHealth is grpc-go's health server with one change: a Watch
@@ -15,7 +20,8 @@ import (
 // health would otherwise hold every shutdown until its timeout.
 type drainingHealth struct {
 	*health.Server
-	stop <-chan struct{}
+	stop    <-chan struct{}
+	reasons *notServingReasons
 }
 
 func (h drainingHealth) Watch(req *healthpb.HealthCheckRequest, stream grpc.ServerStreamingServer[healthpb.HealthCheckResponse]) error {
@@ -45,3 +51,65 @@ type watchStream struct {
 }
 
 func (w watchStream) Context() context.Context { return w.ctx }
+
+// HeaderNotServing is the response header of a health Check answered
+// NOT_SERVING: one value per failing dependency, "name: reason". gRPC
+// health has no field for why, and an operator (or `grpcurl -v`) looking
+// at a fleet that stopped serving needs to know without reading every
+// replica's log.
+const HeaderNotServing = "escrowd-not-serving"
+
+// HealthReasoner is an error of a dependency check whose HealthReason may
+// be said on the unauthenticated health listener: what is wrong and where,
+// nothing secret. Other errors are said only by the dependency's name;
+// their text goes to the log.
+type HealthReasoner interface {
+	HealthReason() string
+}
+
+// healthReason is what health says about dependency name failing with err.
+func healthReason(name string, err error) string {
+	var r HealthReasoner
+	if errors.As(err, &r) {
+		// A header value is printable ASCII.
+		return name + ": " + strings.Map(func(c rune) rune {
+			if c < ' ' || c > '~' {
+				return '?'
+			}
+			return c
+		}, r.HealthReason())
+	}
+	return name + ": unhealthy (escrowd's log says why)"
+}
+
+// notServingReasons is why the last health check failed, sorted; empty
+// while serving.
+type notServingReasons struct {
+	mu      sync.Mutex
+	reasons []string
+}
+
+func (n *notServingReasons) set(r []string) {
+	slices.Sort(r)
+	n.mu.Lock()
+	n.reasons = r
+	n.mu.Unlock()
+}
+
+func (n *notServingReasons) get() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.reasons
+}
+
+// Check is grpc-go's, with the reasons in HeaderNotServing when the
+// answer is NOT_SERVING.
+func (h drainingHealth) Check(ctx context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	r, err := h.Server.Check(ctx, req)
+	if err == nil && r.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING && h.reasons != nil {
+		if rs := h.reasons.get(); len(rs) > 0 {
+			_ = grpc.SetHeader(ctx, metadata.MD{HeaderNotServing: rs})
+		}
+	}
+	return r, err
+}

@@ -2,10 +2,16 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
 )
@@ -66,5 +72,51 @@ func TestDrain(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("shutdown did not finish: the Watch stream holds the drain")
+	}
+}
+
+// reasonErr is a dependency error that may be said on the health
+// listener, as audit.HaltError is.
+type reasonErr struct{ reason string }
+
+func (e reasonErr) Error() string        { return "secret detail: " + e.reason }
+func (e reasonErr) HealthReason() string { return e.reason }
+
+// TestNotServingReason: a NOT_SERVING answer names each failing
+// dependency in HeaderNotServing, with the reason of an error that gives
+// one, and only the dependency's name for any other (its text may hold
+// what the unauthenticated listener must not say); SERVING carries none.
+func TestNotServingReason(t *testing.T) {
+	tests := []struct {
+		name   string
+		checks map[string]Checker
+		status healthpb.HealthCheckResponse_ServingStatus
+		want   []string
+	}{
+		{"serving", map[string]Checker{"hsm": fakeCheck{}, "vault": fakeCheck{}}, healthpb.HealthCheckResponse_SERVING, nil},
+		{"poisoned trail", map[string]Checker{"hsm": fakeCheck{},
+			"vault": fakeCheck{err: fmt.Errorf("wrapped: %w", reasonErr{"audit trail poisoned at position 7"})}},
+			healthpb.HealthCheckResponse_NOT_SERVING, []string{"vault: audit trail poisoned at position 7"}},
+		{"two down, one without a reason", map[string]Checker{"hsm": fakeCheck{err: errors.New("token pin-file /x secret")},
+			"vault": fakeCheck{err: reasonErr{"audit trail truncated"}}},
+			healthpb.HealthCheckResponse_NOT_SERVING, []string{"hsm: unhealthy (escrowd's log says why)", "vault: audit trail truncated"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, _ := startWith(t, &fakeEscrow{}, &fakeAuditor{}, tt.checks, nil)
+			var hdr metadata.MD
+			r, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{}, grpc.Header(&hdr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.GetStatus() != tt.status || !slices.Equal(hdr.Get(HeaderNotServing), tt.want) {
+				t.Fatalf("health %v, %s %q; want %v, %q", r.GetStatus(), HeaderNotServing, hdr.Get(HeaderNotServing), tt.status, tt.want)
+			}
+			for _, v := range hdr.Get(HeaderNotServing) {
+				if strings.Contains(v, "secret") {
+					t.Fatalf("health says an error's text: %q", v)
+				}
+			}
+		})
 	}
 }

@@ -31,27 +31,6 @@ func (s *stack) requests(ctx context.Context, n int) {
 	}
 }
 
-// batchOf returns the position of the batch holding record id, 0 if none.
-func (s *stack) batchOf(ctx context.Context, id string) uint64 {
-	s.t.Helper()
-	var at uint64
-	err := s.audit.Walk(ctx, func(seq uint64, b *audit.Batch) error {
-		if b == nil {
-			return nil
-		}
-		for _, r := range b.Records {
-			if r.ID == id {
-				at = seq
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	return at
-}
-
 // lastBatch is the position of the last batch of the trail.
 func (s *stack) lastBatch(ctx context.Context) uint64 {
 	s.t.Helper()
@@ -88,59 +67,6 @@ func kinds(ps []audit.Problem) []string {
 		out = append(out, fmt.Sprintf("%d:%s", p.Batch, p.Kind))
 	}
 	return out
-}
-
-// TestForgedBatchNamed: a batch appended with the Vault token but without
-// the chain key is named by verify, and the daemon goes on writing after
-// the last good batch.
-func TestForgedBatchNamed(t *testing.T) {
-	s := newStack(t, vaultSrv)
-	ctx := ctxT(t)
-	s.requests(ctx, 3)
-	if err := thief(t, s).Commit(ctx, forgedRecord("forged-1")); err != nil {
-		t.Fatal(err)
-	}
-	forged := s.batchOf(ctx, "forged-1")
-	s.requests(ctx, 2) // the writer skips the forged position
-	r, err := s.audit.VerifyAll(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := kinds(r.Problems); len(got) != 1 || got[0] != fmt.Sprintf("%d:forged", forged) || !r.Keyed {
-		t.Fatalf("problems %q (keyed %v), want one: batch %d forged", got, r.Keyed, forged)
-	}
-	if s.audit.Poisoned() != forged {
-		t.Fatalf("the writer skipped position %d, want %d", s.audit.Poisoned(), forged)
-	}
-	t.Logf("%s", &r.Problems[0])
-}
-
-// TestPlantedGarbageSkipped: what is not a batch, planted at the next
-// position, neither stops the writers nor goes unreported.
-func TestPlantedGarbageSkipped(t *testing.T) {
-	s := newStack(t, vaultSrv)
-	ctx := ctxT(t)
-	s.requests(ctx, 2)
-	vc, err := vaultSrv.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	next := s.lastBatch(ctx) + 1
-	if _, err := vc.KVv2("secret").Put(ctx, s.batchPath(next), map[string]any{"garbage": "x"}); err != nil {
-		t.Fatal(err)
-	}
-	s.requests(ctx, 3)
-	r, err := s.audit.VerifyAll(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := kinds(r.Problems); len(got) != 1 || got[0] != fmt.Sprintf("%d:deleted", next) ||
-		!strings.Contains(r.Problems[0].Detail, "cannot be read") {
-		t.Fatalf("problems %v, want one: batch %d cannot be read", r.Problems, next)
-	}
-	if s.audit.Poisoned() != next || r.Records != 5 {
-		t.Fatalf("skipped %d (want %d), %d records (want 5)", s.audit.Poisoned(), next, r.Records)
-	}
 }
 
 // TestTruncationRefused deletes the last batches in Vault and restarts

@@ -50,6 +50,7 @@ type Metrics struct {
 	summarised   prometheus.Counter
 	openIntents  prometheus.Counter
 	poisoned     prometheus.Counter
+	halted       *prometheus.GaugeVec
 }
 
 // Result label values.
@@ -124,9 +125,13 @@ func New(l Labels) *Metrics {
 			Namespace: Namespace, Subsystem: "audit", Name: "poisoned_batches_total",
 			Help: "Audit trail positions the writer skipped because they held something it will not chain after: not a batch, or a batch whose MAC does not verify under the chain key. Someone other than escrowd wrote to the trail.",
 		}),
+		halted: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "audit", Name: "halted",
+			Help: "1 while the audit writer refuses to write, by reason: poisoned (a position holds what escrowd did not write, not yet acknowledged) or truncated (the trail ends below its anchored head). Every request that needs a record fails UNAVAILABLE meanwhile; health reports NOT_SERVING with the reason.",
+		}, []string{"reason"}),
 	}
 	m.reg.MustRegister(m.rpc, m.hsmOp, m.sessionWait, m.auditBatch, m.auditCommit, m.vaultErrors, m.denials, m.dependencyUp,
-		m.handshakes, m.summarised, m.openIntents, m.poisoned,
+		m.handshakes, m.summarised, m.openIntents, m.poisoned, m.halted,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.seed(l)
 	return m
@@ -146,6 +151,9 @@ func (m *Metrics) seed(l Labels) {
 	m.auditCommit.WithLabelValues(resultError)
 	m.vaultErrors.WithLabelValues("write")
 	m.vaultErrors.WithLabelValues("health")
+	for _, r := range haltReasons {
+		m.halted.WithLabelValues(r)
+	}
 	for _, d := range l.Dependencies {
 		m.dependencyUp.WithLabelValues(d)
 	}
@@ -191,6 +199,21 @@ func (m *Metrics) ObserveOpenIntent(string) { m.openIntents.Inc() }
 
 // ObservePoisonedBatch satisfies audit.PoisonObserver.
 func (m *Metrics) ObservePoisonedBatch() { m.poisoned.Inc() }
+
+// haltReasons are the reasons audit.HaltObserver reports.
+var haltReasons = []string{"poisoned", "truncated"}
+
+// ObserveAuditHalted satisfies audit.HaltObserver: the writer halted for
+// reason, or went on ("").
+func (m *Metrics) ObserveAuditHalted(reason string) {
+	for _, r := range haltReasons {
+		v := 0.0
+		if r == reason {
+			v = 1
+		}
+		m.halted.WithLabelValues(r).Set(v)
+	}
+}
 
 // ObserveRefusalSummarised satisfies audit.RefusalObserver.
 func (m *Metrics) ObserveRefusalSummarised() { m.summarised.Inc() }

@@ -26,6 +26,7 @@ var (
 	_ audit.RefusalObserver    = (*metrics.Metrics)(nil)
 	_ daemon.IntentObserver    = (*metrics.Metrics)(nil)
 	_ audit.PoisonObserver     = (*metrics.Metrics)(nil)
+	_ audit.HaltObserver       = (*metrics.Metrics)(nil)
 )
 
 func newMetrics() *metrics.Metrics {
@@ -103,6 +104,12 @@ func TestObservations(t *testing.T) {
 			`escrowd_audit_open_intents_total`, "1"},
 		{"poisoned batch", func(m *metrics.Metrics) { m.ObservePoisonedBatch() },
 			`escrowd_audit_poisoned_batches_total`, "1"},
+		{"audit halted", func(m *metrics.Metrics) { m.ObserveAuditHalted("poisoned") },
+			`escrowd_audit_halted{reason="poisoned"}`, "1"},
+		{"audit halted, other reason", func(m *metrics.Metrics) { m.ObserveAuditHalted("poisoned") },
+			`escrowd_audit_halted{reason="truncated"}`, "0"},
+		{"audit goes on", func(m *metrics.Metrics) { m.ObserveAuditHalted("poisoned"); m.ObserveAuditHalted("") },
+			`escrowd_audit_halted{reason="poisoned"}`, "0"},
 		{"seeded before any observation", func(*metrics.Metrics) {},
 			`escrowd_rpc_duration_seconds_count{code="OK",method="/escrowd.v1.SupportService/RevealUnlockCode"}`, "0"},
 		{"seeded hsm op", func(*metrics.Metrics) {},
@@ -180,8 +187,8 @@ func TestDocumented(t *testing.T) {
 			}
 		}
 	}
-	if n != 12 {
-		t.Errorf("%d escrowd metrics; the test and the docs know 12", n)
+	if n != 13 {
+		t.Errorf("%d escrowd metrics; the test and the docs know 13", n)
 	}
 	for _, v := range append(append(hsm.Ops(), daemon.DenialReasons()...), daemon.HandshakeReasons()...) {
 		if !strings.Contains(string(doc), "`"+v+"`") {

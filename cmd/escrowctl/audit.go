@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"time"
@@ -10,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/escrowd/escrowd/audit"
+	"github.com/escrowd/escrowd/audit/hsmkey"
 	"github.com/escrowd/escrowd/internal/secret"
 )
 
@@ -42,7 +45,7 @@ func (v *vaultFlags) open() (*audit.Vault, error) {
 }
 
 func auditCmd(a *app) *cobra.Command {
-	return parent("audit", "Read and verify the audit trail in Vault (reads Vault directly)", auditVerify(a), auditCheckpointCmd(a), auditRead(a))
+	return parent("audit", "Read and verify the audit trail in Vault (reads Vault directly)", auditVerify(a), auditCheckpointCmd(a), auditRead(a), auditAcknowledgeCmd(a))
 }
 
 // addChainKeyFlags adds the HSM flags that let verify and checkpoint check
@@ -147,4 +150,62 @@ func readTrail(ctx context.Context, v *audit.Vault, n int, out io.Writer) error 
 		}
 	}
 	return nil
+}
+
+func auditAcknowledgeCmd(a *app) *cobra.Command {
+	var o auditOptions
+	c := &cobra.Command{
+		Use:   "acknowledge -seq N -ticket TICKET --token LABEL [--pin-file FILE]",
+		Short: "Acknowledge a poisoned trail position, so that escrowd's writers go on past it",
+		Long: `Record, beside the trail in Vault and under the chain key (so the HSM is
+needed), that the operator has looked at position N: it holds something
+that is not a batch, or a batch whose MAC does not verify, and escrowd has
+stopped writing because of it. The acknowledgement names the ticket of the
+incident and is bound to the exact entry found there; escrowd's writers
+then chain past the position, after the last good batch, and resume within
+one health check. The entry is left as it is: audit verify keeps naming it.
+Do this only after keeping a copy of the entry and revoking the token that
+wrote it (docs/OPERATIONS.md, "The audit trail truncated or poisoned").`,
+		Args: cobra.NoArgs,
+	}
+	v := addVaultFlags(c)
+	addChainKeyFlags(c, &o)
+	var seq uint64
+	var ticket string
+	c.Flags().Uint64Var(&seq, "seq", 0, "the poisoned position, as audit verify and escrowd's health name it")
+	c.Flags().StringVar(&ticket, "ticket", "", "the incident's ticket, kept in the acknowledgement")
+	c.MarkFlagRequired("seq")
+	c.MarkFlagRequired("ticket")
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		if o.token == "" {
+			return errors.New("--token is required: an acknowledgement is made with the chain key, in the HSM")
+		}
+		tok, err := secret.Load("Vault token", v.tokenFile, "VAULT_TOKEN")
+		if err != nil {
+			return err
+		}
+		o.vault = audit.VaultConfig{Address: v.addr, Token: tok, Mount: v.mount, Prefix: v.prefix}
+		h, err := o.openHSM()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		o.vault.Keyer = hsmkey.Keyer{HSM: h}
+		vault, err := audit.NewVault(o.vault)
+		if err != nil {
+			return err
+		}
+		defer vault.Close()
+		ctx, cancel := context.WithTimeout(cmd.Context(), v.timeout)
+		defer cancel()
+		ack, err := vault.Acknowledge(ctx, seq, ticket)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(a.out, "position %d acknowledged under ticket %s at %s (entry sha256 %s; %s)\n", ack.Seq, ack.Ticket,
+			ack.At.Format(time.RFC3339), ack.Digest, ack.What)
+		fmt.Fprintln(a.out, "escrowd's writers go on past it at their next write; audit verify keeps naming the position")
+		return nil
+	}
+	return c
 }

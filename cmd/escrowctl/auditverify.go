@@ -22,6 +22,15 @@ type auditOptions struct {
 	timeout                          time.Duration
 }
 
+// openHSM opens the token that holds the chain key.
+func (o *auditOptions) openHSM() (*hsm.HSM, error) {
+	pin, err := secret.Load("HSM user PIN", o.pinFile, "ESCROWD_HSM_PIN")
+	if err != nil {
+		return nil, err
+	}
+	return hsm.Open(hsm.Config{Module: o.module, TokenLabel: o.token, PIN: pin, KEKLabel: o.kekLabel, Sessions: 1})
+}
+
 // auditCommand runs audit verify or audit checkpoint.
 func auditCommand(cmd string, o auditOptions, out io.Writer) error {
 	var expect []audit.Head
@@ -33,11 +42,7 @@ func auditCommand(cmd string, o auditOptions, out io.Writer) error {
 		expect = append(expect, h)
 	}
 	if o.token != "" {
-		pin, err := secret.Load("HSM user PIN", o.pinFile, "ESCROWD_HSM_PIN")
-		if err != nil {
-			return err
-		}
-		h, err := hsm.Open(hsm.Config{Module: o.module, TokenLabel: o.token, PIN: pin, KEKLabel: o.kekLabel, Sessions: 1})
+		h, err := o.openHSM()
 		if err != nil {
 			return err
 		}
@@ -69,7 +74,34 @@ func auditCommand(cmd string, o auditOptions, out io.Writer) error {
 	if cmd == "audit checkpoint" {
 		return auditCheckpoint(ctx, v, o.token != "", r, out)
 	}
+	if o.token != "" {
+		if err := printAcknowledged(ctx, v, r, out); err != nil {
+			return err
+		}
+	}
 	return printReport(r, out)
+}
+
+// printAcknowledged names, for each position with a break, the operator's
+// acknowledgement of it, if one verifies under the chain key: the break
+// stays a break (the entry was not written by escrowd), now with the
+// ticket of the incident that looked at it.
+func printAcknowledged(ctx context.Context, v *audit.Vault, r *audit.Report, out io.Writer) error {
+	seen := map[uint64]bool{}
+	for _, p := range r.Problems {
+		if seen[p.Batch] || p.Batch == 0 {
+			continue
+		}
+		seen[p.Batch] = true
+		a, err := v.Acknowledged(ctx, p.Batch)
+		if err != nil {
+			return err
+		}
+		if a != nil {
+			fmt.Fprintf(out, "ACKNOWLEDGED batch %d: ticket %s, %s (%s)\n", a.Seq, a.Ticket, a.At.Format(time.RFC3339), a.What)
+		}
+	}
+	return nil
 }
 
 // printReport prints every break the walk found, then every intent
