@@ -8,8 +8,12 @@
 // disables Vault's file audit device, to show that device's share. Run
 // from the repository root:
 //
-//	go run ./tools/auditcost [SECONDS] [noaudit]
+//	go run ./tools/auditcost [SECONDS] [noaudit] [sizes=1,16,256] [profile=DIR]
 //
+// With profile=DIR it also takes a CPU profile of Vault (its
+// /v1/sys/pprof/profile endpoint) over each size's writes, to
+// DIR/vault-N.pprof (read with `go tool pprof -top .cache/bin/vaultdev
+// DIR/vault-1.pprof`).
 // docs/BENCHMARKS.md ("The audit path") gives the figures.
 package main
 
@@ -17,6 +21,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -50,9 +55,22 @@ func record(i int) *audit.Record {
 func run() error {
 	secs := 3.0
 	noAudit := false
+	sizes := []int{1, 2, 4, 8, 16, 32, 64, 128, 256}
+	profDir := ""
 	for _, a := range os.Args[1:] {
 		if a == "noaudit" {
 			noAudit = true
+		} else if v, ok := strings.CutPrefix(a, "profile="); ok {
+			profDir = v
+		} else if v, ok := strings.CutPrefix(a, "sizes="); ok {
+			sizes = nil
+			for _, f := range strings.Split(v, ",") {
+				n, err := strconv.Atoi(f)
+				if err != nil || n < 1 {
+					return fmt.Errorf("sizes=%s: not a list of positive numbers", v)
+				}
+				sizes = append(sizes, n)
+			}
 		} else if f, err := strconv.ParseFloat(a, 64); err == nil {
 			secs = f
 		}
@@ -85,10 +103,15 @@ func run() error {
 	ctx := context.Background()
 	seq := uint64(0)
 	fmt.Printf("records/write  writes/s  bytes/write  Vault CPU ms/write  ms/record  µs/KiB\n")
-	for _, per := range []int{1, 2, 4, 8, 16, 32, 64, 128, 256} {
+	for _, per := range sizes {
 		recs := make([]*audit.Record, per)
 		for i := range recs {
 			recs[i] = record(i)
+		}
+		var prof chan error
+		if profDir != "" {
+			prof = make(chan error, 1)
+			go func() { prof <- profile(c, secs, filepath.Join(profDir, fmt.Sprintf("vault-%d.pprof", per))) }()
 		}
 		t0, c0 := time.Now(), cpu(pid)
 		writes, bytes := 0, 0
@@ -108,6 +131,11 @@ func run() error {
 		ms := used.Seconds() * 1000 / float64(writes)
 		fmt.Printf("%13d  %8.0f  %11d  %18.3f  %9.4f  %6.1f\n", per, float64(writes)/el.Seconds(), bytes/writes,
 			ms, ms/float64(per), ms*1000/(float64(bytes)/float64(writes)/1024))
+		if prof != nil {
+			if err := <-prof; err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -159,4 +187,27 @@ func findPID(arg string) int {
 		}
 	}
 	return 0
+}
+
+// profile saves a CPU profile of Vault over the next secs seconds.
+func profile(c *vault.Client, secs float64, to string) error {
+	r := c.NewRequest("GET", "/v1/sys/pprof/profile")
+	r.Params.Set("seconds", strconv.Itoa(int(secs)))
+	resp, err := c.RawRequest(r)
+	if err != nil {
+		return fmt.Errorf("Vault's profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
+		return err
+	}
+	f, err := os.Create(to)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
