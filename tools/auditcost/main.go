@@ -191,11 +191,9 @@ func findPID(arg string) int {
 
 // profile saves a CPU profile of Vault over the next secs seconds.
 func profile(c *vault.Client, secs float64, to string) error {
-	r := c.NewRequest("GET", "/v1/sys/pprof/profile")
-	r.Params.Set("seconds", strconv.Itoa(int(secs)))
-	resp, err := c.RawRequest(r)
+	resp, err := c.Logical().ReadRawWithData("sys/pprof/profile", map[string][]string{"seconds": {strconv.Itoa(int(secs))}})
 	if err != nil {
-		return fmt.Errorf("Vault's profile: %w", err)
+		return fmt.Errorf("the Vault server's profile: %w", err)
 	}
 	defer resp.Body.Close()
 	if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
