@@ -547,8 +547,18 @@ func (v *Vault) put(ctx context.Context, seq uint64, doc []byte) error {
 	body = append(body, `{"data":`...)
 	body = append(body, doc...)
 	body = append(body, `,"options":{"cas":0}}`...)
-	_, err := v.client.Logical().WriteBytesWithContext(ctx, path.Join(v.cfg.Mount, "data", v.batchPath(seq)), body)
-	return err
+	sec, err := v.client.Logical().WriteBytesWithContext(ctx, path.Join(v.cfg.Mount, "data", v.batchPath(seq)), body)
+	if err != nil {
+		return err
+	}
+	if sec == nil {
+		// KV v2 answers a write with the version it made. No answer is a
+		// mount of another kind (KV v1 takes the same path as a plain key
+		// and ignores check-and-set, so replicas could overwrite each
+		// other's batches): refuse to go on.
+		return errors.New("no version of the batch was made: is the audit mount KV version 2?")
+	}
+	return nil
 }
 
 // findHead locates the last batch: exponential probing, then bisection.
