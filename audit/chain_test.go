@@ -187,3 +187,151 @@ func FuzzParseBatch(f *testing.F) {
 		}
 	})
 }
+
+// TestLinkJSON pins the writer's encoding to the one the verifier
+// decodes: linkJSON, from each record's JSON, gives byte for byte the
+// records json.Marshal makes of link's chain, and encodeDocument the
+// document encodeBatch makes.
+func TestLinkJSON(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC)
+	tests := []struct {
+		name string
+		recs []*Record
+		n    uint64
+		prev string
+	}{
+		{"one record from the genesis", []*Record{{ID: "a", Time: at, Caller: "c", Operation: "Rewrap", Outcome: OutcomeOK, Code: "OK"}}, 0, Genesis},
+		{"every field", []*Record{{ID: "b", Time: at, Caller: "spiffe://x/support/ann", Operation: "RevealUnlockCode", Phase: PhaseOutcome,
+			Group: "g", User: "u", Ticket: "INC-1", KeyVersions: []string{"unlock:1"}, Detail: []string{"index:3", "epoch:2"},
+			Outcome: OutcomeOK, Code: "OK", Reason: "r"}}, 41, strings.Repeat("ab", 32)},
+		{"characters JSON escapes", []*Record{
+			{ID: "c", Time: at, Caller: `<a href="x">&\`, Operation: "o\u2028p\x01", Outcome: OutcomeDenied, Code: "PermissionDenied", Reason: "é\"\n"},
+			{ID: "d", Time: at, Caller: "c", Operation: "o", Phase: PhaseIntent, Outcome: "", Code: ""},
+		}, 7, strings.Repeat("0f", 32)},
+		{"a batch of many", func() []*Record {
+			var rs []*Record
+			for i := range 50 {
+				rs = append(rs, &Record{ID: strings.Repeat("x", i), Time: at.Add(time.Duration(i)), Caller: "c", Operation: "o", Outcome: OutcomeError, Code: "Internal"})
+			}
+			return rs
+		}(), 1 << 40, Genesis},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			chained, n, head, err := link(tt.recs, tt.n, tt.prev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := json.Marshal(chained)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var bodies [][]byte
+			for _, r := range tt.recs {
+				b, err := json.Marshal(r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				bodies = append(bodies, b)
+			}
+			got, gn, ghead, err := linkJSON(bodies, tt.n, tt.prev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != string(want) || gn != n || ghead != head {
+				t.Fatalf("linkJSON differs from link:\n got %s (%d %s)\nwant %s (%d %s)", got, gn, ghead, want, n, head)
+			}
+			key, mac := strings.Repeat("cd", 8), strings.Repeat("ef", 32)
+			doc, err := encodeDocument(9, got, key, mac)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantDoc, err := encodeBatch(&Batch{Seq: 9, Records: chained, Key: key, MAC: mac})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(doc) != string(wantDoc) {
+				t.Fatalf("encodeDocument differs from encodeBatch:\n got %s\nwant %s", doc, wantDoc)
+			}
+			b, err := ParseBatch(doc)
+			if err != nil || len(b.Records) != len(tt.recs) || b.Records[len(b.Records)-1].Hash != head {
+				t.Fatalf("ParseBatch of the document: %v", err)
+			}
+		})
+	}
+	bad := []struct {
+		name   string
+		bodies [][]byte
+		prev   string
+	}{
+		{"not an object", [][]byte{[]byte(`[1]`)}, Genesis},
+		{"empty", [][]byte{nil}, Genesis},
+		{"prev not hex", [][]byte{[]byte(`{"id":"a"}`)}, "zz"},
+		{"prev short", [][]byte{[]byte(`{"id":"a"}`)}, "abcd"},
+	}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, _, _, err := linkJSON(tt.bodies, 0, tt.prev); err == nil {
+				t.Fatal("linkJSON accepted it")
+			}
+		})
+	}
+}
+
+// BenchmarkBatchEncode is the writer's CPU per batch of 32 reveal-sized
+// records: "map" is how it was built (each record encoded to hash it,
+// the chain encoded, decoded into a map, and the map encoded again by
+// the Vault client), "raw" how it is (linkJSON from each record's JSON
+// made at Commit, then the request body around the document).
+func BenchmarkBatchEncode(b *testing.B) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	var recs []*Record
+	var bodies [][]byte
+	for i := range 32 {
+		r := &Record{ID: NewID(at), Time: at, Caller: "spiffe://example.org/support/ann", Operation: "/escrowd.v1.SupportService/RevealUnlockCode",
+			Phase: PhaseOutcome, Group: "bench-g0000123", User: "bench-u" + strings.Repeat("0", i%5), Ticket: "INC-000123",
+			KeyVersions: []string{"unlock:1"}, Detail: []string{"index:3"}, Outcome: OutcomeOK, Code: "OK"}
+		recs = append(recs, r)
+		body, _ := json.Marshal(r)
+		bodies = append(bodies, body)
+	}
+	b.Run("map", func(b *testing.B) {
+		for b.Loop() {
+			for _, r := range recs { // the size check at Commit
+				if _, err := json.Marshal(r); err != nil {
+					b.Fatal(err)
+				}
+			}
+			chained, _, _, err := link(recs, 0, Genesis)
+			if err != nil {
+				b.Fatal(err)
+			}
+			data, err := batchData(&Batch{Seq: 1, Records: chained})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := json.Marshal(map[string]any{"data": data, "options": map[string]any{"cas": 0}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("raw", func(b *testing.B) {
+		for b.Loop() {
+			for _, r := range recs { // the record's JSON, made at Commit
+				if _, err := json.Marshal(r); err != nil {
+					b.Fatal(err)
+				}
+			}
+			chained, _, _, err := linkJSON(bodies, 0, Genesis)
+			if err != nil {
+				b.Fatal(err)
+			}
+			doc, err := encodeDocument(1, chained, "", "")
+			if err != nil {
+				b.Fatal(err)
+			}
+			body := append([]byte(`{"data":`), doc...)
+			_ = append(body, `,"options":{"cas":0}}`...)
+		}
+	})
+}

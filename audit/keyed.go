@@ -160,31 +160,29 @@ func (r *keyRing) rotate(ctx context.Context) (*chainKey, error) {
 	return k, nil
 }
 
-// sign gives batch b its MAC under the current key, making the trail's
-// first key, or a new one when the current key can no longer be used.
-func (r *keyRing) sign(ctx context.Context, b *Batch) error {
-	head := b.Records[len(b.Records)-1].Hash
+// signHead returns the id of the current key and the MAC of the batch at
+// position seq whose last record hash is head, making the trail's first
+// key, or a new one when the current key can no longer be used.
+func (r *keyRing) signHead(ctx context.Context, seq uint64, head string) (string, string, error) {
 	if r.current == nil {
 		if err := r.load(ctx); err != nil {
-			return err
+			return "", "", err
 		}
 	}
 	if r.current != nil {
-		mac, err := r.current.mac(ctx, b.Seq, head)
+		mac, err := r.current.mac(ctx, seq, head)
 		if err == nil {
-			b.Key, b.MAC = r.current.id, mac
-			return nil
+			return r.current.id, mac, nil
 		}
 		// Its KEK may be gone. Another replica may have made a new key
 		// already: use it if it works.
 		old := r.current
 		if err := r.load(ctx); err != nil {
-			return err
+			return "", "", err
 		}
 		if r.current != old {
-			if mac, err := r.current.mac(ctx, b.Seq, head); err == nil {
-				b.Key, b.MAC = r.current.id, mac
-				return nil
+			if mac, err := r.current.mac(ctx, seq, head); err == nil {
+				return r.current.id, mac, nil
 			}
 		}
 		// If the HSM itself is failing, so will the new key, and the
@@ -192,14 +190,13 @@ func (r *keyRing) sign(ctx context.Context, b *Batch) error {
 	}
 	k, err := r.rotate(ctx)
 	if err != nil {
-		return err
+		return "", "", err
 	}
-	mac, err := k.mac(ctx, b.Seq, head)
+	mac, err := k.mac(ctx, seq, head)
 	if err != nil {
-		return err
+		return "", "", err
 	}
-	b.Key, b.MAC = k.id, mac
-	return nil
+	return k.id, mac, nil
 }
 
 // check verifies b's MAC under the key it names.

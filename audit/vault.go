@@ -138,7 +138,10 @@ type Vault struct {
 }
 
 type pending struct {
-	rec  *Record
+	rec *Record
+	// body is rec's JSON, made once at Commit: what its chain hash covers
+	// and what its batch carries.
+	body []byte
 	at   time.Time
 	size int // an upper bound of what the record adds to a write
 	done chan error
@@ -254,7 +257,7 @@ func (v *Vault) pending(r *Record) (*pending, error) {
 	if len(body) > v.cfg.MaxRecordBytes {
 		return nil, fmt.Errorf("%w: a record of %d bytes, more than %d", ErrUnavailable, len(body), v.cfg.MaxRecordBytes)
 	}
-	return &pending{rec: r, at: time.Now(), size: recordCost(len(body)), done: make(chan error, 1)}, nil
+	return &pending{rec: r, body: body, at: time.Now(), size: recordCost(len(body)), done: make(chan error, 1)}, nil
 }
 
 // recordCost bounds what a record of n bytes of JSON adds to a write: its
@@ -333,15 +336,23 @@ func (v *Vault) writer() {
 			continue
 		}
 		onlyRefusals := !b.lastHadResults
-		recs := make([]*Record, 0, len(batch)+1)
+		recs := make([][]byte, 0, len(batch)+1)
 		for _, p := range batch {
-			recs = append(recs, p.rec)
+			recs = append(recs, p.body)
 		}
+		var err error
 		if summary != nil {
-			recs = append(recs, summary)
+			var body []byte
+			if body, err = json.Marshal(summary); err == nil {
+				recs = append(recs, body)
+			}
 		}
 		start := time.Now()
-		err := v.write(recs)
+		if err == nil {
+			err = v.write(recs)
+		} else {
+			err = fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
 		now := time.Now()
 		v.cfg.Observer.ObserveAuditBatch(len(recs), now.Sub(start), err)
 		if onlyRefusals {
@@ -464,14 +475,18 @@ func (v *Vault) drain(b *batcher) {
 			p.done <- closed
 		default:
 			if r, _ := v.summary.take(); r != nil {
-				_ = v.write([]*Record{r})
+				if body, err := json.Marshal(r); err == nil {
+					_ = v.write([][]byte{body})
+				}
 			}
 			return
 		}
 	}
 }
 
-func (v *Vault) write(recs []*Record) error {
+// write commits one batch of records, given as their JSON, at the next
+// position, chaining after whatever another writer put there first.
+func (v *Vault) write(recs [][]byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.Timeout)
 	defer cancel()
 	if v.cfg.Keyer != nil && v.keys == nil {
@@ -487,25 +502,26 @@ func (v *Vault) write(recs []*Record) error {
 		v.resume()
 	}
 	for {
-		chained, n, head, err := link(recs, v.n, v.prev)
+		seq := v.seq + 1
+		chained, n, head, err := linkJSON(recs, v.n, v.prev)
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
-		b := Batch{Seq: v.seq + 1, Records: chained}
+		var key, mac string
 		if v.keys != nil {
-			if err := v.keys.sign(ctx, &b); err != nil {
+			if key, mac, err = v.keys.signHead(ctx, seq, head); err != nil {
 				return fmt.Errorf("%w: %v", ErrUnavailable, err)
 			}
 		}
-		data, err := batchData(&b)
+		doc, err := encodeDocument(seq, chained, key, mac)
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
-		_, err = v.kv.Put(ctx, v.batchPath(b.Seq), data, vault.WithCheckAndSet(0))
+		err = v.put(ctx, seq, doc)
 		if err == nil {
-			v.seq, v.n, v.prev = b.Seq, n, head
+			v.seq, v.n, v.prev = seq, n, head
 			if v.anchor != nil {
-				v.anchor.advance(anchorHead{seq: b.Seq, n: n, hash: head})
+				v.anchor.advance(anchorHead{seq: seq, n: n, hash: head})
 			}
 			return nil
 		}
@@ -513,14 +529,37 @@ func (v *Vault) write(recs []*Record) error {
 			// The write may have landed before the error: find the head
 			// again before the next one.
 			v.known = false
-			return fmt.Errorf("%w: failed to write audit batch %d to Vault: %v", ErrUnavailable, b.Seq, firstLine(err))
+			return fmt.Errorf("%w: failed to write audit batch %d to Vault: %v", ErrUnavailable, seq, firstLine(err))
 		}
 		// Another writer holds this position: chain after its batch.
-		if err := v.adopt(ctx, b.Seq); err != nil {
+		if err := v.adopt(ctx, seq); err != nil {
 			v.known = false
 			return err
 		}
 	}
+}
+
+// put writes document doc at position seq with check-and-set 0: the
+// request body is built around doc as it is, where KVv2.Put would take
+// a map, so the batch is encoded once (decoding it into a map to have it
+// encoded again cost the writer as much CPU as making it).
+func (v *Vault) put(ctx context.Context, seq uint64, doc []byte) error {
+	body := make([]byte, 0, len(doc)+32)
+	body = append(body, `{"data":`...)
+	body = append(body, doc...)
+	body = append(body, `,"options":{"cas":0}}`...)
+	sec, err := v.client.Logical().WriteBytesWithContext(ctx, path.Join(v.cfg.Mount, "data", v.batchPath(seq)), body)
+	if err != nil {
+		return err
+	}
+	if sec == nil {
+		// KV v2 answers a write with the version it made. No answer is a
+		// mount of another kind (KV v1 takes the same path as a plain key
+		// and ignores check-and-set, so replicas could overwrite each
+		// other's batches): refuse to go on.
+		return errors.New("no version of the batch was made: is the audit mount KV version 2?")
+	}
+	return nil
 }
 
 // findHead locates the last batch: exponential probing, then bisection.

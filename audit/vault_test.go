@@ -370,3 +370,26 @@ func TestOpenIntents(t *testing.T) {
 }
 
 func clone(c []Chained) []Chained { return append([]Chained(nil), c...) }
+
+// TestKVv1MountRefused: on a KV version 1 mount a write at the batch's
+// path succeeds without check-and-set, so replicas could overwrite each
+// other's batches; the writer must fail closed instead.
+func TestKVv1MountRefused(t *testing.T) {
+	c, err := vault.NewClient(&vault.Config{Address: vaultSrv.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetToken(vaultSrv.Token)
+	if err := c.Sys().Mount("kv1-refused", &vault.MountInput{Type: "kv", Options: map[string]string{"version": "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVault(VaultConfig{Address: vaultSrv.Addr, Token: vaultSrv.Token, Mount: "kv1-refused", Prefix: prefixFor(t), Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	err = v.Commit(context.Background(), rec(1))
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "KV version 2") {
+		t.Fatalf("Commit on a KV v1 mount: %v; want ErrUnavailable naming the mount's kind", err)
+	}
+}

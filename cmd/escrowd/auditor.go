@@ -29,7 +29,7 @@ const auditNeedsVault = true
 func newAuditor(o *options, token string, _ *zap.Logger, obs audit.Observer, keyer audit.Keyer, anchor audit.Anchor) (auditor, error) {
 	return audit.NewVault(audit.VaultConfig{
 		Address: o.vaultAddr, Token: token, Mount: o.auditMount, Prefix: o.auditPrefix,
-		Timeout: o.auditTimeout, MaxBatch: o.auditMaxBatch, Observer: obs, Keyer: keyer,
+		Timeout: o.auditTimeout, MaxBatch: o.auditMaxBatch, Linger: o.auditLinger, Observer: obs, Keyer: keyer,
 		Anchor: anchor, AcceptTruncation: o.auditAcceptTruncation,
 	})
 }

@@ -55,6 +55,7 @@ type options struct {
 	auditPrefix     string
 	auditTimeout    time.Duration
 	auditMaxBatch   int
+	auditLinger     time.Duration
 	defaultSuite    string
 	logLevel        string
 	shutdownTimeout time.Duration
@@ -129,6 +130,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.auditPrefix, "audit-prefix", "escrowd/audit", "folder under the mount for audit records")
 	fs.DurationVar(&o.auditTimeout, "audit-timeout", 5*time.Second, "bound on one audit commit; past it the request fails closed")
 	fs.IntVar(&o.auditMaxBatch, "audit-max-batch", 512, "most records in one Vault write (group commit); 1 makes one write per request")
+	fs.DurationVar(&o.auditLinger, "audit-linger", 0, "how long a Vault write waits for more records once it has one (0: it takes what queued while the last write ran); trades latency for fewer, larger writes")
 	fs.BoolVar(&o.auditAcceptTruncation, "audit-accept-truncation", false, "when the audit trail in Vault ends below the head the store anchors, go on after the anchored head instead of refusing (after the incident is recorded: docs/OPERATIONS.md)")
 	fs.StringVar(&o.defaultSuite, "default-suite", "ecdh-p256", "escrow key suite of new groups: ecdh-p256 (milliseconds to provision), rsa-oaep-sha1 (SoftHSM) or rsa-oaep-sha256 (hardware HSMs), about a second each")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -302,6 +304,9 @@ func (o *options) check() error {
 		if n.val < 1 {
 			add(o.invalid(n.key, "must be at least 1"))
 		}
+	}
+	if o.auditLinger < 0 {
+		add(o.invalid("audit-linger", "must not be negative"))
 	}
 	for _, d := range []struct {
 		key string

@@ -126,11 +126,11 @@ func TestFlagsAlone(t *testing.T) {
 	dir, lookup := testEnv(t)
 	o, err := parse(t, lookup, "-tls-cert", filepath.Join(dir, "server.crt"), "-tls-key", filepath.Join(dir, "server.key"),
 		"-client-ca", filepath.Join(dir, "ca.crt"), "-policy", filepath.Join(dir, "policy.yaml"), "-hsm-token", "t",
-		"-vault-addr", "http://127.0.0.1:8200", "-audit-max-batch", "1", "-metrics-listen", "127.0.0.1:0")
+		"-vault-addr", "http://127.0.0.1:8200", "-audit-max-batch", "1", "-audit-linger", "2ms", "-metrics-listen", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.auditMaxBatch != 1 || o.metricsListen != "127.0.0.1:0" || len(o.from) != 0 {
+	if o.auditMaxBatch != 1 || o.auditLinger != 2*time.Millisecond || o.metricsListen != "127.0.0.1:0" || len(o.from) != 0 {
 		t.Fatalf("%+v", o)
 	}
 }
@@ -185,6 +185,8 @@ func TestConfigErrors(t *testing.T) {
 			[]string{"same-port.yaml:8: metrics-listen: invalid configuration: is the gRPC address"}},
 		{"a bad flag is named as a flag", []string{"-config", "testdata/minimal.yaml", "-tls-cert", filepath.Join(dir, "nope.crt")},
 			[]string{"-tls-cert: invalid configuration:", "nope.crt", "no such file"}},
+		{"a negative linger", []string{"-config", "testdata/minimal.yaml", "-audit-linger", "-1ms"},
+			[]string{"-audit-linger: invalid configuration: must not be negative"}},
 		{"a stray argument", []string{"-config", "testdata/minimal.yaml", "extra"}, []string{`usage: unexpected argument "extra"`}},
 		{"an unknown flag", []string{"-hsm-pin", "1234"}, []string{"usage: flag provided but not defined: -hsm-pin"}},
 	}
