@@ -5,11 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,9 +15,6 @@ import (
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
 	"github.com/escrowd/escrowd/escrow/bundle"
-	"github.com/escrowd/escrowd/examples/syncbackend/backend"
-	"github.com/escrowd/escrowd/examples/syncbackend/escrowdclient"
-	"github.com/escrowd/escrowd/examples/syncbackend/store"
 )
 
 // buildPWA builds the demo PWA (examples/pwa/build.sh) into a directory
@@ -69,83 +62,24 @@ type pwaStep struct {
 // dashes, a new password, the old one refused, the consumed report reaching
 // escrowd once online (a new epoch), and the reveal's notice in the page.
 func TestPWA(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node is not installed: run `make deps`")
-	}
-	if _, err := os.Stat(chromiumPath); err != nil {
-		t.Fatalf("Chromium is not installed at %s: run `make deps` (apt-get install chromium)", chromiumPath)
-	}
-	webDir, err := filepath.Abs("../web")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(webDir, "node_modules", "playwright-core", "package.json")); err != nil {
-		t.Fatal("web/node_modules/playwright-core is missing: run `make deps` (npm ci --prefix web)")
-	}
-
-	s := newStack(t, vaultSrv)
-	ctx := ctxT(t)
-	esc, err := escrowdclient.Dial(s.addr, filepath.Join(pki.dir, "ca.crt"), filepath.Join(pki.dir, "sync-backend.crt"), filepath.Join(pki.dir, "sync-backend.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { esc.Close() })
-	dbPath := filepath.Join(t.TempDir(), "sync.db")
-	st, err := store.OpenBolt(dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-
-	appLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The page is opened as localhost (the listener is 127.0.0.1's): WebAuthn
-	// takes no IP address as a relying party id.
-	origin := fmt.Sprintf("http://localhost:%d", appLis.Addr().(*net.TCPAddr).Port)
-	srv, err := backend.New(backend.Config{Store: st, Escrowd: esc, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		EventsEvery: 200 * time.Millisecond, AllowOrigins: []string{origin}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stopRun := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { srv.Run(runCtx); close(done) }()
-	t.Cleanup(func() { stopRun(); <-done })
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(hs.Close)
-
-	dist := buildPWA(t, hs.URL)
 	const group, user, ticket = "ann-keys", "ann", "SUP-77"
 	var revealed *escrowdv1.RevealUnlockCodeResponse
-	mux := http.NewServeMux()
-	mux.Handle("/", http.FileServer(http.Dir(dist)))
-	app := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go app.Serve(appLis)
-	t.Cleanup(func() { app.Close() })
 	// The support technician's side, on its own listener: the page cannot reach it.
-	ctl := http.NewServeMux()
-	ctl.HandleFunc("/reveal", func(w http.ResponseWriter, _ *http.Request) {
-		rv, err := s.support.RevealUnlockCode(ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: group, UserId: user, Ticket: ticket})
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		revealed = rv
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{"code": rv.GetCode(), "epoch": rv.GetEpoch(), "index": rv.GetIndex()})
+	h := newPWAHarness(t, func(h *pwaHarness) http.Handler {
+		ctl := http.NewServeMux()
+		ctl.HandleFunc("/reveal", func(w http.ResponseWriter, _ *http.Request) {
+			rv, err := h.stack.support.RevealUnlockCode(h.ctx, &escrowdv1.RevealUnlockCodeRequest{GroupId: group, UserId: user, Ticket: ticket})
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+			revealed = rv
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(map[string]any{"code": rv.GetCode(), "epoch": rv.GetEpoch(), "index": rv.GetIndex()})
+		})
+		return ctl
 	})
-	cs := httptest.NewServer(ctl)
-	t.Cleanup(cs.Close)
-
-	shots := os.Getenv("ESCROWD_PWA_SCREENSHOTS")
-	if shots == "" {
-		shots = t.TempDir()
-	} else if err := os.MkdirAll(shots, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	s, ctx, st, dbPath, origin, cs, shots, node, webDir := h.stack, h.ctx, h.store, h.dbPath, h.origin, h.control, h.shots, h.node, h.webDir
 	nodeCtx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(nodeCtx, node, "../examples/pwa/test/e2e.mjs", origin+"/", cs.URL, shots)
