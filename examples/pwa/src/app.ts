@@ -375,9 +375,13 @@ function notice(code: string, text: string): void {
  * again.
  */
 async function unlockWith(secret: Secret): Promise<void> {
+  const s = session!;
   sessionStorage.setItem(UNLOCKING, String(Date.now()));
   try {
-    await unlocked(await session!.device.unlock(session!.account, secret));
+    const k = await s.device.unlock(s.account, secret);
+    // Another tab logged out meanwhile: the keys opened are dropped.
+    if (session !== s) return k.lock();
+    await unlocked(k);
   } finally {
     sessionStorage.removeItem(UNLOCKING);
   }
