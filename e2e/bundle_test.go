@@ -554,7 +554,9 @@ func TestRotateGroupKey(t *testing.T) {
 // leftOver counts the token's objects other than hot escrow keys: escrowd
 // keeps the escrow keys it unwrapped, for a while, as session objects
 // (docs/HSM.md, "Hot escrow keys"); every other object an operation makes
-// (a GDK, a derived key) must be gone when it returns. A kept key must be
+// (a GDK, a derived key) must be gone when it returns. (Hot slots keep a
+// GDK and its binding key too, but a GDK rotation drops them all: after
+// one, none is left.) A kept key must be
 // sensitive and extractable only under a trusted key.
 func leftOver(t *testing.T, objs []*escrowdv1.HSMObject) int {
 	t.Helper()

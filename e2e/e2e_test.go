@@ -211,10 +211,12 @@ func newStackWith(t testing.TB, v *vaulttest.Server, o stackOpts) *stack {
 	if o.token != nil {
 		tok = o.token
 	}
-	// Hot escrow keys on, as escrowd's -hsm-hot-keys default has them:
-	// every flow runs with unwrapped escrow keys kept in the token.
+	// Hot escrow keys and hot slots on, as escrowd's -hsm-hot-keys and
+	// -hsm-hot-slots defaults have them: every flow runs with unwrapped
+	// escrow keys and opened slots kept in the token.
 	hcfg := tok.HSMConfig()
 	hcfg.HotKeys = 64
+	hcfg.HotSlots = 16
 	h, err := hsm.Open(hcfg)
 	if err != nil {
 		t.Fatal(err)

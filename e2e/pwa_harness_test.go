@@ -62,7 +62,11 @@ func newPWAHarness(t *testing.T, control func(h *pwaHarness) http.Handler) *pwaH
 	}
 
 	h.stack = newStack(t, vaultSrv)
-	h.ctx = ctxT(t)
+	// The backend's event feed and the support calls run for the whole
+	// browser run, longer than ctxT's two minutes on a loaded machine.
+	ctx, cancelCtx := context.WithTimeout(context.Background(), 6*time.Minute)
+	t.Cleanup(cancelCtx)
+	h.ctx = ctx
 	esc, err := escrowdclient.Dial(h.stack.addr, filepath.Join(pki.dir, "ca.crt"), filepath.Join(pki.dir, "sync-backend.crt"), filepath.Join(pki.dir, "sync-backend.key"))
 	if err != nil {
 		t.Fatal(err)

@@ -42,6 +42,13 @@ type Config struct {
 	// (default DefaultHotKeyTTL). See docs/HSM.md, "Hot escrow keys".
 	HotKeys   int
 	HotKeyTTL time.Duration
+	// HotSlots is how many opened escrow slots each pooled session keeps:
+	// the GDK a verified slot holds, and its binding key, as session
+	// objects in the token, keyed by a digest of the slot's exact bytes
+	// and its escrow key, so that re-wrapping the same slot again skips
+	// its opening and its checks; 0 keeps none. Each lives at most
+	// HotKeyTTL after the slot was opened. See docs/HSM.md, "Hot slots".
+	HotSlots int
 	// Observer, if set, learns operation and session-wait times (metrics).
 	Observer Observer `json:"-"`
 }
@@ -61,6 +68,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HotKeys < 0 {
 		c.HotKeys = 0
+	}
+	if c.HotSlots < 0 {
+		c.HotSlots = 0
 	}
 	if c.HotKeyTTL <= 0 {
 		c.HotKeyTTL = DefaultHotKeyTTL
@@ -95,8 +105,8 @@ func redacted(pin string) string {
 
 // String describes c without the PIN.
 func (c Config) String() string {
-	return fmt.Sprintf("hsm.Config{Module:%q TokenLabel:%q PIN:%s Sessions:%d WaitTimeout:%s KEKLabel:%q AllowPublicKEK:%v HotKeys:%d HotKeyTTL:%s}",
-		c.Module, c.TokenLabel, redacted(c.PIN), c.Sessions, c.WaitTimeout, c.KEKLabel, c.AllowPublicKEK, c.HotKeys, c.HotKeyTTL)
+	return fmt.Sprintf("hsm.Config{Module:%q TokenLabel:%q PIN:%s Sessions:%d WaitTimeout:%s KEKLabel:%q AllowPublicKEK:%v HotKeys:%d HotSlots:%d HotKeyTTL:%s}",
+		c.Module, c.TokenLabel, redacted(c.PIN), c.Sessions, c.WaitTimeout, c.KEKLabel, c.AllowPublicKEK, c.HotKeys, c.HotSlots, c.HotKeyTTL)
 }
 
 // GoString is String: %#v must not print the PIN either.
@@ -123,6 +133,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("kek_label", c.KEKLabel),
 		slog.Bool("allow_public_kek", c.AllowPublicKEK),
 		slog.Int("hot_keys", c.HotKeys),
+		slog.Int("hot_slots", c.HotSlots),
 		slog.Duration("hot_key_ttl", c.HotKeyTTL),
 	)
 }

@@ -68,6 +68,7 @@ type HSM struct {
 	// use.
 	hot       map[pkcs11.SessionHandle]*hotKeys
 	hotEpoch  atomic.Uint64
+	slotEpoch atomic.Uint64 // counts GDK rotations: hot slots flushed
 	stopSweep chan struct{}
 }
 
@@ -100,7 +101,7 @@ func Open(cfg Config) (*HSM, error) {
 	mod.holdLogin(cfg.TokenLabel)
 	h.anchor, h.slot, h.keks, h.current = s, slot, keks, oldest(keks)
 	h.hot = map[pkcs11.SessionHandle]*hotKeys{}
-	if h.hotOn() {
+	if h.cachesOn() {
 		h.stopSweep = make(chan struct{})
 		go h.sweeper(h.stopSweep)
 	}
@@ -225,13 +226,14 @@ func (s session) kek(kind KeyKind) (pkcs11.ObjectHandle, error) {
 
 // acquire checks a session out of the pool, waiting at most WaitTimeout.
 func (h *HSM) acquire(ctx context.Context) (session, error) {
-	return h.acquireFor(ctx, nil)
+	return h.acquireFor(ctx, hotHint{})
 }
 
 // acquireFor is acquire preferring, among idle sessions, one that keeps
-// the hot escrow key hint (nil: none): re-wraps of one group in a row then
-// find its key whichever session the last one ran on.
-func (h *HSM) acquireFor(ctx context.Context, hint *hotKey) (session, error) {
+// the hint's opened slot, else one that keeps its escrow key: re-wraps of
+// one slot or group in a row then find it whichever session the last one
+// ran on.
+func (h *HSM) acquireFor(ctx context.Context, hint hotHint) (session, error) {
 	if err := ctx.Err(); err != nil {
 		return session{}, fmt.Errorf("hsm: %w: %w", ErrUnavailable, err)
 	}
@@ -278,20 +280,15 @@ func (h *HSM) acquireFor(ctx context.Context, hint *hotKey) (session, error) {
 	h.inflight++
 	keks, cur := h.keks, h.current
 	if n := len(h.idle); n > 0 {
-		if hint != nil {
-			for i := n - 1; i >= 0; i-- {
-				if c := h.hot[h.idle[i]]; c != nil && c.m[*hint] != nil {
-					h.idle[i], h.idle[n-1] = h.idle[n-1], h.idle[i]
-					break
-				}
-			}
+		if i := h.preferredLocked(hint); i >= 0 {
+			h.idle[i], h.idle[n-1] = h.idle[n-1], h.idle[i]
 		}
 		s := h.idle[n-1]
 		h.idle = h.idle[:n-1]
 		hot := h.hot[s]
 		delete(h.hot, s)
-		if hot == nil && h.hotOn() {
-			hot = newHotKeys(h.hotEpoch.Load())
+		if hot == nil && h.cachesOn() {
+			hot = h.newHotKeys()
 		}
 		h.mu.Unlock()
 		return session{h: s, kekVersion: cur, keks: keks, p: h.counted(), hot: hot}, nil
@@ -309,8 +306,8 @@ func (h *HSM) acquireFor(ctx context.Context, hint *hotKey) (session, error) {
 		return session{}, wrapErr("open session", err)
 	}
 	var hot *hotKeys
-	if h.hotOn() {
-		hot = newHotKeys(h.hotEpoch.Load())
+	if h.cachesOn() {
+		hot = h.newHotKeys()
 	}
 	return session{h: s, kekVersion: cur, keks: keks, p: h.counted(), hot: hot}, nil
 }
@@ -328,10 +325,7 @@ func (h *HSM) release(s session, broken bool) {
 		_ = h.mod.ctx.CloseSession(s.h)
 	} else {
 		if s.hot != nil {
-			if e := h.hotEpoch.Load(); s.hot.epoch != e {
-				s.hot.flush(s.p, s.h)
-				s.hot.epoch = e
-			}
+			s.hot.sync(h, s.p, s.h)
 			h.hot[s.h] = s.hot
 		}
 		h.idle = append(h.idle, s.h)
@@ -461,12 +455,12 @@ var (
 // way that means the session, login or KEK handle is gone, the pool is
 // rebuilt and fn retried once. op names the operation to the Observer.
 func (h *HSM) do(ctx context.Context, op string, fn func(s session) error) (err error) {
-	return h.doFor(ctx, op, nil, fn)
+	return h.doFor(ctx, op, hotHint{}, fn)
 }
 
-// doFor is do on a session that keeps the hot escrow key hint, if one is
-// idle.
-func (h *HSM) doFor(ctx context.Context, op string, hint *hotKey, fn func(s session) error) (err error) {
+// doFor is do on a session that keeps the hint's slot or escrow key, if
+// one is idle.
+func (h *HSM) doFor(ctx context.Context, op string, hint hotHint, fn func(s session) error) (err error) {
 	start := time.Now()
 	calls := 0
 	defer func() {

@@ -150,27 +150,31 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, chain *format.SlotCon
 	if rotate {
 		op = OpRotate
 	}
-	var hint *hotKey
+	var hint hotHint
 	if h.hotOn() {
 		k := hotKeyOf(escrowKind(src.Suite), src.EscrowPrivate)
-		hint = &k
+		hint.key = &k
+	}
+	// A rotation retires the slot's GDK: it neither uses nor keeps an
+	// opened slot (and drops them all once done).
+	if h.slotsOn() && !rotate {
+		k := hotSlotOf(src)
+		hint.slot = &k
 	}
 	err = h.doFor(ctx, op, hint, func(s session) error {
 		chainOut, out = nil, nil
-		gdk, err := h.openGDK(s, src, escrowPoint)
-		if err != nil {
-			return err
-		}
-		defer h.destroy(s, gdk)
-		kb, err := h.gdkBindKey(s, gdk, gdkLengthKnown(src))
-		if err != nil {
-			return err
-		}
-		defer h.destroy(s, kb)
+		var gdk, kb pkcs11.ObjectHandle
 		var commit []byte
-		if src.Context != nil {
-			if commit, err = h.verifySource(s, gdk, kb, src); err != nil {
+		if en := h.openedSlot(s, hint.slot); en != nil {
+			gdk, kb, commit = en.gdk, en.kb, en.commit
+		} else {
+			var err error
+			if gdk, kb, commit, err = h.openSlot(s, src, escrowPoint); err != nil {
 				return err
+			}
+			if !h.keepSlot(s, hint.slot, gdk, kb, commit) {
+				defer h.destroy(s, gdk)
+				defer h.destroy(s, kb)
 			}
 		}
 		wrapped, kbOut, version := gdk, kb, uint32(0)
@@ -223,7 +227,33 @@ func (h *HSM) openAndWrap(ctx context.Context, src Source, chain *format.SlotCon
 	if err != nil {
 		return nil, nil, err
 	}
+	if rotate && h.slotsOn() {
+		h.dropHotSlots()
+	}
 	return chainOut, out, nil
+}
+
+// openSlot opens src on s: the GDK (into a session object), its binding
+// key, and, when src has a context, the checks of its commitment and
+// binding, whose commitment it returns. On an error nothing is left.
+func (h *HSM) openSlot(s session, src Source, escrowPoint []byte) (gdk, kb pkcs11.ObjectHandle, commit []byte, err error) {
+	gdk, err = h.openGDK(s, src, escrowPoint)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	kb, err = h.gdkBindKey(s, gdk, gdkLengthKnown(src))
+	if err != nil {
+		h.destroy(s, gdk)
+		return 0, 0, nil, err
+	}
+	if src.Context != nil {
+		if commit, err = h.verifySource(s, gdk, kb, src); err != nil {
+			h.destroy(s, kb)
+			h.destroy(s, gdk)
+			return 0, 0, nil, err
+		}
+	}
+	return gdk, kb, commit, nil
 }
 
 // checkContexts refuses output contexts that would label the GDK with

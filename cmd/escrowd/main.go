@@ -387,7 +387,7 @@ func run(o *options) error {
 	h, err := hsm.Open(hsm.Config{
 		Module: o.hsmModule, TokenLabel: o.hsmToken, PIN: pin,
 		Sessions: o.hsmSessions, KEKLabel: o.kekLabel, AllowPublicKEK: o.allowPublicKEK, Observer: hsmObs,
-		HotKeys: o.hsmHotKeys, HotKeyTTL: o.hsmHotKeyTTL,
+		HotKeys: o.hsmHotKeys, HotSlots: o.hsmHotSlots, HotKeyTTL: o.hsmHotKeyTTL,
 	})
 	pin = ""
 	if err != nil {

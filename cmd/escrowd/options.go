@@ -45,6 +45,7 @@ type options struct {
 	hsmPINFile      string
 	hsmSessions     int
 	hsmHotKeys      int
+	hsmHotSlots     int
 	hsmHotKeyTTL    time.Duration
 	kekLabel        string
 	allowPublicKEK  bool
@@ -118,7 +119,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.hsmPINFile, "hsm-pin-file", "", "file holding the HSM user PIN (else $ESCROWD_HSM_PIN)")
 	fs.IntVar(&o.hsmSessions, "hsm-sessions", 4, "HSM session pool size")
 	fs.IntVar(&o.hsmHotKeys, "hsm-hot-keys", 64, "unwrapped escrow keys each HSM session keeps inside the token, so that re-wraps of one group in a row unwrap its key once (0: none; docs/HSM.md, \"Hot escrow keys\")")
-	fs.DurationVar(&o.hsmHotKeyTTL, "hsm-hot-key-ttl", hsm.DefaultHotKeyTTL, "longest an unwrapped escrow key is kept inside the token after it was unwrapped")
+	fs.IntVar(&o.hsmHotSlots, "hsm-hot-slots", 16, "opened escrow slots (the GDK and its binding key) each HSM session keeps inside the token, so that re-wraps of the same slot in a row open and check it once (0: none; docs/HSM.md, \"Hot slots\")")
+	fs.DurationVar(&o.hsmHotKeyTTL, "hsm-hot-key-ttl", hsm.DefaultHotKeyTTL, "longest an unwrapped escrow key or an opened slot is kept inside the token after it was unwrapped or opened")
 	fs.StringVar(&o.kekLabel, "kek-label", "escrowd-kek", "master KEK label on the token")
 	fs.BoolVar(&o.allowPublicKEK, "hsm-allow-public-kek", false, "accept a public master KEK, as `escrowctl hsm init` made it before KEKs were private: SoftHSM keeps it in clear in the token directory. Development, and migrating such a token (docs/LIFECYCLE.md), only")
 	fs.StringVar(&o.vaultAddr, "vault-addr", os.Getenv("VAULT_ADDR"), "Vault address (default $VAULT_ADDR)")
@@ -315,6 +317,9 @@ func (o *options) check() error {
 	}
 	if o.hsmHotKeys < 0 {
 		add(o.invalid("hsm-hot-keys", "must be 0 (none kept) or more"))
+	}
+	if o.hsmHotSlots < 0 {
+		add(o.invalid("hsm-hot-slots", "must be 0 (none kept) or more"))
 	}
 	if o.hsmHotKeyTTL <= 0 {
 		add(o.invalid("hsm-hot-key-ttl", "must be more than zero"))

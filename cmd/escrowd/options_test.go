@@ -167,6 +167,7 @@ func TestConfigErrors(t *testing.T) {
 			`bad-values.yaml:11: log-level: invalid configuration: "loud" is not debug`,
 			`bad-values.yaml:12: vault-token-file: invalid configuration: "/nonexistent/vault.token": no such file or directory`,
 			`bad-values.yaml:13: default-suite: invalid configuration: "rsa-4096" is not ecdh-p256`,
+			`bad-values.yaml:14: hsm-hot-slots: invalid configuration: must be 0 (none kept) or more`,
 		}},
 		{"a pid file in no directory", []string{"-config", "testdata/minimal.yaml", "-pid-file", "/nonexistent/escrowd.pid"},
 			[]string{`-pid-file: invalid configuration: "/nonexistent/escrowd.pid": its directory does not exist`}},

@@ -166,6 +166,7 @@ const (
 	pairRevealRaw   = "reveal: escrowd / raw PKCS#11"
 	pairBurst       = "re-wrap ecdh-p256: join burst / random groups"
 	pairBurstBatch  = "BatchRewrap of 8: join burst / random groups"
+	pairBurstNoSlot = "re-wrap ecdh-p256, -hsm-hot-slots 0: join burst / random groups"
 	pairAudit       = "reveal: audited / audit off"
 	pairRSATransit  = "re-wrap rsa-oaep-sha1: escrowd / Vault Transit rsa-3072"
 	pairLargeRewrap = "re-wrap ecdh-p256: large store / small store"
@@ -210,6 +211,9 @@ func (r *runner) smallPairs(ctx context.Context, path string, p *pool) error {
 		closedSide(c, d.pid(), r.joinBurst(d, p)), closedSide(c, d.pid(), r.rewrapECDH(d, p))); err != nil {
 		return err
 	}
+	if err := r.burstNoSlots(ctx, path, p); err != nil {
+		return err
+	}
 	if err := r.pair(ctx, pairBurstBatch, fmt.Sprintf("one group to %d members, %d callers", burstSize, c/4), fmt.Sprintf("%d random groups, %d callers", burstSize, c/4),
 		closedSide(max(c/4, 1), d.pid(), r.batchBurst(d, p)), closedSide(max(c/4, 1), d.pid(), r.batchRandom(d, p))); err != nil {
 		return err
@@ -231,8 +235,31 @@ func (r *runner) smallPairs(ctx context.Context, path string, p *pool) error {
 	if r.cfg.Profile != "" {
 		r.profile(ctx, d, "rewrap-pairs", c, r.rewrapECDH(d, p))
 		r.profile(ctx, d, "burst-pairs", c, r.joinBurst(d, p))
+		if r.cfg.RSA && n > 50 {
+			r.profile(ctx, d, "rsa-pairs", c, r.rewrapRSA(d, p))
+		}
 	}
 	return nil
+}
+
+// burstNoSlots measures the join burst of 8 Rewrap calls against random
+// groups on a daemon that keeps no opened slot (-hsm-hot-slots 0, hot
+// escrow keys only), on a copy of the store at path: what hot slots
+// (docs/HSM.md, "Hot slots") add to the default's row.
+func (r *runner) burstNoSlots(ctx context.Context, path string, p *pool) error {
+	cp := path + ".noslots"
+	if err := copyFile(path, cp); err != nil {
+		return err
+	}
+	defer os.Remove(cp)
+	d, err := r.env.startDaemon("escrowd-bench", cp, "escrowd-pairs-noslots.log", append(r.daemonFlags(), "-hsm-hot-slots", "0")...)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	c := r.cfg.PairConc
+	return r.pair(ctx, pairBurstNoSlot, fmt.Sprintf("one group to %d members in a row, %d callers", burstSize, c), fmt.Sprintf("a random group each, %d callers", c),
+		closedSide(c, d.pid(), r.joinBurst(d, p)), closedSide(c, d.pid(), r.rewrapECDH(d, p)))
 }
 
 // largePairs measures the large store against the small one, both

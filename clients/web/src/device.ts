@@ -164,6 +164,15 @@ export class UnlockedKeys {
     return this.#userKey;
   }
 
+  /**
+   * memberPublicKey is the SPKI of the user's member key: public, what a
+   * device of the user hands the backend (a new device's approval, Rewrap).
+   * "locked" after lock() and for device-key keys, which hold no member key.
+   */
+  async memberPublicKey(): Promise<Bytes> {
+    return new Uint8Array(await subtle().exportKey("spki", this.memberKey().publicKey));
+  }
+
   /** @internal */
   memberKey(): P256Pair {
     if (this.#member === null) fail("locked");

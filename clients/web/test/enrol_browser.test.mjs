@@ -92,6 +92,7 @@ test("createUser without the escrow key: the account exists, its bundle is hande
     const d = await h.device();
     const made = await d.createUser("ann", "ann-keys", "ann's password 1");
     const out = { hasBundle: "bundle" in made, hasEscrowSlot: "escrowSlot" in made, member: made.memberPublic.length, record: typeof made.memberRecord };
+    out.memberPublic = window.sdk.hex(await made.keys.memberPublicKey()) === window.sdk.hex(made.memberPublic);
     out.before = await d.enrolment("ann");
     out.bundleBefore = await h.code(() => d.keyGroupBundle("ann"));
     out.setPasswordBefore = await h.code(() => d.setPassword(made.keys, "another password 2"));
@@ -102,6 +103,8 @@ test("createUser without the escrow key: the account exists, its bundle is hande
     // a sign-up interrupted here is finished after an unlock.
     made.keys.lock();
     const keys = await d.unlock("ann", { password: "ann's password 1" });
+    out.memberPublicUnlocked = window.sdk.hex(await keys.memberPublicKey()) === window.sdk.hex(made.memberPublic);
+    out.memberPublicLocked = await h.code(() => made.keys.memberPublicKey());
     const { kp, key } = await h.escrowPair();
     const added = await d.addEscrowSlot(keys, key);
     out.after = await d.enrolment("ann");
@@ -119,6 +122,9 @@ test("createUser without the escrow key: the account exists, its bundle is hande
     d.close();
     return out;
   });
+  assert.equal(r.memberPublic, true, "memberPublicKey is the member key createUser made");
+  assert.equal(r.memberPublicUnlocked, true, "and the one a password unlock opens");
+  assert.equal(r.memberPublicLocked, "locked");
   assert.equal(r.hasBundle, false, "no bundle without an escrow slot");
   assert.equal(r.hasEscrowSlot, false);
   assert.ok(r.member > 0);
@@ -166,6 +172,7 @@ test("addEscrowSlot refuses a bad escrow key and keys without the user key, stor
     out.afterBad = await d.enrolment("bob");
     const device = await d.unlockDevice();
     out.deviceKeys = await h.code(() => d.addEscrowSlot(device, key));
+    out.deviceMember = await h.code(() => device.memberPublicKey());
     made.keys.lock();
     out.locked = await h.code(() => d.addEscrowSlot(made.keys, key));
     out.afterLocked = await d.enrolment("bob");
@@ -189,6 +196,7 @@ test("addEscrowSlot refuses a bad escrow key and keys without the user key, stor
   assert.equal(r.carl, "not-enrolled", "a refused createUser stores no user");
   assert.equal(r.afterBad.escrow, false, "a refused escrow key stores nothing");
   assert.equal(r.deviceKeys, "locked", "device-key keys hold no user key");
+  assert.equal(r.deviceMember, "locked", "nor a member key");
   assert.equal(r.locked, "locked");
   assert.equal(r.afterLocked.escrow, false);
   assert.equal(r.unknownUser, "not-enrolled");

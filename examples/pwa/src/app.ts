@@ -7,7 +7,8 @@ import {
   Device, DeviceError, type EscrowKey, type Secret, MEMBER_KEY_RECORD, type UnlockedKeys, codeOf, createPasskey, encodeBundle, newGDK, passkeyPRF, prfOf, sealPublic,
 } from "../../../clients/web/src/index.js";
 import { DB_NAME, PERIOD_MS, SYNC_TAG, type Config, type Session, config, openSession } from "./shared.js";
-import { Signer, idbKeyStore, wipeKeyStore } from "./sign.js";
+import { type EnrolRequest, decodeApproval, decodeEnrolRequest, parsePasted } from "./decode.js";
+import { Signer, b64, hex, idbKeyStore, wipeKeyStore } from "./sign.js";
 import { Backend, BackendError, SyncTransport, bundleText, pins } from "./transport.js";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -30,6 +31,7 @@ let retry: ReturnType<typeof setTimeout> | null = null;
 
 function show(screen: "signup" | "login" | "recover" | "main"): void {
   for (const s of ["signup", "login", "recover", "main"]) $(s).hidden = s !== screen;
+  $("enrol").hidden = screen !== "signup";
   $("lock").hidden = $("sync-now").hidden = $("logout").hidden = screen !== "main";
   if (screen === "login") $("login-account").textContent = session?.account ?? "";
 }
@@ -147,9 +149,28 @@ async function reopen(): Promise<void> {
   deviceKeys = d;
 }
 
-function ringFor(group: string): UnlockedKeys | null {
-  if (keys && !keys.locked && keys.groups().includes(group)) return keys;
-  if (deviceKeys && !deviceKeys.locked && deviceKeys.groups().includes(group)) return deviceKeys;
+/**
+ * ringFor returns the keys that hold group: the user's, else the device's.
+ * When this device's storage names a newer GDK than the keys hold (a
+ * surrogate left and the GDK rotated since the unlock), the group's slots
+ * are opened again first, so new notes are written under the new GDK and
+ * older ones are read through its chain slot.
+ */
+async function ringFor(group: string): Promise<UnlockedKeys | null> {
+  const s = session;
+  if (!s) return null;
+  for (const k of [keys, deviceKeys]) {
+    if (!k || k.locked || !k.groups().includes(group)) continue;
+    try {
+      await s.device.groupKeys(k, group);
+    } catch (e) {
+      // No slot of the newer GDK is for this user or device: the keys as
+      // held still read the older notes. Any other failure (a GDK neither
+      // pinned nor chained, a damaged slot) is shown.
+      if (codeOf(e) !== "not-enrolled") throw e;
+    }
+    return k;
+  }
   return null;
 }
 
@@ -286,6 +307,12 @@ async function draw(): Promise<void> {
       small.textContent = " surrogate for " + owner;
       li.append(small);
     }
+    if (left(s, g)) {
+      li.dataset.removed = "true";
+      const small = document.createElement("small");
+      small.textContent = " · removed";
+      li.append(small);
+    }
     li.onclick = () => {
       current = g;
       editing = null;
@@ -295,11 +322,13 @@ async function draw(): Promise<void> {
   }
   $("group").hidden = current === null || !groups.has(current);
   if (current === null || !groups.has(current)) return failure(null);
-  const k = ringFor(current);
+  const k = await ringFor(current);
   $("group-title").textContent = current;
   const owner = own[current];
   $("group-meta").textContent = owner ? (owner === s.account ? "your group" : "you are a surrogate for " + owner) : "";
+  if (left(s, current)) $("group-meta").textContent = (owner ? owner + " removed you from this group" : "you left this group") + ": notes written since then do not reach this device";
   $("member-add").hidden = owner !== s.account;
+  drawMembers(s, current, owner === s.account);
   const notes = $("notes");
   notes.replaceChildren();
   let failed = 0;
@@ -328,7 +357,7 @@ async function draw(): Promise<void> {
 async function saveNote(text: string): Promise<void> {
   const s = session!;
   const g = current!;
-  const k = ringFor(g);
+  const k = await ringFor(g);
   if (!k) throw new DeviceError("not-enrolled", "this device has no key of the group yet: sync first");
   const id = editing ?? "n-" + Date.now().toString(36) + Array.from(crypto.getRandomValues(new Uint8Array(3)), (b) => b.toString(16).padStart(2, "0")).join("");
   await s.device.putRecord(k, g, id, text);
@@ -336,6 +365,143 @@ async function saveNote(text: string): Promise<void> {
   $<HTMLTextAreaElement>("note-text").value = "";
   await render();
   void sync();
+}
+
+// ---- devices and surrogates -----------------------------------------------------------
+//
+// A second device of an account (Ann's phone, say) joins without the
+// password ever leaving the first: the new device makes its keys and shows
+// a request (its id and public keys); a device already enrolled, unlocked,
+// signs an approval of exactly those keys and hands back the account's
+// member public key; the new device sends its enrolment, signed by its own
+// key, with that approval. The backend then has escrowd wrap every group's
+// GDK to the new device key (device slots), so it syncs in the background
+// without anyone unlocking it. Both texts travel through the user (pasted
+// here; a QR code in a real app), who checks that both devices show the
+// same fingerprint before approving.
+
+let enrolling: { account: string; device: Device; signer: Signer } | null = null;
+
+/** fingerprint is what the user compares on both devices: the first 64 bits of SHA-256 of the request's fields. */
+async function fingerprint(r: EnrolRequest): Promise<string> {
+  const t = ["escrowd-pwa-pairing-v1", r.account, r.device, hex(r.sign_key), hex(r.wrap_key)].join("\n");
+  return hex(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(t))).slice(0, 16).match(/.{4}/g)!.join("-");
+}
+
+/** enrolStart makes this device's keys (or reuses those of an enrolment begun before a reload) and shows its request. */
+async function enrolStart(account: string): Promise<void> {
+  const deviceId = account + "-" + hex(crypto.getRandomValues(new Uint8Array(3)));
+  const device = await Device.open({ name: DB_NAME, deviceId });
+  const signer = await Signer.load(idbKeyStore(), device.deviceId);
+  if (signer.device !== device.deviceId) throw new Error("this browser holds keys of two devices (" + device.deviceId + ", " + signer.device + "): log out first");
+  const req = { account, device: device.deviceId, sign_key: b64(await signer.publicKey()), wrap_key: b64(await device.devicePublicKey()) };
+  enrolling?.device.close();
+  enrolling = { account, device, signer };
+  $<HTMLTextAreaElement>("en-request").value = JSON.stringify(req);
+  $("en-fingerprint").textContent = await fingerprint(decodeEnrolRequest(req));
+  $("en-wait").hidden = false;
+}
+
+/** enrolFinish sends the enrolment with the pasted approval, then imports the account's key group and member key record. */
+async function enrolFinish(text: string): Promise<void> {
+  const e = enrolling;
+  if (!e) throw new Error("ask to add this device first");
+  const ap = decodeApproval(parsePasted(text));
+  if (ap.account !== e.account || ap.device !== e.device.deviceId) throw new Error("this approval is for device " + ap.device + " of " + ap.account + ", not for this one");
+  const backend = new Backend(cfg.backend, e.signer);
+  await backend.enrolDevice(e.account, await e.signer.publicKey(), await e.device.devicePublicKey(), ap.approver, ap.approval);
+  const keyGroup = keyGroupOf(e.account);
+  const v = await backend.group(keyGroup);
+  const b = bundleText(v);
+  if (!b) throw new Error("the account's key group has no bundle at the backend");
+  await e.device.addGroup(keyGroup, b, pins(v));
+  const rec = await backend.record(keyGroup, MEMBER_KEY_RECORD);
+  await e.device.importUser(e.account, keyGroup, rec.record, ap.member_key);
+  session = { device: e.device, signer: e.signer, backend, transport: new SyncTransport(backend, e.account), account: e.account };
+  enrolling = null;
+  $<HTMLTextAreaElement>("en-request").value = $<HTMLTextAreaElement>("en-approval").value = "";
+  $("en-wait").hidden = true;
+  show("login");
+  await sync();
+}
+
+/** showRequest shows the fingerprint of a pasted request, or why it does not decode, before anything is signed. */
+async function showRequest(text: string): Promise<void> {
+  const el = $("ap-fingerprint");
+  $<HTMLTextAreaElement>("ap-approval").hidden = true;
+  try {
+    const r = decodeEnrolRequest(parsePasted(text));
+    el.textContent = "device " + r.device + " of " + r.account + ", fingerprint " + (await fingerprint(r));
+    el.dataset.fingerprint = await fingerprint(r);
+  } catch (e) {
+    el.textContent = text.trim() ? (e instanceof Error ? e.message : String(e)) : "";
+    delete el.dataset.fingerprint;
+  }
+}
+
+/** approveDevice signs the approval of the pasted request (unlocked keys only) and shows the text to hand back. */
+async function approveDevice(text: string): Promise<void> {
+  const s = session!;
+  if (!keys || keys.locked) throw new DeviceError("locked", "unlock to approve a device");
+  const r = decodeEnrolRequest(parsePasted(text));
+  if (r.account !== s.account) throw new Error("this request is to join " + r.account + "; this device is " + s.account + "'s");
+  const approval = await s.signer.approve(r.account, r.device, r.sign_key, r.wrap_key);
+  const member = await keys.memberPublicKey();
+  const out = $<HTMLTextAreaElement>("ap-approval");
+  out.value = JSON.stringify({ account: r.account, device: r.device, approver: s.signer.device, approval: b64(approval), member_key: b64(member) });
+  out.hidden = false;
+}
+
+/**
+ * left reports whether the backend no longer lists a group this device
+ * holds that another account owns: this account was removed from it. (A
+ * group this account owns is never left; one it just created is listed
+ * from the next round on.)
+ */
+function left(s: Session, group: string): boolean {
+  const owner = owners()[group];
+  return s.transport.listed !== null && !s.transport.listed.has(group) && owner !== undefined && owner !== s.account;
+}
+
+/** drawMembers lists the group's surrogates; an owner's device can remove each. */
+function drawMembers(s: Session, group: string, owner: boolean): void {
+  const ul = $("members");
+  ul.replaceChildren();
+  if (left(s, group)) return; // the list as last read is not this account's to see any more
+  for (const m of s.transport.surrogates.get(group) ?? []) {
+    const li = document.createElement("li");
+    li.dataset.account = m;
+    li.append("surrogate: " + m);
+    if (owner) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = "Remove";
+      b.onclick = () => void busy(() => removeSurrogate(group, m));
+      li.append(" ", b);
+    }
+    ul.append(li);
+  }
+}
+
+/** removeSurrogate removes a surrogate; the backend has escrowd rotate the GDK, and the next sync brings the new bundle. */
+async function removeSurrogate(group: string, account: string): Promise<void> {
+  const s = session!;
+  const v = await s.backend.removeMember(group, account);
+  s.transport.surrogates.set(group, v.surrogates);
+  await sync();
+}
+
+function wireDevices(): void {
+  $("en-start").onclick = () => void busy(() => enrolStart(input("en-account").value));
+  $("enrol").onsubmit = (e) => {
+    e.preventDefault();
+    void busy(() => enrolFinish($<HTMLTextAreaElement>("en-approval").value));
+  };
+  $("ap-request").oninput = () => void showRequest($<HTMLTextAreaElement>("ap-request").value);
+  $("approve").onsubmit = (e) => {
+    e.preventDefault();
+    void busy(() => approveDevice($<HTMLTextAreaElement>("ap-request").value));
+  };
 }
 
 // ---- passkeys -------------------------------------------------------------------------
@@ -477,6 +643,7 @@ function wire(): void {
     $<HTMLTextAreaElement>("note-text").value = "";
   };
   $("passkey-add").onclick = () => void busy(addPasskey);
+  wireDevices();
   $("failure-retry").onclick = () => void busy(retryFailed);
   $("failure-logout").onclick = () => void busy(logout);
   if (tabs) tabs.onmessage = (e: MessageEvent<unknown>) => {

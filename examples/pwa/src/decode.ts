@@ -149,3 +149,76 @@ export function decodeNotifications(v: unknown): Notification[] {
     return n;
   });
 }
+
+// ---- pairing texts ----------------------------------------------------------------
+// A new device of an account and one already enrolled exchange two short
+// texts through the user (pasted, or a QR code in a real app): the new
+// device's request, and the approval the enrolled device signs. They come
+// from outside the app, so they are decoded as strictly as the backend's
+// answers, and a refusal says "the pasted text".
+
+/** PastedTextError: a pasted request or approval does not have its shape. */
+export class PastedTextError extends ResponseError {
+  override name = "PastedTextError";
+}
+
+/** A P-256 public key in SPKI form is 91 bytes. */
+const SPKI_P256 = 91;
+
+/** EnrolRequest is what a new device shows: the account it joins, its id, and its two public keys. */
+export interface EnrolRequest {
+  account: string;
+  device: string;
+  /** The ECDSA P-256 key that signs its requests (SPKI). */
+  sign_key: Uint8Array;
+  /** The device key of the SDK, ECDH P-256 (SPKI): the backend has GDKs wrapped to it. */
+  wrap_key: Uint8Array;
+}
+
+/** Approval is what the enrolled device hands back: who approved which device, its signature, and the account's member public key. */
+export interface Approval {
+  account: string;
+  device: string;
+  approver: string;
+  /** ECDSA P-256 over auth.ApprovalMessage, IEEE P1363 (64 bytes). */
+  approval: Uint8Array;
+  /** The account's member public key (SPKI): importUser takes it from this channel, not from the backend. */
+  member_key: Uint8Array;
+}
+
+function pasted<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof ResponseError && !(e instanceof PastedTextError)) throw new PastedTextError(e.message.replace(/^the backend's answer: /, "the pasted text: "));
+    throw e;
+  }
+}
+
+function sized(v: unknown, field: string, n: number): Uint8Array {
+  const b = bytes(v, field);
+  if (b.length !== n) bad(field, "not " + n + " bytes");
+  return b;
+}
+
+/** parsePasted parses a pasted text as JSON (surrounding spaces and line breaks allowed). */
+export function parsePasted(t: string): unknown {
+  return pasted(() => parseJSON(t.trim()));
+}
+
+export function decodeEnrolRequest(v: unknown): EnrolRequest {
+  return pasted(() => {
+    const o = obj(v, "request");
+    return { account: id(o.account, "account"), device: id(o.device, "device"), sign_key: sized(o.sign_key, "sign_key", SPKI_P256), wrap_key: sized(o.wrap_key, "wrap_key", SPKI_P256) };
+  });
+}
+
+export function decodeApproval(v: unknown): Approval {
+  return pasted(() => {
+    const o = obj(v, "approval");
+    return {
+      account: id(o.account, "account"), device: id(o.device, "device"), approver: id(o.approver, "approver"),
+      approval: sized(o.approval, "approval", 64), member_key: sized(o.member_key, "member_key", SPKI_P256),
+    };
+  });
+}

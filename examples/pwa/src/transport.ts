@@ -50,6 +50,11 @@ export class Backend {
     return this.call("POST", "/v1/accounts", { account, member_key: b64(memberKey), device: this.signer.device, sign_key: b64(signKey), wrap_key: b64(wrapKey) });
   }
 
+  /** enrolDevice enrols this device (the signer's) into account, with the approval another device of the account signed. */
+  enrolDevice(account: string, signKey: Uint8Array, wrapKey: Uint8Array, approver: string, approval: Uint8Array): Promise<unknown> {
+    return this.call("POST", "/v1/devices", { account, device: this.signer.device, sign_key: b64(signKey), wrap_key: b64(wrapKey), approver, approval: b64(approval) });
+  }
+
   async createGroup(group: string): Promise<GroupView> {
     return decodeGroupView(await this.call("POST", "/v1/groups", { group }));
   }
@@ -68,6 +73,15 @@ export class Backend {
 
   async addMember(group: string, account: string): Promise<GroupView> {
     return decodeGroupView(await this.call("PUT", "/v1/groups/" + encodeURIComponent(group) + "/members/" + encodeURIComponent(account)));
+  }
+
+  /** removeMember removes a surrogate: the backend has escrowd rotate the group's GDK. */
+  async removeMember(group: string, account: string): Promise<GroupView> {
+    return decodeGroupView(await this.call("DELETE", "/v1/groups/" + encodeURIComponent(group) + "/members/" + encodeURIComponent(account)));
+  }
+
+  async record(group: string, id: string): Promise<RecordView> {
+    return decodeRecord(await this.call("GET", "/v1/groups/" + encodeURIComponent(group) + "/records/" + encodeURIComponent(id)));
   }
 
   async putRecord(group: string, id: string, version: number, record: string): Promise<RecordView> {
@@ -197,14 +211,21 @@ export class SyncTransport implements Transport {
 
   /** owners holds each group's owner as last read: the app shows whose group a surrogate reads. */
   readonly owners = new Map<string, string>();
+  /** surrogates holds each group's surrogates as last read: an owner removes them. */
+  readonly surrogates = new Map<string, string[]>();
+  /** listed is the set of groups the backend listed in the last round (null before one): a group held here and not listed is one the account left. */
+  listed: ReadonlySet<string> | null = null;
 
   async fetchEnrolments(): Promise<Enrolment[]> {
     const out: Enrolment[] = [];
-    for (const g of await this.backend.groups()) {
+    const groups = await this.backend.groups();
+    for (const g of groups) {
       const v = await this.backend.group(g);
       this.owners.set(g, v.owner);
+      this.surrogates.set(g, v.surrogates);
       out.push({ group: g, pins: pins(v) });
     }
+    this.listed = new Set(groups);
     return out;
   }
 }

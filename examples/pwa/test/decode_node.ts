@@ -4,15 +4,18 @@
 // answer either decodes to values within the API's bounds or is refused
 // with a ResponseError, never any other exception. Prints a JSON summary.
 import { readFileSync } from "node:fs";
-import { ResponseError, decodeGroupView, decodeGroups, decodeNotifications, decodeRecord, decodeRecords, parseJSON } from "../src/decode.js";
+import { ResponseError, decodeApproval, decodeEnrolRequest, decodeGroupView, decodeGroups, decodeNotifications, decodeRecord, decodeRecords, parseJSON, parsePasted } from "../src/decode.js";
 
 const decoders: Record<string, (v: unknown) => unknown> = {
   group: decodeGroupView, groups: decodeGroups, record: decodeRecord, records: decodeRecords, notifications: decodeNotifications,
+  "enrol-request": decodeEnrolRequest, approval: decodeApproval,
 };
 interface Vector { name: string; decoder: string; body: string; error?: string }
 const { valid, invalid } = JSON.parse(readFileSync(process.argv[2]!, "utf8")) as { valid: Vector[]; invalid: Vector[] };
 const failures: string[] = [];
-const run = (v: Vector) => decoders[v.decoder]!(parseJSON(v.body));
+// The pairing texts a user pastes are read by parsePasted, and their refusals name "the pasted text".
+const isPasted = (v: Vector) => v.decoder === "enrol-request" || v.decoder === "approval";
+const run = (v: Vector) => decoders[v.decoder]!(isPasted(v) ? parsePasted(v.body) : parseJSON(v.body));
 
 for (const v of valid) {
   try {
@@ -27,7 +30,7 @@ for (const v of invalid) {
     failures.push("invalid " + v.name + ": accepted");
   } catch (e) {
     if (!(e instanceof ResponseError)) failures.push("invalid " + v.name + ": " + String(e));
-    else if (!e.message.startsWith("the backend's answer: " + v.error + ":")) failures.push("invalid " + v.name + ": " + e.message + " (want field " + v.error + ")");
+    else if (!e.message.startsWith((isPasted(v) ? "the pasted text: " : "the backend's answer: ") + v.error + ":")) failures.push("invalid " + v.name + ": " + e.message + " (want field " + v.error + ")");
   }
 }
 
@@ -57,8 +60,10 @@ for (let n = 0; n < iterations && failures.length < 10; n++) {
   let body = v.body;
   for (let k = 1 + Math.floor(rnd() * 3); k > 0; k--) body = mutate(body);
   try {
-    const out = run({ ...v, body }) as { commitments?: Uint8Array[] };
+    const out = run({ ...v, body }) as { commitments?: Uint8Array[]; sign_key?: Uint8Array; wrap_key?: Uint8Array; member_key?: Uint8Array; approval?: Uint8Array };
     for (const c of out.commitments ?? []) if (c.length !== 32) throw new Error("a commitment of " + c.length + " bytes accepted");
+    for (const k of [out.sign_key, out.wrap_key, out.member_key]) if (k && k.length !== 91) throw new Error("a public key of " + k.length + " bytes accepted");
+    if (out.approval && out.approval.length !== 64) throw new Error("an approval of " + out.approval.length + " bytes accepted");
     accepted++;
   } catch (e) {
     if (e instanceof ResponseError) refused++;
