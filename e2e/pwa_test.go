@@ -5,11 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,8 +18,6 @@ import (
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
 	"github.com/escrowd/escrowd/escrow/bundle"
-	"github.com/escrowd/escrowd/examples/syncbackend/backend"
-	"github.com/escrowd/escrowd/examples/syncbackend/escrowdclient"
 	"github.com/escrowd/escrowd/examples/syncbackend/store"
 )
 
@@ -103,115 +97,53 @@ type pwaStep struct {
 // new epoch), and the reveal's notice in the page. After every step no
 // secret of the run is in any profile's storage or the backend's database.
 func TestPWA(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node is not installed: run `make deps`")
-	}
-	if _, err := os.Stat(chromiumPath); err != nil {
-		t.Fatalf("Chromium is not installed at %s: run `make deps` (apt-get install chromium)", chromiumPath)
-	}
-	webDir, err := filepath.Abs("../web")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(webDir, "node_modules", "playwright-core", "package.json")); err != nil {
-		t.Fatal("web/node_modules/playwright-core is missing: run `make deps` (npm ci --prefix web)")
-	}
-
-	s := newStack(t, vaultSrv)
-	// The backend's event feed and the support calls run for the whole
-	// browser run, longer than ctxT's two minutes on a loaded machine.
-	ctx, cancelCtx := context.WithTimeout(context.Background(), 6*time.Minute)
-	t.Cleanup(cancelCtx)
-	esc, err := escrowdclient.Dial(s.addr, filepath.Join(pki.dir, "ca.crt"), filepath.Join(pki.dir, "sync-backend.crt"), filepath.Join(pki.dir, "sync-backend.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { esc.Close() })
-	dbPath := filepath.Join(t.TempDir(), "sync.db")
-	st, err := store.OpenBolt(dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-
-	appLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The page is opened as localhost (the listener is 127.0.0.1's): WebAuthn
-	// takes no IP address as a relying party id.
-	origin := fmt.Sprintf("http://localhost:%d", appLis.Addr().(*net.TCPAddr).Port)
-	srv, err := backend.New(backend.Config{Store: st, Escrowd: esc, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		EventsEvery: 200 * time.Millisecond, AllowOrigins: []string{origin}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stopRun := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { srv.Run(runCtx); close(done) }()
-	t.Cleanup(func() { stopRun(); <-done })
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(hs.Close)
-
-	dist := buildPWA(t, hs.URL)
-	escrowctl := buildEscrowctl(t)
 	const group, user, ticket = "ann-keys", "ann", "SUP-77"
 	const afterNote = "ann, after bob left: the new alarm code is with mum"
 	var revealed *revealOutput
-	mux := http.NewServeMux()
-	mux.Handle("/", http.FileServer(http.Dir(dist)))
-	app := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go app.Serve(appLis)
-	t.Cleanup(func() { app.Close() })
-	// The support technician's side, on its own listener: the page cannot
-	// reach it. /reveal runs escrowctl as the technician alice, with her
-	// certificate, as a technician on the phone with Ann would.
-	ctl := http.NewServeMux()
-	ctl.HandleFunc("/reveal", func(w http.ResponseWriter, _ *http.Request) {
-		rv, err := revealWithEscrowctl(ctx, escrowctl, s.addr, "alice", group, user, ticket)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		revealed = rv
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(rv)
-	})
-	// /scan searches the sync backend's database file for the run's
-	// secrets, so the page's script checks it after every step as it
-	// checks the browsers' storage. It answers which secrets (by position
-	// in the list) were found, never the file.
-	ctl.HandleFunc("/scan", func(w http.ResponseWriter, r *http.Request) {
-		var secrets []string
-		if err := json.NewDecoder(r.Body).Decode(&secrets); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		db, err := os.ReadFile(dbPath)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		found := []int{}
-		low := bytes.ToLower(db)
-		for i, sec := range secrets {
-			if sec != "" && (bytes.Contains(db, []byte(sec)) || bytes.Contains(low, bytes.ToLower([]byte(sec)))) {
-				found = append(found, i)
+	escrowctl := buildEscrowctl(t)
+	h := newPWAHarness(t, func(h *pwaHarness) http.Handler {
+		// The support technician's side, on its own listener: the page cannot
+		// reach it. /reveal runs escrowctl as the technician alice, with her
+		// certificate, as a technician on the phone with Ann would.
+		ctl := http.NewServeMux()
+		ctl.HandleFunc("/reveal", func(w http.ResponseWriter, _ *http.Request) {
+			rv, err := revealWithEscrowctl(h.ctx, escrowctl, h.stack.addr, "alice", group, user, ticket)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
 			}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(map[string]any{"bytes": len(db), "found": found})
+			revealed = rv
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(rv)
+		})
+		// /scan searches the sync backend's database file for the run's
+		// secrets, so the page's script checks it after every step as it
+		// checks the browsers' storage. It answers which secrets (by position
+		// in the list) were found, never the file.
+		ctl.HandleFunc("/scan", func(w http.ResponseWriter, r *http.Request) {
+			var secrets []string
+			if err := json.NewDecoder(r.Body).Decode(&secrets); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			db, err := os.ReadFile(h.dbPath)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			found := []int{}
+			low := bytes.ToLower(db)
+			for i, sec := range secrets {
+				if sec != "" && (bytes.Contains(db, []byte(sec)) || bytes.Contains(low, bytes.ToLower([]byte(sec)))) {
+					found = append(found, i)
+				}
+			}
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(map[string]any{"bytes": len(db), "found": found})
+		})
+		return ctl
 	})
-	cs := httptest.NewServer(ctl)
-	t.Cleanup(cs.Close)
-
-	shots := os.Getenv("ESCROWD_PWA_SCREENSHOTS")
-	if shots == "" {
-		shots = t.TempDir()
-	} else if err := os.MkdirAll(shots, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	s, ctx, st, dbPath, origin, cs, shots, node, webDir := h.stack, h.ctx, h.store, h.dbPath, h.origin, h.control, h.shots, h.node, h.webDir
 	// Three browser profiles: the run takes about a minute on a quiet
 	// machine, and several on a loaded one.
 	nodeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

@@ -164,6 +164,15 @@ export class UnlockedKeys {
     return this.#userKey;
   }
 
+  /**
+   * memberPublicKey is the SPKI of the user's member key: public, what a
+   * device of the user hands the backend (a new device's approval, Rewrap).
+   * "locked" after lock() and for device-key keys, which hold no member key.
+   */
+  async memberPublicKey(): Promise<Bytes> {
+    return new Uint8Array(await subtle().exportKey("spki", this.memberKey().publicKey));
+  }
+
   /** @internal */
   memberKey(): P256Pair {
     if (this.#member === null) fail("locked");
@@ -250,11 +259,24 @@ export class Device {
   /**
    * createUser makes a new user's key group on this device: a user key (GDK
    * 1 of keyGroup, pinned here), a member key pair sealed in the record
-   * "member-key", a password slot, and an escrow slot to the daemon's
-   * escrow key (so the backend can have unlock codes issued). It returns
-   * the keys, unlocked, and what the backend needs.
+   * "member-key", and a password slot. It returns the keys, unlocked, and
+   * what the backend needs.
+   *
+   * With escrow (the key group's escrow key, from ProvisionGroup), it also
+   * seals the escrow slot and returns the key group's first bundle. Without
+   * it, the account can be created at the backend first (it needs the
+   * member key made here) and the escrow slot added with addEscrowSlot once
+   * the backend has provisioned the key group and relayed its escrow key.
+   * Until then enrolment(user).escrow is false and nothing hands out the
+   * key group's bundle ("no-escrow"): a bundle without an escrow slot gets
+   * no unlock codes, so it is never the one uploaded.
    */
-  async createUser(user: string, keyGroup: string, password: string, escrow: { spki: Uint8Array; suite: "ecdh-p256" | "rsa-oaep-sha1" | "rsa-oaep-sha256"; version: number }) {
+  async createUser(user: string, keyGroup: string, password: string, escrow: EscrowKey): Promise<NewUser & { bundle: string; escrowSlot: string }>;
+  async createUser(user: string, keyGroup: string, password: string): Promise<NewUser>;
+  async createUser(user: string, keyGroup: string, password: string, escrow?: EscrowKey): Promise<NewUser> {
+    checkIDText(user);
+    checkIDText(keyGroup);
+    if (escrow !== undefined) checkEscrowKey(escrow);
     const uk = await newGDK(keyGroup, 1);
     const member = (await subtle().generateKey({ name: "ECDH", namedCurve: "P-256" }, true, ["deriveBits"])) as CryptoKeyPair;
     const pkcs8 = new Uint8Array(await subtle().exportKey("pkcs8", member.privateKey));
@@ -263,21 +285,73 @@ export class Device {
     pkcs8.fill(0);
     const memberPublic = new Uint8Array(await subtle().exportKey("spki", member.publicKey));
     const pw = await sealPassword(uk, { key_version: 1, id: user }, password, MIN_PASSWORD_ITERATIONS);
-    const escrowSlot = await sealPublic("escrow", { key_version: escrow.version }, escrow.suite, escrow.spki, uk);
-    await this.db.put("groups", [{ group: keyGroup, slots: [pw, escrowSlot], pins: [[1, hex(uk.commit)]] } satisfies GroupRow]);
+    const escrowSlot = escrow === undefined ? undefined : await sealEscrow(uk, escrow);
+    const slots = escrowSlot === undefined ? [pw] : [pw, escrowSlot];
+    await this.db.put("groups", [{ group: keyGroup, slots, pins: [[1, hex(uk.commit)]] } satisfies GroupRow]);
     await this.db.put("users", [{ user, keyGroup, memberPublic } satisfies UserRow]);
     await this.db.put("records", [{ group: keyGroup, id: MEMBER_KEY_RECORD, record: memberRecord } satisfies RecordRow]);
     const ring = new Keyring(keyGroup);
     ring.pin(1, uk.commit);
     ring.add({ group: keyGroup, gdk_version: 1 }, uk);
-    return {
-      keys: new UnlockedKeys(user, new Map(), memberKey, ring),
-      memberPublic,
-      escrowSlot,
-      commit: uk.commit,
-      bundle: encodeBundle(keyGroup, [pw, escrowSlot]),
-      memberRecord,
-    };
+    const made: NewUser = { keys: new UnlockedKeys(user, new Map(), memberKey, ring), memberPublic, commit: uk.commit, memberRecord };
+    if (escrowSlot !== undefined) {
+      made.escrowSlot = escrowSlot;
+      made.bundle = encodeBundle(keyGroup, slots);
+    }
+    return made;
+  }
+
+  /**
+   * enrolment tells, while locked, how far a user's enrolment on this
+   * device got: escrow is false between a createUser without an escrow key
+   * and addEscrowSlot (a sign-up to finish: unlock, then addEscrowSlot).
+   */
+  async enrolment(user: string): Promise<UserEnrolment> {
+    const u = await this.db.get<UserRow>("users", user);
+    if (!u) fail("not-enrolled", "no such user on this device");
+    const g = await this.db.get<GroupRow>("groups", u.keyGroup);
+    if (!g) fail("not-enrolled", "the user's key group is not on this device");
+    return { user, keyGroup: u.keyGroup, escrow: hasEscrow(g) };
+  }
+
+  /**
+   * addEscrowSlot seals the user key of keys (a password, passkey or code
+   * unlock, or createUser's keys) to the key group's escrow key and stores
+   * the slot; it returns the slot and the key group's bundle, now complete,
+   * to upload. It refuses a key group that already has an escrow slot
+   * ("has-escrow": the backend re-seals escrow slots to newer escrow key
+   * versions itself), keys without the user key ("locked") and an escrow
+   * key that is not one ("suite", "range", "point"), before storing
+   * anything.
+   */
+  async addEscrowSlot(keys: UnlockedKeys, escrow: EscrowKey): Promise<{ escrowSlot: string; bundle: string }> {
+    checkEscrowKey(escrow);
+    const ring = keys.userKeyRing();
+    const g = await this.db.get<GroupRow>("groups", ring.group);
+    if (!g) fail("not-enrolled", "the user's key group is not on this device");
+    if (hasEscrow(g)) fail("has-escrow", "the key group has an escrow slot");
+    const escrowSlot = await sealEscrow(ring.newest()!, escrow);
+    // The sealing awaited: another tab may have added one meanwhile.
+    const now = await this.db.get<GroupRow>("groups", ring.group);
+    if (!now) fail("not-enrolled", "the user's key group is not on this device");
+    if (hasEscrow(now)) fail("has-escrow", "the key group has an escrow slot");
+    const slots = [...now.slots, escrowSlot];
+    await this.db.put("groups", [{ ...now, slots } satisfies GroupRow]);
+    return { escrowSlot, bundle: encodeBundle(ring.group, slots) };
+  }
+
+  /**
+   * keyGroupBundle is the user's key group as stored here, to upload (a
+   * sign-up whose upload did not finish). "no-escrow" while the key group
+   * has no escrow slot.
+   */
+  async keyGroupBundle(user: string): Promise<string> {
+    const u = await this.db.get<UserRow>("users", user);
+    if (!u) fail("not-enrolled", "no such user on this device");
+    const g = await this.db.get<GroupRow>("groups", u.keyGroup);
+    if (!g) fail("not-enrolled", "the user's key group is not on this device");
+    if (!hasEscrow(g)) fail("no-escrow", "the key group has no escrow slot yet");
+    return encodeBundle(g.group, g.slots);
   }
 
   /**
@@ -482,6 +556,7 @@ export class Device {
   private async addKeySlots(group: string, add: string[], drop: (s: Slot) => boolean): Promise<string> {
     const g = await this.db.get<GroupRow>("groups", group);
     if (!g) fail("not-enrolled");
+    if (!hasEscrow(g)) fail("no-escrow", "the key group has no escrow slot yet: addEscrowSlot first");
     const slots = g.slots.filter((t) => !drop(parseSlot(t))).concat(add);
     await this.db.put("groups", [{ ...g, slots, dirty: true } satisfies GroupRow]);
     return encodeBundle(group, slots);
@@ -519,8 +594,10 @@ export class Device {
    * next flush. Returns how many reports were sent.
    */
   async flush(transport: Transport): Promise<number> {
+    const keyGroups = new Set((await this.db.all<UserRow>("users")).map((u) => u.keyGroup));
     for (const g of await this.db.all<GroupRow>("groups")) {
       if (!g.dirty) continue;
+      if (keyGroups.has(g.group) && !hasEscrow(g)) fail("no-escrow", "a key group without an escrow slot is not pushed");
       try {
         await transport.pushBundle(g.group, encodeBundle(g.group, g.slots));
       } catch {
@@ -715,6 +792,58 @@ export class Device {
     this.deviceKeys = null;
     this.db.close();
     await DB.wipe(this.name);
+  }
+}
+
+/** The daemon's escrow public key of a group, as the sync backend relays ProvisionGroup's escrow_key. */
+export interface EscrowKey {
+  /** SubjectPublicKeyInfo (DER). */
+  spki: Uint8Array;
+  suite: "ecdh-p256" | "rsa-oaep-sha1" | "rsa-oaep-sha256";
+  /** The escrow key version (1 or more). */
+  version: number;
+}
+
+/** What createUser returns: the new user's keys, unlocked, and what the sync backend needs. */
+export interface NewUser {
+  keys: UnlockedKeys;
+  /** The member public key (SPKI): the backend's Rewrap target for every group of the user. */
+  memberPublic: Bytes;
+  /** The commitment of the user key (GDK 1 of the key group), for the enrolment channel. */
+  commit: Bytes;
+  /** The record "member-key" of the key group, to upload. */
+  memberRecord: string;
+  /** The key group's first bundle (password and escrow slots), when createUser was given the escrow key; else addEscrowSlot returns it. */
+  bundle?: string;
+  escrowSlot?: string;
+}
+
+/** How far a user's enrolment on this device got (Device.enrolment). */
+export interface UserEnrolment {
+  user: string;
+  keyGroup: string;
+  /** Whether the key group holds an escrow slot: false until addEscrowSlot finishes a sign-up begun without the escrow key. */
+  escrow: boolean;
+}
+
+function hasEscrow(g: GroupRow): boolean {
+  return g.slots.some((t) => parseSlot(t).kind === "escrow");
+}
+
+function checkEscrowKey(e: EscrowKey): void {
+  if (e === null || typeof e !== "object") fail("type", "the escrow key is not an object");
+  if (e.suite !== "ecdh-p256" && e.suite !== "rsa-oaep-sha1" && e.suite !== "rsa-oaep-sha256") fail("suite", "not an escrow suite");
+  if (!Number.isSafeInteger(e.version) || e.version < 1 || e.version > 0xffffffff) fail("range", "the escrow key version");
+  if (!(e.spki instanceof Uint8Array) || e.spki.length === 0) fail("type", "the escrow key is not SPKI bytes");
+}
+
+/** sealEscrow seals gdk to the escrow key; a key that does not import as its suite's is "point". */
+async function sealEscrow(gdk: GDK, e: EscrowKey): Promise<string> {
+  try {
+    return await sealPublic("escrow", { key_version: e.version }, e.suite, e.spki, gdk);
+  } catch (err) {
+    if (err instanceof DeviceError) throw err;
+    throw new DeviceError("point", "the escrow key is not a public key of its suite", { cause: err });
   }
 }
 

@@ -10,7 +10,7 @@ export const FORMAT_CODES = [
 ] as const;
 
 /** Codes of the device layer (docs/DEVICE.md, "Errors"). */
-export const DEVICE_CODES = ["locked", "stale", "offline", "limit", "not-enrolled", "no-prf", "storage"] as const;
+export const DEVICE_CODES = ["locked", "stale", "offline", "limit", "not-enrolled", "no-prf", "storage", "no-escrow", "has-escrow"] as const;
 
 export type FormatCode = (typeof FORMAT_CODES)[number];
 export type DeviceCode = (typeof DEVICE_CODES)[number];
@@ -48,6 +48,8 @@ export const MESSAGES: Readonly<Record<ErrorCode, string>> = {
   "not-enrolled": "This device has no key for that yet. Sync it or set it up again.",
   "no-prf": "This passkey or browser cannot unlock data (no PRF support). Use your password.",
   "storage": "The browser's storage failed. Free some space or reload the page.",
+  "no-escrow": "The sign-up is not finished: this account's recovery key is not set yet. Go online to finish it.",
+  "has-escrow": "This account's recovery key is already set.",
 };
 
 export class DeviceError extends Error {

@@ -18,7 +18,8 @@ export {
 } from "./gdk.js";
 export { Keyring } from "./keyring.js";
 export {
-  Device, UnlockedKeys, type RecordKeys, recordKeysOf, type Recovery, type Secret, type PasskeyPRF, type DeviceOptions, MEMBER_KEY_RECORD, DEFAULT_MAX_ITERATIONS,
+  Device, UnlockedKeys, type RecordKeys, recordKeysOf, type Recovery, type Secret, type PasskeyPRF, type DeviceOptions, type EscrowKey, type NewUser, type UserEnrolment,
+  MEMBER_KEY_RECORD, DEFAULT_MAX_ITERATIONS,
 } from "./device.js";
 export { type Transport, type ConsumedCode, type Enrolment } from "./transport.js";
 export { createPasskey, passkeyPRF, prfOf } from "./webauthn.js";

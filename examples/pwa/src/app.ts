@@ -4,7 +4,7 @@
 // support. Every key comes from the device SDK (clients/web).
 
 import {
-  Device, DeviceError, MEMBER_KEY_RECORD, type UnlockedKeys, codeOf, createPasskey, encodeBundle, encodeSlot, newGDK, parseBundle, passkeyPRF, prfOf, sealPublic,
+  Device, DeviceError, type EscrowKey, type Secret, MEMBER_KEY_RECORD, type UnlockedKeys, codeOf, createPasskey, encodeBundle, newGDK, passkeyPRF, prfOf, sealPublic,
 } from "../../../clients/web/src/index.js";
 import { DB_NAME, PERIOD_MS, SYNC_TAG, type Config, type Session, config, openSession } from "./shared.js";
 import { type EnrolRequest, decodeApproval, decodeEnrolRequest, parsePasted } from "./decode.js";
@@ -188,6 +188,7 @@ function lock(): void {
   keys = deviceKeys = null;
   current = editing = null;
   input("li-password").value = "";
+  failure(null);
   show("login");
 }
 
@@ -208,6 +209,7 @@ async function logout(): Promise<void> {
   retry = null;
   while (syncing) await syncing;
   lock();
+  tabs?.postMessage({ type: "logout" });
   await s.device.logout();
   await wipeKeyStore();
   localStorage.removeItem("escrowd-pwa-notice");
@@ -220,13 +222,13 @@ async function logout(): Promise<void> {
 // ---- sign-up ------------------------------------------------------------------------
 
 /**
- * signup enrols this device and a new account. The SDK's createUser seals
- * the user key's escrow slot to the escrow key it is given, but the key
- * group's escrow key exists only once the account does, and the account
- * needs the member key createUser makes. So createUser gets a throwaway
- * key, and the escrow slot the backend sees is sealed again, to the key
- * group's real escrow key, before the first upload; the throwaway slot
- * never leaves the device.
+ * signup enrols this device and a new account, in the SDK's two steps:
+ * createUser makes the user key, the member key and the password slot;
+ * the account is created with the member key; the backend then provisions
+ * the key group and relays its escrow key, and addEscrowSlot seals the
+ * user key to it. Only then is there a key group bundle to upload: its
+ * first bundle holds the password slot and the escrow slot, and the
+ * backend adds the member and device slots and the first unlock codes.
  */
 async function signup(account: string, password: string): Promise<void> {
   const deviceId = account + "-" + Array.from(crypto.getRandomValues(new Uint8Array(3)), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -234,14 +236,12 @@ async function signup(account: string, password: string): Promise<void> {
   const signer = await Signer.load(idbKeyStore(), deviceId);
   const backend = new Backend(cfg.backend, signer);
   const keyGroup = keyGroupOf(account);
-  const throwaway = (await crypto.subtle.generateKey({ name: "ECDH", namedCurve: "P-256" }, true, ["deriveBits"])) as CryptoKeyPair;
-  const made = await device.createUser(account, keyGroup, password, { spki: new Uint8Array(await crypto.subtle.exportKey("spki", throwaway.publicKey)), suite: "ecdh-p256", version: 1 });
+  const made = await device.createUser(account, keyGroup, password);
   await backend.createAccount(account, made.memberPublic, await signer.publicKey(), await device.devicePublicKey());
   const g = await backend.createGroup(keyGroup);
-  const uk = made.keys.userKeyRing().newest()!;
-  const escrow = await sealPublic("escrow", { key_version: g.escrow_key.version }, g.escrow_key.suite, g.escrow_key.public_key, uk);
-  const pw = parseBundle(made.bundle).slots.filter((s) => s.kind === "password").map((s) => encodeSlot(s));
-  const up = await backend.putBundle(keyGroup, g.version, encodeBundle(keyGroup, [...pw, escrow]));
+  const escrow: EscrowKey = { spki: g.escrow_key.public_key, suite: g.escrow_key.suite as EscrowKey["suite"], version: g.escrow_key.version };
+  const { bundle } = await device.addEscrowSlot(made.keys, escrow);
+  const up = await backend.putBundle(keyGroup, g.version, bundle);
   await device.addGroup(keyGroup, bundleText(up)!, pins(up));
   await backend.putRecord(keyGroup, MEMBER_KEY_RECORD, 0, made.memberRecord);
   session = { device, signer, backend, transport: new SyncTransport(backend, account), account };
@@ -321,7 +321,7 @@ async function draw(): Promise<void> {
     ul.append(li);
   }
   $("group").hidden = current === null || !groups.has(current);
-  if (current === null || !groups.has(current)) return;
+  if (current === null || !groups.has(current)) return failure(null);
   const k = await ringFor(current);
   $("group-title").textContent = current;
   const owner = own[current];
@@ -331,6 +331,8 @@ async function draw(): Promise<void> {
   drawMembers(s, current, owner === s.account);
   const notes = $("notes");
   notes.replaceChildren();
+  let failed = 0;
+  let failedCode = "";
   for (const id of (await s.device.recordIds(current)).sort()) {
     const li = document.createElement("li");
     li.dataset.id = id;
@@ -340,6 +342,8 @@ async function draw(): Promise<void> {
     } catch (e) {
       li.textContent = "(this note does not open: " + (e instanceof Error ? e.message : String(e)) + ")";
       li.dataset.error = codeOf(e);
+      failed++;
+      failedCode ||= codeOf(e) || "error";
     }
     li.onclick = () => {
       editing = id;
@@ -347,6 +351,7 @@ async function draw(): Promise<void> {
     };
     notes.append(li);
   }
+  failure(failed ? { group: current, count: failed, code: failedCode } : null);
 }
 
 async function saveNote(text: string): Promise<void> {
@@ -441,7 +446,7 @@ async function approveDevice(text: string): Promise<void> {
   const r = decodeEnrolRequest(parsePasted(text));
   if (r.account !== s.account) throw new Error("this request is to join " + r.account + "; this device is " + s.account + "'s");
   const approval = await s.signer.approve(r.account, r.device, r.sign_key, r.wrap_key);
-  const member = new Uint8Array(await crypto.subtle.exportKey("spki", keys.memberKey().publicKey));
+  const member = await keys.memberPublicKey();
   const out = $<HTMLTextAreaElement>("ap-approval");
   out.value = JSON.stringify({ account: r.account, device: r.device, approver: s.signer.device, approval: b64(approval), member_key: b64(member) });
   out.hidden = false;
@@ -508,6 +513,84 @@ async function addPasskey(): Promise<void> {
   await sync();
 }
 
+// ---- several tabs, reloads and decryption failures --------------------------------
+
+/**
+ * The app's tabs share a BroadcastChannel: a logout in one logs out the
+ * others (they drop their keys, close the database being deleted, and show
+ * the sign-up screen). Only the message {type: "logout"} is read.
+ */
+const tabs = "BroadcastChannel" in globalThis ? new BroadcastChannel("escrowd-pwa") : null;
+
+/** UNLOCKING marks, in this tab's sessionStorage, an unlock under way: a time, nothing secret. */
+const UNLOCKING = "escrowd-pwa-unlocking";
+
+/** notice shows a message in the error line, with a code for tests and styles. */
+function notice(code: string, text: string): void {
+  const el = $("error");
+  el.hidden = false;
+  el.dataset.code = code;
+  el.textContent = text;
+}
+
+/**
+ * unlockWith runs one unlock, marked in sessionStorage while it runs. A
+ * page reloaded in the middle of it (the marker outlives the old page)
+ * starts locked and says the unlock was interrupted; an unlock writes
+ * nothing, so there is nothing half-written to undo, and the user unlocks
+ * again.
+ */
+async function unlockWith(secret: Secret): Promise<void> {
+  const s = session!;
+  sessionStorage.setItem(UNLOCKING, String(Date.now()));
+  try {
+    const k = await s.device.unlock(s.account, secret);
+    // Another tab logged out meanwhile: the keys opened are dropped.
+    if (session !== s) return k.lock();
+    await unlocked(k);
+  } finally {
+    sessionStorage.removeItem(UNLOCKING);
+  }
+}
+
+/** loggedOutElsewhere follows another tab's logout: keys dropped, rounds stopped, the database (being deleted there) closed. */
+async function loggedOutElsewhere(): Promise<void> {
+  const s = session;
+  if (!s) return;
+  session = null;
+  again = false;
+  if (retry !== null) clearTimeout(retry);
+  retry = null;
+  while (syncing) await syncing;
+  lock();
+  s.device.close();
+  $("notices").replaceChildren();
+  show("signup");
+  await status("idle");
+  notice("logged-out", "You logged out in another tab: this device's notes and keys are gone from this browser.");
+}
+
+/**
+ * failure shows that notes of the open group do not decrypt (AES-GCM
+ * refuses a record altered in this browser's storage or at the backend),
+ * with two ways on: Retry, and Log out. null hides it.
+ */
+function failure(f: { group: string; count: number; code: string } | null): void {
+  const el = $("failure");
+  el.hidden = f === null;
+  if (f === null) return;
+  el.dataset.code = f.code;
+  el.dataset.group = f.group;
+  $("failure-text").textContent = (f.count === 1 ? "A note" : f.count + " notes") + " in " + f.group +
+    " could not be decrypted: the copy was altered or damaged. Retry fetches the notes again from the server; Log out removes this account's data from this browser.";
+}
+
+/** retryFailed syncs (every round fetches each group's records afresh, replacing copies damaged here) and reads the notes again. */
+async function retryFailed(): Promise<void> {
+  await sync();
+  await render();
+}
+
 // ---- start ---------------------------------------------------------------------------
 
 function wire(): void {
@@ -517,9 +600,9 @@ function wire(): void {
   };
   $("login").onsubmit = (e) => {
     e.preventDefault();
-    void busy(async () => unlocked(await session!.device.unlock(session!.account, { password: input("li-password").value })));
+    void busy(() => unlockWith({ password: input("li-password").value }));
   };
-  $("li-passkey").onclick = () => void busy(async () => unlocked(await session!.device.unlock(session!.account, { prf: passkeyPRF() })));
+  $("li-passkey").onclick = () => void busy(() => unlockWith({ prf: passkeyPRF() }));
   $("li-forgot").onclick = () => show("recover");
   $("rc-cancel").onclick = () => show("login");
   $("recover").onsubmit = (e) => {
@@ -561,6 +644,12 @@ function wire(): void {
   };
   $("passkey-add").onclick = () => void busy(addPasskey);
   wireDevices();
+  $("failure-retry").onclick = () => void busy(retryFailed);
+  $("failure-logout").onclick = () => void busy(logout);
+  if (tabs) tabs.onmessage = (e: MessageEvent<unknown>) => {
+    const m = e.data as { type?: unknown } | null;
+    if (typeof m === "object" && m !== null && m.type === "logout") void loggedOutElsewhere();
+  };
 
   // When to sync: on open, on visibility, on "online", every 15 minutes
   // while open, and through Background Sync where the browser has it.
@@ -592,6 +681,10 @@ async function start(): Promise<void> {
   cfg = await config();
   session = await openSession(cfg);
   show(session ? "login" : "signup");
+  if (sessionStorage.getItem(UNLOCKING) !== null) {
+    sessionStorage.removeItem(UNLOCKING);
+    if (session) notice("interrupted", "Unlocking was interrupted by a reload. Nothing was changed: unlock again.");
+  }
   await status(navigator.onLine ? "idle" : "offline");
   document.body.dataset.ready = "true";
   void registerWorker().catch((e) => console.warn("service worker:", e));
