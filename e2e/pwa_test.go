@@ -48,6 +48,7 @@ type pwaStep struct {
 	Index      uint32   `json:"index"`
 	Typed      string   `json:"typed"`
 	OldPass    string   `json:"oldPassword"`
+	OldCode    string   `json:"oldCode"`
 	Notice     string   `json:"notice"`
 	Creds      int      `json:"credentials"`
 	GroupLine  string   `json:"groupLine"`
@@ -180,7 +181,7 @@ func TestPWA(t *testing.T) {
 		"bob signs up on his device", "bob's own group, ann its surrogate", "ann adds bob as a surrogate", "bob reads ann's note",
 		"bob writes in ann's group, ann reads it", "ann's phone and bob's device sync in the background", "ann removes bob", "bob no longer reads new notes",
 		"ann's devices read old notes through the chain", "add a passkey", "offline reload and password unlock", "offline passkey unlock", "support reveals a code",
-		"forgot password, offline", "the old password fails", "online: the report is sent", "support's notice", "storage holds no secret", "bob logs out"}
+		"forgot password, offline", "the old password fails", "online: the report is sent", "support's notice", "the old code opens nothing", "storage holds no secret", "bob logs out"}
 	for _, name := range want {
 		if _, ok := steps[name]; !ok {
 			t.Fatalf("step %q did not run (node: %v)\n%s", name, runErr, stderr.String())
@@ -297,6 +298,9 @@ func TestPWA(t *testing.T) {
 	}
 	if c := steps["the old password fails"].OldPass; c != "wrong-secret" {
 		t.Errorf("the old password after recovery: %q, want wrong-secret", c)
+	}
+	if c := steps["the old code opens nothing"].OldCode; c != "wrong-code" {
+		t.Errorf("the revealed code typed again after the new epoch: %q, want wrong-code", c)
 	}
 	if n := steps["support's notice"].Notice; !strings.Contains(n, ticket) || !strings.Contains(n, "Support revealed an unlock code") {
 		t.Errorf("the notice: %q", n)

@@ -512,6 +512,28 @@ try {
     }
     return { notice: await text("#notices li[data-kind=code_revealed]") };
   });
+  await step("the old code opens nothing", async () => {
+    // The key group now holds the new epoch's slots only: the code support
+    // read out, typed again, is refused and changes nothing.
+    await page.click("#sync-now");
+    await page.waitForFunction(() => document.getElementById("sync").dataset.pending !== "1");
+    await page.click("#lock");
+    await visible("#login");
+    await page.click("#li-forgot");
+    await visible("#recover");
+    await page.fill("#rc-code", revealed.code);
+    out.secrets.push("a third password, never set");
+    await page.fill("#rc-password", "a third password, never set");
+    await page.click("#recover button[type=submit]");
+    await visible("#error");
+    const code = await page.getAttribute("#error", "data-code");
+    const error = await text("#error");
+    await shot("the old code refused");
+    await page.goto(app);
+    await unlock(newPassword);
+    await visible("#main");
+    return { oldCode: code, error };
+  });
   await step("storage holds no secret", async () => {
     // Bob's and the phone's pages leave the app: their storage at rest.
     await bob.goto(new URL("icon.svg", app).href);
