@@ -76,6 +76,17 @@ type pwaStep struct {
 		Error string `json:"error"`
 	} `json:"injected"`
 	Command string `json:"command"`
+	// Scenario 3: one of Bob's groups locked while the other works on.
+	GroupLock struct {
+		RecordsBefore int      `json:"recordsBefore"`
+		RecordsAfter  int      `json:"recordsAfter"`
+		ShownRecords  int      `json:"shownRecords"`
+		NotesShown    int      `json:"notesShown"`
+		FormHidden    bool     `json:"formHidden"`
+		Plaintext     []string `json:"plaintext"`
+		GroupLine     string   `json:"groupLine"`
+		LockedText    string   `json:"lockedText"`
+	} `json:"groupLock"`
 	// Scan is the search for the run's secrets after the step: every
 	// profile's storage and the backend's database.
 	Scan *struct {
@@ -179,7 +190,7 @@ func TestPWA(t *testing.T) {
 	}
 	want := []string{"sign up", "create a group", "write a note", "ann's phone asks to join", "ann approves her phone on her laptop", "ann's phone joins and reads her note",
 		"bob signs up on his device", "bob's own group, ann its surrogate", "ann adds bob as a surrogate", "bob reads ann's note",
-		"bob writes in ann's group, ann reads it", "ann's phone and bob's device sync in the background", "ann removes bob", "bob no longer reads new notes",
+		"bob writes in ann's group, ann reads it", "bob locks ann's group, his own works on", "bob opens ann's group again", "ann's phone and bob's device sync in the background", "ann removes bob", "bob no longer reads new notes",
 		"ann's devices read old notes through the chain", "add a passkey", "offline reload and password unlock", "offline passkey unlock", "support reveals a code",
 		"forgot password, offline", "the old password fails", "online: the report is sent", "support's notice", "the old code opens nothing", "storage holds no secret", "bob logs out"}
 	for _, name := range want {
@@ -230,6 +241,18 @@ func TestPWA(t *testing.T) {
 	if m := steps["bob's own group, ann its surrogate"]; m.Meta != "you are a surrogate for bob" || !strings.Contains(m.GroupLine, "surrogate for bob") {
 		t.Errorf("ann's view of bob's group: %q, %q", m.Meta, m.GroupLine)
 	}
+	// Scenario 3: Bob locked Ann's group on his device: no note of it in
+	// the page, no way to write, its records still arrive by sync; his own
+	// group was read, written and synced meanwhile (Ann read the note), and
+	// Ann's group opened again alone with every note.
+	if gl := steps["bob locks ann's group, his own works on"].GroupLock; gl.RecordsAfter != gl.RecordsBefore+1 || gl.ShownRecords != gl.RecordsAfter ||
+		gl.NotesShown != 0 || !gl.FormHidden || len(gl.Plaintext) != 0 || !strings.Contains(gl.GroupLine, "locked") || !strings.Contains(gl.LockedText, "is locked") {
+		t.Errorf("ann's group locked on bob's device: %+v; want one more record by sync, no note shown, no form, no plaintext in the page", gl)
+	}
+	if st := steps["bob opens ann's group again"]; st.Error != "" || st.Meta != "you are a surrogate for ann" || strings.Contains(st.GroupLine, "locked") ||
+		!slices.Contains(st.Notes, "buy milk, eggs and the 7:40 train tickets") || !slices.Contains(st.Notes, "ann, while bob's copy was locked: the gate code is 4711") {
+		t.Errorf("ann's group opened again on bob's device: error %q, meta %q, line %q, notes %q", st.Error, st.Meta, st.GroupLine, st.Notes)
+	}
 	// Scenario 5: the periodic sync of each worker brought the new notes,
 	// both of Bob's groups alike, before anyone unlocked.
 	if st := steps["ann's phone and bob's device sync in the background"]; st.After != st.Before+1 || st.OwnAfter != st.OwnBefore+1 || st.PhoneAfter != st.PhoneBefore+1 {
@@ -244,8 +267,8 @@ func TestPWA(t *testing.T) {
 	if gone.GDK != 2 || !strings.Contains(gone.Meta, "ann removed you") || !strings.Contains(gone.GroupLine, "removed") {
 		t.Errorf("bob's view after his removal: GDK %d of the new note, %q, %q", gone.GDK, gone.Meta, gone.GroupLine)
 	}
-	if slices.Contains(gone.Notes, afterNote) || !slices.Contains(gone.Notes, "buy milk, eggs and the 7:40 train tickets") || gone.Records != 3 {
-		t.Errorf("bob's device after his removal holds %d records of ann's group, notes %q: want the three old ones, not the new", gone.Records, gone.Notes)
+	if slices.Contains(gone.Notes, afterNote) || !slices.Contains(gone.Notes, "buy milk, eggs and the 7:40 train tickets") || gone.Records != 4 {
+		t.Errorf("bob's device after his removal holds %d records of ann's group, notes %q: want the four old ones, not the new", gone.Records, gone.Notes)
 	}
 	if gone.Injected.Error == "" || !strings.HasPrefix(gone.Injected.Text, "(this note does not open") || strings.Contains(gone.Injected.Text, "alarm") {
 		t.Errorf("bob's app opened the new note's ciphertext, or said so wrongly: %q (error %q)", gone.Injected.Text, gone.Injected.Error)

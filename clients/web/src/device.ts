@@ -118,12 +118,15 @@ export interface DeviceOptions {
 
 /**
  * UnlockedKeys is what an unlock returns: the trusted GDKs of every group
- * the user (or this device) opened, in memory only. lock() drops them.
+ * the user (or this device) opened, in memory only. lock() drops them all;
+ * lockGroup() drops one group's, and Device.unlockGroup opens it again.
  */
 export class UnlockedKeys {
   #rings: Map<string, Keyring> | null;
   #member: P256Pair | null;
   #userKey: Keyring | null;
+  /** Groups locked on their own (lockGroup): nothing of theirs is held, and nothing opens them but Device.unlockGroup. */
+  readonly #closed = new Set<string>();
 
   readonly #failures: ReadonlyMap<string, DeviceError>;
 
@@ -153,7 +156,9 @@ export class UnlockedKeys {
   }
 
   ring(group: string): Keyring {
-    const r = this.rings().get(group);
+    const rings = this.rings();
+    if (this.#closed.has(group)) fail("locked", "this group is locked");
+    const r = rings.get(group);
     if (!r || !r.newest()) fail("not-enrolled", "no key of this group is open");
     return r;
   }
@@ -184,12 +189,50 @@ export class UnlockedKeys {
     return this.#rings;
   }
 
-  /** @internal replace puts a group's newly opened keyring in place of the one held. */
+  /** @internal replace puts a group's newly opened keyring in place of the one held; "locked" for a group locked on its own. */
   replace(ring: Keyring): void {
     const rings = this.rings();
+    if (this.#closed.has(ring.group)) {
+      // Locked while its slots were being opened (groupKeys): the new ring is dropped too.
+      ring.clear();
+      fail("locked", "this group is locked");
+    }
     const old = rings.get(ring.group);
     if (old && old !== ring) old.clear();
     rings.set(ring.group, ring);
+  }
+
+  /** @internal reopen puts back the keyring of a group locked on its own (Device.unlockGroup). */
+  reopen(ring: Keyring): void {
+    this.rings();
+    this.#closed.delete(ring.group);
+    this.replace(ring);
+  }
+
+  /**
+   * lockGroup drops one group's keys (its keyring is cleared, not just
+   * forgotten); the other groups stay open. Until Device.unlockGroup opens
+   * it again, the group is "locked" for reads, writes and groupKeys (which
+   * would otherwise open its slots again on its own). A group these keys
+   * never held can be locked too: it then stays shut. "locked" when the
+   * keys are locked already.
+   */
+  lockGroup(group: string): void {
+    const rings = this.rings();
+    rings.get(group)?.clear();
+    rings.delete(group);
+    this.#closed.add(group);
+  }
+
+  /** groupLocked reports whether group is locked on its own (lockGroup); after lock() every group is. */
+  groupLocked(group: string): boolean {
+    return this.#rings === null || this.#closed.has(group);
+  }
+
+  /** lockedGroups lists the groups locked on their own, sorted. */
+  lockedGroups(): string[] {
+    this.rings();
+    return [...this.#closed].sort();
   }
 
   /** lock drops every key this object holds; any later use is "locked". */
@@ -199,6 +242,7 @@ export class UnlockedKeys {
     this.#rings = null;
     this.#member = null;
     this.#userKey = null;
+    this.#closed.clear();
   }
 }
 
@@ -410,12 +454,19 @@ export class Device {
     return keys;
   }
 
-  /** unlockDevice opens every group enrolled on this device with the device key, without the user (background sync). */
-  async unlockDevice(): Promise<UnlockedKeys> {
+  /**
+   * unlockDevice opens every group enrolled on this device with the device
+   * key, without the user (background sync). The groups in locked are not
+   * opened at all: the keys returned hold them locked (lockGroup), so a
+   * group the user locked stays shut when the device keys are made again.
+   */
+  async unlockDevice(locked: Iterable<string> = []): Promise<UnlockedKeys> {
     const rings = new Map<string, Keyring>();
     const failures = new Map<string, DeviceError>();
     const key = this.deviceKey();
+    const shut = new Set(locked);
     for (const g of await this.db.all<GroupRow>("groups")) {
+      if (shut.has(g.group)) continue;
       try {
         const ring = await this.openGroup(g, "device", this.deviceId, key);
         if (ring.newest()) rings.set(g.group, ring);
@@ -424,7 +475,38 @@ export class Device {
         failures.set(g.group, e);
       }
     }
-    return new UnlockedKeys(null, rings, null, null, failures);
+    const keys = new UnlockedKeys(null, rings, null, null, failures);
+    for (const g of shut) keys.lockGroup(g);
+    return keys;
+  }
+
+  /**
+   * unlockGroup opens again one group locked on its own (lockGroup), and
+   * only that one: its member slots with the member key the user's keys
+   * still hold, or with device keys (unlockDevice) its device slots. No
+   * password is asked: while the user is unlocked the member key, which
+   * opens every group, is in memory anyway; a group lock keeps that
+   * group's GDKs out of memory and its notes out of reach of the app, and
+   * lock() is what asks for the password again. An open group is opened
+   * afresh (its newest slots). Errors: "locked" (the keys are locked),
+   * "not-enrolled" (the group is not here, or no slot of it opens for this
+   * user or device; the group stays locked), and the slot errors of an
+   * unlock ("untrusted", "damaged"...).
+   */
+  async unlockGroup(keys: UnlockedKeys, group: string): Promise<void> {
+    if (keys.locked) fail("locked");
+    const g = await this.db.get<GroupRow>("groups", group);
+    if (!g) fail("not-enrolled", "the group is not on this device");
+    const ring = keys.user === null
+      ? await this.openGroup(g, "device", this.deviceId, this.deviceKey())
+      : await this.openGroup(g, "member", keys.user, keys.memberKey());
+    if (!ring.newest()) fail("not-enrolled", "no slot of this group opens for this device or user");
+    // Locked meanwhile (lock() during the ECDH): the ring is dropped.
+    if (keys.locked) {
+      ring.clear();
+      fail("locked");
+    }
+    keys.reopen(ring);
   }
 
   private async openUser(user: string, secret: Secret): Promise<{ keys: UnlockedKeys; report?: ConsumedCode }> {
@@ -730,9 +812,11 @@ export class Device {
    * again when the device's storage names a newer GDK than keys hold (a
    * sync brought a rotation after the unlock); the new ring replaces the
    * old in keys. With user keys the member slots are opened, with device
-   * keys (unlockDevice) the device slots.
+   * keys (unlockDevice) the device slots. "locked" for a group locked on
+   * its own (lockGroup): only unlockGroup opens it again.
    */
   async groupKeys(keys: UnlockedKeys, group: string): Promise<Keyring> {
+    if (keys.groupLocked(group)) fail("locked", "this group is locked");
     let held: Keyring | undefined;
     try {
       held = keys.ring(group);

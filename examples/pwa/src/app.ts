@@ -20,6 +20,8 @@ let session: Session | null = null;
 /** keys: the user's, from a password, passkey or code; device: every group this device has a device slot of. */
 let keys: UnlockedKeys | null = null;
 let deviceKeys: UnlockedKeys | null = null;
+/** Groups the user locked on their own (Lock this group): none of their keys is held until Open; a full lock clears it. */
+const shut = new Set<string>();
 let current: string | null = null;
 let editing: string | null = null;
 let syncing: Promise<void> | null = null;
@@ -139,14 +141,58 @@ async function notifications(s: Session): Promise<void> {
 
 /** reopen opens, with the device key, the groups that arrived since the unlock (a new group, a new GDK). */
 async function reopen(): Promise<void> {
-  if (!session || !keys) return;
-  const d = await session.device.unlockDevice();
+  if (!session || !keys || keys.locked) return;
+  // A group locked on its own is not opened with the device key either.
+  const d = await session.device.unlockDevice(shut);
   if (!keys || keys.locked) {
     d.lock(); // locked meanwhile
     return;
   }
+  for (const g of shut) d.lockGroup(g); // locked while the device slots were opened
   deviceKeys?.lock();
   deviceKeys = d;
+}
+
+/**
+ * lockGroup locks one group: its keys are dropped from the user's keys and
+ * the device's (the keyrings cleared), its notes leave the page, and it
+ * cannot be written until opened again. The other groups read, write and
+ * sync on; sync still fetches this group's records, which stay encrypted.
+ */
+function lockGroup(group: string): void {
+  if (!keys || keys.locked) return;
+  shut.add(group);
+  keys.lockGroup(group);
+  if (deviceKeys && !deviceKeys.locked) deviceKeys.lockGroup(group);
+  if (current === group) {
+    editing = null;
+    $<HTMLTextAreaElement>("note-text").value = "";
+  }
+  void render();
+}
+
+/**
+ * openGroup opens one locked group again, and only it, with the member key
+ * the unlocked session still holds (and the device key, for the device's
+ * own keys): no password, as one password unlock opens every group. A
+ * group whose slots open in neither stays locked.
+ */
+async function openGroup(group: string): Promise<void> {
+  const s = session!;
+  if (!keys || keys.locked) throw new DeviceError("locked", "unlock first");
+  let opened = false;
+  for (const k of [keys, deviceKeys]) {
+    if (!k || k.locked || !k.groupLocked(group)) continue;
+    try {
+      await s.device.unlockGroup(k, group);
+      opened = true;
+    } catch (e) {
+      if (codeOf(e) !== "not-enrolled") throw e;
+    }
+  }
+  if (!opened) throw new DeviceError("not-enrolled", "no key of " + group + " opens on this device: sync first");
+  shut.delete(group);
+  await render();
 }
 
 /**
@@ -158,7 +204,7 @@ async function reopen(): Promise<void> {
  */
 async function ringFor(group: string): Promise<UnlockedKeys | null> {
   const s = session;
-  if (!s) return null;
+  if (!s || shut.has(group)) return null;
   for (const k of [keys, deviceKeys]) {
     if (!k || k.locked || !k.groups().includes(group)) continue;
     try {
@@ -186,6 +232,7 @@ function lock(): void {
   keys?.lock();
   deviceKeys?.lock();
   keys = deviceKeys = null;
+  shut.clear();
   current = editing = null;
   input("li-password").value = "";
   failure(null);
@@ -291,7 +338,7 @@ async function draw(): Promise<void> {
   if (!session || !keys || keys.locked) return;
   const s = session;
   const own = owners();
-  const groups = new Set<string>([...keys.groups(), ...(deviceKeys && !deviceKeys.locked ? deviceKeys.groups() : [])]);
+  const groups = new Set<string>([...keys.groups(), ...(deviceKeys && !deviceKeys.locked ? deviceKeys.groups() : []), ...shut]);
   groups.delete(keyGroupOf(s.account));
   const ul = $("groups");
   ul.replaceChildren();
@@ -305,6 +352,12 @@ async function draw(): Promise<void> {
     if (owner && owner !== s.account) {
       const small = document.createElement("small");
       small.textContent = " surrogate for " + owner;
+      li.append(small);
+    }
+    if (shut.has(g)) {
+      li.dataset.locked = "true";
+      const small = document.createElement("small");
+      small.textContent = " · locked";
       li.append(small);
     }
     if (left(s, g)) {
@@ -322,6 +375,12 @@ async function draw(): Promise<void> {
   }
   $("group").hidden = current === null || !groups.has(current);
   if (current === null || !groups.has(current)) return failure(null);
+  const locked = shut.has(current);
+  $("group").dataset.locked = String(locked);
+  $("group-lock").hidden = locked;
+  $("group-open").hidden = !locked;
+  $("note-form").hidden = locked;
+  $("group-locked").hidden = !locked;
   const k = await ringFor(current);
   $("group-title").textContent = current;
   const owner = own[current];
@@ -331,6 +390,14 @@ async function draw(): Promise<void> {
   drawMembers(s, current, owner === s.account);
   const notes = $("notes");
   notes.replaceChildren();
+  if (locked) {
+    // Only the count of the records sync keeps fetching: their text stays encrypted.
+    const n = (await s.device.recordIds(current)).length;
+    const el = $("group-locked");
+    el.dataset.records = String(n);
+    el.textContent = current + " is locked: its " + n + " note" + (n === 1 ? "" : "s") + " stay encrypted on this device and sync on. Open it to read and write.";
+    return failure(null);
+  }
   let failed = 0;
   let failedCode = "";
   for (const id of (await s.device.recordIds(current)).sort()) {
@@ -357,6 +424,7 @@ async function draw(): Promise<void> {
 async function saveNote(text: string): Promise<void> {
   const s = session!;
   const g = current!;
+  if (shut.has(g)) throw new DeviceError("locked", g + " is locked: open it to write");
   const k = await ringFor(g);
   if (!k) throw new DeviceError("not-enrolled", "this device has no key of the group yet: sync first");
   const id = editing ?? "n-" + Date.now().toString(36) + Array.from(crypto.getRandomValues(new Uint8Array(3)), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -617,6 +685,13 @@ function wire(): void {
     });
   };
   $("lock").onclick = lock;
+  $("group-lock").onclick = () => {
+    error(null);
+    if (current !== null) lockGroup(current);
+  };
+  $("group-open").onclick = () => void busy(async () => {
+    if (current !== null) await openGroup(current);
+  });
   $("logout").onclick = () => void busy(logout);
   $("sync-now").onclick = () => void sync();
   $("group-new").onsubmit = (e) => {

@@ -311,6 +311,82 @@ try {
       await page.waitForTimeout(300);
     }
   });
+  // Scenario 3: Bob's two groups lock, open and sync each on its own.
+  const whileLocked = "ann, while bob's copy was locked: the gate code is 4711";
+  const bobWhileLocked = "bob's own, while ann's group is locked: call the garage";
+  out.secrets.push(whileLocked, bobWhileLocked);
+  await step("bob locks ann's group, his own works on", async () => {
+    await openGroup(bob, "ann-notes");
+    await shows(bob, bobNote);
+    await bob.click("#group-lock");
+    await bob.waitForSelector("#group-locked", { state: "visible" });
+    await bob.waitForSelector("#groups li[data-group=ann-notes][data-locked=true]");
+    const recordsBefore = Number(await bob.getAttribute("#group-locked", "data-records"));
+    // Ann writes in her group meanwhile: it reaches Bob's device, encrypted.
+    const t = await now();
+    await page.fill("#note-text", whileLocked);
+    await page.click("#note-save");
+    await shows(page, whileLocked);
+    await waitSynced(t);
+    // Bob reads and writes his own group, and it syncs.
+    await openGroup(bob, "bob-notes");
+    await shows(bob, bobOwnNote);
+    const tb = await now(bob);
+    await bob.fill("#note-text", bobWhileLocked);
+    await bob.click("#note-save");
+    await shows(bob, bobWhileLocked);
+    await waitSynced(tb, bob);
+    // A sync round on Bob's device brings Ann's new record to the locked group.
+    const deadline = Date.now() + 20000;
+    let recordsAfter = recordsBefore;
+    while (recordsAfter === recordsBefore) {
+      if (Date.now() > deadline) throw new Error("the locked group received no record by sync");
+      const t2 = await now(bob);
+      await bob.click("#sync-now");
+      await waitSynced(t2, bob);
+      recordsAfter = await countAt(bob, "ann-notes");
+    }
+    await openGroup(bob, "ann-notes");
+    await bob.waitForSelector("#group-locked", { state: "visible" });
+    await bob.waitForFunction((n) => document.getElementById("group-locked").dataset.records === String(n), recordsAfter);
+    const html = await bob.content();
+    const plaintext = [note, bobNote, whileLocked].filter((x) => html.includes(x) || html.includes(x.replace(/'/g, "&#39;")));
+    const locked = {
+      recordsBefore, recordsAfter, plaintext,
+      shownRecords: Number(await bob.getAttribute("#group-locked", "data-records")),
+      notesShown: await bob.$$eval("#notes li", (l) => l.length),
+      formHidden: await bob.isHidden("#note-form"),
+      groupLine: await bob.textContent("#groups li[data-group=ann-notes]"),
+      lockedText: await bob.textContent("#group-locked"),
+    };
+    await shotOf(bob, "bob's copy of ann's group is locked");
+    // Ann reads the note Bob wrote in his own group while the other was locked.
+    await openGroup(page, "bob-notes");
+    const ownDeadline = Date.now() + 20000;
+    for (;;) {
+      const ta = await now();
+      await page.click("#sync-now");
+      await waitSynced(ta);
+      if (await page.evaluate((t) => [...document.querySelectorAll("#notes li")].some((li) => li.textContent === t), bobWhileLocked)) break;
+      if (Date.now() > ownDeadline) throw new Error("ann does not see the note bob wrote in his group");
+      await page.waitForTimeout(300);
+    }
+    await openGroup(page, "ann-notes");
+    return { groupLock: locked };
+  });
+  await step("bob opens ann's group again", async () => {
+    await openGroup(bob, "ann-notes");
+    await bob.click("#group-open");
+    await bob.waitForSelector("#note-form", { state: "visible" });
+    const notes = await notesOf(bob, [note, bobNote, whileLocked]);
+    await shotOf(bob, "bob opens ann's group again");
+    return {
+      notes,
+      meta: await bob.textContent("#group-meta"),
+      groupLine: await bob.textContent("#groups li[data-group=ann-notes]"),
+      error: (await bob.isVisible("#error")) ? await bob.textContent("#error") : "",
+    };
+  });
   await step("ann's phone and bob's device sync in the background", async () => {
     // The phone's and Bob's pages leave the app (a page of the origin that
     // runs no app code), so only their service workers can sync: the
