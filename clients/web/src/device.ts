@@ -268,7 +268,9 @@ export class Device {
   /** open opens (or creates) the device's database and its non-extractable device key. */
   static async open(opts: DeviceOptions): Promise<Device> {
     const name = opts.name ?? "escrowd-device";
-    const db = await DB.open(name);
+    // Without a device id the caller expects an enrolled device (a service
+    // worker): a missing database is not created.
+    const db = await DB.open(name, opts.deviceId !== undefined);
     let row = await db.get<DeviceRow>("device", "key");
     let persistent = true;
     if (!row) {

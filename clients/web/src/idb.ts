@@ -33,10 +33,23 @@ export class DB {
     return this.#closed;
   }
 
-  static async open(name: string): Promise<DB> {
+  /**
+   * open opens the database, creating it when create is true. With create
+   * false a missing database is "not-enrolled" and stays missing: a
+   * service worker syncing just after a logout must not bring back an
+   * empty database the logout deleted.
+   */
+  static async open(name: string, create = true): Promise<DB> {
+    let missing = false;
     try {
       const r = indexedDB.open(name, DB_VERSION);
-      r.onupgradeneeded = () => {
+      r.onupgradeneeded = (ev) => {
+        if (!create && ev.oldVersion === 0) {
+          // Aborting the upgrade of a database that did not exist deletes it.
+          missing = true;
+          r.transaction?.abort();
+          return;
+        }
         const db = r.result;
         db.createObjectStore("device");
         db.createObjectStore("groups", { keyPath: "group" });
@@ -48,6 +61,7 @@ export class DB {
       };
       return new DB(name, await req(r));
     } catch (e) {
+      if (missing) throw new DeviceError("not-enrolled", "this device has no database");
       throw storageError(e);
     }
   }

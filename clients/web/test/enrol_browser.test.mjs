@@ -234,3 +234,27 @@ test("a sign-up interrupted before the escrow slot is seen after a reload and fi
   assert.equal(r.kinds, "escrow,password");
   assert.deepEqual(r.oneStep, { kinds: "escrow,password", escrow: true, same: true });
 });
+
+test("opening without a device id neither enrols nor brings back a deleted database", async () => {
+  const r = await page.evaluate(async () => {
+    const names = async () => (await indexedDB.databases()).map((d) => d.name);
+    const codeOf = async (f) => { try { await f(); return "opened"; } catch (e) { return e.code ?? String(e); } };
+    const out = {};
+    // Never made: refused, and no database is left behind.
+    out.never = await codeOf(() => window.sdk.Device.open({ name: "open-never" }));
+    out.neverListed = (await names()).includes("open-never");
+    // Made, then deleted (a logout): a service worker's open after it
+    // does not create it again.
+    const d = await window.sdk.Device.open({ name: "open-deleted", deviceId: "dev-del" });
+    d.close();
+    await new Promise((ok, ko) => { const q = indexedDB.deleteDatabase("open-deleted"); q.onsuccess = ok; q.onerror = ko; });
+    out.deleted = await codeOf(() => window.sdk.Device.open({ name: "open-deleted" }));
+    out.deletedListed = (await names()).includes("open-deleted");
+    // An enrolled device opens without its id.
+    const e = await window.sdk.Device.open({ name: "open-enrolled", deviceId: "dev-en" });
+    e.close();
+    out.enrolled = await codeOf(async () => (await window.sdk.Device.open({ name: "open-enrolled" })).close());
+    return out;
+  });
+  assert.deepEqual(r, { never: "not-enrolled", neverListed: false, deleted: "not-enrolled", deletedListed: false, enrolled: "opened" });
+});
