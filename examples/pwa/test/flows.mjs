@@ -197,6 +197,10 @@ try {
     const t = await now();
     await page.click("#sync-now");
     await waitSynced(t);
+    // Offline from here to the logout: the second tab shares the database,
+    // and a round it starts (its visibility changed) would fetch the note
+    // again and repair it under the bar. The logout needs no connection.
+    await browser.setOffline(true);
     await tamper(page, "ann-notes");
     await page.click("#groups li[data-group=ann-notes]");
     await visible("#failure");
@@ -206,6 +210,9 @@ try {
     await visible("#signup", other);
     await other.waitForFunction(() => document.getElementById("error").dataset.code === "logged-out");
     const notice = await other.textContent("#error");
+    // Online again: a sync either tab or the worker starts now finds no
+    // device and brings no database back.
+    await browser.setOffline(false);
     await shot("logged-out-in-the-first-tab");
     await other.bringToFront();
     await shot("the-second-tab-follows", other);
