@@ -531,8 +531,20 @@ func (v *Vault) write(recs [][]byte) error {
 			v.known = false
 			return fmt.Errorf("%w: failed to write audit batch %d to Vault: %v", ErrUnavailable, seq, firstLine(err))
 		}
-		// Another writer holds this position: chain after its batch.
-		if err := v.adopt(ctx, seq); err != nil {
+		// Another writer holds this position: chain after the last batch.
+		// The position lost is checked as the next one always was (what is
+		// not a batch, or a forged one, halts the writer); a writer idle
+		// while the others wrote many then jumps to the head rather than
+		// reading each of their batches in turn, which would outlast its
+		// records' timeout. Verify checks the batches in between.
+		err = v.adopt(ctx, seq)
+		if err == nil {
+			var last uint64
+			if last, err = v.lastFrom(ctx, seq); err == nil && last > seq {
+				err = v.adoptLast(ctx, last)
+			}
+		}
+		if err != nil {
 			v.known = false
 			return err
 		}
@@ -577,30 +589,11 @@ func (v *Vault) findHead(ctx context.Context) error {
 		return err
 	}
 	if ok {
-		lo, hi := uint64(1), uint64(2)
-		for {
-			ok, err := v.exists(ctx, hi)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				break
-			}
-			lo, hi = hi, hi*2
+		last, err := v.lastFrom(ctx, 1)
+		if err != nil {
+			return err
 		}
-		for hi-lo > 1 {
-			mid := lo + (hi-lo)/2
-			ok, err := v.exists(ctx, mid)
-			if err != nil {
-				return err
-			}
-			if ok {
-				lo = mid
-			} else {
-				hi = mid
-			}
-		}
-		if err := v.adoptLast(ctx, lo); err != nil {
+		if err := v.adoptLast(ctx, last); err != nil {
 			return err
 		}
 	}
@@ -611,6 +604,36 @@ func (v *Vault) findHead(ctx context.Context) error {
 	}
 	v.known = true
 	return nil
+}
+
+// lastFrom returns the last position taken from position from on, which
+// is taken: exponential probing, then bisection, O(log n) reads where n
+// is how many batches others wrote after from.
+func (v *Vault) lastFrom(ctx context.Context, from uint64) (uint64, error) {
+	lo, step := from, uint64(1)
+	for {
+		ok, err := v.exists(ctx, lo+step)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			break
+		}
+		lo, step = lo+step, step*2
+	}
+	for hi := lo + step; hi-lo > 1; {
+		mid := lo + (hi-lo)/2
+		ok, err := v.exists(ctx, mid)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return lo, nil
 }
 
 // maxWalkBack bounds how far back findHead looks for a batch to chain

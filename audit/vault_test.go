@@ -4,10 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -392,4 +397,49 @@ func TestKVv1MountRefused(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "KV version 2") {
 		t.Fatalf("Commit on a KV v1 mount: %v; want ErrUnavailable naming the mount's kind", err)
 	}
+}
+
+// TestIdleReplicaJumpsToTheHead: a writer idle while another wrote
+// hundreds of batches finds the head in a few reads when it loses the
+// race for its next position, instead of reading each batch written
+// meanwhile (which outlasts a commit's timeout).
+func TestIdleReplicaJumpsToTheHead(t *testing.T) {
+	prefix := prefixFor(t)
+	target, err := url.Parse(vaultSrv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reads atomic.Int64
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/chain/") {
+			reads.Add(1)
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+	idle, err := NewVault(VaultConfig{Address: proxy.URL, Token: vaultSrv.Token, Prefix: prefix, Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { idle.Close() })
+	busy := newSink(t, vaultSrv, prefix)
+	if err := idle.Commit(context.Background(), rec(0)); err != nil {
+		t.Fatal(err)
+	}
+	const others = 300
+	for i := 1; i <= others; i++ { // one batch each
+		if err := busy.Commit(context.Background(), rec(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reads.Store(0)
+	if err := idle.Commit(context.Background(), rec(others+1)); err != nil {
+		t.Fatal(err)
+	}
+	// 2 × log2(300) probes and the batch chained after; one by one it was 300.
+	if n := reads.Load(); n > 24 {
+		t.Errorf("the idle writer read %d batches to find the head after %d others", n, others)
+	}
+	verifyOK(t, busy, others+2)
 }
