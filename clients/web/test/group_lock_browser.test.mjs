@@ -8,41 +8,12 @@
 // A missing Chromium or playwright-core fails the test.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { access, mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { pathToFileURL } from "node:url";
-import { bundle, webDir } from "../scripts/load-state.mjs";
+import { sdkPage } from "./sdk_page.mjs";
 
-const CHROMIUM = "/usr/bin/chromium";
-const PLAYWRIGHT = join(webDir, "..", "..", "web", "node_modules", "playwright-core", "index.mjs");
-let server, browser, profile, page;
-const consoles = [];
+let page, close;
 
 before(async () => {
-  await access(CHROMIUM).catch(() => assert.fail(CHROMIUM + " is missing: run `make deps` (Debian's chromium)"));
-  await access(PLAYWRIGHT).catch(() => assert.fail("web/node_modules/playwright-core is missing: run `make deps` (npm ci --prefix web)"));
-  const { chromium } = await import(pathToFileURL(PLAYWRIGHT).href);
-  const js = await bundle("src/index.ts", "browser");
-  server = createServer((req, res) => {
-    if (req.url === "/sdk.js") res.writeHead(200, { "content-type": "text/javascript" }).end(js);
-    else if (req.url === "/") {
-      res.writeHead(200, { "content-type": "text/html" }).end('<!doctype html><meta charset="utf-8"><title>group lock</title>' +
-        '<script type="module">import * as sdk from "/sdk.js"; window.sdk = sdk; window.ready = true;</script>');
-    } else res.writeHead(404).end();
-  });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  profile = await mkdtemp(join(tmpdir(), "escrowd-grouplock-"));
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-  });
-  page = await browser.newPage();
-  page.on("pageerror", (e) => consoles.push("pageerror: " + e.message));
-  await page.goto("http://127.0.0.1:" + server.address().port + "/");
-  await page.waitForFunction(() => window.ready === true);
+  ({ page, close } = await sdkPage("group lock"));
   await page.evaluate(() => {
     window.h = {
       code: async (f) => {
@@ -59,10 +30,7 @@ before(async () => {
 });
 
 after(async () => {
-  await browser?.close().catch(() => {});
-  server?.close();
-  if (profile) await rm(profile, { recursive: true, force: true });
-  if (consoles.length) console.log(consoles.join("\n"));
+  await close?.();
 });
 
 test("lockGroup drops one group's keys, sync still stores its records, unlockGroup opens it alone", async () => {
