@@ -145,6 +145,17 @@ type pending struct {
 	at   time.Time
 	size int // an upper bound of what the record adds to a write
 	done chan error
+	// failed, for a record queued by Enqueue, hears of a write that
+	// failed: nobody waits on done.
+	failed func(error)
+}
+
+// settle tells the record's committer how its write went.
+func (p *pending) settle(err error) {
+	p.done <- err
+	if err != nil && p.failed != nil {
+		p.failed(err)
+	}
 }
 
 var _ Sink = (*Vault)(nil)
@@ -208,6 +219,36 @@ func (v *Vault) Commit(ctx context.Context, r *Record) error {
 		return fmt.Errorf("%w: audit queue full: %v", ErrUnavailable, ctx.Err())
 	}
 	return v.await(ctx, p)
+}
+
+// Enqueue adds r to the trail without waiting for its write: it returns
+// once the writer holds r, which goes out with the next write, as a
+// committed record would. It is for the outcome of a request whose intent
+// is committed, when the result may leave before the outcome is written
+// (docs/AUDIT.md, "When the outcome is written"). If that write fails, or
+// the writer is closed before a last try succeeds, failed is called with
+// the error, on the writer's goroutine: the intent stays open. An error
+// from Enqueue itself (a record too large, the writer closed, ctx done
+// while the queue is full) means r is not held.
+func (v *Vault) Enqueue(ctx context.Context, r *Record, failed func(error)) error {
+	p, err := v.pending(r)
+	if err != nil {
+		return err
+	}
+	p.failed = failed
+	select {
+	case <-v.stop:
+		return fmt.Errorf("%w: the audit writer is closed", ErrUnavailable)
+	default:
+	}
+	select {
+	case v.queue <- p:
+		return nil
+	case <-v.stop:
+		return fmt.Errorf("%w: the audit writer is closed", ErrUnavailable)
+	case <-ctx.Done():
+		return fmt.Errorf("%w: audit queue full: %v", ErrUnavailable, ctx.Err())
+	}
 }
 
 // CommitRefusal adds the record of a refused request: one that ran no
@@ -331,47 +372,54 @@ func (v *Vault) writer() {
 				t.Stop()
 			}
 		}
-		batch, summary, counts := b.next()
-		if len(batch) == 0 && summary == nil {
-			continue
-		}
-		onlyRefusals := !b.lastHadResults
-		recs := make([][]byte, 0, len(batch)+1)
-		for _, p := range batch {
-			recs = append(recs, p.body)
-		}
-		var err error
-		if summary != nil {
-			var body []byte
-			if body, err = json.Marshal(summary); err == nil {
-				recs = append(recs, body)
-			}
-		}
-		start := time.Now()
-		if err == nil {
-			err = v.write(recs)
-		} else {
-			err = fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		now := time.Now()
-		v.cfg.Observer.ObserveAuditBatch(len(recs), now.Sub(start), err)
-		if onlyRefusals {
-			lastRefusals = now
-		}
-		if err != nil && counts != nil {
-			v.summary.restore(counts)
-		}
-		for _, p := range batch {
-			if err == nil {
-				v.waitNanos.Add(int64(now.Sub(p.at)))
-			}
-			p.done <- err
-		}
-		if err == nil {
-			v.batches.Add(1)
-			v.records.Add(uint64(len(batch)))
+		wrote, _ := v.writeNext(b)
+		if wrote && !b.lastHadResults {
+			lastRefusals = time.Now()
 		}
 	}
+}
+
+// writeNext cuts the next batch and writes it, telling each record's
+// committer how it went. It reports whether there was anything to write,
+// and the write's error.
+func (v *Vault) writeNext(b *batcher) (bool, error) {
+	batch, summary, counts := b.next()
+	if len(batch) == 0 && summary == nil {
+		return false, nil
+	}
+	recs := make([][]byte, 0, len(batch)+1)
+	for _, p := range batch {
+		recs = append(recs, p.body)
+	}
+	var err error
+	if summary != nil {
+		var body []byte
+		if body, err = json.Marshal(summary); err == nil {
+			recs = append(recs, body)
+		}
+	}
+	start := time.Now()
+	if err == nil {
+		err = v.write(recs)
+	} else {
+		err = fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	now := time.Now()
+	v.cfg.Observer.ObserveAuditBatch(len(recs), now.Sub(start), err)
+	if err != nil && counts != nil {
+		v.summary.restore(counts)
+	}
+	for _, p := range batch {
+		if err == nil {
+			v.waitNanos.Add(int64(now.Sub(p.at)))
+		}
+		p.settle(err)
+	}
+	if err == nil {
+		v.batches.Add(1)
+		v.records.Add(uint64(len(batch)))
+	}
+	return true, err
 }
 
 // batcher builds the writes: results first (with Linger), up to MaxBatch
@@ -460,25 +508,28 @@ func (b *batcher) next() ([]*pending, *Record, *refusalSummary) {
 	return batch, r, counts
 }
 
-// drain fails every record still waiting, and writes the summary of
-// counted refusals, if any, on a last try.
+// drain writes what is still queued, results then refusals, in as many
+// writes as it takes, until one fails; every record left then fails.
+// Records queued by Enqueue were accepted, and their results may have
+// left: a close must not drop them.
 func (v *Vault) drain(b *batcher) {
+	for {
+		wrote, err := v.writeNext(b)
+		if !wrote || err != nil {
+			break
+		}
+	}
 	closed := fmt.Errorf("%w: the audit writer is closed", ErrUnavailable)
 	for _, p := range append(b.results, b.refusals...) {
-		p.done <- closed
+		p.settle(closed)
 	}
 	for {
 		select {
 		case p := <-v.queue:
-			p.done <- closed
+			p.settle(closed)
 		case p := <-v.refusals:
-			p.done <- closed
+			p.settle(closed)
 		default:
-			if r, _ := v.summary.take(); r != nil {
-				if body, err := json.Marshal(r); err == nil {
-					_ = v.write([][]byte{body})
-				}
-			}
 			return
 		}
 	}

@@ -81,6 +81,15 @@ type RefusalAuditor interface {
 	CommitRefusal(ctx context.Context, r *audit.Record) error
 }
 
+// OutcomeAuditor is an Auditor that can take a record without waiting
+// for its write: Enqueue returns once the record is held for the next
+// write, and calls failed, later, if that write fails. A reveal's outcome
+// goes this way unless Config.OutcomeBeforeRelease is set (writeahead.go).
+type OutcomeAuditor interface {
+	Auditor
+	Enqueue(ctx context.Context, r *audit.Record, failed func(error)) error
+}
+
 // ObjectLister lists the HSM token's objects.
 type ObjectLister interface {
 	Objects(ctx context.Context) ([]hsm.ObjectInfo, error)
@@ -129,6 +138,10 @@ type Config struct {
 	Logger        *zap.Logger
 	// AuditTimeout bounds the audit commit of one request.
 	AuditTimeout time.Duration
+	// OutcomeBeforeRelease makes a reveal wait for its outcome record's
+	// write, as well as its intent's, before its code leaves; by default
+	// the outcome is only queued (writeahead.go, docs/AUDIT.md).
+	OutcomeBeforeRelease bool
 	// Observer, if set, learns RPC latencies, denials and health checks
 	// (metrics), and refused handshakes if it is a HandshakeObserver.
 	Observer Observer

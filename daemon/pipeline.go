@@ -344,6 +344,8 @@ func (s *Server) settle(ctx context.Context, c *call, err error) error {
 	var aerr error
 	if ra, ok := s.cfg.Auditor.(RefusalAuditor); ok && !c.admitted {
 		aerr = ra.CommitRefusal(actx, &c.rec)
+	} else if queued, qerr := s.queueOutcome(actx, c); queued {
+		aerr = qerr
 	} else {
 		aerr = s.cfg.Auditor.Commit(actx, &c.rec)
 	}

@@ -37,6 +37,11 @@ var (
 	// work before it (a reveal's derivation in the HSM). Every other
 	// write-ahead operation commits its intent before its handler runs.
 	overlappedOps = []string{"RevealUnlockCode"}
+	// queuedOutcomeOps release their result once their intent is
+	// committed and their outcome is queued (Config.OutcomeBeforeRelease
+	// turns it off): the outcome goes out with the next write, so the
+	// request waits for one Vault write, not two.
+	queuedOutcomeOps = []string{"RevealUnlockCode"}
 )
 
 // IntentObserver, if the Observer implements it, learns of every intent
@@ -123,6 +128,27 @@ func (s *Server) endIntent(c *call, err error) error {
 		return intentFailed(c)
 	}
 	return err
+}
+
+// queueOutcome queues the outcome of a call whose intent is committed, if
+// its operation's outcome may follow its result (queuedOutcomeOps) and
+// the auditor can queue. It reports whether it did: if it did, aerr is
+// nil when the record is held for the next write; a write that then fails
+// leaves the intent open and is counted and logged as such.
+func (s *Server) queueOutcome(ctx context.Context, c *call) (queued bool, aerr error) {
+	qa, ok := s.cfg.Auditor.(OutcomeAuditor)
+	if !ok || s.cfg.OutcomeBeforeRelease || c.intent == nil || c.intent.err != nil ||
+		!slices.Contains(queuedOutcomeOps, operation(c.method)) {
+		return false, nil
+	}
+	id, method, label := c.rec.ID, c.rec.Operation, operation(c.label())
+	return true, qa.Enqueue(ctx, &c.rec, func(err error) {
+		if o, ok := s.cfg.Observer.(IntentObserver); ok {
+			o.ObserveOpenIntent(label)
+		}
+		s.log.Error("audit write of a queued outcome failed; its result was released, and its intent stays open",
+			zap.String("request_id", id), zap.String("method", method), zap.Error(err))
+	})
 }
 
 // outcomeFailed is the status of a write-ahead call whose last record

@@ -199,3 +199,81 @@ func TestIntentBeforeAction(t *testing.T) {
 		}
 	}
 }
+
+// queueLog is a callLog that can also queue an outcome (OutcomeAuditor),
+// keeping the callback a failed write would call.
+type queueLog struct {
+	*callLog
+	failQueue bool
+	failed    []func(error)
+}
+
+func (q *queueLog) Enqueue(_ context.Context, r *audit.Record, failed func(error)) error {
+	if q.failQueue {
+		return fmt.Errorf("%w: audit queue full", audit.ErrUnavailable)
+	}
+	q.add("audit queued " + r.Phase + " " + operation(r.Operation))
+	q.failed = append(q.failed, failed)
+	return nil
+}
+
+type openIntents struct {
+	nopObserver
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (o *openIntents) ObserveOpenIntent(op string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.n[op]++
+}
+
+// TestRevealOutcomeQueued: a reveal's code leaves once its intent is
+// committed and its outcome queued, and no other operation's result
+// does; a queued outcome whose write fails counts an open intent. With
+// OutcomeBeforeRelease the outcome is committed before the code leaves.
+func TestRevealOutcomeQueued(t *testing.T) {
+	for _, before := range []bool{false, true} {
+		t.Run(fmt.Sprintf("OutcomeBeforeRelease=%v", before), func(t *testing.T) {
+			q := &queueLog{callLog: &callLog{}}
+			obs := &openIntents{n: map[string]int{}}
+			e := &recordingEscrow{log: q.callLog}
+			conn, _ := startWith(t, &e.fakeEscrow, &fakeAuditor{}, nil, func(c *Config) {
+				c.Escrow, c.Versions, c.Jobs, c.Auditor, c.Observer = e, e, e, q, obs
+				c.OutcomeBeforeRelease = before
+			})
+			for op, call := range mutatingCalls(conn) {
+				q.calls = nil
+				_ = call(context.Background())
+				want := "audit outcome " + op
+				if op == "RevealUnlockCode" && !before {
+					want = "audit queued outcome " + op
+				}
+				if n := len(q.calls); n < 2 || q.calls[0] != "audit intent "+op || q.calls[n-1] != want {
+					t.Errorf("%s: %q, want the intent first and %q last", op, q.calls, want)
+				}
+			}
+			if before {
+				if len(q.failed) != 0 {
+					t.Fatalf("%d outcomes queued with OutcomeBeforeRelease", len(q.failed))
+				}
+				return
+			}
+			if len(q.failed) != 1 {
+				t.Fatalf("%d outcomes queued, want the reveal's", len(q.failed))
+			}
+			q.failed[0](fmt.Errorf("%w: Vault sealed", audit.ErrUnavailable))
+			if obs.n["RevealUnlockCode"] != 1 {
+				t.Fatalf("open intents counted after the queued outcome's write failed: %v", obs.n)
+			}
+			// An outcome the auditor cannot even hold withholds the code.
+			q.failQueue = true
+			sup := escrowdv1.NewSupportServiceClient(conn)
+			rv, err := sup.RevealUnlockCode(context.Background(), &escrowdv1.RevealUnlockCodeRequest{GroupId: "g", UserId: "u", Ticket: "T-1"})
+			if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "may have taken effect") || rv.GetCode() != "" {
+				t.Fatalf("reveal whose outcome could not be queued: %v (code %q), want Unavailable, may have taken effect", err, rv.GetCode())
+			}
+		})
+	}
+}

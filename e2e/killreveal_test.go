@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -19,11 +20,13 @@ import (
 // TestKillBetweenRevealIntentAndOutcome puts a reveal between its two
 // records without timing luck: a proxy in front of Vault stops the write
 // of the reveal's outcome record, so the reveal has committed its intent,
-// claimed its code and derived it, and waits for the outcome.
+// claimed its code and derived it.
 //
-// First Vault fails that write and the process lives: the caller gets
-// UNAVAILABLE saying the request may have taken effect, and
-// escrowd_audit_open_intents_total counts it. Then Vault stalls on it and
+// First Vault fails that write and the process lives:
+// escrowd_audit_open_intents_total counts the open intent. By default the
+// code has already left (its outcome was queued); with
+// -audit-outcome-before-release the caller gets UNAVAILABLE saying the
+// request may have taken effect, and no code. Then Vault stalls on it and
 // escrowd is killed with SIGKILL. After a restart, `escrowctl audit
 // verify` lists both intents as open ("happened or not unknown"), with
 // their request ids; the store holds both codes as revealed; and no code
@@ -32,10 +35,18 @@ import (
 // none.
 func TestKillBetweenRevealIntentAndOutcome(t *testing.T) {
 	escrowd, escrowctl := buildBinaries(t)
+	t.Run("outcome queued", func(t *testing.T) { killBetweenRevealRecords(t, escrowd, escrowctl, false) })
+	t.Run("outcome before release", func(t *testing.T) { killBetweenRevealRecords(t, escrowd, escrowctl, true) })
+}
+
+func killBetweenRevealRecords(t *testing.T, escrowd, escrowctl string, before bool) {
 	proxy := newVaultProxy(t)
 	maddr := freeAddr(t)
-	r := startReplica(t, escrowd, token, filepath.Join(t.TempDir(), "escrowd.db"),
-		"-vault-addr", proxy.URL, "-metrics-listen", maddr, "-policy", unlimitedReveals(t))
+	args := []string{"-vault-addr", proxy.URL, "-metrics-listen", maddr, "-policy", unlimitedReveals(t)}
+	if before {
+		args = append(args, "-audit-outcome-before-release")
+	}
+	r := startReplica(t, escrowd, token, filepath.Join(t.TempDir(), "escrowd.db"), args...)
 	prefix := trailOf(t)
 	ctx := ctxT(t)
 	const group, user = "g-kill", "u"
@@ -71,32 +82,64 @@ func TestKillBetweenRevealIntentAndOutcome(t *testing.T) {
 		return ""
 	}
 
+	want := device.Want{Group: group, ID: user}
+	// released checks the reveal's result: by default the code left, the
+	// one of slot i; before release, nothing left.
+	released := func(rv *escrowdv1.RevealUnlockCodeResponse, err error, i uint32) {
+		t.Helper()
+		if before {
+			if status.Code(err) != codes.Unavailable || rv.GetCode() != "" || !strings.Contains(err.Error(), "may have taken effect") {
+				t.Fatalf("reveal whose outcome Vault stopped: %v (code %q), want Unavailable, may have taken effect", err, rv.GetCode())
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("reveal whose outcome was queued: %v, want its code", err)
+		}
+		if got, us, err := device.OpenUnlock(is.GetSlots(), want, rv.GetCode()); err != nil || us.Unlock.Index != i || rv.GetIndex() != i || !bytes.Equal(got, gdk) {
+			t.Fatalf("the code released (index %d) opens %v: %v; want slot %d", rv.GetIndex(), us, err, i)
+		}
+	}
+
 	// Vault fails the outcome's write; the process lives.
 	proxy.stop(outcomeOf("RevealUnlockCode"), false)
 	rv, err := reveal("SUP-101")
-	if status.Code(err) != codes.Unavailable || rv.GetCode() != "" || !strings.Contains(err.Error(), "may have taken effect") {
-		t.Fatalf("reveal whose outcome Vault failed: %v (code %q), want Unavailable, may have taken effect", err, rv.GetCode())
-	}
+	released(rv, err, 0)
 	failedID := requestOf(proxy.awaitStopped(t))
 	proxy.stop(nil, false)
-	if m := scrapeMetrics(t, maddr); m["escrowd_audit_open_intents_total"] != 1 {
-		t.Fatalf("escrowd_audit_open_intents_total = %v, want 1", m["escrowd_audit_open_intents_total"])
+	// A queued outcome's failure is counted when the writer hears of it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		m := scrapeMetrics(t, maddr)
+		if m["escrowd_audit_open_intents_total"] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("escrowd_audit_open_intents_total = %v, want 1", m["escrowd_audit_open_intents_total"])
+		}
 	}
 
 	// Vault stalls on the outcome's write, and escrowd is killed.
 	proxy.stop(outcomeOf("RevealUnlockCode"), true)
-	done := make(chan error, 1)
+	type result struct {
+		rv  *escrowdv1.RevealUnlockCodeResponse
+		err error
+	}
+	done := make(chan result, 1)
 	go func() {
 		rv, err := reveal("SUP-102")
-		if err == nil {
-			err = fmt.Errorf("a code came back: index %d", rv.GetIndex())
-		}
-		done <- err
+		done <- result{rv, err}
 	}()
 	killedID := requestOf(proxy.awaitStopped(t))
+	if !before {
+		// The code left before its outcome's write began.
+		res := <-done
+		released(res.rv, res.err, 1)
+	}
 	r.kill()
-	if err := <-done; status.Code(err) != codes.Unavailable {
-		t.Fatalf("the reveal killed between its records: %v, want Unavailable", err)
+	if before {
+		if res := <-done; status.Code(res.err) != codes.Unavailable {
+			t.Fatalf("the reveal killed between its records: %v (code index %d), want Unavailable", res.err, res.rv.GetIndex())
+		}
 	}
 	proxy.stop(nil, false)
 	r.start()
@@ -145,7 +188,6 @@ func TestKillBetweenRevealIntentAndOutcome(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reveal after the restart: %v", err)
 	}
-	want := device.Want{Group: group, ID: user}
 	if got, us, err := device.OpenUnlock(is.GetSlots(), want, rv.GetCode()); err != nil || us.Unlock.Index != 2 || rv.GetIndex() != 2 || !bytes.Equal(got, gdk) {
 		t.Fatalf("the code revealed after the restart (index %d) opens %v: %v; want slot 2", rv.GetIndex(), us, err)
 	}

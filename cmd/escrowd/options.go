@@ -31,44 +31,45 @@ import (
 // configuration file, the environment default of -vault-addr ($VAULT_ADDR),
 // the built-in default.
 type options struct {
-	listen          string
-	metricsListen   string
-	healthListen    string
-	tlsCert         string
-	tlsKey          string
-	clientCA        string
-	clientCRL       string
-	policyPath      string
-	storePath       string
-	hsmModule       string
-	hsmToken        string
-	hsmPINFile      string
-	hsmSessions     int
-	hsmHotKeys      int
-	hsmHotSlots     int
-	hsmHotKeyTTL    time.Duration
-	kekLabel        string
-	allowPublicKEK  bool
-	vaultAddr       string
-	vaultTokenFile  string
-	auditMount      string
-	auditPrefix     string
-	auditTimeout    time.Duration
-	auditMaxBatch   int
-	auditLinger     time.Duration
-	defaultSuite    string
-	logLevel        string
-	shutdownTimeout time.Duration
-	jobLease        time.Duration
-	jobPoll         time.Duration
-	jobBatch        int
-	pidFile         string
-	otlpEndpoint    string
-	otlpInsecure    bool
-	traceSample     float64
-	eventRetention  time.Duration
-	eventMax        int
-	logSampling     string
+	listen                    string
+	metricsListen             string
+	healthListen              string
+	tlsCert                   string
+	tlsKey                    string
+	clientCA                  string
+	clientCRL                 string
+	policyPath                string
+	storePath                 string
+	hsmModule                 string
+	hsmToken                  string
+	hsmPINFile                string
+	hsmSessions               int
+	hsmHotKeys                int
+	hsmHotSlots               int
+	hsmHotKeyTTL              time.Duration
+	kekLabel                  string
+	allowPublicKEK            bool
+	vaultAddr                 string
+	vaultTokenFile            string
+	auditMount                string
+	auditPrefix               string
+	auditTimeout              time.Duration
+	auditMaxBatch             int
+	auditLinger               time.Duration
+	auditOutcomeBeforeRelease bool
+	defaultSuite              string
+	logLevel                  string
+	shutdownTimeout           time.Duration
+	jobLease                  time.Duration
+	jobPoll                   time.Duration
+	jobBatch                  int
+	pidFile                   string
+	otlpEndpoint              string
+	otlpInsecure              bool
+	traceSample               float64
+	eventRetention            time.Duration
+	eventMax                  int
+	logSampling               string
 
 	maxRecvMsgSize       int
 	maxConcurrentStreams int
@@ -130,6 +131,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.auditPrefix, "audit-prefix", "escrowd/audit", "folder under the mount for audit records")
 	fs.DurationVar(&o.auditTimeout, "audit-timeout", 5*time.Second, "bound on one audit commit; past it the request fails closed")
 	fs.IntVar(&o.auditMaxBatch, "audit-max-batch", 512, "most records in one Vault write (group commit); 1 makes one write per request")
+	fs.BoolVar(&o.auditOutcomeBeforeRelease, "audit-outcome-before-release", false, "a reveal's code leaves only once its outcome record is written too, not only its intent: one more Vault write of latency per reveal, and an open intent then always means the code was not returned (docs/AUDIT.md, \"When the outcome is written\")")
 	fs.DurationVar(&o.auditLinger, "audit-linger", 0, "how long a Vault write waits for more records once it has one (0: it takes what queued while the last write ran); trades latency for fewer, larger writes")
 	fs.BoolVar(&o.auditAcceptTruncation, "audit-accept-truncation", false, "when the audit trail in Vault ends below the head the store anchors, go on after the anchored head instead of refusing (after the incident is recorded: docs/OPERATIONS.md)")
 	fs.StringVar(&o.defaultSuite, "default-suite", "ecdh-p256", "escrow key suite of new groups: ecdh-p256 (milliseconds to provision), rsa-oaep-sha1 (SoftHSM) or rsa-oaep-sha256 (hardware HSMs), about a second each")
