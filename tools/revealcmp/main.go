@@ -2,7 +2,8 @@
 // server and one SoftHSM token, and measures RevealUnlockCode on each in
 // interleaved rounds (the order alternating), so that both see the same
 // machine. It prints each round and the median of the rounds with their
-// range. Run from the repository root:
+// range, and the CPU each round cost escrowd (SoftHSM runs inside it) and
+// the Vault server, per reveal. Run from the repository root:
 //
 //	go run ./tools/revealcmp BEFORE_ESCROWD AFTER_ESCROWD ROUNDS REVEALS_PER_ROUND CONCURRENCY
 //
@@ -28,6 +29,7 @@ import (
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
 	"github.com/escrowd/escrowd/escrow/device"
+	"github.com/escrowd/escrowd/internal/bench"
 	"github.com/escrowd/escrowd/internal/devpki"
 	"github.com/escrowd/escrowd/internal/vaulttest"
 	"github.com/escrowd/escrowd/softhsm"
@@ -62,6 +64,10 @@ func main() {
 	v, err := vaulttest.Start(filepath.Join(dir, "vault"))
 	must(err)
 	defer v.Stop()
+	vaultPID := findPID(filepath.Join(v.Dir, "addr"))
+	if vaultPID == 0 {
+		panic("revealcmp: the Vault server's process is not found")
+	}
 	tok, err := softhsm.New(filepath.Join(dir, "hsm"), "cmp")
 	must(err)
 	os.Setenv("SOFTHSM2_CONF", filepath.Join(tok.Dir, "softhsm2.conf"))
@@ -118,7 +124,8 @@ func main() {
 			must(err)
 		}
 	}
-	type res struct{ p50, p99, tput float64 }
+	// cpu, cpuVault: CPU milliseconds per reveal of the round.
+	type res struct{ p50, p99, tput, cpu, cpuVault float64 }
 	all := map[string][]res{}
 	for rd := range rounds {
 		order := ds
@@ -135,6 +142,7 @@ func main() {
 			}
 			close(next)
 			start := time.Now()
+			c0, v0 := procCPU(d.cmd.Process.Pid), procCPU(vaultPID)
 			for range conc {
 				wg.Add(1)
 				go func() {
@@ -156,10 +164,13 @@ func main() {
 			}
 			wg.Wait()
 			took := time.Since(start)
+			c1, v1 := procCPU(d.cmd.Process.Pid), procCPU(vaultPID)
 			slices.Sort(lat)
-			r := res{ms(lat[len(lat)/2]), ms(lat[len(lat)*99/100]), float64(len(lat)) / took.Seconds()}
+			n := float64(len(lat))
+			r := res{ms(lat[len(lat)/2]), ms(lat[len(lat)*99/100]), n / took.Seconds(), (c1 - c0) / n, (v1 - v0) / n}
 			all[d.name] = append(all[d.name], r)
-			fmt.Printf("round %d %-12s p50 %.2f ms  p99 %.2f ms  %.0f reveals/s\n", rd, d.name, r.p50, r.p99, r.tput)
+			fmt.Printf("round %d %-12s p50 %.2f ms  p99 %.2f ms  %.0f reveals/s  CPU per reveal: escrowd %.3f ms, Vault %.3f ms\n",
+				rd, d.name, r.p50, r.p99, r.tput, r.cpu, r.cpuVault)
 		}
 	}
 	// The ratios of each round's pair (after / before), which the
@@ -176,8 +187,11 @@ func main() {
 	p50r, p50lo, p50hi := ratio(func(r res) float64 { return r.p50 })
 	p99r, p99lo, p99hi := ratio(func(r res) float64 { return r.p99 })
 	tr, tlo, thi := ratio(func(r res) float64 { return r.tput })
-	fmt.Printf("paired ratio %s / %s, median over %d rounds (range): p50 %.2f (%.2f–%.2f), p99 %.2f (%.2f–%.2f), throughput %.2f (%.2f–%.2f)\n",
-		ds[1].name, ds[0].name, rounds, p50r, p50lo, p50hi, p99r, p99lo, p99hi, tr, tlo, thi)
+	// CPU-normalised: reveals per CPU second of escrowd and Vault together,
+	// after over before.
+	cr, clo, chi := ratio(func(r res) float64 { return 1 / (r.cpu + r.cpuVault) })
+	fmt.Printf("paired ratio %s / %s, median over %d rounds (range): p50 %.2f (%.2f–%.2f), p99 %.2f (%.2f–%.2f), throughput %.2f (%.2f–%.2f), CPU-normalised (escrowd + Vault) %.2f (%.2f–%.2f)\n",
+		ds[1].name, ds[0].name, rounds, p50r, p50lo, p50hi, p99r, p99lo, p99hi, tr, tlo, thi, cr, clo, chi)
 	for _, d := range ds {
 		rs := all[d.name]
 		med := func(f func(res) float64) (float64, float64, float64) {
@@ -191,12 +205,47 @@ func main() {
 		a, amin, amax := med(func(r res) float64 { return r.p50 })
 		b, bmin, bmax := med(func(r res) float64 { return r.p99 })
 		c, cmin, cmax := med(func(r res) float64 { return r.tput })
-		fmt.Printf("%-12s median over %d rounds: p50 %.2f ms (%.2f–%.2f), p99 %.2f ms (%.2f–%.2f), %.0f reveals/s (%.0f–%.0f)\n",
-			d.name, len(rs), a, amin, amax, b, bmin, bmax, c, cmin, cmax)
+		e, emin, emax := med(func(r res) float64 { return r.cpu })
+		f, fmin, fmax := med(func(r res) float64 { return r.cpuVault })
+		fmt.Printf("%-12s median over %d rounds: p50 %.2f ms (%.2f–%.2f), p99 %.2f ms (%.2f–%.2f), %.0f reveals/s (%.0f–%.0f), CPU per reveal: escrowd %.3f ms (%.3f–%.3f), Vault %.3f ms (%.3f–%.3f)\n",
+			d.name, len(rs), a, amin, amax, b, bmin, bmax, c, cmin, cmax, e, emin, emax, f, fmin, fmax)
 	}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// procCPU is a process's CPU time so far (utime + stime), in
+// milliseconds; /proc counts it in ticks of 10 ms.
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	must(err)
+	t, err := bench.ParseProcStatCPU(string(b))
+	must(err)
+	return float64(t) * 10
+}
+
+// findPID is the process whose command line has arg (the Vault dev
+// server's address file names its directory), or 0.
+func findPID(arg string) int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if slices.Contains(strings.Split(string(b), "\x00"), arg) {
+			return pid
+		}
+	}
+	return 0
+}
 
 func caPEM(ca *devpki.CA) []byte { return ca.PEM }
 
