@@ -113,7 +113,10 @@ type Vault struct {
 	queue    chan *pending
 	refusals chan *pending
 	// kick wakes the writer when a refusal was counted, not queued.
-	kick    chan struct{}
+	kick chan struct{}
+	// recheck asks an idle writer halted at a truncation to look at the
+	// trail again (Healthy).
+	recheck chan struct{}
 	summary refusalSummary
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -182,7 +185,7 @@ func NewVault(cfg VaultConfig) (*Vault, error) {
 	c.SetToken(cfg.Token)
 	v := &Vault{cfg: cfg, client: c, kv: c.KVv2(cfg.Mount),
 		queue: make(chan *pending, 4*cfg.MaxBatch), refusals: make(chan *pending, cfg.RefusalQueue),
-		kick: make(chan struct{}, 1), stop: make(chan struct{})}
+		kick: make(chan struct{}, 1), recheck: make(chan struct{}, 1), stop: make(chan struct{})}
 	if cfg.Anchor != nil {
 		v.anchor = newAnchorer(cfg.Anchor, v.trail(), v.stop, func() (context.Context, context.CancelFunc) {
 			return context.WithTimeout(context.Background(), cfg.Timeout)
@@ -350,6 +353,9 @@ func (v *Vault) writer() {
 			case p := <-v.refusals:
 				b.refusals = append(b.refusals, p)
 			case <-v.kick:
+			case <-v.recheck:
+				v.recheckTruncation()
+				continue
 			case <-v.stop:
 				v.drain(b)
 				return
@@ -532,6 +538,21 @@ func (v *Vault) drain(b *batcher) {
 		default:
 			return
 		}
+	}
+}
+
+// recheckTruncation finds the head again if the writer is halted at a
+// truncation, and goes on if the trail now reaches the anchored head (its
+// deleted batches were restored). It never writes.
+func (v *Vault) recheckTruncation() {
+	h := v.halted.Load()
+	if h == nil || !errors.Is(*h, ErrTruncated) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.Timeout)
+	defer cancel()
+	if err := v.findHead(ctx); err == nil {
+		v.resume()
 	}
 }
 
@@ -970,10 +991,18 @@ func (v *Vault) Find(ctx context.Context, id string) (*Chained, error) {
 // writer not halted. A writer halted at a poisoned position is healthy
 // again as soon as an operator has acknowledged it: the next write goes
 // on past it, and health must say so first, or no request would come to
-// make that write.
+// make that write. For the same reason a writer halted at a truncation
+// is asked to look at the trail again, without a write: once the
+// deleted batches are back, a later check finds it going on.
 func (v *Vault) Healthy(ctx context.Context) (err error) {
 	defer func() { v.cfg.Observer.ObserveVaultHealth(err) }()
 	if h := v.halted.Load(); h != nil && !v.haltAcknowledged(ctx, *h) {
+		if errors.Is(*h, ErrTruncated) {
+			select {
+			case v.recheck <- struct{}{}:
+			default:
+			}
+		}
 		return *h
 	}
 	h, err := v.client.Sys().HealthWithContext(ctx)

@@ -230,3 +230,66 @@ func TestAuditVerifyEveryBreakAndCheckpoint(t *testing.T) {
 		t.Fatalf("verify with a forged checkpoint: %v\n%s", err, out)
 	}
 }
+
+// TestTruncationRestoredServesAgain: escrowd halted at a truncation goes
+// back to serving once the deleted batches are restored in Vault, found
+// by its health check alone: health is what brings requests back, so it
+// cannot wait for one.
+func TestTruncationRestoredServesAgain(t *testing.T) {
+	storePath := filepath.Join(t.TempDir(), "escrowd.db")
+	s := newStackWith(t, vaultSrv, stackOpts{storePath: storePath})
+	ctx := ctxT(t)
+	s.requests(ctx, 6)
+	s.stop()
+	last := s.lastBatch(ctx)
+	vc, err := vaultSrv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := vc.KVv2("secret")
+	saved := map[uint64]map[string]any{}
+	for _, b := range []uint64{last, last - 1} {
+		sec, err := kv.Get(ctx, s.batchPath(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		saved[b] = sec.Data
+		if err := kv.DeleteMetadata(ctx, s.batchPath(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s2 := newStackWith(t, vaultSrv, stackOpts{storePath: storePath})
+	if _, err := s2.sync.GetEscrowKey(ctx, &escrowdv1.GetEscrowKeyRequest{GroupId: "none"}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a request after the truncation: %v, want Unavailable", err)
+	}
+	if err := s2.audit.Healthy(ctx); !errors.Is(err, audit.ErrTruncated) {
+		t.Fatalf("health after the truncation: %v", err)
+	}
+	// Restored from a backup, as they were.
+	for _, b := range []uint64{last - 1, last} {
+		if _, err := kv.Put(ctx, s.batchPath(b), saved[b]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for err := s2.audit.Healthy(ctx); err != nil; err = s2.audit.Healthy(ctx) {
+		if time.Now().After(deadline) {
+			t.Fatalf("health with the batches restored and no request made: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := s2.lastBatch(ctx); got != last {
+		t.Fatalf("the trail ends at batch %d before any request, want %d: health wrote", got, last)
+	}
+	s2.requests(ctx, 1)
+	if got := s2.lastBatch(ctx); got != last+1 {
+		t.Fatalf("after the restore the trail goes on at batch %d, want %d", got, last+1)
+	}
+	r, err := s2.audit.VerifyAll(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Problems) != 0 {
+		t.Fatalf("verify after the restore: %v", r.Problems)
+	}
+}
