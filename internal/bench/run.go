@@ -77,6 +77,11 @@ type Config struct {
 	// on spaces) are extra flags of the audited daemon in that mode.
 	Only       string
 	AuditFlags []string
+	// DaemonFlags (BENCH_DAEMON_FLAGS, split on spaces) are extra flags
+	// of every escrowd the run starts, after -hsm-sessions, e.g.
+	// "-hsm-hot-keys 0": a pair's own flags (-hsm-hot-slots 16 for the
+	// hot-slot burst) come after them and win.
+	DaemonFlags []string
 }
 
 func envInt(name string, def int) (int, error) {
@@ -158,6 +163,7 @@ func FromEnv() (Config, error) {
 		return c, fmt.Errorf("bench: BENCH_ONLY=%q: the only part is \"audit\"", c.Only)
 	}
 	c.AuditFlags = strings.Fields(os.Getenv("BENCH_AUDIT_FLAGS"))
+	c.DaemonFlags = strings.Fields(os.Getenv("BENCH_DAEMON_FLAGS"))
 	if os.Getenv("BENCH_HSM_SESSIONS") != "" {
 		if c.HSMSessions, err = envInt("BENCH_HSM_SESSIONS", 0); err != nil {
 			return c, err
@@ -289,6 +295,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 			"BENCH_SECONDS": strconv.FormatFloat(cfg.Duration.Seconds(), 'f', -1, 64), "BENCH_BATCH": strconv.Itoa(cfg.Batch),
 		},
 	}}
+	if len(cfg.DaemonFlags) > 0 {
+		r.rep.Config["BENCH_DAEMON_FLAGS"] = strconv.Quote(strings.Join(cfg.DaemonFlags, " "))
+	}
 	load0 := loadAvg()
 	r.logf("setting up: SoftHSM token, Vault dev server, PKI in %s", dir)
 	r.env, err = newEnv(dir, bin)
@@ -800,9 +809,10 @@ func (r *runner) rows(section, op string) []Row {
 	return out
 }
 
-// daemonFlags are the flags of every daemon of the run besides the stack's.
+// daemonFlags are the flags of every daemon of the run besides the
+// stack's: a new slice each call, which callers may append to.
 func (r *runner) daemonFlags() []string {
-	return []string{"-hsm-sessions", strconv.Itoa(r.cfg.HSMSessions)}
+	return append([]string{"-hsm-sessions", strconv.Itoa(r.cfg.HSMSessions)}, r.cfg.DaemonFlags...)
 }
 
 func (r *runner) sectionSmall() string { return "escrowd, " + thousands(r.cfg.SmallGroups) + " groups" }
