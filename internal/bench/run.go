@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -1118,12 +1119,48 @@ func (r *runner) profile(ctx context.Context, d *daemon, name string, conc int, 
 		}
 		done <- err
 	}()
-	RunClosed(ctx, max(conc, 1), time.Duration(secs)*time.Second+500*time.Millisecond, 0, op)
+	res := RunClosed(ctx, max(conc, 1), time.Duration(secs)*time.Second+500*time.Millisecond, d.pid(), op)
 	if err := <-done; err != nil {
 		r.logf("profile %s: %v", name, err)
 		return
 	}
-	r.logf("profile %s at %d callers: %s", name, conc, path)
+	r.logf("profile %s at %d callers: %s (%s)", name, conc, path, perOp(pointOf(res)))
+}
+
+// perOp says what a profile's samples are spread over: the operations
+// per second and the measured process's CPU per operation, so that a
+// profile's percentages convert to milliseconds per operation.
+func perOp(p Point) string {
+	return fmt.Sprintf("%.0f ops/s, %.3f ms of CPU per operation", p.OpsPerSec, p.CPUPerOp*1000)
+}
+
+// profileRaw runs the raw sequence op on sessions sessions of h, in this
+// process, while it takes a CPU profile of this process into
+// cfg.Profile/name.pprof: the PKCS#11 calls alone, to set beside a
+// daemon's profile of the same operation.
+func (r *runner) profileRaw(ctx context.Context, h *hsm.HSM, name string, op hsm.CeilingOp, in hsm.CeilingInput, sessions int) {
+	if err := os.MkdirAll(r.cfg.Profile, 0o755); err != nil {
+		r.logf("profile %s: %v", name, err)
+		return
+	}
+	path := filepath.Join(r.cfg.Profile, name+".pprof")
+	f, err := os.Create(path)
+	if err != nil {
+		r.logf("profile %s: %v", name, err)
+		return
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		r.logf("profile %s: %v", name, err)
+		return
+	}
+	p, err := rawSide(h, op, in, sessions)(ctx, time.Duration(max(int(r.cfg.Duration.Seconds()), 2))*time.Second)
+	pprof.StopCPUProfile()
+	if err != nil {
+		r.logf("profile %s: %v", name, err)
+		return
+	}
+	r.logf("profile %s at %d sessions: %s (%s)", name, sessions, path, perOp(p))
 }
 
 // ownKey is a group's own escrow key (Config.OwnKeys).
