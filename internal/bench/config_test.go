@@ -39,3 +39,33 @@ func TestFromEnvOnly(t *testing.T) {
 		})
 	}
 }
+
+// TestDaemonFlags: BENCH_DAEMON_FLAGS is split on spaces and follows
+// -hsm-sessions in every daemon's flags, so a pair's own flags, appended
+// after, win; each call returns a slice of its own to append to.
+func TestDaemonFlags(t *testing.T) {
+	t.Setenv("BENCH_DAEMON_FLAGS", " -hsm-hot-keys 0  -hsm-hot-key-ttl 5s ")
+	c, err := FromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.HSMSessions = 2
+	r := &runner{cfg: c}
+	want := []string{"-hsm-sessions", "2", "-hsm-hot-keys", "0", "-hsm-hot-key-ttl", "5s"}
+	a := r.daemonFlags()
+	if !slices.Equal(a, want) {
+		t.Fatalf("daemonFlags %q, want %q", a, want)
+	}
+	if b := r.daemonFlags(); &a[0] == &b[0] {
+		t.Fatal("two daemonFlags calls share their backing array: a caller's append would change the other's flags")
+	}
+	t.Setenv("BENCH_DAEMON_FLAGS", "")
+	if c, err = FromEnv(); err != nil {
+		t.Fatal(err)
+	}
+	c.HSMSessions = 2
+	r = &runner{cfg: c}
+	if got := r.daemonFlags(); !slices.Equal(got, want[:2]) {
+		t.Fatalf("daemonFlags without BENCH_DAEMON_FLAGS: %q, want %q", got, want[:2])
+	}
+}

@@ -167,6 +167,7 @@ const (
 	pairBurst       = "re-wrap ecdh-p256: join burst / random groups"
 	pairBurstBatch  = "BatchRewrap of 8: join burst / random groups"
 	pairBurstSlots  = "re-wrap ecdh-p256, -hsm-hot-slots 16: join burst / random groups"
+	pairHotKeysOff  = "re-wrap ecdh-p256: hot keys as configured / -hsm-hot-keys 0"
 	pairAudit       = "reveal: audited / audit off"
 	pairRSATransit  = "re-wrap rsa-oaep-sha1: escrowd / Vault Transit rsa-3072"
 	pairLargeRewrap = "re-wrap ecdh-p256: large store / small store"
@@ -214,6 +215,11 @@ func (r *runner) smallPairs(ctx context.Context, path string, p *pool) error {
 	if err := r.burstSlots(ctx, path, p); err != nil {
 		return err
 	}
+	if r.cfg.OwnKeys {
+		if err := r.hotKeysOff(ctx, d, path, p); err != nil {
+			return err
+		}
+	}
 	if err := r.pair(ctx, pairBurstBatch, fmt.Sprintf("one group to %d members, %d callers", burstSize, c/4), fmt.Sprintf("%d random groups, %d callers", burstSize, c/4),
 		closedSide(max(c/4, 1), d.pid(), r.batchBurst(d, p)), closedSide(max(c/4, 1), d.pid(), r.batchRandom(d, p))); err != nil {
 		return err
@@ -234,6 +240,7 @@ func (r *runner) smallPairs(ctx context.Context, path string, p *pool) error {
 	}
 	if r.cfg.Profile != "" {
 		r.profile(ctx, d, "rewrap-pairs", c, r.rewrapECDH(d, p))
+		r.profileRaw(ctx, h, "rewrap-raw", hsm.CeilingRewrapECDH, hsm.CeilingInput{Source: r.ec[0].src}, s)
 		r.profile(ctx, d, "burst-pairs", c, r.joinBurst(d, p))
 		if r.cfg.RSA && n > 50 {
 			r.profile(ctx, d, "rsa-pairs", c, r.rewrapRSA(d, p))
@@ -260,6 +267,27 @@ func (r *runner) burstSlots(ctx context.Context, path string, p *pool) error {
 	c := r.cfg.PairConc
 	return r.pair(ctx, pairBurstSlots, fmt.Sprintf("one group to %d members in a row, %d callers", burstSize, c), fmt.Sprintf("a random group each, %d callers", c),
 		closedSide(c, d.pid(), r.joinBurst(d, p)), closedSide(c, d.pid(), r.rewrapECDH(d, p)))
+}
+
+// hotKeysOff measures random-group re-wraps on d against a daemon that
+// keeps no escrow key (-hsm-hot-keys 0), on a copy of the store at path.
+// With every group its own key (BENCH_OWN_KEYS=1) a kept key is rarely
+// found again, so the ratio is what keeping keys costs when it does not
+// pay (docs/HSM.md, "Hot escrow keys").
+func (r *runner) hotKeysOff(ctx context.Context, d *daemon, path string, p *pool) error {
+	cp := path + ".nohot"
+	if err := copyFile(path, cp); err != nil {
+		return err
+	}
+	defer os.Remove(cp)
+	d0, err := r.env.startDaemon("escrowd-bench", cp, "escrowd-pairs-nohot.log", append(r.daemonFlags(), "-hsm-hot-keys", "0")...)
+	if err != nil {
+		return err
+	}
+	defer d0.stop()
+	c := r.cfg.PairConc
+	return r.pair(ctx, pairHotKeysOff, fmt.Sprintf("escrowd, %d callers", c), fmt.Sprintf("escrowd -hsm-hot-keys 0, %d callers", c),
+		closedSide(c, d.pid(), r.rewrapECDH(d, p)), closedSide(c, d0.pid(), r.rewrapECDH(d0, p)))
 }
 
 // largePairs measures the large store against the small one, both

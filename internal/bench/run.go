@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,6 +78,11 @@ type Config struct {
 	// on spaces) are extra flags of the audited daemon in that mode.
 	Only       string
 	AuditFlags []string
+	// DaemonFlags (BENCH_DAEMON_FLAGS, split on spaces) are extra flags
+	// of every escrowd the run starts, after -hsm-sessions, e.g.
+	// "-hsm-hot-keys 0": a pair's own flags (-hsm-hot-slots 16 for the
+	// hot-slot burst) come after them and win.
+	DaemonFlags []string
 }
 
 func envInt(name string, def int) (int, error) {
@@ -158,6 +164,7 @@ func FromEnv() (Config, error) {
 		return c, fmt.Errorf("bench: BENCH_ONLY=%q: the only part is \"audit\"", c.Only)
 	}
 	c.AuditFlags = strings.Fields(os.Getenv("BENCH_AUDIT_FLAGS"))
+	c.DaemonFlags = strings.Fields(os.Getenv("BENCH_DAEMON_FLAGS"))
 	if os.Getenv("BENCH_HSM_SESSIONS") != "" {
 		if c.HSMSessions, err = envInt("BENCH_HSM_SESSIONS", 0); err != nil {
 			return c, err
@@ -289,6 +296,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 			"BENCH_SECONDS": strconv.FormatFloat(cfg.Duration.Seconds(), 'f', -1, 64), "BENCH_BATCH": strconv.Itoa(cfg.Batch),
 		},
 	}}
+	if len(cfg.DaemonFlags) > 0 {
+		r.rep.Config["BENCH_DAEMON_FLAGS"] = strconv.Quote(strings.Join(cfg.DaemonFlags, " "))
+	}
 	load0 := loadAvg()
 	r.logf("setting up: SoftHSM token, Vault dev server, PKI in %s", dir)
 	r.env, err = newEnv(dir, bin)
@@ -800,9 +810,10 @@ func (r *runner) rows(section, op string) []Row {
 	return out
 }
 
-// daemonFlags are the flags of every daemon of the run besides the stack's.
+// daemonFlags are the flags of every daemon of the run besides the
+// stack's: a new slice each call, which callers may append to.
 func (r *runner) daemonFlags() []string {
-	return []string{"-hsm-sessions", strconv.Itoa(r.cfg.HSMSessions)}
+	return append([]string{"-hsm-sessions", strconv.Itoa(r.cfg.HSMSessions)}, r.cfg.DaemonFlags...)
 }
 
 func (r *runner) sectionSmall() string { return "escrowd, " + thousands(r.cfg.SmallGroups) + " groups" }
@@ -1108,12 +1119,48 @@ func (r *runner) profile(ctx context.Context, d *daemon, name string, conc int, 
 		}
 		done <- err
 	}()
-	RunClosed(ctx, max(conc, 1), time.Duration(secs)*time.Second+500*time.Millisecond, 0, op)
+	res := RunClosed(ctx, max(conc, 1), time.Duration(secs)*time.Second+500*time.Millisecond, d.pid(), op)
 	if err := <-done; err != nil {
 		r.logf("profile %s: %v", name, err)
 		return
 	}
-	r.logf("profile %s at %d callers: %s", name, conc, path)
+	r.logf("profile %s at %d callers: %s (%s)", name, conc, path, perOp(pointOf(res)))
+}
+
+// perOp says what a profile's samples are spread over: the operations
+// per second and the measured process's CPU per operation, so that a
+// profile's percentages convert to milliseconds per operation.
+func perOp(p Point) string {
+	return fmt.Sprintf("%.0f ops/s, %.3f ms of CPU per operation", p.OpsPerSec, p.CPUPerOp*1000)
+}
+
+// profileRaw runs the raw sequence op on sessions sessions of h, in this
+// process, while it takes a CPU profile of this process into
+// cfg.Profile/name.pprof: the PKCS#11 calls alone, to set beside a
+// daemon's profile of the same operation.
+func (r *runner) profileRaw(ctx context.Context, h *hsm.HSM, name string, op hsm.CeilingOp, in hsm.CeilingInput, sessions int) {
+	if err := os.MkdirAll(r.cfg.Profile, 0o755); err != nil {
+		r.logf("profile %s: %v", name, err)
+		return
+	}
+	path := filepath.Join(r.cfg.Profile, name+".pprof")
+	f, err := os.Create(path)
+	if err != nil {
+		r.logf("profile %s: %v", name, err)
+		return
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		r.logf("profile %s: %v", name, err)
+		return
+	}
+	p, err := rawSide(h, op, in, sessions)(ctx, time.Duration(max(int(r.cfg.Duration.Seconds()), 2))*time.Second)
+	pprof.StopCPUProfile()
+	if err != nil {
+		r.logf("profile %s: %v", name, err)
+		return
+	}
+	r.logf("profile %s at %d sessions: %s (%s)", name, sessions, path, perOp(p))
 }
 
 // ownKey is a group's own escrow key (Config.OwnKeys).
