@@ -42,6 +42,15 @@ var (
 	// turns it off): the outcome goes out with the next write, so the
 	// request waits for one Vault write, not two.
 	queuedOutcomeOps = []string{"RevealUnlockCode"}
+	// overlappedReadOps are the reads whose result is a secret (a GDK
+	// wrapped to a recipient). While outcomes are queued (the default),
+	// each commits a record of the request (phase intent) alongside its
+	// HSM work and queues its outcome, so that it waits for the larger of
+	// the two rather than their sum; nothing is released before that
+	// first record is committed. Under dual control, or with
+	// OutcomeBeforeRelease, they keep one record, committed after the
+	// work.
+	overlappedReadOps = []string{"Rewrap", "RewrapToEscrow", "BatchRewrap"}
 )
 
 // IntentObserver, if the Observer implements it, learns of every intent
@@ -78,7 +87,11 @@ func (in *intent) wait(ctx context.Context) error {
 // nothing has been done.
 func (s *Server) beginIntent(ctx context.Context, c *call, dualControl bool) (context.Context, error) {
 	op := operation(c.method)
-	if c.kind != kindAPI || !slices.Contains(writeAheadOps, op) {
+	if c.kind != kindAPI {
+		return ctx, nil
+	}
+	read := slices.Contains(overlappedReadOps, op)
+	if read && (dualControl || !s.queuesOutcomes()) || !read && !slices.Contains(writeAheadOps, op) {
 		return ctx, nil
 	}
 	rec := c.rec // the handler goes on filling c.rec meanwhile
@@ -91,6 +104,12 @@ func (s *Server) beginIntent(ctx context.Context, c *call, dualControl bool) (co
 		in.err = s.cfg.Auditor.Commit(actx, &rec)
 		cancel()
 		close(in.done)
+	}
+	if read {
+		// A read changes nothing: it needs no gate, only its record
+		// before its result leaves (endIntent).
+		go commit()
+		return ctx, nil
 	}
 	if slices.Contains(overlappedOps, op) && !dualControl {
 		go commit()
@@ -136,11 +155,12 @@ func (s *Server) endIntent(c *call, err error) error {
 // nil when the record is held for the next write; a write that then fails
 // leaves the intent open and is counted and logged as such.
 func (s *Server) queueOutcome(ctx context.Context, c *call) (queued bool, aerr error) {
-	qa, ok := s.cfg.Auditor.(OutcomeAuditor)
-	if !ok || s.cfg.OutcomeBeforeRelease || c.intent == nil || c.intent.err != nil ||
-		!slices.Contains(queuedOutcomeOps, operation(c.method)) {
+	op := operation(c.method)
+	if !s.queuesOutcomes() || c.intent == nil || c.intent.err != nil ||
+		!slices.Contains(queuedOutcomeOps, op) && !slices.Contains(overlappedReadOps, op) {
 		return false, nil
 	}
+	qa := s.cfg.Auditor.(OutcomeAuditor)
 	id, method, label := c.rec.ID, c.rec.Operation, operation(c.label())
 	return true, qa.Enqueue(ctx, &c.rec, func(err error) {
 		if o, ok := s.cfg.Observer.(IntentObserver); ok {
@@ -149,6 +169,13 @@ func (s *Server) queueOutcome(ctx context.Context, c *call) (queued bool, aerr e
 		s.log.Error("audit write of a queued outcome failed; its result was released, and its intent stays open",
 			zap.String("request_id", id), zap.String("method", method), zap.Error(err))
 	})
+}
+
+// queuesOutcomes reports whether outcomes may follow their results: the
+// auditor can queue, and OutcomeBeforeRelease is off.
+func (s *Server) queuesOutcomes() bool {
+	_, ok := s.cfg.Auditor.(OutcomeAuditor)
+	return ok && !s.cfg.OutcomeBeforeRelease
 }
 
 // outcomeFailed is the status of a write-ahead call whose last record

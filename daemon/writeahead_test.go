@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -32,6 +33,11 @@ func TestEveryOperationClassified(t *testing.T) {
 	for _, op := range overlappedOps {
 		if !slices.Contains(writeAheadOps, op) {
 			t.Fatalf("%s is overlapped but not write-ahead", op)
+		}
+	}
+	for _, op := range overlappedReadOps {
+		if !slices.Contains(readOps, op) {
+			t.Fatalf("%s is an overlapped read but not a read", op)
 		}
 	}
 }
@@ -273,6 +279,76 @@ func TestRevealOutcomeQueued(t *testing.T) {
 			rv, err := sup.RevealUnlockCode(context.Background(), &escrowdv1.RevealUnlockCodeRequest{GroupId: "g", UserId: "u", Ticket: "T-1"})
 			if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "may have taken effect") || rv.GetCode() != "" {
 				t.Fatalf("reveal whose outcome could not be queued: %v (code %q), want Unavailable, may have taken effect", err, rv.GetCode())
+			}
+		})
+	}
+}
+
+// overlapLog is a queueLog whose commit of a Rewrap's first record holds
+// until the re-wrap has reached the HSM layer: a pipeline that committed
+// it before the work, not alongside, would wait here until it fails.
+type overlapLog struct {
+	*queueLog
+	working chan struct{}
+}
+
+func (o *overlapLog) Commit(ctx context.Context, r *audit.Record) error {
+	if r.Phase == audit.PhaseIntent && operation(r.Operation) == "Rewrap" {
+		select {
+		case <-o.working:
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("%w: the re-wrap did not start while its record was written", audit.ErrUnavailable)
+		}
+	}
+	return o.queueLog.Commit(ctx, r)
+}
+
+type workingEscrow struct {
+	*recordingEscrow
+	working chan struct{}
+	once    sync.Once
+}
+
+func (e *workingEscrow) Rewrap(ctx context.Context, group string, slot []byte, r escrow.Recipient) ([]byte, escrow.Used, error) {
+	e.once.Do(func() { close(e.working) })
+	e.log.add("escrow Rewrap")
+	return e.fakeEscrow.Rewrap(ctx, group, slot, r)
+}
+
+// TestRewrapRecordAlongsideWork: a re-wrap's first record is written
+// while the HSM works, and its outcome queued; its result leaves only
+// once that record is committed. With OutcomeBeforeRelease it keeps one
+// record, committed after the work.
+func TestRewrapRecordAlongsideWork(t *testing.T) {
+	req := &escrowdv1.RewrapRequest{GroupId: "g", EscrowSlot: []byte{1},
+		Recipient: &escrowdv1.Recipient{Kind: escrowdv1.Recipient_KIND_MEMBER, Id: "m", KeyVersion: 1, Suite: "ecdh-p256"}}
+	for _, c := range []struct {
+		name               string
+		before, failIntent bool
+		want               []string
+	}{
+		{"queued", false, false, []string{"escrow Rewrap", "audit intent Rewrap", "audit queued outcome Rewrap"}},
+		{"before release", true, false, []string{"escrow Rewrap", "audit  Rewrap"}},
+		{"first record fails", false, true, []string{"escrow Rewrap"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			working := make(chan struct{})
+			q := &overlapLog{queueLog: &queueLog{callLog: &callLog{}}, working: working}
+			e := &workingEscrow{recordingEscrow: &recordingEscrow{log: q.callLog}, working: working}
+			conn, _ := startWith(t, &e.fakeEscrow, &fakeAuditor{}, nil, func(cfg *Config) {
+				cfg.Escrow, cfg.Auditor, cfg.OutcomeBeforeRelease = e, q, c.before
+			})
+			q.fail = c.failIntent
+			resp, err := escrowdv1.NewSyncServiceClient(conn).Rewrap(context.Background(), req)
+			if c.failIntent {
+				if status.Code(err) != codes.Unavailable || len(resp.GetSlot()) != 0 {
+					t.Fatalf("re-wrap whose record failed: %v (%d bytes of slot), want Unavailable and nothing", err, len(resp.GetSlot()))
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(q.calls, c.want) {
+				t.Fatalf("calls %q, want %q", q.calls, c.want)
 			}
 		})
 	}

@@ -31,6 +31,35 @@ func (s *stack) requests(ctx context.Context, n int) {
 	}
 }
 
+// find is the last record of request id in the trail: its outcome, or its
+// only record. A reveal's or re-wrap's outcome is written after its
+// result left (docs/AUDIT.md, "When the outcome is written"), so find
+// waits for it while the trail holds only the intent.
+func (s *stack) find(ctx context.Context, id string) (*audit.Chained, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := s.audit.Find(ctx, id)
+		if err == nil && r.Phase != audit.PhaseIntent || time.Now().After(deadline) {
+			return r, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// verifySettled verifies the whole trail once the outcomes queued by the
+// requests before have been written: a reveal's or re-wrap's intent is
+// open until its outcome's write, which follows its result.
+func (s *stack) verifySettled(ctx context.Context) (*audit.Report, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := s.audit.VerifyAll(ctx)
+		if err != nil || len(r.Open) == 0 || time.Now().After(deadline) {
+			return r, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // lastBatch is the position of the last batch of the trail.
 func (s *stack) lastBatch(ctx context.Context) uint64 {
 	s.t.Helper()

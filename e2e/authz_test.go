@@ -362,7 +362,7 @@ func TestBatchRewrapPerItemPolicy(t *testing.T) {
 				if took := time.Since(start); took > 2*time.Second {
 					t.Fatalf("batch %d took %v: an item under dual control must be refused at once, not wait", n, took)
 				}
-				rec, err := s.audit.Find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
+				rec, err := s.find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -563,7 +563,7 @@ func TestApprovalStatesWhatItApproves(t *testing.T) {
 			if !strings.Contains(err.Error(), "is for group vip-states, user u, ticket INC-3") {
 				t.Fatalf("the refusal does not say what the request is: %v", err)
 			}
-			rec, err := s.audit.Find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
+			rec, err := s.find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -662,7 +662,7 @@ func TestDualControlRefusesAtOnce(t *testing.T) {
 			if took > time.Second {
 				t.Fatalf("refused after %v: want it at once, not after the 3 s approval timeout", took.Round(time.Millisecond))
 			}
-			rec, err := s.audit.Find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
+			rec, err := s.find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
 			if err != nil || rec.Code != tt.code.String() || rec.Outcome != audit.OutcomeError {
 				t.Fatalf("record %+v, %v", rec, err)
 			}

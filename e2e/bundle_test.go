@@ -262,7 +262,7 @@ func TestBatchRewrap(t *testing.T) {
 		}
 	}
 	// The audit record lists each item's outcome and holds no slot.
-	rec, err := s.audit.Find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
+	rec, err := s.find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
 	if err != nil {
 		t.Fatal(err)
 	}

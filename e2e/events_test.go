@@ -187,7 +187,7 @@ func TestEventFeed(t *testing.T) {
 		t.Fatalf("%d ListEvents request ids, want 4", len(listIDs))
 	}
 	for i, id := range listIDs {
-		rec, err := s.audit.Find(ctx, id)
+		rec, err := s.find(ctx, id)
 		if err != nil {
 			t.Fatalf("ListEvents %s: %v", id, err)
 		}
@@ -205,7 +205,7 @@ func TestEventFeed(t *testing.T) {
 		if status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("%s reads the feed: %v, want PermissionDenied", name, err)
 		}
-		rec, err := s.audit.Find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
+		rec, err := s.find(ctx, hdr.Get(daemon.HeaderRequestID)[0])
 		if err != nil || rec.Outcome != audit.OutcomeDenied || rec.Operation != "/escrowd.v1.SyncService/ListEvents" {
 			t.Fatalf("%s's refused ListEvents: %+v, %v", name, rec, err)
 		}

@@ -380,7 +380,7 @@ func TestDualControl(t *testing.T) {
 	if c.GetCodes()[1].GetState() != escrowdv1.UnlockCodeState_STATE_UNREVEALED {
 		t.Fatal("an unapproved reveal burnt a code")
 	}
-	rec, err := s.audit.Find(ctx, id)
+	rec, err := s.find(ctx, id)
 	if err != nil || rec.Outcome != audit.OutcomeDenied {
 		t.Fatalf("unapproved reveal's record: %+v, %v", rec, err)
 	}

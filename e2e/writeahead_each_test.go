@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	escrowdv1 "github.com/escrowd/escrowd/api/escrowd/v1"
+	"github.com/escrowd/escrowd/audit"
 	"github.com/escrowd/escrowd/escrow/bundle"
 	"github.com/escrowd/escrowd/internal/vaulttest"
 )
@@ -191,6 +192,12 @@ func TestVaultFailsBeforeEachMutatingRPC(t *testing.T) {
 			if r := <-revealed; r.err != nil || r.resp.GetIndex() != 0 {
 				t.Fatalf("the approved reveal: %v, %v", r.resp, r.err)
 			}
+			// Its outcome follows the code (docs/AUDIT.md, "When the
+			// outcome is written"): let it reach Vault before the next
+			// call makes Vault fail.
+			if rec, err := s.find(ctx, pending.GetId()); err != nil || rec.Phase != audit.PhaseOutcome {
+				t.Fatalf("the approved reveal's outcome: %+v, %v", rec, err)
+			}
 		}
 	}
 	if len(done) != 12 {
@@ -207,7 +214,7 @@ func TestVaultFailsBeforeEachMutatingRPC(t *testing.T) {
 			t.Errorf("%s changed by a refused call:\nbefore %v\nafter  %v", name, b, after[name])
 		}
 	}
-	r, err := s.audit.VerifyAll(ctx)
+	r, err := s.verifySettled(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
