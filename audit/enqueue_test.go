@@ -107,3 +107,47 @@ func TestEnqueueRefusesOversized(t *testing.T) {
 		t.Fatal("the callback of a refused record was called")
 	}
 }
+
+// TestQueuedRecordsRideWithTheNextCommit: a record queued alone waits,
+// up to QueuedLinger, for a record someone waits on, and goes out in its
+// write; alone it goes out when the linger ends. Else a caller making one
+// request after another would find each request's intent behind the
+// write of the previous one's outcome.
+func TestQueuedRecordsRideWithTheNextCommit(t *testing.T) {
+	v, err := NewVault(VaultConfig{Address: vaultSrv.Addr, Token: vaultSrv.Token, Prefix: prefixFor(t),
+		Timeout: 3 * time.Second, QueuedLinger: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ctx := context.Background()
+	if err := v.Enqueue(ctx, rec(0), nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	if err := v.Commit(ctx, rec(1)); err != nil {
+		t.Fatal(err)
+	}
+	if batches, records, _ := v.Stats(); batches != 1 || records != 2 {
+		t.Fatalf("a queued record then a commit: %d records in %d writes, want 2 in 1", records, batches)
+	}
+	if took := time.Since(start); took > 900*time.Millisecond {
+		t.Fatalf("the commit waited %v: it must not wait out the queued record's linger", took)
+	}
+	// Alone, it goes out when the linger ends.
+	if err := v.Enqueue(ctx, rec(2), nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if batches, records, _ := v.Stats(); batches == 2 && records == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a queued record alone was not written after its linger")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	verifyOK(t, v, 3)
+}

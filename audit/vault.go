@@ -33,6 +33,10 @@ type VaultConfig struct {
 	// Linger is how long a batch waits for more records once it has one
 	// (default 0: a batch takes what queued while the last write ran).
 	Linger time.Duration
+	// QueuedLinger is how long records queued by Enqueue alone wait for
+	// a record someone waits on, to go out in its write (default
+	// DefaultQueuedLinger; negative: not at all).
+	QueuedLinger time.Duration
 	// MaxBatchBytes bounds one Vault write (default 4 MiB; Vault refuses
 	// requests over its max_request_size, 32 MiB by default): a batch is
 	// cut before the record that would take it past the bound.
@@ -85,6 +89,9 @@ func (c VaultConfig) withDefaults() VaultConfig {
 	}
 	if c.RefusalQueue <= 0 {
 		c.RefusalQueue = 4 * c.MaxBatch
+	}
+	if c.QueuedLinger == 0 {
+		c.QueuedLinger = DefaultQueuedLinger
 	}
 	if c.RefusalShare <= 0 {
 		c.RefusalShare = max(1, c.MaxBatch/8)
@@ -148,8 +155,9 @@ type pending struct {
 	at   time.Time
 	size int // an upper bound of what the record adds to a write
 	done chan error
-	// failed, for a record queued by Enqueue, hears of a write that
-	// failed: nobody waits on done.
+	// queued: the record came by Enqueue, and nobody waits on done;
+	// failed, if set, hears of a write that failed.
+	queued bool
 	failed func(error)
 }
 
@@ -238,7 +246,7 @@ func (v *Vault) Enqueue(ctx context.Context, r *Record, failed func(error)) erro
 	if err != nil {
 		return err
 	}
-	p.failed = failed
+	p.queued, p.failed = true, failed
 	select {
 	case <-v.stop:
 		return fmt.Errorf("%w: the audit writer is closed", ErrUnavailable)
@@ -341,6 +349,15 @@ func (v *Vault) Stats() (batches, records uint64, meanWait time.Duration) {
 // ride along.
 const refusalPace = 100 * time.Millisecond
 
+// DefaultQueuedLinger: a queued outcome, written alone, would hold the
+// writer when the next request's intent comes, and that request would
+// wait for two writes, not one: a caller making one request after
+// another (a support tool, a sync backend's loop) would gain nothing from
+// queueing. Held back a little, it goes out in that intent's write. 10 ms
+// outlasts a client's turn-around between requests on one host; the trail
+// lags a result by at most that much more.
+const DefaultQueuedLinger = 10 * time.Millisecond
+
 func (v *Vault) writer() {
 	defer v.wg.Done()
 	b := &batcher{v: v}
@@ -377,6 +394,27 @@ func (v *Vault) writer() {
 				}
 				t.Stop()
 			}
+		}
+		if b.onlyQueued() && len(v.queue) == 0 && v.cfg.QueuedLinger > 0 {
+			// Wait, for a while, for a record someone waits on.
+			t := time.NewTimer(v.cfg.QueuedLinger)
+		wait:
+			for {
+				select {
+				case p := <-v.queue:
+					b.results = append(b.results, p)
+					if !p.queued {
+						break wait
+					}
+				case <-t.C:
+					break wait
+				case <-v.stop:
+					t.Stop()
+					v.drain(b)
+					return
+				}
+			}
+			t.Stop()
 		}
 		wrote, _ := v.writeNext(b)
 		if wrote && !b.lastHadResults {
@@ -436,6 +474,20 @@ type batcher struct {
 	v                 *Vault
 	results, refusals []*pending // taken from the queues, not yet written
 	lastHadResults    bool
+}
+
+// onlyQueued reports whether the records held are all queued ones
+// (Enqueue), which nobody waits on.
+func (b *batcher) onlyQueued() bool {
+	if len(b.results) == 0 || len(b.refusals) > 0 {
+		return false
+	}
+	for _, p := range b.results {
+		if !p.queued {
+			return false
+		}
+	}
+	return true
 }
 
 // waiting reports whether records are held for the next write.
