@@ -491,6 +491,13 @@ func TestEndToEnd(t *testing.T) {
 	if len(ids) != 7 {
 		t.Fatalf("%d request ids, want 7", len(ids))
 	}
+	// One record per call, and an intent before it for each call that
+	// changed state (provision, issue, reveal) and each re-wrap (its first
+	// record, written alongside the HSM work), every intent closed.
+	r, err := s.verifySettled(ctx)
+	if err != nil || len(r.Problems) != 0 || len(r.Open) != 0 || r.Records != len(ids)+6 {
+		t.Fatalf("audit trail: %d records (want %d), problems %v, open intents %v, %v", r.Records, len(ids)+6, r.Problems, r.Open, err)
+	}
 	entries, err := vaultSrv.AuditEntries()
 	if err != nil {
 		t.Fatal(err)
@@ -501,13 +508,6 @@ func TestEndToEnd(t *testing.T) {
 		if op := req["operation"]; e["type"] == "response" && (op == "create" || op == "update") {
 			written[fmt.Sprint(req["path"])] = true
 		}
-	}
-	// One record per call, and an intent before it for each call that
-	// changed state (provision, issue, reveal) and each re-wrap (its first
-	// record, written alongside the HSM work), every intent closed.
-	r, err := s.verifySettled(ctx)
-	if err != nil || len(r.Problems) != 0 || len(r.Open) != 0 || r.Records != len(ids)+6 {
-		t.Fatalf("audit trail: %d records (want %d), problems %v, open intents %v, %v", r.Records, len(ids)+6, r.Problems, r.Open, err)
 	}
 	secrets := append([]string{string(escrowSlot), string(rw.GetSlot())}, revealed...)
 	for _, c := range revealed {
