@@ -29,8 +29,8 @@ type Result struct {
 // (0: not found).
 var vaultPID int
 
-// procCPU is a process's utime+stime in clock ticks, or an error.
-func procCPU(pid int) (uint64, error) {
+// ProcCPU is a process's utime+stime in clock ticks, or an error.
+func ProcCPU(pid int) (uint64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, err
@@ -55,7 +55,7 @@ func startCPU(pid int) cpuMeter {
 	if pid <= 0 {
 		return cpuMeter{}
 	}
-	t, err := procCPU(pid)
+	t, err := ProcCPU(pid)
 	return cpuMeter{pid: pid, t0: time.Now(), tick0: t, ok: err == nil}
 }
 
@@ -63,7 +63,7 @@ func (m cpuMeter) percent() float64 {
 	if !m.ok {
 		return -1
 	}
-	t, err := procCPU(m.pid)
+	t, err := ProcCPU(m.pid)
 	el := time.Since(m.t0).Seconds()
 	if err != nil || el <= 0 {
 		return -1

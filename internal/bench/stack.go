@@ -114,7 +114,7 @@ func newEnv(dir, bin string) (*env, error) {
 	if err := os.WriteFile(filepath.Join(dir, "vault.token"), []byte(e.vault.Token+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	e.vaultPID = findPID(filepath.Join(e.vault.Dir, "addr"))
+	e.vaultPID = FindPID(filepath.Join(e.vault.Dir, "addr"))
 	return e, nil
 }
 
@@ -273,9 +273,9 @@ func checkBinaries(bin string) error {
 	return nil
 }
 
-// findPID finds the process whose command line holds arg (the Vault
+// FindPID finds the process whose command line holds arg (the Vault
 // server's address file, unique to this run), for its CPU figures.
-func findPID(arg string) int {
+func FindPID(arg string) int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0

@@ -64,7 +64,7 @@ func main() {
 	v, err := vaulttest.Start(filepath.Join(dir, "vault"))
 	must(err)
 	defer v.Stop()
-	vaultPID := findPID(filepath.Join(v.Dir, "addr"))
+	vaultPID := bench.FindPID(filepath.Join(v.Dir, "addr"))
 	if vaultPID == 0 {
 		panic("revealcmp: the Vault server's process is not found")
 	}
@@ -217,34 +217,9 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // procCPU is a process's CPU time so far (utime + stime), in
 // milliseconds; /proc counts it in ticks of 10 ms.
 func procCPU(pid int) float64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	must(err)
-	t, err := bench.ParseProcStatCPU(string(b))
+	t, err := bench.ProcCPU(pid)
 	must(err)
 	return float64(t) * 10
-}
-
-// findPID is the process whose command line has arg (the Vault dev
-// server's address file names its directory), or 0.
-func findPID(arg string) int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		if slices.Contains(strings.Split(string(b), "\x00"), arg) {
-			return pid
-		}
-	}
-	return 0
 }
 
 func caPEM(ca *devpki.CA) []byte { return ca.PEM }
