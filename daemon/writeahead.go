@@ -150,8 +150,8 @@ func (s *Server) endIntent(c *call, err error) error {
 }
 
 // queueOutcome queues the outcome of a call whose intent is committed, if
-// its operation's outcome may follow its result (queuedOutcomeOps) and
-// the auditor can queue. It reports whether it did: if it did, aerr is
+// its operation's outcome may follow its result (queuedOutcomeOps and
+// overlappedReadOps) and the auditor can queue. It reports whether it did: if it did, aerr is
 // nil when the record is held for the next write; a write that then fails
 // leaves the intent open and is counted and logged as such.
 func (s *Server) queueOutcome(ctx context.Context, c *call) (queued bool, aerr error) {
