@@ -28,25 +28,23 @@ func (r *runner) auditOnly(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	noaudit := path + ".noaudit"
-	if err := copyFile(path, noaudit); err != nil {
+	// The copy is taken before a daemon opens the store.
+	dn, stopNoaudit, err := r.startOnCopy("escrowd-noaudit", path, ".noaudit", "escrowd-audit-noaudit.log")
+	if err != nil {
 		return err
 	}
 	flags := append(r.daemonFlags(), r.cfg.AuditFlags...)
 	d, err := r.env.startDaemon("escrowd-bench", path, "escrowd-audit.log", flags...)
 	if err != nil {
+		stopNoaudit()
 		return err
 	}
 	defer d.stop()
-	dn, err := r.env.startDaemon("escrowd-noaudit", noaudit, "escrowd-audit-noaudit.log", r.daemonFlags()...)
-	if err != nil {
-		return err
-	}
 	c := r.cfg.PairConc
 	err = r.pair(ctx, pairAudit, fmt.Sprintf("escrowd %s, %d callers", strings.Join(r.cfg.AuditFlags, " "), 4*c),
 		fmt.Sprintf("escrowd_noaudit, %d callers", 4*c),
 		closedSide(4*c, d.pid(), r.reveal(d, n)), closedSide(4*c, dn.pid(), r.reveal(dn, n)))
-	dn.stop()
+	stopNoaudit()
 	if err != nil {
 		return err
 	}

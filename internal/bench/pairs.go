@@ -181,21 +181,17 @@ const (
 func (r *runner) smallPairs(ctx context.Context, path string, p *pool) error {
 	n := r.cfg.SmallGroups
 	c := r.cfg.PairConc
-	noaudit := path + ".noaudit"
-	if err := copyFile(path, noaudit); err != nil {
+	// The copy is taken before a daemon opens the store.
+	dn, stopNoaudit, err := r.startOnCopy("escrowd-noaudit", path, ".noaudit", "escrowd-pairs-noaudit.log")
+	if err != nil {
 		return err
 	}
-	defer os.Remove(noaudit)
+	defer stopNoaudit()
 	d, err := r.env.startDaemon("escrowd-bench", path, "escrowd-pairs.log", r.daemonFlags()...)
 	if err != nil {
 		return err
 	}
 	defer d.stop()
-	dn, err := r.env.startDaemon("escrowd-noaudit", noaudit, "escrowd-pairs-noaudit.log", r.daemonFlags()...)
-	if err != nil {
-		return err
-	}
-	defer dn.stop()
 	h, err := hsm.Open(r.env.tok.HSMConfig())
 	if err != nil {
 		return err
@@ -254,16 +250,11 @@ func (r *runner) smallPairs(ctx context.Context, path string, p *pool) error {
 // default keeps none), on a copy of the store at path: what hot slots
 // (docs/HSM.md, "Hot slots") add to the default's row.
 func (r *runner) burstSlots(ctx context.Context, path string, p *pool) error {
-	cp := path + ".slots"
-	if err := copyFile(path, cp); err != nil {
-		return err
-	}
-	defer os.Remove(cp)
-	d, err := r.env.startDaemon("escrowd-bench", cp, "escrowd-pairs-slots.log", append(r.daemonFlags(), "-hsm-hot-slots", "16")...)
+	d, stop, err := r.startOnCopy("escrowd-bench", path, ".slots", "escrowd-pairs-slots.log", "-hsm-hot-slots", "16")
 	if err != nil {
 		return err
 	}
-	defer d.stop()
+	defer stop()
 	c := r.cfg.PairConc
 	return r.pair(ctx, pairBurstSlots, fmt.Sprintf("one group to %d members in a row, %d callers", burstSize, c), fmt.Sprintf("a random group each, %d callers", c),
 		closedSide(c, d.pid(), r.joinBurst(d, p)), closedSide(c, d.pid(), r.rewrapECDH(d, p)))
@@ -275,16 +266,11 @@ func (r *runner) burstSlots(ctx context.Context, path string, p *pool) error {
 // found again, so the ratio is what keeping keys costs when it does not
 // pay (docs/HSM.md, "Hot escrow keys").
 func (r *runner) hotKeysOff(ctx context.Context, d *daemon, path string, p *pool) error {
-	cp := path + ".nohot"
-	if err := copyFile(path, cp); err != nil {
-		return err
-	}
-	defer os.Remove(cp)
-	d0, err := r.env.startDaemon("escrowd-bench", cp, "escrowd-pairs-nohot.log", append(r.daemonFlags(), "-hsm-hot-keys", "0")...)
+	d0, stop, err := r.startOnCopy("escrowd-bench", path, ".nohot", "escrowd-pairs-nohot.log", "-hsm-hot-keys", "0")
 	if err != nil {
 		return err
 	}
-	defer d0.stop()
+	defer stop()
 	c := r.cfg.PairConc
 	return r.pair(ctx, pairHotKeysOff, fmt.Sprintf("escrowd, %d callers", c), fmt.Sprintf("escrowd -hsm-hot-keys 0, %d callers", c),
 		closedSide(c, d.pid(), r.rewrapECDH(d, p)), closedSide(c, d0.pid(), r.rewrapECDH(d0, p)))
@@ -309,6 +295,22 @@ func (r *runner) largePairs(ctx context.Context, d *daemon, p *pool) error {
 	}
 	return r.pair(ctx, pairLargeReveal, a, b,
 		closedSide(4*c, d.pid(), r.reveal(d, r.cfg.Groups)), closedSide(4*c, ds.pid(), r.reveal(ds, r.cfg.SmallGroups)))
+}
+
+// startOnCopy starts escrowd binary bin, with the run's flags and extra,
+// on a copy of the store at path (path+suffix), so that two daemons of a
+// pair never share a store. stop stops it and removes the copy.
+func (r *runner) startOnCopy(bin, path, suffix, logName string, extra ...string) (d *daemon, stop func(), err error) {
+	cp := path + suffix
+	if err := copyFile(path, cp); err != nil {
+		return nil, nil, err
+	}
+	d, err = r.env.startDaemon(bin, cp, logName, append(r.daemonFlags(), extra...)...)
+	if err != nil {
+		os.Remove(cp)
+		return nil, nil, err
+	}
+	return d, func() { d.stop(); os.Remove(cp) }, nil
 }
 
 func copyFile(from, to string) error {
