@@ -453,15 +453,17 @@ func (v *Vault) writeNext(b *batcher) (bool, error) {
 	if err != nil && counts != nil {
 		v.summary.restore(counts)
 	}
+	// Counted before the committers hear, so that Stats read after a
+	// Commit returns includes its write.
+	if err == nil {
+		v.batches.Add(1)
+		v.records.Add(uint64(len(batch)))
+	}
 	for _, p := range batch {
 		if err == nil {
 			v.waitNanos.Add(int64(now.Sub(p.at)))
 		}
 		p.settle(err)
-	}
-	if err == nil {
-		v.batches.Add(1)
-		v.records.Add(uint64(len(batch)))
 	}
 	return true, err
 }
